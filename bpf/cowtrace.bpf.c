@@ -1,0 +1,465 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * cowtrace.bpf.c: exact copy-on-write accounting for traced process families.
+ *
+ * What is counted.  After fork(), a write to a page that is still shared enters the kernel as a
+ * write fault on a present, write-protected pte (error_code & 3 == 3).  do_wp_page() then either
+ *   - COPIES it: allocates an order-0 page and copies (wp_page_copy, inlined here), or
+ *   - ZERO-FILLS it: same path, but the old pte was the shared zero page (__GFP_ZERO), or
+ *   - REUSES it: no allocation, the writer was the last one mapping the page.
+ *
+ * How it is told apart with tracepoints only.  This kernel has no kprobes and refuses fentry, and
+ * its headers do not match it, so nothing here reads a kernel struct.  Instead:
+ *   - exceptions:page_fault_{user,kernel} open a per-thread "episode" for every write-protect
+ *     fault of a member (the kernel-mode one covers read() into a buffer, set/clear_child_tid);
+ *   - kmem:mm_page_alloc decides whether an allocation is do_wp_page's copy by reading a few
+ *     words of the kernel stack at offsets from the tracepoint's argument array, which lives on
+ *     that stack.  Those offsets and the return addresses expected there (into vma_alloc_folio,
+ *     do_wp_page and exc_page_fault) are measured at start-up by calibrate.bpf.c on this very
+ *     kernel, and come in as -D constants.  Reading three words costs nanoseconds; a stack walk
+ *     per allocation costs microseconds here.  An allocation made by do_wp_page that was not
+ *     reached from exc_page_fault is a get_user_pages write (direct I/O, process_vm_writev):
+ *     it is a copy without a fault, so without an address;
+ *   - an episode that ends (next fault, exec, exit) without an allocation was a REUSE;
+ *   - kmem:rss_stat from inside do_wp_page on the file-pages counter means the page copied was
+ *     a page-cache page of a MAP_PRIVATE file: the copy's source is "file".
+ *
+ * Counts live in the members map and are incremented here, whatever user space does.  One
+ * 32-byte detail record per classified event goes to the fault_events ring buffer without
+ * waking anyone (BPF_RB_NO_WAKEUP): user space drains it in bulk on its own clock.  A record
+ * that does not fit is counted in stats[STAT_LOST_EVENTS]; the counts stay exact.
+ *
+ * Family membership is kept here too, so that a child forked a microsecond after attach is
+ * tracked from its first instruction: task:task_newtask adds every process forked by a member
+ * before it can run.  Threads (CLONE_THREAD) are their process; vfork/posix_spawn children
+ * (CLONE_VM without CLONE_THREAD) share their parent's memory, so their writes are counted on
+ * the parent until they exec or exit.
+ */
+#include <uapi/linux/ptrace.h>
+
+/* ---- constants: the calibrated ones come from user space as -D flags ---------------------- */
+#ifndef SLOT_ALLOC_VMA            /* words above ctx: return address into vma_alloc_folio */
+#error "cowtrace.bpf.c needs the calibration constants (-DSLOT_ALLOC_VMA=...)"
+#endif
+/* SLOT_ALLOC_WP, SLOT_ALLOC_EXC: return addresses into do_wp_page and exc_page_fault.
+ * SLOT_RSS_WP: for rss_stat, the return address into do_wp_page.
+ * VMA_ALLOC_LO/HI, DO_WP_PAGE_LO/HI, EXC_PF_LO/HI: the functions' text ranges (kallsyms).
+ * MAX_MEMBERS, MAX_THREADS, FAULT_RING_PAGES, PROC_RING_PAGES: table sizes. */
+
+#define USER_ADDR_END 0x800000000000ULL /* x86-64: user addresses lie below */
+#define PF_PRESENT_WRITE 3              /* error_code bits: protection fault, on a write */
+#define GFP_HIGHUSER_MOVABLE_BITS 0x100ccaULL
+#define GFP_ZERO_BIT 0x100ULL
+#define CLONE_VM_FLAG 0x100ULL
+#define CLONE_THREAD_FLAG 0x10000ULL
+#define MM_FILEPAGES 0
+#define MM_SHMEMPAGES 3
+
+enum kind { KIND_COPY = 1, KIND_REUSE = 2, KIND_ZERO_FILL = 3 };
+enum source { SOURCE_ANON = 0, SOURCE_FILE = 1 };
+enum via { VIA_USER = 0, VIA_KERNEL = 1, VIA_GUP = 2 };
+enum episode { EP_NONE = 0, EP_WP_FAULT = 1, EP_COPIED = 2 };
+enum proc_event_type { PE_FORK = 1, PE_EXEC = 2, PE_EXIT = 3, PE_FREE = 4 };
+enum stat { STAT_LOST_EVENTS = 0, STAT_LOST_PROC_EVENTS = 1, STAT_MEMBERS_FULL = 2,
+            STAT_THREADS_FULL = 3, NSTATS = 4 };
+/* MF_AWAIT_EXEC: `cowtrace run` holds its command between fork and exec; what that child writes
+ * is cowtrace's own memory, so counting starts at the exec. */
+enum member_flags { MF_VFORK_CHILD = 1, MF_EXITED = 2, MF_AWAIT_EXEC = 4 };
+
+/* One member of a traced family.  Counters are updated with atomic adds: threads of one
+ * process fault on several CPUs at once. */
+struct member {
+    u32 owner;      /* tgid the writes are counted on: itself, or the vfork parent */
+    u32 root;       /* tgid of the family's root (one BPF instance can trace several) */
+    u32 flags;      /* enum member_flags */
+    s32 exit_code;  /* from exit_group(); -1 until known */
+    u32 exit_signal;/* last fatal signal delivered with the default action, 0 if none */
+    u32 pad;
+    u64 copies;     /* all copies, file_copies and gup_copies included */
+    u64 file_copies;
+    u64 gup_copies;
+    u64 reuses;
+    u64 zero_fills;
+};
+
+/* The open episode of one thread: a write-protect fault whose outcome is not known yet, or a
+ * copy whose detail record waits for the source (anon or file) to be known. */
+struct episode_state {
+    u64 ts;
+    u64 addr;
+    u32 tgid;       /* counting owner */
+    u32 pid;        /* the writer process (tgid of the thread) */
+    u8 state;       /* enum episode */
+    u8 via;         /* enum via */
+    u8 source;      /* enum source */
+    u8 pad[5];
+};
+
+/* Detail record of one classified event: fixed 32 bytes, parsed in bulk by user space. */
+struct cow_event {
+    u64 ts;         /* bpf_ktime_get_ns() of the fault (CLOCK_MONOTONIC) */
+    u64 addr;       /* page-aligned user address, 0 when the kernel gave none (gup) */
+    u32 pid;        /* writer tgid */
+    u32 tid;        /* writer thread */
+    u8 kind;        /* enum kind */
+    u8 source;      /* enum source */
+    u8 via;         /* enum via */
+    u8 pad[5];
+};
+
+/* Lifecycle record: rare, consumed one by one. */
+struct proc_event {
+    u64 ts;
+    u32 type;       /* enum proc_event_type */
+    u32 pid;
+    u32 ppid;
+    u32 root;
+    s32 exit_code;
+    u32 exit_signal;
+    char comm[16];
+};
+
+/* ---- maps ----------------------------------------------------------------------------------- */
+/* tgid -> member: the family and its exact counters.  User space adds the root and the members
+ * that already existed at attach, and deletes exited members once it has read them. */
+BPF_HASH(members, u32, struct member, MAX_MEMBERS);
+/* tid -> open episode.  Deleted when the thread's task is freed. */
+BPF_HASH(episodes, u32, struct episode_state, MAX_THREADS);
+/* Detail records of classified faults (no wakeups; drained by user space on a timer). */
+BPF_RINGBUF_OUTPUT(fault_events, FAULT_RING_PAGES);
+/* Fork, exec, exit and free records of members. */
+BPF_RINGBUF_OUTPUT(proc_events, PROC_RING_PAGES);
+/* Health counters: detail records lost, tables full. */
+BPF_PERCPU_ARRAY(stats, u64, NSTATS);
+
+/* ---- helpers -------------------------------------------------------------------------------- */
+static __always_inline void stat_inc(int index)
+{
+    u64 *v = stats.lookup(&index);
+    if (v)
+        (*v)++;
+}
+
+/* The member whose counters a write by this process goes to (the vfork parent for a vfork
+ * child), or NULL when the process is not traced. */
+static __always_inline struct member *counting_member(u32 tgid)
+{
+    struct member *m = members.lookup(&tgid);
+    if (m && m->owner != tgid) {
+        u32 owner = m->owner;
+        m = members.lookup(&owner);
+    }
+    return m;
+}
+
+/* The word `slot` 8-byte words above the tracepoint's argument array on the kernel stack. */
+static __always_inline u64 stack_word(void *ctx, int slot)
+{
+    u64 word = 0;
+    bpf_probe_read_kernel(&word, sizeof(word), (char *)ctx + slot * 8);
+    return word;
+}
+
+static __always_inline void emit(u64 ts, u64 addr, u32 pid, u32 tid, u8 kind, u8 source, u8 via)
+{
+    struct cow_event ev = {.ts = ts, .addr = addr, .pid = pid, .tid = tid,
+                           .kind = kind, .source = source, .via = via};
+    if (fault_events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP) != 0)
+        stat_inc(STAT_LOST_EVENTS);
+}
+
+/* Close the thread's open episode: a write-protect fault that got no copy was a reuse; a copy
+ * gets its detail record now that its source is known. */
+static __always_inline void close_episode(struct episode_state *ep, u32 tid)
+{
+    if (ep->state == EP_WP_FAULT) {
+        struct member *m = members.lookup(&ep->tgid);
+        if (m)
+            __sync_fetch_and_add(&m->reuses, 1);
+        emit(ep->ts, ep->addr, ep->pid, tid, KIND_REUSE, SOURCE_ANON, ep->via);
+    } else if (ep->state == EP_COPIED) {
+        emit(ep->ts, ep->addr, ep->pid, tid, KIND_COPY, ep->source, ep->via);
+    }
+    ep->state = EP_NONE;
+}
+
+/* ---- hot path: faults, allocations ------------------------------------------------------------ */
+static __always_inline int on_fault(u64 address, u64 error_code, u8 via)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
+    struct member *m = members.lookup(&tgid);
+    if (!m || (m->flags & MF_AWAIT_EXEC))
+        return 0;
+    bool wp = (error_code & PF_PRESENT_WRITE) == PF_PRESENT_WRITE;
+    struct episode_state *ep = episodes.lookup(&tid);
+    if (ep) {
+        close_episode(ep, tid);
+    } else if (wp) {
+        struct episode_state fresh = {};
+        if (episodes.insert(&tid, &fresh) != 0) {
+            stat_inc(STAT_THREADS_FULL);
+            return 0;
+        }
+        ep = episodes.lookup(&tid);
+        if (!ep)
+            return 0;
+    }
+    if (wp && ep) {
+        ep->ts = bpf_ktime_get_ns();
+        ep->addr = address & ~0xfffULL;
+        ep->tgid = m->owner;
+        ep->pid = tgid;
+        ep->via = via;
+        ep->source = SOURCE_ANON;
+        ep->state = EP_WP_FAULT;
+    }
+    return 0;
+}
+
+/* A write by the process' own instructions. */
+RAW_TRACEPOINT_PROBE(page_fault_user)
+{
+    /* TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code) */
+    return on_fault(ctx->args[0], ctx->args[2], VIA_USER);
+}
+
+/* A write by the kernel into user memory on the process' behalf (copy_to_user, put_user). */
+RAW_TRACEPOINT_PROBE(page_fault_kernel)
+{
+    u64 address = ctx->args[0];
+    if (address >= USER_ADDR_END)
+        return 0;
+    return on_fault(address, ctx->args[2], VIA_KERNEL);
+}
+
+/* Every page allocation: keep do_wp_page's, the copies and zero-fills. */
+RAW_TRACEPOINT_PROBE(mm_page_alloc)
+{
+    /* TP_PROTO(struct page *page, unsigned int order, gfp_t gfp_flags, int migratetype) */
+    u64 gfp = ctx->args[2];
+    if (ctx->args[1] != 0 || (gfp & GFP_HIGHUSER_MOVABLE_BITS) != GFP_HIGHUSER_MOVABLE_BITS)
+        return 0;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
+    struct member *self = members.lookup(&tgid);
+    if (!self || (self->flags & MF_AWAIT_EXEC))
+        return 0;
+    u64 ret_vma = stack_word(ctx, SLOT_ALLOC_VMA);
+    if (ret_vma < VMA_ALLOC_LO || ret_vma >= VMA_ALLOC_HI)
+        return 0;
+    u64 ret_wp = stack_word(ctx, SLOT_ALLOC_WP);
+    if (ret_wp < DO_WP_PAGE_LO || ret_wp >= DO_WP_PAGE_HI)
+        return 0;
+    u64 ret_exc = stack_word(ctx, SLOT_ALLOC_EXC);
+    bool from_fault = ret_exc >= EXC_PF_LO && ret_exc < EXC_PF_HI;
+    struct member *m = self;
+    if (self->owner != tgid) {
+        u32 owner = self->owner;
+        m = members.lookup(&owner);
+        if (!m)
+            return 0;
+    }
+    bool zero = gfp & GFP_ZERO_BIT;
+    if (zero)
+        __sync_fetch_and_add(&m->zero_fills, 1);
+    else
+        __sync_fetch_and_add(&m->copies, 1);
+
+    struct episode_state *ep = episodes.lookup(&tid);
+    u64 ts = bpf_ktime_get_ns(), addr = 0;
+    u8 via = VIA_GUP;
+    if (from_fault && ep && ep->state == EP_WP_FAULT) {
+        ts = ep->ts;            /* this allocation is the outcome of the open fault */
+        addr = ep->addr;
+        via = ep->via;
+    } else {
+        if (!from_fault) {
+            if (!zero)
+                __sync_fetch_and_add(&m->gup_copies, 1);
+        } else {
+            via = VIA_USER;     /* a fault we did not see open (tracing began mid-fault) */
+        }
+        if (ep)
+            close_episode(ep, tid);
+    }
+    if (zero) {
+        emit(ts, addr, tgid, tid, KIND_ZERO_FILL, SOURCE_ANON, via);
+        if (ep)
+            ep->state = EP_NONE;
+        return 0;
+    }
+    if (!ep) {
+        /* No episode table entry for this thread: record the copy at once. */
+        emit(ts, addr, tgid, tid, KIND_COPY, SOURCE_ANON, via);
+        return 0;
+    }
+    ep->ts = ts;
+    ep->addr = addr;
+    ep->tgid = m->owner;
+    ep->pid = tgid;
+    ep->via = via;
+    ep->source = SOURCE_ANON;
+    ep->state = EP_COPIED;      /* the record waits for rss_stat to say anon or file */
+    return 0;
+}
+
+/* The file-pages counter moved inside do_wp_page: the copy just made came from a page-cache
+ * page of a MAP_PRIVATE file. */
+RAW_TRACEPOINT_PROBE(rss_stat)
+{
+    /* TP_PROTO(struct mm_struct *mm, int member) */
+    int counter = (int)ctx->args[1];
+    if (counter != MM_FILEPAGES && counter != MM_SHMEMPAGES)
+        return 0;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
+    struct member *m = counting_member(tgid);
+    if (!m || (m->flags & MF_AWAIT_EXEC))
+        return 0;
+    u64 ret_wp = stack_word(ctx, SLOT_RSS_WP);
+    if (ret_wp < DO_WP_PAGE_LO || ret_wp >= DO_WP_PAGE_HI)
+        return 0;
+    __sync_fetch_and_add(&m->file_copies, 1);
+    struct episode_state *ep = episodes.lookup(&tid);
+    if (ep && ep->state == EP_COPIED)
+        ep->source = SOURCE_FILE;
+    return 0;
+}
+
+/* ---- lifecycle: fork, exec, exit ------------------------------------------------------------- */
+static __always_inline void emit_proc(u32 type, u32 pid, u32 ppid, struct member *m)
+{
+    struct proc_event ev = {};
+    ev.ts = bpf_ktime_get_ns();
+    ev.type = type;
+    ev.pid = pid;
+    ev.ppid = ppid;
+    ev.root = m->root;
+    ev.exit_code = m->exit_code;
+    ev.exit_signal = m->exit_signal;
+    bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+    if (proc_events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        stat_inc(STAT_LOST_PROC_EVENTS);
+}
+
+/* Runs in the parent, inside copy_process(), before the new task can run: a process forked by
+ * a member joins the family here, so none of its faults is missed. */
+TRACEPOINT_PROBE(task, task_newtask)
+{
+    u64 flags = args->clone_flags;
+    if (flags & CLONE_THREAD_FLAG)
+        return 0;                       /* a thread is its process */
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    struct member *pm = members.lookup(&parent);
+    if (!pm || (pm->flags & MF_VFORK_CHILD))
+        return 0;
+    u32 child = args->pid;
+    struct member cm = {};
+    cm.root = pm->root;
+    cm.exit_code = -1;
+    if (flags & CLONE_VM_FLAG) {
+        cm.owner = pm->owner;           /* vfork/posix_spawn: the parent's memory */
+        cm.flags = MF_VFORK_CHILD;
+    } else {
+        cm.owner = child;
+    }
+    if (members.insert(&child, &cm) != 0) {
+        stat_inc(STAT_MEMBERS_FULL);
+        return 0;
+    }
+    if (!(flags & CLONE_VM_FLAG))
+        emit_proc(PE_FORK, child, parent, &cm);
+    return 0;
+}
+
+/* A member that execs keeps its place (its later forks are traced); a vfork child that execs
+ * leaves its parent's memory and the family. */
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
+    struct member *m = members.lookup(&tgid);
+    if (!m)
+        return 0;
+    struct episode_state *ep = episodes.lookup(&tid);
+    if (ep)
+        close_episode(ep, tid);
+    if (m->flags & MF_VFORK_CHILD) {
+        members.delete(&tgid);
+        return 0;
+    }
+    m->flags &= ~MF_AWAIT_EXEC;
+    emit_proc(PE_EXEC, tgid, 0, m);
+    return 0;
+}
+
+/* exit_group(code): remember the code for the exit record. */
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct member *m = members.lookup(&tgid);
+    if (m)
+        m->exit_code = (s32)args->error_code;
+    return 0;
+}
+
+/* A signal delivered with its default action (no handler): remember it; if the process dies
+ * now, this is the signal that killed it. */
+TRACEPOINT_PROBE(signal, signal_deliver)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct member *m = members.lookup(&tgid);
+    if (m && args->sa_handler == 0)
+        m->exit_signal = args->sig;
+    return 0;
+}
+
+/* A thread exits; when it is the last one (group_dead), the process is done running.  Its
+ * counters may still move (the kernel clears clear_child_tid after this point), so the final
+ * read waits for sched_process_free. */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
+    struct member *m = members.lookup(&tgid);
+    if (!m)
+        return 0;
+    struct episode_state *ep = episodes.lookup(&tid);
+    if (ep)
+        close_episode(ep, tid);
+    if (!args->group_dead)
+        return 0;
+    if (m->flags & MF_VFORK_CHILD) {
+        members.delete(&tgid);
+        return 0;
+    }
+    m->flags |= MF_EXITED;
+    emit_proc(PE_EXIT, tgid, 0, m);
+    return 0;
+}
+
+/* The task struct is freed: nothing more can happen in its name.  Close its episode for good;
+ * for a process' main thread, tell user space its counters are final. */
+TRACEPOINT_PROBE(sched, sched_process_free)
+{
+    u32 tid = args->pid;
+    struct episode_state *ep = episodes.lookup(&tid);
+    if (ep) {
+        close_episode(ep, tid);
+        episodes.delete(&tid);
+    }
+    struct member *m = members.lookup(&tid);
+    if (m && (m->flags & MF_EXITED)) {
+        struct proc_event ev = {};
+        ev.ts = bpf_ktime_get_ns();
+        ev.type = PE_FREE;
+        ev.pid = tid;
+        ev.root = m->root;
+        ev.exit_code = m->exit_code;
+        ev.exit_signal = m->exit_signal;
+        if (proc_events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+            stat_inc(STAT_LOST_PROC_EVENTS);
+    }
+    return 0;
+}

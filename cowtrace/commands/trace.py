@@ -1,0 +1,30 @@
+"""`cowtrace PID` / `cowtrace trace PID`: attach to a running process and its family."""
+
+from __future__ import annotations
+
+from cowtrace.checks import require_tracing_ready
+from cowtrace.commands.common import (
+    OutputOptions,
+    Reporter,
+    StopSignals,
+    trace_until_stopped,
+    view_stream,
+)
+from cowtrace.session import Session, SessionOptions, validate_target
+
+
+def trace(pid: int, options: OutputOptions, session_options: SessionOptions) -> int:
+    """Trace until Ctrl-C, SIGTERM, --duration or the root's exit; 0 on a clean end."""
+    stat = validate_target(pid)
+    require_tracing_ready()
+    session = Session(pid, session_options)
+    try:
+        with StopSignals() as stops:
+            session.open()
+            stat = validate_target(pid)  # it may have exited while the program compiled
+            session.attach_root(stat, adopted=True)
+            reporter = Reporter(options, view_stream(options, command_owns_stdout=False))
+            trace_until_stopped(session, options, stops, reporter)
+    finally:
+        session.close()
+    return 0

@@ -1,0 +1,62 @@
+"""Compiling the shipped BPF C programs with bcc.
+
+bcc compiles at start-up against the kernel headers under /lib/modules/$(uname -r)/build.  On
+this project's machines those are Debian's 6.1 headers linked in by `cowtrace doctor --fix`:
+safe because the programs read no kernel struct, only tracepoint arguments and helper results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cowtrace.errors import CowtraceError
+
+
+def program_text(name: str) -> str:
+    """The source of one of the programs shipped in the cowtrace.bpf package.
+
+    Run from a source checkout (not installed), the package is the top-level bpf/ folder.
+    """
+    try:
+        return (resources.files("cowtrace.bpf") / name).read_text()
+    except ModuleNotFoundError:
+        checkout = Path(__file__).resolve().parents[2] / "bpf" / name
+        return checkout.read_text()
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """bcc's compiler prints header warnings to fd 2; they mean nothing to our users."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def compile_program(name: str, cflags: list[str]) -> Any:
+    """Compile and load one program; attach its TRACEPOINT/RAW_TRACEPOINT probes."""
+    try:
+        from bcc import BPF
+    except ImportError as error:
+        raise CowtraceError(
+            "the bcc Python module is not importable",
+            hint="apt-get install python3-bpfcc, and run cowtrace with /usr/bin/python3",
+        ) from error
+    text = program_text(name)
+    flags = ["-Wno-macro-redefined", "-Wno-unused-function", *cflags]
+    try:
+        with _quiet_stderr():
+            return BPF(text=text, cflags=flags)
+    except Exception as error:  # bcc raises bare Exception on compile or load failure
+        raise CowtraceError(
+            f"could not load the BPF program {name}: {error}",
+            hint="cowtrace doctor",
+        ) from error

@@ -1,0 +1,227 @@
+"""Find, on the running kernel, the stack slots that identify a copy-on-write allocation.
+
+The tracer decides whether a page allocation is do_wp_page's copy by reading three words of
+the kernel stack at fixed distances from the raw tracepoint's argument array (see
+bpf/cowtrace.bpf.c).  Those distances depend on the kernel build (frame sizes, inlining), so
+they are measured here: a short-lived calibration process makes a few copy-on-write copies,
+zero-fills and file copies while calibrate.bpf.c records both the unwound stack and the raw
+stack words of every allocation; the slot that holds the unwound return address is the answer.
+
+The result depends only on the kernel build, so it is cached per `uname -r` and `uname -v`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import mmap
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cowtrace.errors import CowtraceError
+from cowtrace.kernel.bpfsource import compile_program
+from cowtrace.kernel.kallsyms import FunctionRange, KernelSymbols
+
+CACHE_DIR = Path("/var/cache/cowtrace")
+NWORDS = 160
+NFRAMES = 24
+CALIBRATION_PAGES = 32
+PAGE = mmap.PAGESIZE
+
+
+class _Sample(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_uint32),
+        ("arg", ctypes.c_uint32),
+        ("gfp", ctypes.c_uint64),
+        ("nframes_bytes", ctypes.c_int64),
+        ("frames", ctypes.c_uint64 * NFRAMES),
+        ("words", ctypes.c_uint64 * NWORDS),
+    ]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Stack slots (in 8-byte words above ctx) and the function whose return address each
+    holds.  Function names, not addresses, are cached: addresses move with KASLR."""
+
+    slot_alloc_vma: int
+    slot_alloc_wp: int
+    slot_alloc_exc: int
+    slot_rss_wp: int
+    alloc_function: str  # the function do_wp_page calls to allocate (vma_alloc_folio...)
+    wp_function: str  # do_wp_page
+    fault_function: str  # exc_page_fault
+
+    def cflags(self, symbols: KernelSymbols) -> list[str]:
+        """The -D flags cowtrace.bpf.c needs, with this boot's addresses."""
+        flags = [
+            f"-DSLOT_ALLOC_VMA={self.slot_alloc_vma}",
+            f"-DSLOT_ALLOC_WP={self.slot_alloc_wp}",
+            f"-DSLOT_ALLOC_EXC={self.slot_alloc_exc}",
+            f"-DSLOT_RSS_WP={self.slot_rss_wp}",
+        ]
+        for prefix, name in (
+            ("VMA_ALLOC", self.alloc_function),
+            ("DO_WP_PAGE", self.wp_function),
+            ("EXC_PF", self.fault_function),
+        ):
+            function = symbols.function(name)
+            flags += [
+                f"-D{prefix}_LO={function.start:#x}ULL",
+                f"-D{prefix}_HI={function.end:#x}ULL",
+            ]
+        return flags
+
+
+def _cache_path() -> Path:
+    uname = os.uname()
+    key = f"{uname.release}-{hashlib.sha256(uname.version.encode()).hexdigest()[:12]}"
+    return CACHE_DIR / f"calibration-{key}.json"
+
+
+def load_or_calibrate(symbols: KernelSymbols, *, use_cache: bool = True) -> Calibration:
+    """The calibration for this kernel: from the cache, or measured now (about a second)."""
+    path = _cache_path()
+    if use_cache and path.exists():
+        try:
+            return Calibration(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            pass  # a stale or damaged cache entry: measure again
+    calibration = calibrate(symbols)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(calibration)))
+    except OSError:
+        pass  # a read-only /var is no reason not to trace
+    return calibration
+
+
+def _calibration_workload(go_read: int) -> None:
+    """Runs in a forked child: copies, zero-fills and file copies through do_wp_page."""
+    os.read(go_read, 1)
+    size = CALIBRATION_PAGES * PAGE
+    anon = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for offset in range(0, size, PAGE):
+        anon[offset] = 1
+    hold_read, hold_write = os.pipe()
+    sibling = os.fork()
+    if sibling == 0:  # keeps the pages shared until released
+        os.read(hold_read, 1)
+        os._exit(0)
+    for offset in range(0, size, PAGE):  # copy: the sibling still maps every page
+        anon[offset] = 2
+    zero = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    zero[0] = 1  # gives the mapping an anon_vma
+    for offset in range(PAGE, size, PAGE):
+        _ = zero[offset]  # maps the shared zero page
+    for offset in range(PAGE, size, PAGE):
+        zero[offset] = 1  # zero-fill
+    with tempfile.TemporaryFile() as backing:
+        backing.write(b"x" * size)
+        backing.flush()
+        private = mmap.mmap(backing.fileno(), size, flags=mmap.MAP_PRIVATE)
+        for offset in range(0, size, PAGE):
+            _ = private[offset]  # maps the page-cache page read-only
+        for offset in range(0, size, PAGE):
+            private[offset] = 3  # copy from the file's page
+    os.write(hold_write, b"x")
+    os.waitpid(sibling, 0)
+
+
+def calibrate(symbols: KernelSymbols) -> Calibration:
+    """Measure the slots now."""
+    go_read, go_write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        status = 0
+        try:
+            _calibration_workload(go_read)
+        except BaseException:  # noqa: BLE001 - a child must never return into the caller
+            status = 1
+        os._exit(status)
+    os.close(go_read)
+    samples: list[_Sample] = []
+    bpf = None
+    try:
+        bpf = compile_program("calibrate.bpf.c", [f"-DCALIB_TGID={child}"])
+
+        def collect(_ctx: object, data: int, _size: int) -> None:
+            samples.append(
+                _Sample.from_buffer_copy(ctypes.cast(data, ctypes.POINTER(_Sample)).contents)
+            )
+
+        bpf["samples"].open_ring_buffer(collect)
+        os.write(go_write, b"x")
+        _, status = os.waitpid(child, 0)
+        child = 0
+        bpf.ring_buffer_consume()
+    finally:
+        os.close(go_write)
+        if child:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+        if bpf is not None:
+            bpf.cleanup()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise CowtraceError("calibration workload failed")
+    return analyse(samples, symbols)
+
+
+def _slot_of(words: list[int], value: int) -> set[int]:
+    return {index for index, word in enumerate(words) if word == value}
+
+
+def _consistent_slot(candidates: list[set[int]], what: str) -> int:
+    if not candidates:
+        raise CowtraceError(f"calibration saw no {what}: this kernel is not supported")
+    common = set.intersection(*candidates)
+    if not common:
+        raise CowtraceError(f"calibration found no fixed stack slot for {what}")
+    return min(common)
+
+
+def analyse(samples: list[_Sample], symbols: KernelSymbols) -> Calibration:
+    """Derive the slots from recorded samples (pure: testable on recorded data)."""
+    wp = symbols.function("do_wp_page")
+    fault = symbols.function("exc_page_fault")
+    alloc_slots: list[set[int]] = []
+    wp_slots: list[set[int]] = []
+    exc_slots: list[set[int]] = []
+    rss_slots: list[set[int]] = []
+    alloc_functions: Counter[str] = Counter()
+    for sample in samples:
+        count = max(0, sample.nframes_bytes) // 8
+        frames = list(sample.frames)[:count]
+        words = list(sample.words)
+        wp_index = next((i for i, frame in enumerate(frames) if frame in wp), None)
+        if wp_index is None or wp_index == 0:
+            continue
+        if sample.kind == 2:
+            rss_slots.append(_slot_of(words, frames[wp_index]))
+            continue
+        callee: FunctionRange | None = symbols.containing(frames[wp_index - 1])
+        if callee is None:
+            continue
+        alloc_functions[callee.name] += 1
+        alloc_slots.append(_slot_of(words, frames[wp_index - 1]))
+        wp_slots.append(_slot_of(words, frames[wp_index]))
+        exc_frame = next((frame for frame in frames[wp_index:] if frame in fault), None)
+        if exc_frame is not None:
+            exc_slots.append(_slot_of(words, exc_frame))
+    if not alloc_functions:
+        raise CowtraceError("calibration saw no copy-on-write allocation: kernel not supported")
+    alloc_function = alloc_functions.most_common(1)[0][0]
+    return Calibration(
+        slot_alloc_vma=_consistent_slot(alloc_slots, "the allocation's caller"),
+        slot_alloc_wp=_consistent_slot(wp_slots, "do_wp_page's allocation"),
+        slot_alloc_exc=_consistent_slot(exc_slots, "the page fault entry"),
+        slot_rss_wp=_consistent_slot(rss_slots, "a file-backed copy"),
+        alloc_function=alloc_function,
+        wp_function=wp.name,
+        fault_function=fault.name,
+    )

@@ -1,0 +1,1 @@
+"""Machine-readable outputs: the --events log and the --json summary (stable contracts)."""

@@ -1,0 +1,70 @@
+"""The --events log: JSON Lines, one object per classified event (product.md, "Contracts").
+
+`{"ts": float, "pid": int, "tid": int, "kind": "copy"|"reuse"|"zero_fill", "addr": int|null,
+  "source": "anon"|"file", "via": "user"|"kernel"|"gup"}`
+
+ts is Unix time in seconds.  addr is the page-aligned virtual address, null for writes made
+through get_user_pages (no fault, so no address).  via says who wrote: the process' own
+instructions, the kernel on its behalf (read() into a buffer, the tid at fork and exit), or
+get_user_pages (direct I/O, process_vm_writev).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO
+
+import numpy as np
+
+KIND_NAMES = {1: "copy", 2: "reuse", 3: "zero_fill"}
+SOURCE_NAMES = {0: "anon", 1: "file"}
+VIA_NAMES = {0: "user", 1: "kernel", 2: "gup"}
+
+
+def monotonic_to_unix_offset() -> float:
+    """What to add to a CLOCK_MONOTONIC time (the kernel's ktime) to get Unix time."""
+    return time.time() - time.monotonic()
+
+
+class EventLog:
+    """Appends detail records to a JSON Lines file (or stdout for "-")."""
+
+    def __init__(self, path: str) -> None:
+        self._own = path != "-"
+        # The log lives as long as the session, not a block: closed by close().
+        self._file: IO[str] = (
+            open(path, "w", buffering=1 << 20) if self._own else sys.stdout  # noqa: SIM115
+        )
+        self._offset = monotonic_to_unix_offset()
+        self.written = 0
+
+    def write(self, records: np.ndarray) -> None:
+        """Write a batch of EVENT_DTYPE records, in kernel order."""
+        if len(records) == 0:
+            return
+        ts = (records["ts"] / 1e9 + self._offset).tolist()
+        addrs = records["addr"].tolist()
+        pids = records["pid"].tolist()
+        tids = records["tid"].tolist()
+        kinds = records["kind"].tolist()
+        sources = records["source"].tolist()
+        vias = records["via"].tolist()
+        lines = []
+        for t, addr, pid, tid, kind, source, via in zip(
+            ts, addrs, pids, tids, kinds, sources, vias, strict=True
+        ):
+            address = "null" if addr == 0 else str(addr)
+            lines.append(
+                f'{{"ts": {t:.6f}, "pid": {pid}, "tid": {tid}, "kind": "{KIND_NAMES[kind]}", '
+                f'"addr": {address}, "source": "{SOURCE_NAMES[source]}", '
+                f'"via": "{VIA_NAMES[via]}"}}\n'
+            )
+        self._file.write("".join(lines))
+        self.written += len(lines)
+
+    def close(self) -> None:
+        if self._own:
+            self._file.close()
+        else:
+            self._file.flush()

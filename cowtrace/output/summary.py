@@ -1,0 +1,65 @@
+"""The --json summary, written once when tracing ends (product.md, "Contracts").
+
+Schema 1: `{"schema": 1, "root_pid", "duration_s", "totals": {...}, "processes": [...]}`.
+Fields are only ever added, never renamed: other tools parse this.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from cowtrace.model import Counts, Member, Snapshot
+
+SCHEMA_VERSION = 1
+
+
+def _counts(counts: Counts) -> dict[str, int]:
+    return {
+        "copies": counts.copies,
+        "copied_bytes": counts.copied_bytes,
+        "reuses": counts.reuses,
+        "zero_fills": counts.zero_fills,
+        "file_copies": counts.file_copies,
+        "gup_copies": counts.gup_copies,
+    }
+
+
+def _process(member: Member) -> dict[str, Any]:
+    status = member.exit_status
+    return {
+        "pid": member.pid,
+        "ppid": member.ppid,
+        "comm": member.comm,
+        "role": member.role.value,
+        **_counts(member.counts),
+        "exited": member.exited,
+        "exit_code": status.code if status else None,
+        "exit_signal": status.signal if status else None,
+        "adopted": member.adopted,
+        "execs": member.execs,
+    }
+
+
+def summary_dict(snapshot: Snapshot) -> dict[str, Any]:
+    totals = _counts(snapshot.totals)
+    totals["lost_events"] = snapshot.lost_events
+    return {
+        "schema": SCHEMA_VERSION,
+        "root_pid": snapshot.root_pid,
+        "duration_s": round(snapshot.duration, 6),
+        "end_reason": snapshot.end_reason,
+        "totals": totals,
+        "processes": [_process(member) for member in snapshot.members],
+    }
+
+
+def write_summary(snapshot: Snapshot, path: str) -> None:
+    text = json.dumps(summary_dict(snapshot), indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        with open(path, "w") as out:
+            out.write(text)

@@ -1,0 +1,247 @@
+"""A tracing session: the kernel tracer, one family, the detail log and the clock.
+
+Commands (trace, run, demo) build a Session, call `step()` in their loop and `finish()` once;
+renderers get Snapshots.  Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cowtrace import procfs
+from cowtrace.errors import CowtraceError
+from cowtrace.family import Family
+from cowtrace.kernel.ringbuf import EVENT_DTYPE
+from cowtrace.kernel.tracer import (
+    EP_COPIED,
+    EP_WP_FAULT,
+    KIND_COPY,
+    KIND_REUSE,
+    KernelTracer,
+    TracerConfig,
+)
+from cowtrace.model import Counts, Snapshot
+from cowtrace.output.events import EventLog
+
+ADOPTION_ROUNDS = 5  # /proc rescans to catch forks racing with the attach
+FINAL_READ_GRACE_S = 2.0  # how long to wait for the root's task to be freed after it exits
+
+
+@dataclass
+class SessionOptions:
+    events_path: str | None = None
+    ring_bytes: int = 16 << 20
+    hold_events_s: float = 0.0  # testing aid: leave the ring undrained this long at start
+
+
+def validate_target(pid: int) -> procfs.ProcStat:
+    """The root must be a live user-space process that is not cowtrace itself."""
+    if pid <= 0:
+        raise CowtraceError(f"invalid pid {pid}")
+    stat = procfs.read_stat(pid)
+    if stat is None:
+        raise CowtraceError(f"no process with pid {pid}")
+    if stat.is_kernel_thread:
+        raise CowtraceError(f"pid {pid} ({stat.comm}) is a kernel thread: it has no user memory")
+    if stat.state in ("Z", "X"):
+        raise CowtraceError(f"pid {pid} ({stat.comm}) has already exited")
+    if pid == os.getpid():
+        raise CowtraceError("cowtrace cannot trace itself")
+    return stat
+
+
+class Session:
+    """Traces one family from attach to finish."""
+
+    def __init__(self, root_pid: int, options: SessionOptions | None = None) -> None:
+        self.options = options or SessionOptions()
+        self.root_pid = root_pid
+        self.family = Family(root_pid)
+        self.tracer = KernelTracer(TracerConfig(ring_bytes=self.options.ring_bytes))
+        self.events = EventLog(self.options.events_path) if self.options.events_path else None
+        self.started = time.monotonic()
+        self._last_update = self.started
+        self._root_exit_seen: float | None = None
+        self._hold_until = 0.0
+        self.lost_events = 0
+        self.family_rate = 0.0
+
+    # ---- set-up ----------------------------------------------------------------------------
+    def set_root(self, root_pid: int) -> None:
+        """For `run`: the root is known only once the command is forked, after open()."""
+        self.root_pid = root_pid
+        self.family = Family(root_pid)
+
+    def open(self) -> None:
+        """Load the BPF program.  Separate from attach so that `run` can start the command
+        after the program is ready and before it forks."""
+        self.tracer.open()
+        self.started = time.monotonic()
+        self._last_update = self.started
+        self._hold_until = self.started + self.options.hold_events_s
+
+    def attach_root(
+        self, stat: procfs.ProcStat, *, adopted: bool, await_exec: bool = False
+    ) -> None:
+        """Make the root a member, then adopt its existing descendants.
+
+        The root goes into the kernel's table first, so its forks from now on are caught there;
+        forks by descendants not yet adopted are caught by rescanning /proc until it is stable.
+        """
+        self.tracer.add_member(stat.pid, stat.pid, await_exec=await_exec)
+        self.family.adopt(stat, adopted=adopted)
+        for _ in range(ADOPTION_ROUNDS):
+            found = [s for s in procfs.descendants(stat.pid) if s.pid not in self.family.members]
+            if not found:
+                break
+            for child in found:
+                self.tracer.add_member(child.pid, stat.pid)
+                self.family.adopt(child, adopted=True)
+
+    # ---- the loop --------------------------------------------------------------------------
+    def step(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for lifecycle records, then fold in everything pending."""
+        for record in self.tracer.poll_proc_records(int(timeout_s * 1000)):
+            self.family.apply(record)
+            if record.pid == self.root_pid and record.type in (3, 4):
+                self._root_exit_seen = self._root_exit_seen or time.monotonic()
+        if time.monotonic() >= self._hold_until:
+            self._drain()
+
+    def _drain(self) -> None:
+        records = self.tracer.drain_events()
+        if self.events is not None and len(records):
+            self.events.write(records)
+
+    def root_done(self) -> bool:
+        """The root exited and its counts are final (or waiting longer would not help)."""
+        if self._root_exit_seen is None:
+            return False
+        if self.root_pid in self.family.final:
+            return True
+        return time.monotonic() - self._root_exit_seen > FINAL_READ_GRACE_S
+
+    def root_exited(self) -> bool:
+        return self._root_exit_seen is not None
+
+    def refresh(self) -> Snapshot:
+        """Read the kernel's counters and take a snapshot."""
+        now = time.monotonic()
+        states = self.tracer.members()
+        for pid, _state in states.items():
+            if pid not in self.family.members:  # its fork record was lost: name it from /proc
+                stat = procfs.read_stat(pid)
+                if stat is not None:
+                    self.family.adopt(stat, adopted=False)
+        interval = now - self._last_update
+        before = self.family.totals().copied_bytes
+        self.family.update_counts(states, interval)
+        if interval > 0:
+            self.family_rate = max(0.0, (self.family.totals().copied_bytes - before) / interval)
+        self._last_update = now
+        done = [pid for pid in self.family.final if pid in states and pid != self.root_pid]
+        self.tracer.forget(done)
+        self.lost_events = self.tracer.stats()["lost_events"]
+        return self._snapshot(now)
+
+    def _snapshot(self, now: float, *, ended: bool = False, reason: str = "") -> Snapshot:
+        return Snapshot(
+            root_pid=self.root_pid,
+            started=self.started,
+            now=now,
+            members=self.family.ordered(),
+            totals=self.family.totals(),
+            lost_events=self.lost_events,
+            copy_rate=self.family_rate,
+            ended=ended,
+            end_reason=reason,
+        )
+
+    # ---- the end ---------------------------------------------------------------------------
+    def finish(self, reason: str) -> Snapshot:
+        """Detach, account for everything still in flight, and take the final snapshot."""
+        self.tracer.detach()
+        for record in self.tracer.poll_proc_records(0):
+            self.family.apply(record)
+        self._drain()
+        extra = self._close_open_episodes()
+        snapshot = self.refresh()
+        for pid, counts in extra.items():
+            self.family.add_counts(pid, counts)
+        final = self._snapshot(snapshot.now, ended=True, reason=reason)
+        self.close()
+        return final
+
+    def _close_open_episodes(self) -> dict[int, Counts]:
+        """An episode still open at the end is a reuse (a fault that got no copy) or a copy
+        whose record was waiting for its source: account for both, as the kernel would have
+        at the thread's next fault.  Returns the reuses to add, by member."""
+        extra: dict[int, Counts] = {}
+        open_episodes = self.tracer.open_episodes()
+        if not open_episodes:
+            return extra
+        records = np.zeros(len(open_episodes), dtype=EVENT_DTYPE)
+        for index, (tid, episode) in enumerate(open_episodes):
+            kind = KIND_REUSE if episode.state == EP_WP_FAULT else KIND_COPY
+            if episode.state == EP_WP_FAULT:
+                extra[episode.tgid] = extra.get(episode.tgid, Counts()) + Counts(reuses=1)
+            elif episode.state != EP_COPIED:
+                continue
+            records[index] = (
+                0,
+                0,
+                episode.ts,
+                episode.addr,
+                episode.pid,
+                tid,
+                kind,
+                episode.source,
+                episode.via,
+                b"",
+            )
+        if self.events is not None:
+            self.events.write(records[records["kind"] != 0])
+        return extra
+
+    def close(self) -> None:
+        """Unload the BPF program and close the log; safe to call more than once."""
+        self.tracer.close()
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+
+
+def run_loop(
+    session: Session,
+    *,
+    interval: float,
+    on_snapshot: Callable[[Snapshot], None],
+    should_stop: Callable[[], str | None],
+    duration: float | None = None,
+) -> str:
+    """Step the session until a stop reason appears; returns the reason."""
+    next_refresh = time.monotonic() + interval
+    deadline = None if duration is None else session.started + duration
+    while True:
+        reason = should_stop()
+        if reason:
+            return reason
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return "duration reached"
+        if session.root_done():
+            return "root exited"
+        wait = min(0.1, max(0.0, next_refresh - now))
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - now))
+        session.step(wait)
+        if time.monotonic() >= next_refresh:
+            on_snapshot(session.refresh())
+            next_refresh += interval
+            if next_refresh < time.monotonic():
+                next_refresh = time.monotonic() + interval

@@ -1,0 +1,76 @@
+"""Helpers for the tests: running the cowtrace CLI, and checking what it left loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COWTRACE = [sys.executable, "-m", "cowtrace"]
+# Names bcc gives the programs of bpf/cowtrace.bpf.c and bpf/calibrate.bpf.c (bpftool shows
+# them truncated to 15 characters for some program types).
+PROGRAM_NAMES = (
+    "mm_page_alloc",
+    "rss_stat",
+    "raw_tracepoint__page_fault_kernel",
+    "raw_tracepoint__page_fault_user",
+    "tracepoint__sched__sched_process_exec",
+    "tracepoint__sched__sched_process_exit",
+    "tracepoint__sched__sched_process_free",
+    "tracepoint__signal__signal_deliver",
+    "tracepoint__syscalls__sys_enter_exit_group",
+    "tracepoint__task__task_newtask",
+)
+
+
+def kernel_unavailable_reason() -> str | None:
+    """Why kernel tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc is not importable (run with /usr/bin/python3's venv)"
+    if not Path("/sys/kernel/tracing/events").exists():
+        return "tracefs is not mounted"
+    if shutil.which("bpftool") is None:
+        return "bpftool is not installed"
+    return None
+
+
+def cowtrace_programs_loaded() -> list[str]:
+    """cowtrace's BPF programs still loaded in the kernel (by anyone)."""
+    out = subprocess.run(
+        ["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True
+    ).stdout
+    names = [prog.get("name", "") for prog in json.loads(out or "[]")]
+    return [n for n in names if any(p.startswith(n) or n.startswith(p) for p in PROGRAM_NAMES)
+            and len(n) >= 8]
+
+
+def wait_until_unloaded(timeout: float = 5.0) -> list[str]:
+    """Programs are freed asynchronously after their last fd closes: wait for that."""
+    deadline = time.monotonic() + timeout
+    leaked = cowtrace_programs_loaded()
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.1)
+        leaked = cowtrace_programs_loaded()
+    return leaked
+
+
+def run_cowtrace(
+    args: list[str], *, timeout: float = 120, check: bool = False, **kwargs
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, in a child process."""
+    return subprocess.run(
+        [*COWTRACE, *args], capture_output=True, text=True, timeout=timeout, check=check, **kwargs
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path) as lines:
+        return [json.loads(line) for line in lines if line.strip()]
