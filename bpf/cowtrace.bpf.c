@@ -33,7 +33,7 @@
  * tracked from its first instruction: task:task_newtask adds every process forked by a member
  * before it can run.  Threads (CLONE_THREAD) are their process; vfork/posix_spawn children
  * (CLONE_VM without CLONE_THREAD) share their parent's memory, so their writes are counted on
- * the parent until they exec or exit.
+ * the parent until they exec (then they are members of their own) or exit.
  */
 #include <uapi/linux/ptrace.h>
 
@@ -373,8 +373,9 @@ TRACEPOINT_PROBE(task, task_newtask)
     return 0;
 }
 
-/* A member that execs keeps its place (its later forks are traced); a vfork child that execs
- * leaves its parent's memory and the family. */
+/* A member that execs keeps its place (its later forks are traced); a vfork/posix_spawn child
+ * that execs leaves its parent's memory and becomes a member of its own, so that what a shell
+ * or a launcher starts is traced. */
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -386,8 +387,12 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     if (ep)
         close_episode(ep, tid);
     if (m->flags & MF_VFORK_CHILD) {
-        members.delete(&tgid);
-        return 0;
+        /* It stops sharing its parent's memory now: from here on it is a member of its own,
+         * forked (as far as the family goes) by the parent it borrowed memory from. */
+        u32 parent = m->owner;
+        m->owner = tgid;
+        m->flags = 0;
+        emit_proc(PE_FORK, tgid, parent, m);
     }
     m->flags &= ~MF_AWAIT_EXEC;
     emit_proc(PE_EXEC, tgid, 0, m);

@@ -48,8 +48,11 @@ def cowtrace_programs_loaded() -> list[str]:
         ["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True
     ).stdout
     names = [prog.get("name", "") for prog in json.loads(out or "[]")]
-    return [n for n in names if any(p.startswith(n) or n.startswith(p) for p in PROGRAM_NAMES)
-            and len(n) >= 8]
+    return [
+        n
+        for n in names
+        if any(p.startswith(n) or n.startswith(p) for p in PROGRAM_NAMES) and len(n) >= 8
+    ]
 
 
 def wait_until_unloaded(timeout: float = 5.0) -> list[str]:
