@@ -208,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cowtrace: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # click's usage errors and anything unforeseen: one line
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
+    except Exception as error:  # usage errors and anything unforeseen: one line
+        # Usage errors come from click, which typer may ship as its own private copy: match
+        # them by their interface rather than import a module that may not exist.
+        if hasattr(error, "show") and isinstance(getattr(error, "exit_code", None), int):
             error.show()
             return error.exit_code
-        if isinstance(error, click.exceptions.Abort):
+        if type(error).__name__ == "Abort":
             return 130
         print(f"cowtrace: internal error: {type(error).__name__}: {error}", file=sys.stderr)
         return 70

@@ -1,0 +1,197 @@
+"""Attach mode, bad input, ending by signal, and lost detail events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+
+from cowtrace import taskstats
+from tests.fixtures.conftest_helpers import load_build
+from tests.helpers import (
+    COWTRACE,
+    cowtrace_programs_loaded,
+    read_jsonl,
+    run_cowtrace,
+    wait_until_unloaded,
+)
+
+build = load_build()
+
+
+def wait_for_programs(timeout: float = 30.0) -> None:
+    """cowtrace has attached once its programs are loaded (compile takes a second or two)."""
+    deadline = time.monotonic() + timeout
+    while len(cowtrace_programs_loaded()) < 8:
+        assert time.monotonic() < deadline, "cowtrace did not attach"
+        time.sleep(0.1)
+    time.sleep(0.5)  # the /proc adoption follows the load
+
+
+def test_attach_counts_workers_that_already_exist(fixture_binaries, tmp_path):
+    fixture = subprocess.Popen(
+        [str(fixture_binaries("attach")), "256"], stdout=subprocess.PIPE, text=True
+    )
+    lines = []
+    for line in fixture.stdout:
+        lines.append(line)
+        if '"ready"' in line:
+            break
+    facts = build.parse_lines(lines)
+    master = fixture.pid
+    summary_path, events_path = tmp_path / "s.json", tmp_path / "e.jsonl"
+    tracer = subprocess.Popen(
+        [
+            *COWTRACE,
+            str(master),
+            "--quiet",
+            "--json",
+            str(summary_path),
+            "--events",
+            str(events_path),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_programs()
+        os.kill(master, signal.SIGUSR1)
+        lines += fixture.stdout.read().splitlines()
+        assert fixture.wait(timeout=60) == 0
+        assert tracer.wait(timeout=60) == 0, tracer.stderr.read()
+    finally:
+        for process in (fixture, tracer):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    facts = build.parse_lines(lines)
+    summary = json.loads(summary_path.read_text())
+    events = read_jsonl(events_path)
+    processes = {p["pid"]: p for p in summary["processes"]}
+    assert summary["end_reason"] == "root exited"
+    buffer = facts.buffers["buf"]
+    for expect in facts.expects:
+        got = Counter(
+            e["kind"]
+            for e in events
+            if e["pid"] == expect.pid and e["addr"] and buffer.start <= e["addr"] < buffer.end
+        )
+        assert (got["copy"], got["reuse"], got["zero_fill"]) == (
+            expect.copies,
+            expect.reuses,
+            expect.zero_fills,
+        ), f"pid {expect.pid}"
+    workers = [facts.pid_of("w1"), facts.pid_of("w2")]
+    for pid in workers:
+        assert processes[pid]["adopted"] is True
+        assert processes[pid]["role"] == "child"
+    assert processes[master]["role"] == "root"
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["999999999"], "no process with pid 999999999", 1),
+        (["2"], "is a kernel thread", 1),
+        (["run", "--", "/nonexistent/command"], "command not found", 127),
+        (["trace", "notapid"], "", 2),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(args, message, code):
+    result = run_cowtrace(args, timeout=60)
+    assert result.returncode == code
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    if message:
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_not_root_is_one_line():
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *COWTRACE, "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "root" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_ending_by_signal_leaves_nothing_loaded(signum, tmp_path):
+    target = subprocess.Popen(["sleep", "120"])
+    summary_path = tmp_path / "s.json"
+    tracer = subprocess.Popen(
+        [*COWTRACE, str(target.pid), "--plain", "--json", str(summary_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_programs()
+        tracer.send_signal(signum)
+        out, err = tracer.communicate(timeout=30)
+    finally:
+        target.kill()
+        target.wait()
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+    assert wait_until_unloaded() == []
+    if signum == signal.SIGKILL:
+        return
+    assert tracer.returncode == 0, err
+    assert "Traceback" not in err
+    summary = json.loads(summary_path.read_text())
+    assert summary["end_reason"] == ("interrupted" if signum == signal.SIGINT else "terminated")
+    assert "0 lost" in out
+
+
+def test_lost_events_are_counted_and_counts_stay_exact(fixture_binaries, tmp_path):
+    """A 1 MiB ring holds ~26k records; 60k copies arrive while the consumer holds back."""
+    pages = 60000
+    summary_path, events_path = tmp_path / "s.json", tmp_path / "e.jsonl"
+    previous = taskstats.enable_delayacct()
+    with taskstats.ExitListener() as listener:
+        result = run_cowtrace(
+            [
+                "run",
+                "--quiet",
+                "--ring-mb",
+                "1",
+                "--hold-events",
+                "30",
+                "--json",
+                str(summary_path),
+                "--events",
+                str(events_path),
+                "--",
+                str(fixture_binaries("child_writes")),
+                str(pages),
+            ],
+        )
+        assert result.returncode == 0, result.stderr
+        facts = build.parse_lines(result.stdout)
+        child = facts.pid_of("child")
+        exit_record = listener.wait_for(child, timeout=5.0)
+    taskstats.restore_delayacct(previous)
+    summary = json.loads(summary_path.read_text())
+    events = read_jsonl(events_path)
+    totals = summary["totals"]
+    assert totals["lost_events"] > 0
+    recorded = totals["copies"] + totals["reuses"] + totals["zero_fills"]
+    assert len(events) + totals["lost_events"] == recorded
+    processes = {p["pid"]: p for p in summary["processes"]}
+    # Exact whatever was lost: the kernel's own count of the child's copies agrees.
+    assert exit_record is not None
+    assert processes[child]["copies"] + processes[child]["zero_fills"] == exit_record.wpcopy_count
+    assert processes[child]["copies"] >= pages
