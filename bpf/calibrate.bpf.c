@@ -9,6 +9,11 @@
  * words above ctx.  User space finds the words that equal the unwound return addresses into
  * vma_alloc_folio, do_wp_page and exc_page_fault: their indexes are the slots cowtrace.bpf.c
  * reads.  It runs for a fraction of a second at start-up, once per kernel build (cached).
+ *
+ * It is loaded twice (the second copy records nothing): with two programs on a tracepoint the
+ * kernel calls them through the tracepoint's iterator (__traceiter_*), one frame deeper.  That
+ * is the layout whenever any other tool shares these tracepoints, so calibration measures the
+ * shift it adds.
  */
 #include <uapi/linux/ptrace.h>
 

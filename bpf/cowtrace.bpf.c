@@ -245,13 +245,20 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
     struct member *self = members.lookup(&tgid);
     if (!self || (self->flags & MF_AWAIT_EXEC))
         return 0;
+    /* The direct layout (only cowtrace on this tracepoint), else the iterator's (another
+     * program shares it: one more frame, ITER_SHIFT_ALLOC words). */
+    int shift = 0;
     u64 ret_vma = stack_word(ctx, SLOT_ALLOC_VMA);
-    if (ret_vma < VMA_ALLOC_LO || ret_vma >= VMA_ALLOC_HI)
-        return 0;
-    u64 ret_wp = stack_word(ctx, SLOT_ALLOC_WP);
+    if (ret_vma < VMA_ALLOC_LO || ret_vma >= VMA_ALLOC_HI) {
+        shift = ITER_SHIFT_ALLOC;
+        ret_vma = stack_word(ctx, SLOT_ALLOC_VMA + ITER_SHIFT_ALLOC);
+        if (ret_vma < VMA_ALLOC_LO || ret_vma >= VMA_ALLOC_HI)
+            return 0;
+    }
+    u64 ret_wp = stack_word(ctx, SLOT_ALLOC_WP + shift);
     if (ret_wp < DO_WP_PAGE_LO || ret_wp >= DO_WP_PAGE_HI)
         return 0;
-    u64 ret_exc = stack_word(ctx, SLOT_ALLOC_EXC);
+    u64 ret_exc = stack_word(ctx, SLOT_ALLOC_EXC + shift);
     bool from_fault = ret_exc >= EXC_PF_LO && ret_exc < EXC_PF_HI;
     struct member *m = self;
     if (self->owner != tgid) {
@@ -318,8 +325,11 @@ RAW_TRACEPOINT_PROBE(rss_stat)
     if (!m || (m->flags & MF_AWAIT_EXEC))
         return 0;
     u64 ret_wp = stack_word(ctx, SLOT_RSS_WP);
-    if (ret_wp < DO_WP_PAGE_LO || ret_wp >= DO_WP_PAGE_HI)
-        return 0;
+    if (ret_wp < DO_WP_PAGE_LO || ret_wp >= DO_WP_PAGE_HI) {
+        ret_wp = stack_word(ctx, SLOT_RSS_WP + ITER_SHIFT_RSS);  /* iterator layout */
+        if (ret_wp < DO_WP_PAGE_LO || ret_wp >= DO_WP_PAGE_HI)
+            return 0;
+    }
     __sync_fetch_and_add(&m->file_copies, 1);
     struct episode_state *ep = episodes.lookup(&tid);
     if (ep && ep->state == EP_COPIED)

@@ -115,6 +115,7 @@ class Snapshot:
     copy_rate: float = 0.0  # family copied bytes per second over the last interval
     ended: bool = False  # the final snapshot, taken when tracing stopped
     end_reason: str = ""  # "interrupted", "terminated", "root exited", "duration reached"
+    attach_s: float = 0.0  # from cowtrace's start to the family being traced (compile included)
 
     @property
     def duration(self) -> float:

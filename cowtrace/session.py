@@ -70,6 +70,7 @@ class Session:
         self._hold_until = 0.0
         self.lost_events = 0
         self.family_rate = 0.0
+        self.attach_s = 0.0
 
     # ---- set-up ----------------------------------------------------------------------------
     def set_root(self, root_pid: int) -> None:
@@ -102,6 +103,9 @@ class Session:
             for child in found:
                 self.tracer.add_member(child.pid, stat.pid)
                 self.family.adopt(child, adopted=True)
+        own = procfs.read_stat(os.getpid())
+        if own is not None:
+            self.attach_s = max(0.0, time.monotonic() - own.start_monotonic())
 
     # ---- the loop --------------------------------------------------------------------------
     def step(self, timeout_s: float) -> None:
@@ -160,6 +164,7 @@ class Session:
             copy_rate=self.family_rate,
             ended=ended,
             end_reason=reason,
+            attach_s=self.attach_s,
         )
 
     # ---- the end ---------------------------------------------------------------------------

@@ -53,6 +53,8 @@ class Calibration:
     slot_alloc_wp: int
     slot_alloc_exc: int
     slot_rss_wp: int
+    iter_shift_alloc: int  # extra words when the tracepoint runs through __traceiter_*
+    iter_shift_rss: int
     alloc_function: str  # the function do_wp_page calls to allocate (vma_alloc_folio...)
     wp_function: str  # do_wp_page
     fault_function: str  # exc_page_fault
@@ -64,6 +66,8 @@ class Calibration:
             f"-DSLOT_ALLOC_WP={self.slot_alloc_wp}",
             f"-DSLOT_ALLOC_EXC={self.slot_alloc_exc}",
             f"-DSLOT_RSS_WP={self.slot_rss_wp}",
+            f"-DITER_SHIFT_ALLOC={self.iter_shift_alloc}",
+            f"-DITER_SHIFT_RSS={self.iter_shift_rss}",
         ]
         for prefix, name in (
             ("VMA_ALLOC", self.alloc_function),
@@ -146,9 +150,10 @@ def calibrate(symbols: KernelSymbols) -> Calibration:
         os._exit(status)
     os.close(go_read)
     samples: list[_Sample] = []
-    bpf = None
+    bpf = second = None
     try:
         bpf = compile_program("calibrate.bpf.c", [f"-DCALIB_TGID={child}"])
+        second = compile_program("calibrate.bpf.c", ["-DCALIB_TGID=0xffffffffU"])
 
         def collect(_ctx: object, data: int, _size: int) -> None:
             samples.append(
@@ -165,8 +170,9 @@ def calibrate(symbols: KernelSymbols) -> Calibration:
         if child:
             os.kill(child, 9)
             os.waitpid(child, 0)
-        if bpf is not None:
-            bpf.cleanup()
+        for program in (bpf, second):
+            if program is not None:
+                program.cleanup()
     if os.waitstatus_to_exitcode(status) != 0:
         raise CowtraceError("calibration workload failed")
     return analyse(samples, symbols)
@@ -185,15 +191,32 @@ def _consistent_slot(candidates: list[set[int]], what: str) -> int:
     return min(common)
 
 
+def _iterator_shift(frames: list[int], words: list[int], symbols: KernelSymbols) -> int | None:
+    """Words the __traceiter_* frame adds, when the sample went through it (else 0)."""
+    for index, frame in enumerate(frames[:-1]):
+        function = symbols.containing(frame)
+        if function is not None and function.name.startswith("__traceiter_"):
+            here, above = _slot_of(words, frame), _slot_of(words, frames[index + 1])
+            if not here or not above:
+                return None
+            return min(above) - min(here)
+    return 0
+
+
 def analyse(samples: list[_Sample], symbols: KernelSymbols) -> Calibration:
-    """Derive the slots from recorded samples (pure: testable on recorded data)."""
+    """Derive the slots from recorded samples (pure: testable on recorded data).
+
+    Slots are returned for the direct layout (one program on the tracepoint); the iterator
+    layout is the same plus a shift, measured here too."""
     wp = symbols.function("do_wp_page")
     fault = symbols.function("exc_page_fault")
     alloc_slots: list[set[int]] = []
     wp_slots: list[set[int]] = []
     exc_slots: list[set[int]] = []
     rss_slots: list[set[int]] = []
+    shifts: dict[int, Counter[int]] = {1: Counter(), 2: Counter()}
     alloc_functions: Counter[str] = Counter()
+
     for sample in samples:
         count = max(0, sample.nframes_bytes) // 8
         frames = list(sample.frames)[:count]
@@ -201,26 +224,43 @@ def analyse(samples: list[_Sample], symbols: KernelSymbols) -> Calibration:
         wp_index = next((i for i, frame in enumerate(frames) if frame in wp), None)
         if wp_index is None or wp_index == 0:
             continue
+        shift = _iterator_shift(frames, words, symbols)
+        if shift is None:
+            continue
+        shifts[sample.kind][shift] += 1
+
+        def direct(value: int, shift: int = shift) -> set[int]:
+            return {slot - shift for slot in _slot_of(words, value)}
+
         if sample.kind == 2:
-            rss_slots.append(_slot_of(words, frames[wp_index]))
+            rss_slots.append(direct(frames[wp_index]))
             continue
         callee: FunctionRange | None = symbols.containing(frames[wp_index - 1])
         if callee is None:
             continue
         alloc_functions[callee.name] += 1
-        alloc_slots.append(_slot_of(words, frames[wp_index - 1]))
-        wp_slots.append(_slot_of(words, frames[wp_index]))
+        alloc_slots.append(direct(frames[wp_index - 1]))
+        wp_slots.append(direct(frames[wp_index]))
         exc_frame = next((frame for frame in frames[wp_index:] if frame in fault), None)
         if exc_frame is not None:
-            exc_slots.append(_slot_of(words, exc_frame))
+            exc_slots.append(direct(exc_frame))
     if not alloc_functions:
         raise CowtraceError("calibration saw no copy-on-write allocation: kernel not supported")
+
+    def iter_shift(kind: int) -> int:
+        measured = [shift for shift in shifts[kind] if shift > 0]
+        if not measured:
+            raise CowtraceError("calibration could not measure the tracepoint iterator frame")
+        return max(measured, key=lambda shift: shifts[kind][shift])
+
     alloc_function = alloc_functions.most_common(1)[0][0]
     return Calibration(
         slot_alloc_vma=_consistent_slot(alloc_slots, "the allocation's caller"),
         slot_alloc_wp=_consistent_slot(wp_slots, "do_wp_page's allocation"),
         slot_alloc_exc=_consistent_slot(exc_slots, "the page fault entry"),
         slot_rss_wp=_consistent_slot(rss_slots, "a file-backed copy"),
+        iter_shift_alloc=iter_shift(1),
+        iter_shift_rss=iter_shift(2),
         alloc_function=alloc_function,
         wp_function=wp.name,
         fault_function=fault.name,

@@ -52,6 +52,7 @@ def summary_dict(snapshot: Snapshot) -> dict[str, Any]:
         "end_reason": snapshot.end_reason,
         "totals": totals,
         "processes": [_process(member) for member in snapshot.members],
+        "tracer": {"attach_s": round(snapshot.attach_s, 3)},
     }
 
 
