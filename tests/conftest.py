@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tests.helpers import cowtrace_programs_loaded, kernel_unavailable_reason
+from tests.helpers import kernel_unavailable_reason, wait_until_unloaded
 
 pytest_plugins = ["tests.fixtures.conftest_helpers"]
 
@@ -42,5 +42,5 @@ def no_leaked_bpf(request: pytest.FixtureRequest):
     """Every kernel test must leave no cowtrace BPF program loaded behind it."""
     yield
     if request.node.get_closest_marker("kernel") is not None and os.geteuid() == 0:
-        leaked = cowtrace_programs_loaded()
+        leaked = wait_until_unloaded()  # the kernel frees programs after their last fd closes
         assert not leaked, f"BPF programs left loaded: {leaked}"

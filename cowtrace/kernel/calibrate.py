@@ -229,7 +229,7 @@ def analyse(samples: list[_Sample], symbols: KernelSymbols) -> Calibration:
             continue
         shifts[sample.kind][shift] += 1
 
-        def direct(value: int, shift: int = shift) -> set[int]:
+        def direct(value: int, words: list[int] = words, shift: int = shift) -> set[int]:
             return {slot - shift for slot in _slot_of(words, value)}
 
         if sample.kind == 2:
