@@ -14,10 +14,8 @@ not counted by the kernel, so a reuse that was really a copy would show up as on
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import mmap
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,21 +23,14 @@ from types import ModuleType
 import pytest
 
 from cowtrace import smaps, taskstats
+from tests.fixtures.conftest_helpers import load_oracle
 
 PAGE = 4096
 _FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _load_oracle() -> ModuleType:
-    name = "cowtrace_fixtures_oracle"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _FIXTURES / "oracle.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_oracle()
 
 
 def _taskstats_usable() -> str | None:
