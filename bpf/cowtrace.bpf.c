@@ -25,7 +25,7 @@
  *     a page-cache page of a MAP_PRIVATE file: the copy's source is "file".
  *
  * Counts live in the members map and are incremented here, whatever user space does.  One
- * 32-byte detail record per classified event goes to the fault_events ring buffer without
+ * 40-byte detail record per classified event goes to the fault_events ring buffer without
  * waking anyone (BPF_RB_NO_WAKEUP): user space drains it in bulk on its own clock.  A record
  * that does not fit is counted in stats[STAT_LOST_EVENTS]; the counts stay exact.
  *
@@ -95,12 +95,14 @@ struct episode_state {
     u8 pad[5];
 };
 
-/* Detail record of one classified event: fixed 32 bytes, parsed in bulk by user space. */
+/* Detail record of one classified event: fixed 40 bytes, parsed in bulk by user space. */
 struct cow_event {
     u64 ts;         /* bpf_ktime_get_ns() of the fault (CLOCK_MONOTONIC) */
     u64 addr;       /* page-aligned user address, 0 when the kernel gave none (gup) */
     u32 pid;        /* writer tgid */
     u32 tid;        /* writer thread */
+    s32 stack_id;   /* writer's native user stack (attribution), -1 when not captured */
+    s32 pystack_id; /* writer's Python stack (CPython processes), -1 when not captured */
     u8 kind;        /* enum kind */
     u8 source;      /* enum source */
     u8 via;         /* enum via */
@@ -163,6 +165,7 @@ static __always_inline u64 stack_word(void *ctx, int slot)
 static __always_inline void emit(u64 ts, u64 addr, u32 pid, u32 tid, u8 kind, u8 source, u8 via)
 {
     struct cow_event ev = {.ts = ts, .addr = addr, .pid = pid, .tid = tid,
+                           .stack_id = -1, .pystack_id = -1,
                            .kind = kind, .source = source, .via = via};
     if (fault_events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP) != 0)
         stat_inc(STAT_LOST_EVENTS);

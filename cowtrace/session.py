@@ -204,6 +204,8 @@ class Session:
                 episode.addr,
                 episode.pid,
                 tid,
+                -1,
+                -1,
                 kind,
                 episode.source,
                 episode.via,

@@ -42,17 +42,40 @@ def kernel_unavailable_reason() -> str | None:
     return None
 
 
+# Every process a test session starts inherits this tag, so that the leak check counts only the
+# programs held by this session's processes: other sessions may trace on the same machine.
+SESSION_TAG_VAR = "COWTRACE_TEST_SESSION"
+os.environ.setdefault(SESSION_TAG_VAR, str(os.getpid()))
+
+
+def _held_by_this_session(pids: list[int]) -> bool:
+    """Whether one of the processes holding a program was started by this test session."""
+    tag = f"{SESSION_TAG_VAR}={os.environ[SESSION_TAG_VAR]}".encode()
+    for pid in pids:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if tag in environ.split(b"\0"):
+            return True
+    return False
+
+
 def cowtrace_programs_loaded() -> list[str]:
-    """cowtrace's BPF programs still loaded in the kernel (by anyone)."""
+    """cowtrace's BPF programs still loaded in the kernel by processes of this test session."""
     out = subprocess.run(
         ["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True
     ).stdout
-    names = [prog.get("name", "") for prog in json.loads(out or "[]")]
-    return [
-        n
-        for n in names
-        if any(p.startswith(n) or n.startswith(p) for p in PROGRAM_NAMES) and len(n) >= 8
-    ]
+    leaked = []
+    for prog in json.loads(out or "[]"):
+        name = prog.get("name", "")
+        ours = any(p.startswith(name) or name.startswith(p) for p in PROGRAM_NAMES)
+        if len(name) < 8 or not ours:
+            continue
+        holders = [int(h["pid"]) for h in prog.get("pids", [])]
+        if not holders or _held_by_this_session(holders):
+            leaked.append(name)
+    return leaked
 
 
 def wait_until_unloaded(timeout: float = 5.0) -> list[str]:

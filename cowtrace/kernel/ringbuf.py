@@ -1,6 +1,6 @@
 """Bulk reader of the fault_events BPF ring buffer.
 
-Every record in that ring has the same size (an 8-byte ring header and a 32-byte cow_event),
+Every record in that ring has the same size (an 8-byte ring header and a 40-byte cow_event),
 so a whole stretch of the ring is one numpy structured array: user space pays per drain, not
 per event.  (bcc's own consumer calls a Python function per record, which took a whole core
 and slowed the traced program 4x in the prototype.)
@@ -31,14 +31,16 @@ EVENT_DTYPE = np.dtype(
         ("addr", "<u8"),
         ("pid", "<u4"),
         ("tid", "<u4"),
+        ("stack_id", "<i4"),
+        ("pystack_id", "<i4"),
         ("kind", "u1"),
         ("source", "u1"),
         ("via", "u1"),
         ("pad", "V5"),
     ]
 )
-EVENT_PAYLOAD = 32
-RECORD_SIZE = EVENT_DTYPE.itemsize  # 40: 8-byte header + 32-byte payload, already 8-aligned
+EVENT_PAYLOAD = 40
+RECORD_SIZE = EVENT_DTYPE.itemsize  # 48: 8-byte header + 40-byte payload, already 8-aligned
 assert RECORD_SIZE == 8 + EVENT_PAYLOAD
 
 _U64 = struct.Struct("<Q")

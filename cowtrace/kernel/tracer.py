@@ -43,7 +43,7 @@ TRACEPOINTS = (
 
 @dataclass
 class TracerConfig:
-    """Table sizes.  The fault ring holds 40 bytes per event: 16 MiB is ~420k events, a few
+    """Table sizes.  The fault ring holds 48 bytes per event: 16 MiB is ~350k events, a few
     seconds of the worst copy storm, so a consumer that falls behind briefly loses nothing."""
 
     ring_bytes: int = 16 << 20
