@@ -89,6 +89,8 @@ struct episode_state {
     u64 addr;
     u32 tgid;       /* counting owner */
     u32 pid;        /* the writer process (tgid of the thread) */
+    s32 stack_id;   /* of the copy (EP_COPIED), see struct cow_event */
+    s32 pystack_id;
     u8 state;       /* enum episode */
     u8 via;         /* enum via */
     u8 source;      /* enum source */
@@ -162,10 +164,11 @@ static __always_inline u64 stack_word(void *ctx, int slot)
     return word;
 }
 
-static __always_inline void emit(u64 ts, u64 addr, u32 pid, u32 tid, u8 kind, u8 source, u8 via)
+static __always_inline void emit(u64 ts, u64 addr, u32 pid, u32 tid, u8 kind, u8 source, u8 via,
+                                 s32 stack_id, s32 pystack_id)
 {
     struct cow_event ev = {.ts = ts, .addr = addr, .pid = pid, .tid = tid,
-                           .stack_id = -1, .pystack_id = -1,
+                           .stack_id = stack_id, .pystack_id = pystack_id,
                            .kind = kind, .source = source, .via = via};
     if (fault_events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP) != 0)
         stat_inc(STAT_LOST_EVENTS);
@@ -179,11 +182,26 @@ static __always_inline void close_episode(struct episode_state *ep, u32 tid)
         struct member *m = members.lookup(&ep->tgid);
         if (m)
             __sync_fetch_and_add(&m->reuses, 1);
-        emit(ep->ts, ep->addr, ep->pid, tid, KIND_REUSE, SOURCE_ANON, ep->via);
+        emit(ep->ts, ep->addr, ep->pid, tid, KIND_REUSE, SOURCE_ANON, ep->via, -1, -1);
     } else if (ep->state == EP_COPIED) {
-        emit(ep->ts, ep->addr, ep->pid, tid, KIND_COPY, ep->source, ep->via);
+        emit(ep->ts, ep->addr, ep->pid, tid, KIND_COPY, ep->source, ep->via, ep->stack_id,
+             ep->pystack_id);
     }
     ep->state = EP_NONE;
+}
+
+/* ---- writer stacks (attribution) -------------------------------------------------------------- */
+/* The native user stack of the thread that made the copy, or -1.  Called from mm_page_alloc in
+ * the faulting thread's context, so the user registers are the writer's. */
+static __always_inline s32 capture_user_stack(void *ctx)
+{
+    return -1;
+}
+
+/* The Python stack of the writing thread when the process is a CPython interpreter, or -1. */
+static __always_inline s32 capture_python_stack(void *ctx, u32 tgid)
+{
+    return -1;
 }
 
 /* ---- hot path: faults, allocations ------------------------------------------------------------ */
@@ -294,16 +312,20 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
             close_episode(ep, tid);
     }
     if (zero) {
-        emit(ts, addr, tgid, tid, KIND_ZERO_FILL, SOURCE_ANON, via);
+        emit(ts, addr, tgid, tid, KIND_ZERO_FILL, SOURCE_ANON, via, -1, -1);
         if (ep)
             ep->state = EP_NONE;
         return 0;
     }
+    s32 stack_id = capture_user_stack(ctx);
+    s32 pystack_id = capture_python_stack(ctx, tgid);
     if (!ep) {
         /* No episode table entry for this thread: record the copy at once. */
-        emit(ts, addr, tgid, tid, KIND_COPY, SOURCE_ANON, via);
+        emit(ts, addr, tgid, tid, KIND_COPY, SOURCE_ANON, via, stack_id, pystack_id);
         return 0;
     }
+    ep->stack_id = stack_id;
+    ep->pystack_id = pystack_id;
     ep->ts = ts;
     ep->addr = addr;
     ep->tgid = m->owner;

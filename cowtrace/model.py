@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cowtrace.attribution.view import AttributionView
 
 PAGE_SIZE = 4096
 
@@ -116,6 +120,7 @@ class Snapshot:
     ended: bool = False  # the final snapshot, taken when tracing stopped
     end_reason: str = ""  # "interrupted", "terminated", "root exited", "duration reached"
     attach_s: float = 0.0  # from cowtrace's start to the family being traced (compile included)
+    attribution: AttributionView | None = None  # mappings, allocations, writers (when enabled)
 
     @property
     def duration(self) -> float:

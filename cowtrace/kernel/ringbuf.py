@@ -19,38 +19,24 @@ import struct
 
 import numpy as np
 
+from cowtrace.kernel.records import EVENT_DTYPE
+
 RINGBUF_BUSY_BIT = 1 << 31
 RINGBUF_DISCARD_BIT = 1 << 30
 
-# struct cow_event of bpf/cowtrace.bpf.c, behind the ring's 8-byte record header.
-EVENT_DTYPE = np.dtype(
-    [
-        ("header_len", "<u4"),
-        ("header_pgoff", "<u4"),
-        ("ts", "<u8"),
-        ("addr", "<u8"),
-        ("pid", "<u4"),
-        ("tid", "<u4"),
-        ("stack_id", "<i4"),
-        ("pystack_id", "<i4"),
-        ("kind", "u1"),
-        ("source", "u1"),
-        ("via", "u1"),
-        ("pad", "V5"),
-    ]
-)
-EVENT_PAYLOAD = 40
+EVENT_PAYLOAD = EVENT_DTYPE.itemsize - 8
 RECORD_SIZE = EVENT_DTYPE.itemsize  # 48: 8-byte header + 40-byte payload, already 8-aligned
-assert RECORD_SIZE == 8 + EVENT_PAYLOAD
 
 _U64 = struct.Struct("<Q")
 
 
 class FixedRecordRing:
-    """Consumer of a BPF ring buffer whose records all carry EVENT_DTYPE payloads."""
+    """Consumer of a BPF ring buffer whose records all have one dtype (see records.py)."""
 
-    def __init__(self, map_fd: int, data_size: int) -> None:
+    def __init__(self, map_fd: int, data_size: int, dtype: np.dtype = EVENT_DTYPE) -> None:
         page = mmap.PAGESIZE
+        self._dtype = dtype
+        self._record_size = dtype.itemsize
         self._size = data_size
         self._mask = data_size - 1
         self._consumer = mmap.mmap(
@@ -65,18 +51,19 @@ class FixedRecordRing:
         """Every record written so far (up to `limit`), as a copied structured array."""
         consumer = _U64.unpack_from(self._consumer, 0)[0]
         producer = _U64.unpack_from(self._producer, 0)[0]
-        count = (producer - consumer) // RECORD_SIZE
+        size = self._record_size
+        count = (producer - consumer) // size
         if limit is not None:
             count = min(count, limit)
-        count = min(count, self._size // RECORD_SIZE)
+        count = min(count, self._size // size)
         if count <= 0:
-            return np.empty(0, dtype=EVENT_DTYPE)
+            return np.empty(0, dtype=self._dtype)
         start = consumer & self._mask
-        records = np.frombuffer(self._data, dtype=EVENT_DTYPE, count=count, offset=start).copy()
+        records = np.frombuffer(self._data, dtype=self._dtype, count=count, offset=start).copy()
         busy = np.flatnonzero(records["header_len"] & RINGBUF_BUSY_BIT)
         if busy.size:
             records = records[: busy[0]]
-        _U64.pack_into(self._consumer, 0, consumer + len(records) * RECORD_SIZE)
+        _U64.pack_into(self._consumer, 0, consumer + len(records) * size)
         keep = (records["header_len"] & RINGBUF_DISCARD_BIT) == 0
         return records if keep.all() else records[keep]
 

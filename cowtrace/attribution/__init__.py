@@ -1,0 +1,1 @@
+"""Attribution: which memory each copy was in, which allocation, and which code wrote it."""

@@ -1,0 +1,98 @@
+"""What attribution hands to renderers, the summary and the metrics: plain immutable tables.
+
+The engine (engine.py) builds an AttributionView on every refresh; nothing here computes.
+Sizes are in pages where the kernel counts pages (copies) and in bytes where the allocator
+counts bytes (block sizes); `copied_bytes` properties turn pages into bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cowtrace.model import PAGE_SIZE
+
+# Mapping kinds, as reported everywhere (JSON "kind", metric label "mapping").
+MAPPING_KINDS = ("heap", "stack", "anon", "anon_named", "file", "shm", "other")
+
+
+@dataclass(frozen=True)
+class RegionStat:
+    """Copies in one mapping (grouped by kind and name across the family)."""
+
+    kind: str  # one of MAPPING_KINDS
+    name: str  # "[heap]", "[stack]", "[anon:NAME]", a file path, "" for plain anonymous memory
+    section: str | None  # ".data", ".bss" for a binary's writable sections, else None
+    copies: int
+    reuses: int
+    zero_fills: int
+    processes: int  # members that copied in it
+
+    @property
+    def copied_bytes(self) -> int:
+        return self.copies * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class BlockStat:
+    """One allocated block, as copied pages saw it."""
+
+    addr: int
+    size: int
+    copied_pages: int  # distinct pages of the block copied (across the family)
+
+
+@dataclass(frozen=True)
+class AllocationStat:
+    """Copies attributed to the blocks of one allocation site (allocation stack)."""
+
+    site: tuple[str, ...]  # allocation stack, innermost frame first; () when recovered
+    origin: str  # "malloc" (seen by uprobes) or "recovered" (found walking the heap at attach)
+    allocator: str  # "glibc", "jemalloc", "tcmalloc"
+    blocks: int  # live blocks of this site that copies touched
+    block_bytes: int  # their total size
+    copies: int  # copies attributed to this site
+    largest: tuple[BlockStat, ...] = ()
+
+    @property
+    def copied_bytes(self) -> int:
+        return self.copies * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class WriterStat:
+    """Copies made by one native writer stack."""
+
+    frames: tuple[str, ...]  # innermost first, symbolized
+    copies: int
+    processes: int
+    truncated: bool  # the walk ended early (no frame pointers): only the leading frames are real
+
+    @property
+    def copied_bytes(self) -> int:
+        return self.copies * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class PythonWriterStat:
+    """Copies made under one Python stack (CPython members)."""
+
+    frames: tuple[str, ...]  # "function (file:line)", innermost first
+    native_leaf: str  # the native function the write happened in
+    category: str  # "gc", "refcount", "allocator", "teardown", "other"
+    copies: int
+
+    @property
+    def copied_bytes(self) -> int:
+        return self.copies * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class AttributionView:
+    regions: tuple[RegionStat, ...] = ()
+    allocations: tuple[AllocationStat, ...] = ()
+    writers: tuple[WriterStat, ...] = ()
+    python_writers: tuple[PythonWriterStat, ...] = ()
+    why: tuple[str, ...] = ()  # one-line explanations ("garbage collection (41% of copies)...")
+    # For metrics: copies per (pid, mapping kind), and exit-time copies per pid.
+    copies_by_kind: dict[tuple[int, str], int] = field(default_factory=dict)
+    exit_copies: dict[int, int] = field(default_factory=dict)
