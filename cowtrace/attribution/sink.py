@@ -1,0 +1,101 @@
+"""The seam between the tracer (kernel records, session) and the attribution engine.
+
+The session hands every record it drains to an AttributionSink, in one order per drain cycle:
+lifecycle (fork, exec, exit), then map changes, then allocator calls, then the classified
+faults.  The fault ring is drained FIRST, so that every map change or allocation that happened
+before the last fault of the batch has been drained too; the sink orders what it is given by
+`ts` (CLOCK_MONOTONIC ns, the kernel's clock for every record).
+
+The engine (engine.py) is the real sink; NullSink keeps the core tracer's behaviour when
+attribution is off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from cowtrace.attribution.view import AttributionView
+
+
+class StackResolver(Protocol):
+    """Turns the kernel's stack ids into addresses and names (kernel/stacks.py)."""
+
+    def addresses(self, stack_id: int) -> Sequence[int]:
+        """Return addresses of a user stack, innermost first; empty if the id is unknown."""
+        ...
+
+    def symbolize(self, pid: int, addr: int) -> str:
+        """`function (module)` for an address in `pid`'s memory (falls back to the family)."""
+        ...
+
+
+class AttributionSink(Protocol):
+    def adopt(self, pid: int, parent: int | None, *, recover_heap: bool) -> None:
+        """A member that existed before tracing: read its map now (and walk its heap)."""
+        ...
+
+    def on_fork(self, ts_ns: int, parent: int, child: int) -> None: ...
+
+    def on_exec(self, ts_ns: int, pid: int) -> None: ...
+
+    def on_exit(self, ts_ns: int, pid: int) -> None: ...
+
+    def on_map_events(self, records: np.ndarray) -> None:
+        """MAP_EVENT_DTYPE records (cowtrace/kernel/records.py)."""
+        ...
+
+    def on_alloc_events(self, records: np.ndarray) -> None:
+        """ALLOC_EVENT_DTYPE records."""
+        ...
+
+    def on_fault_events(self, records: np.ndarray) -> Any:
+        """EVENT_DTYPE records; returns what EventLog.write needs for the attribution fields
+        of --events (None when there is nothing to add)."""
+        ...
+
+    def view(self) -> AttributionView | None: ...
+
+    def summary_sections(self) -> dict[str, Any]:
+        """Top-level --json sections ("regions", "allocations", "writers", ...)."""
+        ...
+
+    def process_fields(self, pid: int) -> dict[str, Any]:
+        """Extra --json fields of one process ("exit_copies", "exit_writers")."""
+        ...
+
+
+class NullSink:
+    """Attribution off: accepts everything, adds nothing."""
+
+    def adopt(self, pid: int, parent: int | None, *, recover_heap: bool) -> None:
+        return None
+
+    def on_fork(self, ts_ns: int, parent: int, child: int) -> None:
+        return None
+
+    def on_exec(self, ts_ns: int, pid: int) -> None:
+        return None
+
+    def on_exit(self, ts_ns: int, pid: int) -> None:
+        return None
+
+    def on_map_events(self, records: np.ndarray) -> None:
+        return None
+
+    def on_alloc_events(self, records: np.ndarray) -> None:
+        return None
+
+    def on_fault_events(self, records: np.ndarray) -> Any:
+        return None
+
+    def view(self) -> AttributionView | None:
+        return None
+
+    def summary_sections(self) -> dict[str, Any]:
+        return {}
+
+    def process_fields(self, pid: int) -> dict[str, Any]:
+        return {}
