@@ -112,7 +112,12 @@ def trace_cmd(
     context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
 )
 def run_cmd(
-    command: list[str] = typer.Argument(..., metavar="-- COMMAND [ARGS]..."),
+    command: list[str] = typer.Argument(
+        ...,
+        metavar="-- COMMAND [ARGS]...",
+        help="The command to start, after --.",
+        show_default=False,
+    ),
     duration: float | None = DURATION,
     interval: float = INTERVAL,
     json_path: str | None = JSON_PATH,
