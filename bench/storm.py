@@ -60,12 +60,16 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def vm_rss_mib(pid: int) -> float:
-    """Resident set size of a live process now, from /proc/PID/status."""
+def rss_mib(pid: int) -> tuple[float, float]:
+    """Resident memory of a live process now: (anonymous, file-backed), from /proc/PID/status.
+
+    The file-backed part is mostly libbcc's and LLVM's code, shared with every other user of
+    those libraries; the anonymous part is cowtrace's own."""
+    values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        if line.startswith(("RssAnon:", "RssFile:")):
+            values[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return values.get("RssAnon", 0.0), values.get("RssFile", 0.0)
 
 
 def run_traced(binary: Path, pages: int, workdir: Path, extra: list[str]) -> dict:
@@ -102,7 +106,7 @@ def run_traced(binary: Path, pages: int, workdir: Path, extra: list[str]) -> dic
     storm.stdin.write("go\n")
     storm.stdin.flush()
     child = parse_child(storm.stdout.readline())
-    steady_rss = vm_rss_mib(tracer.pid)  # after the storm, before the root exits
+    steady_rss = rss_mib(tracer.pid)  # after the storm, before the root exits
     assert storm.wait(timeout=120) == 0
     tracer.stdout.read()  # keep the pipe drained until it ends on the root's exit
     _, status, usage = os.wait4(tracer.pid, 0)
@@ -169,7 +173,8 @@ def main() -> int:
     per_million = statistics.median(r["cpu_after_attach_s"] / r["events"] * 1e6 for r in traced)
     print(
         f"cowtrace CPU after attach: {per_million:.2f} s per million events;"
-        f" RSS after the storm {max(r['rss_after_storm_mib'] for r in traced):.0f} MiB"
+        f" RSS after the storm: {max(r['rss_after_storm_mib'][0] for r in traced):.0f} MiB"
+        f" anonymous + {max(r['rss_after_storm_mib'][1] for r in traced):.0f} MiB file-backed"
         f" (peak {max(r['peak_rss_mib'] for r in traced):.0f} MiB, bcc's in-process compile);"
         f" start to attached: median {statistics.median(r['attach_s'] for r in traced):.2f} s"
     )
