@@ -160,7 +160,7 @@ def _render_allocations(data: ReportData, console: Console, top: int, whole: int
     table = _table(
         "top allocation sites by copied bytes",
         [("allocation site (innermost first)", False), ("origin", False), ("blocks", True)]
-        + [("block bytes", True), ("copies", True), ("copied", True), ("share", True)],],
+        + [("block bytes", True), ("copies", True), ("copied", True), ("share", True)],
         lines=True,
     )
     for a in data.allocations[:top]:
@@ -187,7 +187,7 @@ def _render_writers(data: ReportData, console: Console, top: int, whole: int) ->
     table = _table(
         "top writer stacks by copied bytes",
         [("writer stack (innermost first)", False), ("copies", True), ("copied", True)]
-        + [("share", True), ("processes", True)],],
+        + [("share", True), ("processes", True)],
         lines=True,
     )
     for w in data.writers[:top]:
@@ -205,13 +205,15 @@ def _render_python(data: ReportData, console: Console, top: int, whole: int) -> 
     table = _table(
         "top Python writer stacks by copied bytes",
         [("Python stack (innermost first)", False), ("native leaf", False), ("category", False)]
-        + [("copies", True), ("copied", True), ("share", True)],],
+        + [("copies", True), ("copied", True), ("share", True)],
         lines=True,
     )
     for p in data.python_writers[:top]:
         cells = [count(p.copies), human_bytes(p.copied_bytes), share(p.copied_bytes, whole)]
         table.add_row(
-            frames_text(p.frames), Text(p.native_leaf or "?"), Text(p.category or "-"),
+            frames_text(p.frames),
+            Text(p.native_leaf or "?"),
+            Text(p.category or "-"),
             *(Text(c) for c in cells),
         )
     console.print(table if data.python_writers else Text("top Python writer stacks: none"))
