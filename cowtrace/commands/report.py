@@ -36,6 +36,19 @@ def write_page(page: str, out: str) -> None:
         raise CowtraceError(f"cannot write {out}: {error.strerror or error}") from None
 
 
+PIPE_WIDTH = 160
+"""Columns when stdout is not a terminal (a file, a pager, a ticket): rich would assume 80 and
+fold frame names; COLUMNS still wins when set."""
+
+
+def text_console() -> Console:
+    """stdout, as wide as the terminal, or PIPE_WIDTH when it is not one."""
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=PIPE_WIDTH)
+    return console
+
+
 def report(path: str, html_out: str | None, top: int | None, console: Console | None = None) -> int:
     """Render ``path``; return the exit status (errors raise CowtraceError)."""
     data = load_report(path)
@@ -44,5 +57,5 @@ def report(path: str, html_out: str | None, top: int | None, console: Console | 
         if html_out != "-":
             print(f"cowtrace: wrote {os.path.abspath(html_out)}", file=sys.stderr)
         return 0
-    render_text(data, console or Console(highlight=False), top or TEXT_TOP)
+    render_text(data, console or text_console(), top or TEXT_TOP)
     return 0

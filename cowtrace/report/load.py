@@ -180,6 +180,9 @@ def summary_report(document: Any, path: str) -> ReportData:
     if processes_raw is None:
         raise CowtraceError(f'{path}: summary has no "processes"')
     processes = [_process(p, i, path) for i, p in enumerate(processes_raw)]
+    root_pid = top.int("root_pid")
+    # Root first, then the heaviest copiers: the order the terminal summary uses too.
+    processes.sort(key=lambda p: (p.pid != root_pid, -p.copies, p.pid))
 
     def section(key: str, parse: Any) -> list[Any] | None:
         items = top.items(key)
@@ -195,7 +198,7 @@ def summary_report(document: Any, path: str) -> ReportData:
         path=path,
         totals=totals,
         processes=processes,
-        root_pid=top.int("root_pid"),
+        root_pid=root_pid,
         duration_s=top.float("duration_s"),
         end_reason=top.str("end_reason"),
         regions=section("regions", _region),

@@ -70,7 +70,14 @@ def _table(title: str, columns: Sequence[tuple[str, bool]], lines: bool = False)
         title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, show_lines=lines
     )
     for header, numeric in columns:
-        table.add_column(header, justify="right" if numeric else "left", overflow="fold")
+        # Numbers never wrap (a folded "592.0 / KiB" misreads); frames and paths fold instead.
+        table.add_column(
+            header,
+            justify="right" if numeric else "left",
+            overflow="fold",
+            no_wrap=numeric,
+            min_width=None if numeric else min(len(header), 8),
+        )
     return table
 
 
