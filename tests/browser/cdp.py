@@ -194,7 +194,9 @@ class Chromium:
                 continue
             params = event.get("params", {})
             if event["method"] == "Runtime.exceptionThrown":
-                found.append(f"exception: {params.get('exceptionDetails', {}).get('text')}")
+                details = params.get("exceptionDetails", {})
+                described = details.get("exception", {}).get("description")
+                found.append(f"exception: {described or details.get('text')}")
             elif event["method"] == "Runtime.consoleAPICalled" and params.get("type") in (
                 "error",
                 "assert",
