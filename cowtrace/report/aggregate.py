@@ -33,6 +33,7 @@ from cowtrace.report.model import (
 )
 
 KINDS = ("copy", "reuse", "zero_fill")
+_SLOTS = {kind: slot for slot, kind in enumerate(KINDS)}
 LARGEST_BLOCKS = 5
 """Blocks listed per allocation site, largest first (as the summary's ``largest``)."""
 
@@ -73,34 +74,38 @@ class EventAggregator:
         self.py_writers: dict[tuple[tuple[str, ...], str | None, str | None], int] = {}
         self.samples: dict[tuple[tuple[str, ...] | None, tuple[str, ...] | None, bool], int] = {}
         self.seen_mapping = self.seen_alloc = self.seen_stack = self.seen_pystack = False
+        self._known_stacks: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.first_ts: float | None = None
         self.last_ts: float | None = None
 
     def add(self, event: Any, lineno: int) -> None:
-        """Count one event; CowtraceError (with the line number) when it is not one."""
-        if not isinstance(event, dict):
+        """Count one event; CowtraceError (with the line number) when it is not one.
+
+        This runs once per line of logs with millions of lines: type checks are by identity
+        and a stack is validated only the first time it is seen (an equal tuple was checked).
+        """
+        if type(event) is not dict:
             raise self._bad(lineno, "not a JSON object")
         kind = event.get("kind")
-        if kind not in KINDS:
+        slot = _SLOTS.get(kind) if type(kind) is str else None
+        if slot is None:
             raise self._bad(lineno, f"unknown kind {kind!r}")
         pid = event.get("pid")
-        if not isinstance(pid, int) or isinstance(pid, bool):
+        if type(pid) is not int:
             raise self._bad(lineno, "no integer pid")
         self.lines += 1
         ts = event.get("ts")
-        if isinstance(ts, int | float):
+        if type(ts) is float or type(ts) is int:
             if self.first_ts is None or ts < self.first_ts:
                 self.first_ts = ts
             if self.last_ts is None or ts > self.last_ts:
                 self.last_ts = ts
-        slot = KINDS.index(kind)
         counts = self.per_pid.get(pid)
         if counts is None:
             counts = self.per_pid[pid] = [0, 0, 0]
         counts[slot] += 1
-        is_copy = slot == 0
         t = self.totals
-        if is_copy:
+        if slot == 0:
             t.copies += 1
             if event.get("source") == "file":
                 t.file_copies += 1
@@ -113,15 +118,22 @@ class EventAggregator:
         if "mapping" in event:
             self.seen_mapping = True
             self._add_region(event, slot, pid, lineno)
-        if not is_copy:
+        if slot != 0:
             return
         if "alloc" in event:
             self.seen_alloc = True
             if event["alloc"] is not None:
                 self._add_alloc(event["alloc"], event.get("addr"), lineno)
-        stack = self._frames(event, "stack", lineno)
-        pystack = self._frames(event, "pystack", lineno)
-        truncated = bool(event.get("truncated", False))
+        stack = pystack = None
+        if "stack" in event:
+            self.seen_stack = True
+            stack = self._frames(event["stack"], "stack", lineno)
+        if "pystack" in event:
+            self.seen_pystack = True
+            pystack = self._frames(event["pystack"], "pystack", lineno)
+        if not (self.seen_stack or self.seen_pystack):
+            return
+        truncated = event.get("truncated") is True
         if stack is not None:
             entry = self.writers.get(stack)
             if entry is None:
@@ -130,26 +142,27 @@ class EventAggregator:
             entry.pids.add(pid)
             entry.truncated = entry.truncated or truncated
         if pystack is not None:
-            leaf = stack[0] if stack else None
-            key = (pystack, leaf, event.get("category"))
+            key = (pystack, stack[0] if stack else None, event.get("category"))
             self.py_writers[key] = self.py_writers.get(key, 0) + 1
-        if self.seen_stack or self.seen_pystack:
-            sample = (stack, pystack, truncated)
-            self.samples[sample] = self.samples.get(sample, 0) + 1
+        sample = (stack, pystack, truncated)
+        self.samples[sample] = self.samples.get(sample, 0) + 1
 
-    def _frames(self, event: dict, key: str, lineno: int) -> tuple[str, ...] | None:
-        if key not in event:
-            return None
-        if key == "stack":
-            self.seen_stack = True
-        else:
-            self.seen_pystack = True
-        frames = event[key]
+    def _frames(self, frames: Any, key: str, lineno: int) -> tuple[str, ...] | None:
+        """The stack as a tuple (None for null), checked to be strings on first sight."""
         if frames is None:
             return None
-        if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+        if type(frames) is not list:
             raise self._bad(lineno, f"{key} is not a list of strings")
-        return tuple(frames)
+        try:
+            frames = tuple(frames)
+            known = self._known_stacks.get(frames)
+        except TypeError:  # an unhashable element: a list or object, not a frame name
+            raise self._bad(lineno, f"{key} is not a list of strings") from None
+        if known is None:
+            if not all(type(f) is str for f in frames):
+                raise self._bad(lineno, f"{key} is not a list of strings")
+            known = self._known_stacks[frames] = frames
+        return known
 
     def _add_region(self, event: dict, slot: int, pid: int, lineno: int) -> None:
         kind = event["mapping"]
@@ -244,10 +257,10 @@ class EventAggregator:
     def _allocations(self) -> list[AllocationRow]:
         rows = []
         for (site, origin, allocator), s in self.sites.items():
-            blocks = sorted(
-                (BlockRow(addr=a, size=size, copied_pages=len(pages)))
+            blocks = [
+                BlockRow(addr=a, size=size, copied_pages=len(pages))
                 for (a, size), pages in s.blocks.items()
-            )
+            ]
             largest = sorted(blocks, key=lambda b: (-b.size, b.addr))[:LARGEST_BLOCKS]
             rows.append(
                 AllocationRow(
@@ -304,13 +317,22 @@ class EventAggregator:
 def aggregate_events(lines: Iterable[str], path: str) -> ReportData:
     """Stream an event log (any iterable of lines, e.g. an open file) into report data."""
     aggregator = EventAggregator(path)
-    decode = json.loads
+    # raw_decode skips json.loads' two whitespace regex matches per line; what follows the
+    # object must then be checked by hand (only the newline may).
+    decode = json.JSONDecoder().raw_decode
+    add = aggregator.add
     for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
         try:
-            event = decode(line)
+            event, end = decode(line)
         except json.JSONDecodeError:
-            raise aggregator._bad(lineno, "not JSON") from None
-        aggregator.add(event, lineno)
+            if not line.strip():
+                continue
+            try:
+                event, end = decode(line.strip())
+            except json.JSONDecodeError:
+                raise aggregator._bad(lineno, "not JSON") from None
+            line = line.strip()
+        if end != len(line) and not line[end:].isspace():
+            raise aggregator._bad(lineno, "not JSON (text after the object)")
+        add(event, lineno)
     return aggregator.report()
