@@ -15,7 +15,7 @@ import pytest
 from cowtrace.report.html import render_html
 from cowtrace.report.load import load_report
 from tests.browser.cdp import Chromium, chromium_path
-from tests.unit.report_samples import EVENTS, full_summary, write_json, write_lines
+from tests.unit.report_samples import EVENTS, core_summary, full_summary, write_json, write_lines
 
 BARS_JS = """
 JSON.stringify(Array.from(document.querySelectorAll('#flame g.fg')).map(function (g) {
@@ -37,12 +37,13 @@ def browser():
     assert chromium.proc is not None and chromium.proc.returncode is not None
 
 
-def open_report(browser: Chromium, page_path: Path) -> tuple[str, list[dict]]:
+def open_report(browser: Chromium, page_path: Path, flame: bool = True) -> tuple[str, list[dict]]:
     import json
 
     url = page_path.resolve().as_uri()
     session = browser.open_page(url)
-    assert browser.evaluate(session, "document.getElementById('flame').dataset.ready") == "1"
+    if flame:
+        assert browser.evaluate(session, "document.getElementById('flame').dataset.ready") == "1"
     assert browser.problems(session) == []
     assert browser.requests(session) == [url]  # the page itself, nothing else
     return session, json.loads(browser.evaluate(session, BARS_JS))
@@ -131,3 +132,23 @@ def test_event_log_page_renders(browser: Chromium, tmp_path: Path) -> None:
         "python-writers",
         "processes",
     ]
+
+
+def test_page_without_attribution_renders(browser: Chromium, tmp_path: Path) -> None:
+    """A summary from the core tracer alone: no flame graph, no script error, all processes."""
+    page = tmp_path / "core.html"
+    page.write_text(render_html(load_report(str(write_json(tmp_path / "s.json", core_summary())))))
+    session, bars = open_report(browser, page, flame=False)
+    assert bars == []
+    rows = browser.evaluate(
+        session,
+        "Array.from(document.querySelectorAll('#processes tbody tr'))"
+        ".map(function (r) { return r.cells[0].textContent; })",
+    )
+    assert rows == ["100", "101", "102"]
+    missing = browser.evaluate(
+        session,
+        "Array.from(document.querySelectorAll('.missing'))"
+        ".map(function (p) { return p.textContent; })",
+    )
+    assert len(missing) == 4 and missing[0].startswith("No writer stacks in this file")
