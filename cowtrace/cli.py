@@ -185,7 +185,9 @@ def demo_cmd(
 
 @app.command("report")
 def report_cmd(
-    file: str = typer.Argument(..., metavar="FILE", help="A --json summary or --events log."),
+    file: str = typer.Argument(
+        ..., metavar="FILE", help="A --json summary or --events log ('-': stdin)."
+    ),
     html: str | None = typer.Option(
         None, "--html", metavar="OUT", help="Write one self-contained HTML page ('-': stdout)."
     ),
@@ -207,6 +209,8 @@ def report_cmd(
       cowtrace report events.jsonl --top 20
 
       cowtrace report summary.json --html report.html
+
+      sudo cowtrace run --quiet --json - -- ./server | cowtrace report -
     """
     from cowtrace.commands.report import report
 

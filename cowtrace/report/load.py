@@ -8,9 +8,11 @@ traceback: these files are often cut short by a killed tracer or edited by hand.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 from cowtrace.errors import CowtraceError
 from cowtrace.report.aggregate import aggregate_events
@@ -30,37 +32,43 @@ SUPPORTED_SCHEMA = 1
 
 
 def load_report(path: str) -> ReportData:
-    """Load either kind of file; raise CowtraceError for anything that is neither."""
+    """Load either kind of file ('-': stdin); raise CowtraceError for anything that is neither."""
+    if path == "-":
+        return _read(sys.stdin, "stdin")
     if os.path.isdir(path):
         raise CowtraceError(f"{path} is a directory, not a summary or event log")
     try:
         with open(path, encoding="utf-8") as stream:
-            first = stream.readline()
-            while first and not first.strip():
-                first = stream.readline()
-            if not first:
-                raise CowtraceError(f"{path} is empty: nothing to report")
-            if _is_event_line(first):
-                stream.seek(0)
-                return aggregate_events(stream, path)
-            stream.seek(0)
-            text = stream.read()
+            return _read(stream, path)
     except FileNotFoundError:
         raise CowtraceError(f"no such file: {path}") from None
     except PermissionError:
         raise CowtraceError(f"cannot read {path}: permission denied") from None
-    except UnicodeDecodeError:
-        raise CowtraceError(f"{path} is not text: expected a JSON summary or event log") from None
     except OSError as error:
         raise CowtraceError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _read(stream: TextIO, name: str) -> ReportData:
+    """Tell the kind from the first non-blank line, then read on without seeking (stdin)."""
+    try:
+        head = [stream.readline()]
+        while head[-1] and not head[-1].strip():
+            head.append(stream.readline())
+        if not head[-1]:
+            raise CowtraceError(f"{name} is empty: nothing to report")
+        if _is_event_line(head[-1]):
+            return aggregate_events(itertools.chain(head, stream), name)
+        text = "".join(head) + stream.read()
+    except UnicodeDecodeError:
+        raise CowtraceError(f"{name} is not text: expected a JSON summary or event log") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise CowtraceError(
-            f"{path} is not JSON (line {error.lineno}: {error.msg}): expected a cowtrace "
+            f"{name} is not JSON (line {error.lineno}: {error.msg}): expected a cowtrace "
             "--json summary or --events log"
         ) from None
-    return summary_report(document, path)
+    return summary_report(document, name)
 
 
 def _is_event_line(line: str) -> bool:

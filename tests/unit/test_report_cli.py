@@ -211,3 +211,21 @@ def test_summary_written_by_the_tracer_loads(tmp_path: Path) -> None:
     path.write_text(json.dumps(summary_dict(snapshot)))
     data = load_report(str(path))
     assert data.totals.copied_bytes == 3 * 4096 and data.processes[0].comm == "m"
+
+
+@pytest.mark.parametrize("kind", ["summary", "events"])
+def test_report_reads_stdin(
+    kind: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    text = (
+        json.dumps(core_summary(), indent=2)
+        if kind == "summary"
+        else "\n" + "".join(json.dumps(e) + "\n" for e in EVENTS)
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    code, out, err = run(["-"], capsys)
+    assert code == 0, err
+    expected = "summary stdin, root 100" if kind == "summary" else "event log stdin: 9 events"
+    assert expected in out
