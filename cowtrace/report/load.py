@@ -111,6 +111,13 @@ class _Fields:
             raise self._bad(key, "a non-negative integer")
         return value
 
+    def members(self, key: str) -> int | None:
+        """How many processes: a count, or a list of pids (counted), None when absent."""
+        value = self.obj.get(key)
+        if isinstance(value, list):
+            return len(value)
+        return self.int(key)
+
     def float(self, key: str) -> float | None:
         value = self.obj.get(key)
         if value is None:
@@ -253,7 +260,7 @@ def _region(obj: Any, where: str, path: str) -> RegionRow:
         copied_bytes=f.bytes_of(copies),
         reuses=f.count("reuses"),
         zero_fills=f.count("zero_fills"),
-        processes=f.count("processes"),
+        processes=f.members("processes") or 0,
     )
 
 
@@ -287,7 +294,7 @@ def _writer(obj: Any, where: str, path: str) -> WriterRow:
         frames=f.frames("frames"),
         copies=copies,
         copied_bytes=f.bytes_of(copies),
-        processes=f.int("processes"),
+        processes=f.members("processes"),
         truncated=bool(f.bool("truncated")),
     )
 

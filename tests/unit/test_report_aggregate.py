@@ -160,3 +160,12 @@ def test_one_line_summary_is_not_taken_for_an_event_log(tmp_path: Path) -> None:
 
     path.write_text(json.dumps(core_summary()))
     assert load_report(str(path)).source == "summary"
+
+
+def test_processes_may_be_a_list_of_pids(tmp_path: Path) -> None:
+    summary = full_summary()
+    summary["regions"][0]["processes"] = [101, 102, 103]
+    summary["writers"][0]["processes"] = [101]
+    data = load_report(str(write_json(tmp_path / "s.json", summary)))
+    assert data.regions is not None and data.regions[0].processes == 3
+    assert data.writers is not None and data.writers[0].processes == 1
