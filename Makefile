@@ -19,6 +19,8 @@ SHELL := /bin/bash
 
 # Debian packages cowtrace needs to build, test or run. Append here; nothing else needs changing.
 APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 python3-venv gcc make procps
+# The browser test of `cowtrace report --html` (tests/browser/) runs Debian's Chromium.
+APT_PACKAGES += chromium
 
 # Debian's bcc binds to the system interpreter only (the python3 first on PATH may be pyenv's).
 SYSTEM_PYTHON := /usr/bin/python3

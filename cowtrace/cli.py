@@ -1,4 +1,4 @@
-"""The `cowtrace` command line: trace, run, doctor, demo.
+"""The `cowtrace` command line: trace, run, doctor, demo, report.
 
 `cowtrace PID` is short for `cowtrace trace PID`.  Every error the user can act on is one line
 on stderr and a non-zero exit, never a traceback.
@@ -186,6 +186,40 @@ def demo_cmd(
     from cowtrace.commands.demo import demo
 
     raise typer.Exit(demo(duration, plain))
+
+
+@app.command("report")
+def report_cmd(
+    file: str = typer.Argument(
+        ..., metavar="FILE", help="A --json summary or --events log ('-': stdin)."
+    ),
+    html: str | None = typer.Option(
+        None, "--html", metavar="OUT", help="Write one self-contained HTML page ('-': stdout)."
+    ),
+    top: int | None = typer.Option(
+        None, "--top", min=1, metavar="N", help="Rows per ranked table (default 10; 50 in --html)."
+    ),
+) -> None:
+    """Render a summary (--json) or event log (--events) as a text report or an HTML page.
+
+    The text report goes to stdout: totals, processes, top mappings, allocation sites and
+    writer stacks. --html OUT writes one page with no network resources: a flame graph of
+    copied bytes by writer stack, the same breakdowns and the per-process table. An event
+    log is aggregated here (streamed). Needs no root.
+
+    Examples:
+
+      cowtrace report summary.json
+
+      cowtrace report events.jsonl --top 20
+
+      cowtrace report summary.json --html report.html
+
+      sudo cowtrace run --quiet --json - -- ./server | cowtrace report -
+    """
+    from cowtrace.commands.report import report
+
+    raise typer.Exit(report(file, html, top))
 
 
 @app.command("version")

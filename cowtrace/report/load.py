@@ -1,0 +1,311 @@
+"""Read a `--json` summary or an `--events` log into a :class:`ReportData`.
+
+The file's kind is told from its content, not its name: an event log's first line is a JSON
+object with ``kind`` and ``pid``; a summary is one JSON object with ``"schema": 1``. Anything
+else is a one-line :class:`CowtraceError` naming the file (and the line, for a log), never a
+traceback: these files are often cut short by a killed tracer or edited by hand.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+from cowtrace.errors import CowtraceError
+from cowtrace.report.aggregate import aggregate_events
+from cowtrace.report.model import (
+    PAGE_SIZE,
+    AllocationRow,
+    BlockRow,
+    ProcessRow,
+    PythonWriterRow,
+    RegionRow,
+    ReportData,
+    Totals,
+    WriterRow,
+)
+
+SUPPORTED_SCHEMA = 1
+
+
+def load_report(path: str) -> ReportData:
+    """Load either kind of file ('-': stdin); raise CowtraceError for anything that is neither."""
+    if path == "-":
+        return _read(sys.stdin, "stdin")
+    if os.path.isdir(path):
+        raise CowtraceError(f"{path} is a directory, not a summary or event log")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return _read(stream, path)
+    except FileNotFoundError:
+        raise CowtraceError(f"no such file: {path}") from None
+    except PermissionError:
+        raise CowtraceError(f"cannot read {path}: permission denied") from None
+    except OSError as error:
+        raise CowtraceError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _read(stream: TextIO, name: str) -> ReportData:
+    """Tell the kind from the first non-blank line, then read on without seeking (stdin)."""
+    try:
+        head = [stream.readline()]
+        while head[-1] and not head[-1].strip():
+            head.append(stream.readline())
+        if not head[-1]:
+            raise CowtraceError(f"{name} is empty: nothing to report")
+        if _is_event_line(head[-1]):
+            return aggregate_events(itertools.chain(head, stream), name)
+        text = "".join(head) + stream.read()
+    except UnicodeDecodeError:
+        raise CowtraceError(f"{name} is not text: expected a JSON summary or event log") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CowtraceError(
+            f"{name} is not JSON (line {error.lineno}: {error.msg}): expected a cowtrace "
+            "--json summary or --events log"
+        ) from None
+    return summary_report(document, name)
+
+
+def _is_event_line(line: str) -> bool:
+    """True when ``line`` is one complete JSON object that looks like an event."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "kind" in obj and "pid" in obj and "schema" not in obj
+
+
+class _Fields:
+    """Typed access to one JSON object, with errors that say where in the file."""
+
+    def __init__(self, obj: Any, where: str, path: str) -> None:
+        if not isinstance(obj, dict):
+            raise CowtraceError(f"{path}: {where} is not a JSON object")
+        self.obj = obj
+        self.where = where
+        self.path = path
+
+    def _bad(self, key: str, want: str) -> CowtraceError:
+        return CowtraceError(f"{self.path}: {self.where}.{key} is not {want}")
+
+    def int(self, key: str, default: int | None = None, *, required: bool = False) -> int | None:
+        value = self.obj.get(key)
+        if value is None:
+            if required:
+                raise CowtraceError(f"{self.path}: {self.where} has no {key!r}")
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._bad(key, "an integer")
+        return value
+
+    def count(self, key: str) -> int:
+        """A non-negative count, 0 when absent."""
+        value = self.int(key, 0)
+        assert value is not None
+        if value < 0:
+            raise self._bad(key, "a non-negative integer")
+        return value
+
+    def members(self, key: str) -> int | None:
+        """How many processes: a count, or a list of pids (counted), None when absent."""
+        value = self.obj.get(key)
+        if isinstance(value, list):
+            return len(value)
+        return self.int(key)
+
+    def float(self, key: str) -> float | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._bad(key, "a number")
+        return float(value)
+
+    def str(self, key: str) -> str | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self._bad(key, "a string")
+        return value
+
+    def bool(self, key: str) -> bool | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, bool):
+            raise self._bad(key, "true or false")
+        return value
+
+    def frames(self, key: str) -> list[str]:
+        value = self.obj.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
+            raise self._bad(key, "a list of strings")
+        return list(value)
+
+    def items(self, key: str) -> list[Any] | None:
+        """A list section; None when the file does not have it."""
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise self._bad(key, "a list")
+        return value
+
+    def bytes_of(self, copies: int) -> int:
+        """``copied_bytes`` as written, else copies × page size."""
+        value = self.int("copied_bytes")
+        return copies * PAGE_SIZE if value is None else value
+
+
+def summary_report(document: Any, path: str) -> ReportData:
+    """A parsed `--json` summary as report data; CowtraceError when it is not one."""
+    if not isinstance(document, dict):
+        raise CowtraceError(f"{path} is JSON but not a cowtrace summary (not an object)")
+    if "schema" not in document:
+        raise CowtraceError(f'{path} is JSON but not a cowtrace summary (no "schema")')
+    schema = document["schema"]
+    if schema != SUPPORTED_SCHEMA or isinstance(schema, bool):
+        raise CowtraceError(
+            f"{path} has summary schema {schema!r}; this cowtrace reads schema {SUPPORTED_SCHEMA}"
+        )
+    top = _Fields(document, "summary", path)
+    totals_obj = document.get("totals")
+    if totals_obj is None:
+        raise CowtraceError(f'{path}: summary has no "totals"')
+    t = _Fields(totals_obj, "totals", path)
+    copies = t.count("copies")
+    totals = Totals(
+        copies=copies,
+        copied_bytes=t.bytes_of(copies),
+        reuses=t.count("reuses"),
+        zero_fills=t.count("zero_fills"),
+        file_copies=t.count("file_copies"),
+        gup_copies=t.count("gup_copies"),
+        lost_events=t.int("lost_events"),
+    )
+    processes_raw = top.items("processes")
+    if processes_raw is None:
+        raise CowtraceError(f'{path}: summary has no "processes"')
+    processes = [_process(p, i, path) for i, p in enumerate(processes_raw)]
+    root_pid = top.int("root_pid")
+    # Root first, then the heaviest copiers: the order the terminal summary uses too.
+    processes.sort(key=lambda p: (p.pid != root_pid, -p.copies, p.pid))
+
+    def section(key: str, parse: Any) -> list[Any] | None:
+        items = top.items(key)
+        return (
+            None if items is None else [parse(x, f"{key}[{i}]", path) for i, x in enumerate(items)]
+        )
+
+    why = top.items("why")
+    if why is not None and not all(isinstance(line, str) for line in why):
+        raise CowtraceError(f"{path}: summary.why is not a list of strings")
+    return ReportData(
+        source="summary",
+        path=path,
+        totals=totals,
+        processes=processes,
+        root_pid=root_pid,
+        duration_s=top.float("duration_s"),
+        end_reason=top.str("end_reason"),
+        regions=section("regions", _region),
+        allocations=section("allocations", _allocation),
+        writers=section("writers", _writer),
+        python_writers=section("python_writers", _python_writer),
+        why=why,
+    )
+
+
+def _process(obj: Any, index: int, path: str) -> ProcessRow:
+    f = _Fields(obj, f"processes[{index}]", path)
+    copies = f.count("copies")
+    exit_writers = f.items("exit_writers") or []
+    exit_copies = f.int("exit_copies")
+    return ProcessRow(
+        pid=f.int("pid", required=True) or 0,
+        ppid=f.int("ppid"),
+        comm=f.str("comm"),
+        role=f.str("role"),
+        copies=copies,
+        copied_bytes=f.bytes_of(copies),
+        reuses=f.count("reuses"),
+        zero_fills=f.count("zero_fills"),
+        exited=f.bool("exited"),
+        exit_code=f.int("exit_code"),
+        exit_signal=f.int("exit_signal"),
+        exit_copies=exit_copies,
+        exit_writers=[
+            _writer(w, f"processes[{index}].exit_writers[{j}]", path)
+            for j, w in enumerate(exit_writers)
+        ],
+    )
+
+
+def _region(obj: Any, where: str, path: str) -> RegionRow:
+    f = _Fields(obj, where, path)
+    copies = f.count("copies")
+    return RegionRow(
+        kind=f.str("kind") or "other",
+        name=f.str("name") or "",
+        section=f.str("section"),
+        copies=copies,
+        copied_bytes=f.bytes_of(copies),
+        reuses=f.count("reuses"),
+        zero_fills=f.count("zero_fills"),
+        processes=f.members("processes") or 0,
+    )
+
+
+def _allocation(obj: Any, where: str, path: str) -> AllocationRow:
+    f = _Fields(obj, where, path)
+    copies = f.count("copies")
+    largest = []
+    for i, block in enumerate(f.items("largest") or []):
+        b = _Fields(block, f"{where}.largest[{i}]", path)
+        largest.append(
+            BlockRow(
+                addr=b.count("addr"), size=b.count("size"), copied_pages=b.count("copied_pages")
+            )
+        )
+    return AllocationRow(
+        site=f.frames("site"),
+        origin=f.str("origin") or "malloc",
+        allocator=f.str("allocator"),
+        blocks=f.count("blocks"),
+        block_bytes=f.count("block_bytes"),
+        copies=copies,
+        copied_bytes=f.bytes_of(copies),
+        largest=largest,
+    )
+
+
+def _writer(obj: Any, where: str, path: str) -> WriterRow:
+    f = _Fields(obj, where, path)
+    copies = f.count("copies")
+    return WriterRow(
+        frames=f.frames("frames"),
+        copies=copies,
+        copied_bytes=f.bytes_of(copies),
+        processes=f.members("processes"),
+        truncated=bool(f.bool("truncated")),
+    )
+
+
+def _python_writer(obj: Any, where: str, path: str) -> PythonWriterRow:
+    f = _Fields(obj, where, path)
+    copies = f.count("copies")
+    return PythonWriterRow(
+        frames=f.frames("frames"),
+        native_leaf=f.str("native_leaf"),
+        category=f.str("category"),
+        copies=copies,
+        copied_bytes=f.bytes_of(copies),
+    )

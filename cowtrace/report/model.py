@@ -1,0 +1,153 @@
+"""What a report shows, whichever file it came from: plain tables, no I/O, no formatting.
+
+A summary (`--json`) and an event log (`--events`) both load into one :class:`ReportData`, so
+the text and HTML renderers never care which file they were given. A section the file did not
+carry (attribution not run, an older tracer) is ``None``, told apart from an empty list
+(attribution ran and found nothing): renderers say "not in this file" for the one and "none"
+for the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PAGE_SIZE = 4096
+
+
+@dataclass
+class Totals:
+    """Family totals. From an event log they count the lines, so lost events are missing."""
+
+    copies: int = 0
+    copied_bytes: int = 0
+    reuses: int = 0
+    zero_fills: int = 0
+    file_copies: int = 0
+    gup_copies: int = 0
+    lost_events: int | None = None  # unknown for an event log
+
+
+@dataclass
+class ProcessRow:
+    """One member. Fields an event log cannot know (comm, role, exit) are None there."""
+
+    pid: int
+    copies: int = 0
+    copied_bytes: int = 0
+    reuses: int = 0
+    zero_fills: int = 0
+    ppid: int | None = None
+    comm: str | None = None
+    role: str | None = None
+    exited: bool | None = None
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    exit_copies: int | None = None  # None: the file has no exit-time accounting
+    exit_writers: list[WriterRow] = field(default_factory=list)
+
+    def status(self) -> str:
+        """``running``, ``exit 0``, ``signal 9``, or ``?`` when the file does not say."""
+        if self.exited is None:
+            return "?"
+        if not self.exited:
+            return "running"
+        if self.exit_signal is not None:
+            return f"signal {self.exit_signal}"
+        if self.exit_code is not None:
+            return f"exit {self.exit_code}"
+        return "exited"
+
+
+@dataclass
+class RegionRow:
+    """Copies in one mapping (kind and name, across the family)."""
+
+    kind: str
+    name: str
+    section: str | None
+    copies: int
+    copied_bytes: int
+    reuses: int
+    zero_fills: int
+    processes: int
+
+    def label(self) -> str:
+        """``/usr/bin/python3 (.data)``, ``[heap]``, or ``anonymous`` for a nameless mapping."""
+        name = self.name or ("anonymous" if self.kind in ("anon", "") else self.kind)
+        return f"{name} ({self.section})" if self.section else name
+
+
+@dataclass
+class BlockRow:
+    """One allocated block and how many of its pages were copied."""
+
+    addr: int
+    size: int
+    copied_pages: int
+
+
+@dataclass
+class AllocationRow:
+    """Copies attributed to the blocks of one allocation site."""
+
+    site: list[str]  # innermost frame first; empty when unknown (recovered, or an event log)
+    origin: str
+    allocator: str | None
+    blocks: int
+    block_bytes: int
+    copies: int
+    copied_bytes: int
+    largest: list[BlockRow] = field(default_factory=list)
+
+
+@dataclass
+class WriterRow:
+    """Copies made under one native writer stack."""
+
+    frames: list[str]  # innermost first
+    copies: int
+    copied_bytes: int
+    processes: int | None = None
+    truncated: bool = False
+
+
+@dataclass
+class PythonWriterRow:
+    """Copies made under one Python stack, written by the native function ``native_leaf``."""
+
+    frames: list[str]  # innermost first
+    native_leaf: str | None
+    category: str | None
+    copies: int
+    copied_bytes: int
+
+
+@dataclass
+class StackSample:
+    """Copied bytes under one exact (native stack, Python stack) pair: only an event log has
+    these, since it records both stacks of each copy on one line."""
+
+    native: tuple[str, ...] | None  # innermost first; None: no native stack captured
+    python: tuple[str, ...] | None  # innermost first; None: not a Python writer
+    truncated: bool
+    copied_bytes: int
+
+
+@dataclass
+class ReportData:
+    """Everything one report shows. ``source`` is ``"summary"`` or ``"events"``."""
+
+    source: str
+    path: str
+    totals: Totals
+    processes: list[ProcessRow]
+    root_pid: int | None = None
+    duration_s: float | None = None
+    end_reason: str | None = None
+    regions: list[RegionRow] | None = None
+    allocations: list[AllocationRow] | None = None
+    writers: list[WriterRow] | None = None
+    python_writers: list[PythonWriterRow] | None = None
+    why: list[str] | None = None
+    samples: list[StackSample] | None = None  # event logs only: the exact stack pairs
+    events: int | None = None  # lines read, for an event log
