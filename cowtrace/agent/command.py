@@ -47,6 +47,12 @@ def attach_new_roots(fleet: Fleet, matcher: RootMatcher) -> None:
             _log(f"tracing {fresh.comm} (pid {fresh.pid}) and {members - 1} descendants")
 
 
+def describe(matcher: RootMatcher) -> str:
+    parts = [f"comm ~ {matcher.comm.pattern!r}"] if matcher.comm is not None else []
+    parts += [f"pid {pid}" for pid in sorted(matcher.pids)]
+    return ", ".join(parts)
+
+
 def agent(options: AgentOptions) -> int:
     matcher = RootMatcher.from_options(options.comm, options.pids)
     if options.metrics is None:
@@ -61,6 +67,7 @@ def agent(options: AgentOptions) -> int:
         with StopSignals() as stops:
             exporter.open()
             fleet.open()
+            _log(f"ready: tracing families of {describe(matcher)}")
             reason = _loop(fleet, exporter, matcher, options, stops)
         _log(f"stopping: {reason}")
     finally:
