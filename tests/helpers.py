@@ -61,18 +61,36 @@ def _held_by_this_session(pids: list[int]) -> bool:
     return False
 
 
+def _attached_by() -> dict[int, list[int]]:
+    """Program id -> pids holding it attached (tracepoint and raw tracepoint fds)."""
+    out = subprocess.run(
+        ["bpftool", "perf", "show", "--json"], capture_output=True, text=True, check=False
+    ).stdout
+    holders: dict[int, list[int]] = {}
+    try:
+        for entry in json.loads(out or "[]"):
+            holders.setdefault(int(entry["prog_id"]), []).append(int(entry["pid"]))
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return holders
+
+
 def cowtrace_programs_loaded() -> list[str]:
     """cowtrace's BPF programs still loaded in the kernel by processes of this test session."""
     out = subprocess.run(
         ["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True
     ).stdout
     leaked = []
+    attached = _attached_by()
     for prog in json.loads(out or "[]"):
         name = prog.get("name", "")
         ours = any(p.startswith(name) or name.startswith(p) for p in PROGRAM_NAMES)
         if len(name) < 8 or not ours:
             continue
         holders = [int(h["pid"]) for h in prog.get("pids", [])]
+        # bpftool may list no holder for a program that a live process keeps attached through
+        # a perf event or raw tracepoint fd: that process is its holder (maybe another session).
+        holders = holders or attached.get(prog.get("id"), [])
         if not holders or _held_by_this_session(holders):
             leaked.append(name)
     return leaked

@@ -53,7 +53,12 @@ class Fleet:
         self.tracer.close()
 
     def is_traced(self, pid: int) -> bool:
-        return any(pid in t.family.members for t in self.families.values())
+        """A live member of some family (an exited one's pid may already be reused)."""
+        for tracked in self.families.values():
+            member = tracked.family.members.get(pid)
+            if member is not None and not member.exited:
+                return True
+        return False
 
     def add_root(self, stat: procfs.ProcStat) -> bool:
         """Trace `stat` and its descendants as a new family; False if it is already traced.
