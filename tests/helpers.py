@@ -62,16 +62,34 @@ def _held_by_this_session(pids: list[int]) -> bool:
 
 
 def _attached_by() -> dict[int, list[int]]:
-    """Program id -> pids holding it attached (tracepoint and raw tracepoint fds)."""
+    """Program id -> pids holding it: its own fds (read from /proc/PID/fdinfo, since bpftool
+    does not list holders on every kernel) and tracepoint / raw tracepoint attachments."""
+    holders: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry.name}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{entry.name}/fd/{fd}") != "anon_inode:bpf-prog":
+                    continue
+                info = Path(f"/proc/{entry.name}/fdinfo/{fd}").read_text()
+            except OSError:
+                continue
+            for line in info.splitlines():
+                if line.startswith("prog_id:"):
+                    holders.setdefault(int(line.split()[1]), []).append(int(entry.name))
     out = subprocess.run(
         ["bpftool", "perf", "show", "--json"], capture_output=True, text=True, check=False
     ).stdout
-    holders: dict[int, list[int]] = {}
     try:
-        for entry in json.loads(out or "[]"):
-            holders.setdefault(int(entry["prog_id"]), []).append(int(entry["pid"]))
+        for attached in json.loads(out or "[]"):
+            holders.setdefault(int(attached["prog_id"]), []).append(int(attached["pid"]))
     except (ValueError, KeyError, TypeError):
-        return {}
+        pass
     return holders
 
 
@@ -88,8 +106,8 @@ def cowtrace_programs_loaded() -> list[str]:
         if len(name) < 8 or not ours:
             continue
         holders = [int(h["pid"]) for h in prog.get("pids", [])]
-        # bpftool may list no holder for a program that a live process keeps attached through
-        # a perf event or raw tracepoint fd: that process is its holder (maybe another session).
+        # bpftool may list no holder (its pid iterator does not work on every kernel): find
+        # them ourselves, so that another test session's programs are not counted as ours.
         holders = holders or attached.get(prog.get("id"), [])
         if not holders or _held_by_this_session(holders):
             leaked.append(name)
