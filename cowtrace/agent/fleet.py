@@ -125,6 +125,9 @@ class Fleet:
                     forget.append(pid)
                     tracked.forgotten.add(pid)
             self._prune(root, tracked, now)
+        for root, states in by_root.items():  # left over from a family already retired
+            if root not in self.families:
+                forget += [pid for pid, state in states.items() if state.exited]
         self.tracer.forget(forget)
         self.lost_events = self.tracer.stats()["lost_events"]
         return [self._snapshot(t, now) for t in self.families.values()]
