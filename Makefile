@@ -21,6 +21,8 @@ SHELL := /bin/bash
 APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 python3-venv gcc make procps
 # The browser test of `cowtrace report --html` (tests/browser/) runs Debian's Chromium.
 APT_PACKAGES += chromium
+# Prometheus and promtool for the metrics tests (tests/kernel/test_metrics_prometheus.py).
+APT_PACKAGES += prometheus
 
 # Debian's bcc binds to the system interpreter only (the python3 first on PATH may be pyenv's).
 SYSTEM_PYTHON := /usr/bin/python3

@@ -45,6 +45,27 @@ PLAIN = typer.Option(False, "--plain", help="Plain periodic lines instead of the
 RING_MB = typer.Option(
     16, "--ring-mb", min=1, help="Size of the kernel's detail-event ring buffer, in MiB."
 )
+METRICS_ADDR = typer.Option(
+    None,
+    "--metrics-addr",
+    metavar="[HOST:]PORT",
+    help="Serve Prometheus metrics here (a bare PORT binds 127.0.0.1; port 0: any free port).",
+)
+PID_LABEL_GRACE = typer.Option(
+    300.0,
+    "--pid-label-grace",
+    min=0.0,
+    metavar="SECONDS",
+    help="Keep an exited member's pid-labelled series this long, then drop them.",
+)
+NO_PID_LABELS = typer.Option(
+    False, "--no-pid-labels", help="Metrics summed by root, role and comm instead of per pid."
+)
+DELAYACCT = typer.Option(
+    False,
+    "--delayacct",
+    help="Export the kernel's time spent copying per member (sets kernel.task_delayacct=1).",
+)
 HOLD_EVENTS = typer.Option(
     0.0, "--hold-events", hidden=True, help="Testing aid: do not drain detail events for SECONDS."
 )
@@ -61,6 +82,13 @@ def _options(duration, interval, json_path, events_path, quiet, plain):  # noqa:
         quiet=quiet,
         plain=plain,
     )
+
+
+def _with_metrics(options, addr, grace, no_pid_labels, delayacct):  # noqa: ANN001, ANN202
+    from cowtrace.metrics.exporter import metrics_options
+
+    options.metrics = metrics_options(addr, grace, no_pid_labels, delayacct)
+    return options
 
 
 def _session_options(events_path, ring_mb, hold_events):  # noqa: ANN001, ANN202
@@ -82,6 +110,10 @@ def trace_cmd(
     plain: bool = PLAIN,
     ring_mb: int = RING_MB,
     hold_events: float = HOLD_EVENTS,
+    metrics_addr: str | None = METRICS_ADDR,
+    pid_label_grace: float = PID_LABEL_GRACE,
+    no_pid_labels: bool = NO_PID_LABELS,
+    delayacct: bool = DELAYACCT,
 ) -> None:
     """Attach to a running process and trace it and every process it forks.
 
@@ -101,7 +133,13 @@ def trace_cmd(
     raise typer.Exit(
         trace(
             pid,
-            _options(duration, interval, json_path, events_path, quiet, plain),
+            _with_metrics(
+                _options(duration, interval, json_path, events_path, quiet, plain),
+                metrics_addr,
+                pid_label_grace,
+                no_pid_labels,
+                delayacct,
+            ),
             _session_options(events_path, ring_mb, hold_events),
         )
     )
@@ -126,6 +164,10 @@ def run_cmd(
     plain: bool = PLAIN,
     ring_mb: int = RING_MB,
     hold_events: float = HOLD_EVENTS,
+    metrics_addr: str | None = METRICS_ADDR,
+    pid_label_grace: float = PID_LABEL_GRACE,
+    no_pid_labels: bool = NO_PID_LABELS,
+    delayacct: bool = DELAYACCT,
 ) -> None:
     """Start COMMAND with tracing active before its first fork.
 
@@ -143,10 +185,81 @@ def run_cmd(
     raise typer.Exit(
         run(
             command,
-            _options(duration, interval, json_path, events_path, quiet, plain),
+            _with_metrics(
+                _options(duration, interval, json_path, events_path, quiet, plain),
+                metrics_addr,
+                pid_label_grace,
+                no_pid_labels,
+                delayacct,
+            ),
             _session_options(events_path, ring_mb, hold_events),
         )
     )
+
+
+@app.command("agent")
+def agent_cmd(
+    comm: str | None = typer.Option(
+        None,
+        "--comm",
+        metavar="REGEX",
+        help="Trace every family whose root's name matches REGEX (searched, as pgrep does).",
+    ),
+    pids: list[int] = typer.Option(
+        [], "--pid", metavar="PID", help="Trace this process' family (repeatable)."
+    ),
+    metrics_addr: str = typer.Option(
+        "127.0.0.1:9949",
+        "--metrics-addr",
+        metavar="[HOST:]PORT",
+        help="Where to serve Prometheus metrics (0.0.0.0:9949 for a fleet's Prometheus).",
+    ),
+    interval: float = typer.Option(
+        5.0, "--interval", min=0.05, help="Seconds between metric refreshes (smaps is read then)."
+    ),
+    scan_interval: float = typer.Option(
+        1.0, "--scan-interval", min=0.05, help="Seconds between /proc scans for new roots."
+    ),
+    pid_label_grace: float = PID_LABEL_GRACE,
+    no_pid_labels: bool = NO_PID_LABELS,
+    delayacct: bool = DELAYACCT,
+    duration: float | None = DURATION,
+    ring_mb: int = RING_MB,
+) -> None:
+    """Export metrics for every matching process family on this node, until stopped.
+
+    New matching roots are picked up as they start; families come and go, the agent stays.
+    SIGTERM or SIGINT end it.
+
+    Examples:
+
+      sudo cowtrace agent --comm '^gunicorn$' --metrics-addr 0.0.0.0:9949
+
+      sudo cowtrace agent --pid 1234 --pid 5678 --delayacct
+    """
+    from cowtrace.agent.command import AgentOptions, agent
+
+    raise typer.Exit(
+        agent(
+            AgentOptions(
+                comm=comm,
+                pids=list(pids),
+                metrics=_with_metrics_options(
+                    metrics_addr, pid_label_grace, no_pid_labels, delayacct
+                ),
+                interval=interval,
+                scan_interval=scan_interval,
+                duration=duration,
+                ring_bytes=ring_mb << 20,
+            )
+        )
+    )
+
+
+def _with_metrics_options(addr, grace, no_pid_labels, delayacct):  # noqa: ANN001, ANN202
+    from cowtrace.metrics.exporter import metrics_options
+
+    return metrics_options(addr, grace, no_pid_labels, delayacct)
 
 
 @app.command("doctor")

@@ -121,6 +121,7 @@ class Snapshot:
     end_reason: str = ""  # "interrupted", "terminated", "root exited", "duration reached"
     attach_s: float = 0.0  # from cowtrace's start to the family being traced (compile included)
     attribution: AttributionView | None = None  # mappings, allocations, writers (when enabled)
+    events_drained: int = 0  # detail records drained from the kernel so far (tracer health)
 
     @property
     def duration(self) -> float:

@@ -69,6 +69,7 @@ class Session:
         self._root_exit_seen: float | None = None
         self._hold_until = 0.0
         self.lost_events = 0
+        self.events_drained = 0  # detail records drained from the ring (tracer health)
         self.family_rate = 0.0
         self.attach_s = 0.0
 
@@ -119,6 +120,7 @@ class Session:
 
     def _drain(self) -> None:
         records = self.tracer.drain_events()
+        self.events_drained += len(records)
         if self.events is not None and len(records):
             self.events.write(records)
 
@@ -165,6 +167,7 @@ class Session:
             ended=ended,
             end_reason=reason,
             attach_s=self.attach_s,
+            events_drained=self.events_drained,
         )
 
     # ---- the end ---------------------------------------------------------------------------

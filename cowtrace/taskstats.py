@@ -442,6 +442,7 @@ class ExitListener:
         self.lost = 0
         self._pids: dict[int, TaskStats] = {}
         self._tgids: dict[int, TaskStats] = {}
+        self._arrived: dict[tuple[bool, int], float] = {}  # (aggregate, pid) -> monotonic time
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
@@ -502,6 +503,7 @@ class ExitListener:
         with self._cond:
             for rec in records:
                 (self._tgids if rec.aggregate else self._pids)[rec.pid] = rec
+                self._arrived[(rec.aggregate, rec.pid)] = time.monotonic()
             self._cond.notify_all()
 
     def _drain(self) -> None:
@@ -535,6 +537,25 @@ class ExitListener:
         """Exit records of whole multi-threaded groups, by tgid (a copy)."""
         with self._cond:
             return dict(self._tgids)
+
+    def take_group_exits(self, tgids: list[int], max_age_s: float = 60.0) -> dict[int, TaskStats]:
+        """Remove and return the final record of each process in `tgids`: its group record
+        when a multi-threaded group sent one, else its main thread's.
+
+        Records nobody took within `max_age_s` are dropped, so that a listener running for
+        days (the metrics agent) stays small whatever else exits on the machine."""
+        out: dict[int, TaskStats] = {}
+        with self._cond:
+            for tgid in tgids:
+                record = self._tgids.pop(tgid, None) or self._pids.pop(tgid, None)
+                if record is not None:
+                    out[tgid] = record
+            cutoff = time.monotonic() - max_age_s
+            for key, arrived in list(self._arrived.items()):
+                if arrived < cutoff or (key[1] in out):
+                    del self._arrived[key]
+                    (self._tgids if key[0] else self._pids).pop(key[1], None)
+        return out
 
     def wait_for(self, pid: int, timeout: float = 5.0, group: bool = False) -> TaskStats | None:
         """The exit record of task ``pid`` (or of group ``pid``), waiting up to ``timeout``.

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
 
@@ -18,6 +18,9 @@ from cowtrace.render.live import LiveView
 from cowtrace.render.plain import PlainReporter
 from cowtrace.render.summary import render_summary
 from cowtrace.session import Session, run_loop
+
+if TYPE_CHECKING:
+    from cowtrace.metrics.exporter import MetricsExporter, MetricsOptions
 
 
 @dataclass
@@ -30,6 +33,7 @@ class OutputOptions:
     events_path: str | None = None
     quiet: bool = False
     plain: bool = False
+    metrics: MetricsOptions | None = None  # --metrics-addr and friends
 
 
 @dataclass
@@ -115,17 +119,25 @@ def trace_until_stopped(
     stops: StopSignals,
     reporter: Reporter,
     extra_stop: Callable[[], str | None] | None = None,
+    exporter: MetricsExporter | None = None,
 ) -> Snapshot:
     """Drive the session until a signal, --duration, the root's exit or `extra_stop`."""
 
     def should_stop() -> str | None:
         return stops.check() or (extra_stop() if extra_stop else None)
 
+    def on_snapshot(snapshot: Snapshot) -> None:
+        reporter.update(snapshot)
+        if exporter is not None:
+            from cowtrace.metrics.exporter import tracer_health
+
+            exporter.update([snapshot], tracer_health(session.tracer, session.events_drained))
+
     with reporter:
         reason = run_loop(
             session,
             interval=options.interval,
-            on_snapshot=reporter.update,
+            on_snapshot=on_snapshot,
             should_stop=should_stop,
             duration=options.duration,
         )
@@ -134,3 +146,15 @@ def trace_until_stopped(
     if options.json_path:
         write_summary(final, options.json_path)
     return final
+
+
+def start_metrics(options: OutputOptions) -> MetricsExporter | None:
+    """Serve metrics when --metrics-addr was given (before the workload starts: --delayacct
+    counts only from then on)."""
+    if options.metrics is None:
+        return None
+    from cowtrace.metrics.exporter import MetricsExporter
+
+    exporter = MetricsExporter(options.metrics)
+    exporter.open()
+    return exporter

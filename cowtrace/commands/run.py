@@ -19,6 +19,7 @@ from cowtrace.commands.common import (
     OutputOptions,
     Reporter,
     StopSignals,
+    start_metrics,
     trace_until_stopped,
     view_stream,
 )
@@ -110,6 +111,7 @@ def run(argv: list[str], options: OutputOptions, session_options: SessionOptions
     require_tracing_ready()
     session = Session(0, session_options)
     command: HeldCommand | None = None
+    exporter = start_metrics(options)
     try:
         session.open()
         command = HeldCommand(executable, argv)
@@ -136,11 +138,15 @@ def run(argv: list[str], options: OutputOptions, session_options: SessionOptions
 
         with StopSignals(on_signal=forward) as stops:
             reporter = Reporter(options, view_stream(options, command_owns_stdout=True))
-            trace_until_stopped(session, options, stops, reporter, extra_stop=reap_command)
+            trace_until_stopped(
+                session, options, stops, reporter, extra_stop=reap_command, exporter=exporter
+            )
             returncode = command.wait()
         return exit_status(returncode)
     finally:
         session.close()
+        if exporter is not None:
+            exporter.close()
         if command is not None and command.returncode is None:
             if command._release >= 0:
                 command.abandon()

@@ -7,6 +7,7 @@ from cowtrace.commands.common import (
     OutputOptions,
     Reporter,
     StopSignals,
+    start_metrics,
     trace_until_stopped,
     view_stream,
 )
@@ -18,13 +19,16 @@ def trace(pid: int, options: OutputOptions, session_options: SessionOptions) -> 
     stat = validate_target(pid)
     require_tracing_ready()
     session = Session(pid, session_options)
+    exporter = start_metrics(options)
     try:
         with StopSignals() as stops:
             session.open()
             stat = validate_target(pid)  # it may have exited while the program compiled
             session.attach_root(stat, adopted=True)
             reporter = Reporter(options, view_stream(options, command_owns_stdout=False))
-            trace_until_stopped(session, options, stops, reporter)
+            trace_until_stopped(session, options, stops, reporter, exporter=exporter)
     finally:
         session.close()
+        if exporter is not None:
+            exporter.close()
     return 0

@@ -233,6 +233,15 @@ class KernelTracer:
             if leaf.state != EP_NONE
         ]
 
+    def program_fds(self) -> dict[str, int]:
+        """Loaded program name -> fd: the metrics read each program's run time from fdinfo."""
+        if self._bpf is None:
+            return {}
+        return {
+            name.decode() if isinstance(name, bytes) else str(name): function.fd
+            for name, function in self._bpf.funcs.items()
+        }
+
     def stats(self) -> dict[str, int]:
         table = self._bpf["stats"]
 

@@ -1,0 +1,1 @@
+"""`cowtrace agent`: one tracer for every matching process family on a node."""

@@ -1,0 +1,233 @@
+"""The Prometheus families cowtrace exposes: names, units, HELP text, and the collector.
+
+The collector reads the last Exposition the exporter prepared (an immutable object swapped
+in whole), so a scrape never sees half an update and never waits for the tracer.
+Names follow Prometheus conventions: base units (bytes, seconds), `_total` on counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cowtrace import __version__
+from cowtrace.metrics.series import GROUP_LABELS, MEMBER_LABELS, Series, ValueKey
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str  # without `_total` for counters: prometheus_client appends it
+    help: str
+    extra_label: str | None = None
+
+
+MEMBER_COUNTERS: dict[str, MetricDef] = {
+    "copies": MetricDef(
+        "cowtrace_copies",
+        "Pages the kernel copied on a write to a shared page (copy-on-write breaks), by the "
+        "writing member; exact. Includes copies from MAP_PRIVATE file pages.",
+    ),
+    "copied_bytes": MetricDef(
+        "cowtrace_copied_bytes", "Bytes of memory copied by copy-on-write breaks (copies x 4 KiB)."
+    ),
+    "file_copies": MetricDef(
+        "cowtrace_file_copies",
+        "Copies whose source was a page-cache page of a MAP_PRIVATE file (subset of copies).",
+    ),
+    "reuses": MetricDef(
+        "cowtrace_reuses",
+        "Write faults on write-protected pages that the kernel resolved without copying "
+        "(no other process mapped the page any more).",
+    ),
+    "zero_fills": MetricDef(
+        "cowtrace_zero_fills", "Writes to a page mapped to the shared zero page (a fresh page)."
+    ),
+    "mapping_copies": MetricDef(
+        "cowtrace_mapping_copies",
+        "Copies by the kind of mapping the copied page belonged to (attribution).",
+        "mapping",
+    ),
+    "exit_copies": MetricDef(
+        "cowtrace_exit_copies",
+        "Copies a member made in its last moments before exit (teardown, free(), "
+        "destructors): memory copied only to be released (attribution).",
+    ),
+    "copy_delay_seconds": MetricDef(
+        "cowtrace_copy_delay_seconds",
+        "Time the member spent in the kernel copying pages, from delay accounting "
+        "(taskstats wpcopy_delay_total; --delayacct).",
+    ),
+    "delayacct_copies": MetricDef(
+        "cowtrace_delayacct_copies",
+        "Passes through the kernel's copy routine (copies + zero-fills), from delay "
+        "accounting (taskstats wpcopy_count; --delayacct): the kernel's own count.",
+    ),
+}
+
+MEMBER_GAUGES: dict[str, MetricDef] = {
+    "rss_bytes": MetricDef(
+        "cowtrace_rss_bytes", "Resident memory of the member (smaps_rollup Rss)."
+    ),
+    "pss_bytes": MetricDef(
+        "cowtrace_pss_bytes",
+        "Proportional set size of the member (smaps_rollup Pss): shared pages divided among "
+        "the processes mapping them.",
+    ),
+    "private_memory_bytes": MetricDef(
+        "cowtrace_private_memory_bytes",
+        "Memory mapped by this member alone (smaps_rollup Private_Clean / Private_Dirty).",
+        "state",
+    ),
+    "shared_memory_bytes": MetricDef(
+        "cowtrace_shared_memory_bytes",
+        "Memory the member still shares with other processes (smaps_rollup Shared_Clean / "
+        "Shared_Dirty).",
+        "state",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Health:
+    """The tracer's own state, read at each refresh."""
+
+    lost_events: int = 0
+    lost_proc_events: int = 0
+    events: int = 0  # detail records drained from the kernel's ring
+    table_full: dict[str, int] = field(default_factory=dict)
+    program_fds: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """Everything one scrape shows."""
+
+    label_names: tuple[str, ...] = MEMBER_LABELS
+    counters: dict[ValueKey, list[Series]] = field(default_factory=dict)
+    gauges: dict[ValueKey, list[Series]] = field(default_factory=dict)
+    families: tuple[tuple[str, str, int], ...] = ()  # (root, comm, alive members)
+    health: Health = field(default_factory=Health)
+    bpf_stats: dict[str, tuple[float, int]] | None = None  # None: kernel.bpf_stats_enabled=0
+    delayacct: bool = False
+    attribution: bool = False
+
+
+def _member_families(
+    defs: dict[str, MetricDef],
+    values: dict[ValueKey, list[Series]],
+    label_names: tuple[str, ...],
+    *,
+    counter: bool,
+) -> Iterator[Metric]:
+    kind = CounterMetricFamily if counter else GaugeMetricFamily
+    for key, definition in defs.items():
+        names = list(label_names) + ([definition.extra_label] if definition.extra_label else [])
+        family = kind(definition.name, definition.help, labels=names)
+        for (value_key, extra), series in values.items():
+            if value_key != key:
+                continue
+            for one in series:
+                family.add_metric(
+                    [*one.labels, *([extra] if definition.extra_label else [])], one.value
+                )
+        yield family
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
+
+
+def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, help_text, value=value)
+
+
+class SnapshotCollector(Collector):
+    """A prometheus_client collector over the exporter's latest Exposition."""
+
+    def __init__(self) -> None:
+        self.exposition = Exposition()
+
+    def collect(self) -> Iterator[Metric]:
+        exp = self.exposition
+        yield from _member_families(MEMBER_COUNTERS, exp.counters, exp.label_names, counter=True)
+        yield from _member_families(MEMBER_GAUGES, exp.gauges, exp.label_names, counter=False)
+
+        processes = GaugeMetricFamily(
+            "cowtrace_family_processes",
+            "Live processes in a traced family (its root and every descendant by fork).",
+            labels=["root", "comm"],
+        )
+        for root, comm, alive in exp.families:
+            processes.add_metric([root, comm], alive)
+        yield processes
+        yield _gauge("cowtrace_families", "Process families being traced.", len(exp.families))
+
+        health = exp.health
+        yield _counter(
+            "cowtrace_lost_events",
+            "Detail records the kernel dropped because the ring was full (counts stay exact).",
+            health.lost_events,
+        )
+        yield _counter(
+            "cowtrace_lost_lifecycle_events",
+            "Fork/exec/exit records the kernel dropped (members are then named from /proc).",
+            health.lost_proc_events,
+        )
+        yield _counter(
+            "cowtrace_events",
+            "Classified fault records (copies, reuses, zero-fills) drained from the kernel.",
+            health.events,
+        )
+        full = CounterMetricFamily(
+            "cowtrace_table_full",
+            "Inserts refused because a kernel table of the tracer was full.",
+            labels=["table"],
+        )
+        for table, count in sorted(health.table_full.items()):
+            full.add_metric([table], count)
+        yield full
+
+        yield _gauge(
+            "cowtrace_bpf_stats_enabled",
+            "1 when kernel.bpf_stats_enabled=1, so the BPF run-time metrics are counted.",
+            0 if exp.bpf_stats is None else 1,
+        )
+        run_time = CounterMetricFamily(
+            "cowtrace_bpf_run_time_seconds",
+            "Time cowtrace's BPF programs ran in the kernel (fdinfo run_time_ns; counted only "
+            "while kernel.bpf_stats_enabled=1).",
+            labels=["program"],
+        )
+        runs = CounterMetricFamily(
+            "cowtrace_bpf_runs",
+            "Runs of cowtrace's BPF programs (fdinfo run_cnt; counted only while "
+            "kernel.bpf_stats_enabled=1).",
+            labels=["program"],
+        )
+        for program, (seconds, count) in sorted((exp.bpf_stats or {}).items()):
+            run_time.add_metric([program], seconds)
+            runs.add_metric([program], count)
+        yield run_time
+        yield runs
+
+        yield _gauge(
+            "cowtrace_delayacct_enabled",
+            "1 when cowtrace reads delay accounting (--delayacct).",
+            int(exp.delayacct),
+        )
+        yield _gauge(
+            "cowtrace_attribution_enabled",
+            "1 when attribution (mapping kinds, exit-time copies) is on in this tracer.",
+            int(exp.attribution),
+        )
+        info = GaugeMetricFamily(
+            "cowtrace_build_info", "cowtrace's version (always 1).", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
+
+
+__all__ = ["GROUP_LABELS", "MEMBER_LABELS", "Exposition", "Health", "SnapshotCollector"]

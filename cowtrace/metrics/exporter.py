@@ -1,0 +1,208 @@
+"""The metrics endpoint: turns Snapshots into an Exposition at each refresh and serves it.
+
+Used by `trace`, `run` (one family) and `agent` (many).  The driver calls `update()` from its
+own loop; the HTTP server thread only ever reads the last Exposition.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+
+from cowtrace import taskstats
+from cowtrace.errors import CowtraceError
+from cowtrace.kernel.tracer import KernelTracer
+from cowtrace.metrics.address import ListenAddress, parse_listen_address
+from cowtrace.metrics.collector import Exposition, Health, SnapshotCollector
+from cowtrace.metrics.samplers import DelayBook, bpf_stats_enabled, program_run_stats, rollup_gauges
+from cowtrace.metrics.series import MemberRow, SeriesBook
+from cowtrace.model import Member, Snapshot
+
+DEFAULT_GRACE_S = 300.0
+
+
+@dataclass
+class MetricsOptions:
+    """--metrics-addr and the options that shape the exposition (see cli.py)."""
+
+    address: ListenAddress
+    pid_label_grace_s: float = DEFAULT_GRACE_S
+    pid_labels: bool = True
+    delayacct: bool = False
+
+
+def metrics_options(
+    addr: str | None, grace: float, no_pid_labels: bool, delayacct: bool
+) -> MetricsOptions | None:
+    """The CLI's options, checked; None when --metrics-addr was not given."""
+    if addr is None:
+        if delayacct:
+            raise CowtraceError("--delayacct needs --metrics-addr (it feeds the metrics)")
+        return None
+    if grace < 0:
+        raise CowtraceError("--pid-label-grace must be 0 or more seconds")
+    return MetricsOptions(parse_listen_address(addr), grace, not no_pid_labels, delayacct)
+
+
+def _log(message: str) -> None:
+    print(f"cowtrace: {message}", file=sys.stderr, flush=True)
+
+
+def member_row(member: Member, snapshot: Snapshot) -> MemberRow:
+    """The counters the kernel gave for one member (and attribution's, when present)."""
+    counts = member.counts
+    counters = {
+        ("copies", ""): float(counts.copies),
+        ("copied_bytes", ""): float(counts.copied_bytes),
+        ("file_copies", ""): float(counts.file_copies),
+        ("reuses", ""): float(counts.reuses),
+        ("zero_fills", ""): float(counts.zero_fills),
+    }
+    view = snapshot.attribution
+    if view is not None:
+        for (pid, kind), copies in view.copies_by_kind.items():
+            if pid == member.pid:
+                counters[("mapping_copies", kind)] = float(copies)
+        counters[("exit_copies", "")] = float(view.exit_copies.get(member.pid, 0))
+    return MemberRow(
+        root=snapshot.root_pid,
+        pid=member.pid,
+        role=str(member.role),
+        comm=member.comm,
+        exit_time=member.exit_time,
+        counters=counters,
+    )
+
+
+class MetricsExporter:
+    """Owns the HTTP endpoint, the series book and the samplers."""
+
+    def __init__(self, options: MetricsOptions, log: Callable[[str], None] = _log) -> None:
+        self.options = options
+        self.log = log
+        self.book = SeriesBook(grace_s=options.pid_label_grace_s, pid_labels=options.pid_labels)
+        self.collector = SnapshotCollector()
+        self.registry = CollectorRegistry()
+        self.registry.register(self.collector)
+        ProcessCollector(namespace="cowtrace", registry=self.registry)
+        self.delays: DelayBook | None = None
+        self.port = 0
+        self._server = None
+        self._thread = None
+        self._delayacct_before: bool | None = None
+
+    # ---- life ------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Enable delay accounting (when asked), then listen.  Call before the workload
+        starts: delay accounting counts only what happens while it is on."""
+        if self.options.delayacct:
+            self._delayacct_before = taskstats.enable_delayacct()
+            if not self._delayacct_before:
+                self.log("set kernel.task_delayacct=1 for --delayacct (restored at exit)")
+            self.delays = DelayBook()
+            self.delays.open()
+        address = self.options.address
+        try:
+            self._server, self._thread = start_http_server(
+                address.port, addr=address.host, registry=self.registry
+            )
+        except OSError as error:
+            self.close()
+            raise CowtraceError(
+                f"cannot serve metrics on {address.host}:{address.port}: {error.strerror}"
+            ) from error
+        self.port = self._server.server_port
+        self.log(f"serving metrics on {address.url(self.port)}")
+
+    def close(self) -> None:
+        """Stop serving; restore delay accounting as it was.  Safe to call twice."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self.delays is not None:
+            self.delays.close()
+            self.delays = None
+        if self._delayacct_before is not None:
+            taskstats.restore_delayacct(self._delayacct_before)
+            self._delayacct_before = None
+
+    def __enter__(self) -> MetricsExporter:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- each refresh ----------------------------------------------------------------------
+    def update(
+        self, snapshots: Iterable[Snapshot], health: Health, now: float | None = None
+    ) -> None:
+        """Fold the latest snapshots in and publish a new Exposition."""
+        now = time.monotonic() if now is None else now
+        snapshots = list(snapshots)
+        rows: list[MemberRow] = []
+        families: list[tuple[str, str, int]] = []
+        for snapshot in snapshots:
+            root_comm = ""
+            for member in snapshot.members:
+                row = member_row(member, snapshot)
+                if not member.exited:
+                    row.gauges = rollup_gauges(member.pid)
+                if member.pid == snapshot.root_pid:
+                    root_comm = member.comm
+                rows.append(row)
+            families.append((str(snapshot.root_pid), root_comm, len(snapshot.alive)))
+        if self.delays is not None:
+            self._add_delays(rows)
+        shown_before = {(r.root, r.pid) for r in self.book.members()}
+        self.book.update(rows, now)
+        shown = {(r.root, r.pid) for r in self.book.members()}
+        if self.delays is not None:
+            self.delays.forget([pid for key in shown_before - shown for pid in key[1:]])
+        live_roots = {s.root_pid for s in snapshots}
+        for root in {r for r, _ in shown_before} - live_roots:
+            self.book.forget_root(root)
+        self.collector.exposition = Exposition(
+            label_names=self.book.label_names,
+            counters=self.book.counters(),
+            gauges=self.book.gauges(),
+            families=tuple(families),
+            health=health,
+            bpf_stats=program_run_stats(health.program_fds) if bpf_stats_enabled() else None,
+            delayacct=self.delays is not None,
+            attribution=any(s.attribution is not None for s in snapshots),
+        )
+
+    def _add_delays(self, rows: list[MemberRow]) -> None:
+        assert self.delays is not None
+        alive = [r.pid for r in rows if r.exit_time is None]
+        exited = [r.pid for r in rows if r.exit_time is not None]
+        figures = self.delays.sample(alive, exited)
+        for row in rows:
+            figure = figures.get(row.pid)
+            if figure is not None:
+                row.counters[("copy_delay_seconds", "")] = figure.seconds
+                row.counters[("delayacct_copies", "")] = float(figure.count)
+
+
+def tracer_health(tracer: KernelTracer, events: int) -> Health:
+    """The tracer's own figures: lost records, table overflows, its programs' fds."""
+    stats = tracer.stats()
+    return Health(
+        lost_events=stats["lost_events"],
+        lost_proc_events=stats["lost_proc_events"],
+        events=events,
+        table_full={
+            "members": stats["members_table_full"],
+            "threads": stats["threads_table_full"],
+        },
+        program_fds=tracer.program_fds(),
+    )
