@@ -229,6 +229,16 @@ class AttachedTrace:
         finally:
             cont_all(members)
 
+    def snapshot(self) -> Books:
+        """The books in the middle of a run (family frozen while read): e.g. a BGSAVE child's
+        Private_Dirty while it is still alive."""
+        members = family_of(self.root)
+        stop_all(members)
+        try:
+            return read_books(members)
+        finally:
+            cont_all(members)
+
     def finish(self, timeout: float = 60.0) -> dict:
         assert self.tracer is not None
         members = family_of(self.root)
