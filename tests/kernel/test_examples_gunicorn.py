@@ -38,9 +38,9 @@ from tests.e2e import (
 
 HERE = EXAMPLES / "gunicorn"
 WORKERS = 4
-# About 105 MB of Python objects, the small end of the example; the README's full-size figures
-# come from GUNICORN_EXAMPLE_RECORDS=600000 (about 250 MB).
-RECORDS = int(os.environ.get("GUNICORN_EXAMPLE_RECORDS", "250000"))
+# About 100 MB of Python objects, the small end of the example; the README's full-size figures
+# come from GUNICORN_EXAMPLE_RECORDS=450000 (about 265 MB).
+RECORDS = int(os.environ.get("GUNICORN_EXAMPLE_RECORDS", "170000"))
 REQUESTS = 800
 PY311 = Path("/usr/bin/python3")
 PY312 = Path("/root/.pyenv/versions/3.12.1/bin/python3.12")
