@@ -2,12 +2,12 @@
 
 At import (in the gunicorn master, with --preload) it builds ``APP_RECORDS`` small records
 (a dict of strings, a float and a list: about 590 bytes of Python objects each, measured with
-CPython 3.11, so 170k records are about 100 MB and 450k about 265 MB). Each request reads ``APP_TOUCH`` records, which only
-*reads* them in Python terms, yet writes their reference counts. The records read are drawn
-at random from the first ``APP_HOT`` share of the table (a hot set, as a cache's popular
-keys). Every ``APP_COLLECT_EVERY``-th
-request of a worker runs a full ``gc.collect()``, standing in for the generation-2 collections a
-long-running worker makes, which write the collector's header of every tracked object.
+CPython 3.11, so 170k records are about 100 MB and 450k about 265 MB). Each request reads
+``APP_TOUCH`` records, which only *reads* them in Python terms, yet writes their reference
+counts. The records read are drawn at random from the first ``APP_HOT`` share of the table
+(a hot set, as a cache's popular keys). Every ``APP_COLLECT_EVERY``-th request of a worker runs
+a full ``gc.collect()``, standing in for the generation-2 collections a long-running worker
+makes, which write the collector's header of every tracked object.
 
 ``APP_GC_FREEZE=1`` calls ``gc.freeze()`` at the end of the import: the records move to the
 permanent generation, which the collector never walks, so the workers' collections no longer

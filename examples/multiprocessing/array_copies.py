@@ -1,6 +1,6 @@
 """Count cowtrace's events inside an address range, per process and kind.
 
-    python array_copies.py events.jsonl START END
+python array_copies.py events.jsonl START END
 """
 
 from __future__ import annotations
