@@ -160,7 +160,7 @@ def read_books(pids: list[int]) -> Books:
 # --- cowtrace attached to a running root -----------------------------------------------------
 
 
-def _out_dir() -> Path | None:
+def out_dir() -> Path | None:
     out = os.environ.get("COWTRACE_EXAMPLES_OUT")
     if not out:
         return None
@@ -199,8 +199,15 @@ class AttachedTrace:
         self.name = name
         self.json_path = workdir / f"{name}.json"
         self.plain_path = workdir / f"{name}.plain.txt"
-        self.argv = [*COWTRACE, str(root), "--plain", "--interval", "1", "--json", ""]
-        self.argv[-1] = str(self.json_path)
+        self.argv = [
+            *COWTRACE,
+            str(root),
+            "--plain",
+            "--interval",
+            "1",
+            "--json",
+            str(self.json_path),
+        ]
         self.listener = taskstats.ExitListener()
         self.tracer: subprocess.Popen | None = None
         self.base = Books()
@@ -292,7 +299,7 @@ class AttachedTrace:
 
     def save(self, table: str, extra: dict | None = None) -> None:
         """Keep the run's artefacts for the README when COWTRACE_EXAMPLES_OUT is set."""
-        out = _out_dir()
+        out = out_dir()
         if out is None:
             return
         shown = ["cowtrace", *self.argv[len(COWTRACE) :]]
