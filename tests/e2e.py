@@ -119,13 +119,24 @@ def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = 
 
 
 def kill_tree(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """Kill a server and every descendant (even stopped ones), then reap the direct child."""
+    """Kill a server and every descendant, then reap the direct child.
+
+    The whole family is stopped first, root first: a master that saw a worker die would
+    otherwise fork a replacement (nginx does) before its own SIGKILL arrives, and the
+    replacement would outlive the test. Repeats until no descendant is left.
+    """
     if proc.poll() is None:
+        deadline = time.monotonic() + timeout
         pids = family_of(proc.pid)
-        for pid in reversed(pids):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        cont_all(pids)
+        while pids and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+            pids = [p for p in family_of(proc.pid) if _state(p) not in (None, "Z", "X")]
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=timeout)
 
