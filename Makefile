@@ -23,6 +23,8 @@ APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 python3-ve
 APT_PACKAGES += chromium
 # Prometheus and promtool for the metrics tests (tests/kernel/test_metrics_prometheus.py).
 APT_PACKAGES += prometheus
+# Real servers of the end-to-end examples (tests/kernel/test_examples_*.py).
+APT_PACKAGES += redis-server nginx
 
 # Debian's bcc binds to the system interpreter only (the python3 first on PATH may be pyenv's).
 SYSTEM_PYTHON := /usr/bin/python3

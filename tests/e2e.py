@@ -1,0 +1,346 @@
+"""The end-to-end harness for the real-server examples (examples/*, tests/kernel/test_examples_*).
+
+A real server's copies cannot be derived by hand, so each example is checked against the
+kernel's own books, read by code that shares nothing with the tracer:
+
+- delay accounting (taskstats ``wpcopy_count``): per process, copies + zero-fills;
+- smaps (``Private_Dirty``, ``Pss_Anon``): the private memory the copies leave behind.
+
+The trick that makes per-process comparisons exact on a live server: the whole family is frozen
+with SIGSTOP while cowtrace attaches and while the baseline is read, and again at the end while
+the final books are read, so no write falls between cowtrace's counting and the kernel's. A
+stopped process writes nothing (SIGSTOP runs no handler), and reading taskstats or smaps writes
+nothing in the target. Processes that exit during the trace (a BGSAVE child, an old nginx
+worker) are read from the kernel's exit records.
+
+Every process a run starts is stopped by the run's ``close`` (used from fixture finalizers),
+even when the test fails half-way. ``COWTRACE_EXAMPLES_OUT=DIR`` keeps each run's cowtrace
+command, plain output, JSON summary and check table there: the examples' READMEs quote them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cowtrace import smaps, taskstats
+from tests.helpers import COWTRACE
+
+PAGE = 4096
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+# --- process families ----------------------------------------------------------------------
+
+
+def _ppid_map() -> dict[int, int]:
+    out: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        out[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    return out
+
+
+def family_of(root: int) -> list[int]:
+    """``root`` and every living process descended from it, root first."""
+    parents = _ppid_map()
+    members = [root]
+    i = 0
+    while i < len(members):
+        members += sorted(pid for pid, ppid in parents.items() if ppid == members[i])
+        i += 1
+    return [pid for pid in members if pid in parents]
+
+
+def _state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]
+
+
+def comm_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def stop_all(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGSTOP every process and wait until each is stopped (or gone)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while _state(pid) not in (None, "T", "t", "Z", "X"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"process {pid} did not stop")
+            time.sleep(0.002)
+
+
+def cont_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}) before listening on {port}")
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.connect(("127.0.0.1", port))
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def kill_tree(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Kill a server and every descendant, then reap the direct child.
+
+    The whole family is stopped first, root first: a master that saw a worker die would
+    otherwise fork a replacement (nginx does) before its own SIGKILL arrives, and the
+    replacement would outlive the test. Repeats until no descendant is left.
+    """
+    if proc.poll() is None:
+        deadline = time.monotonic() + timeout
+        pids = family_of(proc.pid)
+        while pids and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+            pids = [p for p in family_of(proc.pid) if _state(p) not in (None, "Z", "X")]
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+
+
+# --- the kernel's books ----------------------------------------------------------------------
+
+
+@dataclass
+class Books:
+    """What the kernel says about each process at one moment (family frozen)."""
+
+    wpcopy: dict[int, int] = field(default_factory=dict)
+    private_dirty: dict[int, int] = field(default_factory=dict)
+    pss_anon: dict[int, int] = field(default_factory=dict)
+    comm: dict[int, str] = field(default_factory=dict)
+
+
+def read_books(pids: list[int]) -> Books:
+    books = Books()
+    for pid in pids:
+        try:
+            rollup = smaps.read_rollup(pid)
+            books.wpcopy[pid] = taskstats.query_tgid(pid).wpcopy_count or 0
+        except (OSError, taskstats.TaskstatsError):
+            continue  # exited meanwhile: its exit record speaks for it
+        books.private_dirty[pid] = rollup.get("Private_Dirty", 0)
+        books.pss_anon[pid] = rollup.get("Pss_Anon", 0)
+        books.comm[pid] = comm_of(pid)
+    return books
+
+
+# --- cowtrace attached to a running root -----------------------------------------------------
+
+
+def out_dir() -> Path | None:
+    out = os.environ.get("COWTRACE_EXAMPLES_OUT")
+    if not out:
+        return None
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Row:
+    """One process in the delay-accounting check."""
+
+    pid: int
+    comm: str
+    role: str
+    copies: int
+    zero_fills: int
+    kernel: int  # wpcopy_count growth over the trace
+
+    @property
+    def ours(self) -> int:
+        return self.copies + self.zero_fills
+
+
+class AttachedTrace:
+    """cowtrace attached to a running server, between two frozen readings of the kernel's books.
+
+    ``start()`` freezes the family, attaches cowtrace, reads the baseline and thaws it;
+    ``finish()`` freezes it again, reads the final books, ends cowtrace with SIGINT (as a user's
+    Ctrl-C) and thaws. ``close()`` stops cowtrace and the exit listener whatever happened.
+    """
+
+    def __init__(self, root: int, workdir: Path, name: str) -> None:
+        self.root = root
+        self.workdir = workdir
+        self.name = name
+        self.json_path = workdir / f"{name}.json"
+        self.plain_path = workdir / f"{name}.plain.txt"
+        self.argv = [
+            *COWTRACE,
+            str(root),
+            "--plain",
+            "--interval",
+            "1",
+            "--json",
+            str(self.json_path),
+        ]
+        self.listener = taskstats.ExitListener()
+        self.tracer: subprocess.Popen | None = None
+        self.base = Books()
+        self.end = Books()
+        self.summary: dict = {}
+        self._plain = None
+
+    def start(self, attach_timeout: float = 60.0) -> None:
+        self.listener.open()
+        members = family_of(self.root)
+        stop_all(members)
+        try:
+            self._plain = open(self.plain_path, "w")  # noqa: SIM115 - closed in close()
+            self.tracer = subprocess.Popen(
+                self.argv, stdout=self._plain, stderr=subprocess.PIPE, text=True
+            )
+            # In --plain mode the first line is printed once the family is traced.
+            deadline = time.monotonic() + attach_timeout
+            while self.plain_path.stat().st_size == 0:
+                if self.tracer.poll() is not None:
+                    raise RuntimeError(f"cowtrace exited: {self.tracer.stderr.read()}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("cowtrace did not attach")
+                time.sleep(0.05)
+            self.base = read_books(members)
+        finally:
+            cont_all(members)
+
+    def snapshot(self) -> Books:
+        """The books in the middle of a run (family frozen while read): e.g. a BGSAVE child's
+        Private_Dirty while it is still alive."""
+        members = family_of(self.root)
+        stop_all(members)
+        try:
+            return read_books(members)
+        finally:
+            cont_all(members)
+
+    def finish(self, timeout: float = 60.0) -> dict:
+        assert self.tracer is not None
+        members = family_of(self.root)
+        stop_all(members)
+        try:
+            self.end = read_books(members)
+            self.tracer.send_signal(signal.SIGINT)
+            _, err = self.tracer.communicate(timeout=timeout)
+            assert self.tracer.returncode == 0, err
+        finally:
+            cont_all(members)
+        self.summary = json.loads(self.json_path.read_text())
+        return self.summary
+
+    def close(self) -> None:
+        if self.tracer is not None and self.tracer.poll() is None:
+            self.tracer.kill()
+            self.tracer.wait()
+        if self._plain is not None:
+            self._plain.close()
+        self.listener.close()
+
+    # -- the checks --
+
+    def processes(self) -> dict[int, dict]:
+        return {p["pid"]: p for p in self.summary["processes"]}
+
+    def delayacct_rows(self) -> list[Row]:
+        """cowtrace's copies + zero-fills next to the kernel's wpcopy_count growth, per process.
+
+        A process alive at the end is read from the final books; one that exited during the
+        trace from its exit records (summed over its threads). A process that was not there at
+        the baseline was forked while traced and counts from zero.
+        """
+        exits = self.listener.records
+        rows = []
+        for pid, proc in self.processes().items():
+            if pid in self.end.wpcopy:
+                final = self.end.wpcopy[pid]
+            else:
+                self.listener.wait_for(pid, timeout=5.0)
+                exits = self.listener.records
+                threads = [r for r in exits.values() if (r.tgid or r.pid) == pid]
+                assert threads, f"no exit record for {pid} ({proc['comm']})"
+                final = sum(r.wpcopy_count or 0 for r in threads)
+            kernel = final - self.base.wpcopy.get(pid, 0)
+            rows.append(
+                Row(pid, proc["comm"], proc["role"], proc["copies"], proc["zero_fills"], kernel)
+            )
+        return rows
+
+    def save(self, table: str, extra: dict | None = None) -> None:
+        """Keep the run's artefacts for the README when COWTRACE_EXAMPLES_OUT is set."""
+        out = out_dir()
+        if out is None:
+            return
+        shown = ["cowtrace", *self.argv[len(COWTRACE) :]]
+        (out / f"{self.name}.cmd").write_text(shlex.join(shown) + "\n")
+        (out / f"{self.name}.plain.txt").write_text(self.plain_path.read_text())
+        (out / f"{self.name}.json").write_text(self.json_path.read_text())
+        (out / f"{self.name}.checks.txt").write_text(table)
+        if extra is not None:
+            (out / f"{self.name}.extra.json").write_text(json.dumps(extra, indent=1) + "\n")
+
+
+def format_rows(rows: list[Row], books: tuple[Books, Books] | None = None) -> str:
+    """A plain table: per process, cowtrace vs delay accounting, and the smaps growth."""
+    head = f"{'pid':>7} {'comm':<16} {'role':<10} {'copies':>8} {'zero':>5} {'wpcopy':>8} diff"
+    if books:
+        head += f" {'dPrivDirty_MiB':>14} {'copied_MiB':>10}"
+    lines = [head]
+    for r in sorted(rows, key=lambda r: (r.role != "root", r.pid)):
+        line = (
+            f"{r.pid:>7} {r.comm:<16} {r.role:<10} {r.copies:>8} {r.zero_fills:>5} "
+            f"{r.kernel:>8} {r.ours - r.kernel:+d}"
+        )
+        if books:
+            base, end = books
+            if r.pid in end.private_dirty:
+                grown = end.private_dirty[r.pid] - base.private_dirty.get(r.pid, 0)
+                line += f" {grown / 2**20:>14.1f} {r.copies * PAGE / 2**20:>10.1f}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def relative_gap(ours: int, kernel: int) -> float:
+    return abs(ours - kernel) / max(kernel, 1)
