@@ -73,8 +73,8 @@ struct member {
     u32 root;       /* tgid of the family's root (one BPF instance can trace several) */
     u32 flags;      /* enum member_flags */
     s32 exit_code;  /* from exit_group(); -1 until known */
-    u32 exit_signal;/* last fatal signal delivered with the default action, 0 if none */
-    u32 pad;
+    u32 exit_signal;/* the fatal signal delivered with the default action, 0 if none */
+    u32 sent_signal;/* the last possibly fatal signal sent to it (see signal_generate) */
     u64 copies;     /* all copies, file_copies and gup_copies included */
     u64 file_copies;
     u64 gup_copies;
@@ -444,14 +444,46 @@ TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
     return 0;
 }
 
-/* A signal delivered with its default action (no handler): remember it; if the process dies
- * now, this is the signal that killed it. */
+/* Signals whose default action does not end the process: SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP,
+ * SIGTTIN, SIGTTOU, SIGURG and SIGWINCH. */
+#define NONFATAL_DEFAULT_SIGNALS ((1ULL << 17) | (1ULL << 18) | (1ULL << 19) | (1ULL << 20) | \
+                                  (1ULL << 21) | (1ULL << 22) | (1ULL << 23) | (1ULL << 28))
+
+/* A possibly fatal signal sent to a member (kill(2), a fault's SIGSEGV, ...).  Remembered
+ * because of what happens next if its action is the default one: the kernel starts a group
+ * exit and queues SIGKILL to every thread, so signal_deliver sees SIGKILL, not this signal. */
+TRACEPOINT_PROBE(signal, signal_generate)
+{
+    u32 target = args->pid;
+    int sig = args->sig;
+    if (args->result != 0 || sig <= 0 || sig >= 64 || (NONFATAL_DEFAULT_SIGNALS & (1ULL << sig)))
+        return 0;                       /* result 0: TRACE_SIGNAL_DELIVERED (queued) */
+    struct member *m = members.lookup(&target);
+    if (m)
+        m->sent_signal = sig;
+    return 0;
+}
+
+/* A signal delivered with its default action (no handler) that ends the process: the process
+ * dies of it.  The first one is kept.  A SIGKILL that nobody sent is the kernel's group-exit
+ * SIGKILL: the signal that killed the process is the one sent before it. */
 TRACEPOINT_PROBE(signal, signal_deliver)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct member *m = members.lookup(&tgid);
-    if (m && args->sa_handler == 0)
-        m->exit_signal = args->sig;
+    int sig = args->sig;
+    if (!m || m->exit_signal != 0 || sig <= 0 || sig >= 64)
+        return 0;
+    if (args->sa_handler != 0) {
+        if (m->sent_signal == sig)
+            m->sent_signal = 0;         /* handled: it will not be what kills the process */
+        return 0;
+    }
+    if (NONFATAL_DEFAULT_SIGNALS & (1ULL << sig))
+        return 0;
+    if (sig == 9 && m->sent_signal != 0)
+        sig = m->sent_signal;
+    m->exit_signal = sig;
     return 0;
 }
 

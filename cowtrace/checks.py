@@ -32,6 +32,7 @@ TRACEPOINTS: tuple[str, ...] = (
     "sched/sched_process_exit",
     "task/task_newtask",
     "syscalls/sys_enter_exit_group",
+    "signal/signal_generate",
     "signal/signal_deliver",
 )
 

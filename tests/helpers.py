@@ -21,6 +21,7 @@ PROGRAM_NAMES = (
     "tracepoint__sched__sched_process_exec",
     "tracepoint__sched__sched_process_exit",
     "tracepoint__sched__sched_process_free",
+    "tracepoint__signal__signal_generate",
     "tracepoint__signal__signal_deliver",
     "tracepoint__syscalls__sys_enter_exit_group",
     "tracepoint__task__task_newtask",

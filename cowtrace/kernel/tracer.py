@@ -35,6 +35,7 @@ TRACEPOINTS = (
     "task:task_newtask",
     "sched:sched_process_exec",
     "syscalls:sys_enter_exit_group",
+    "signal:signal_generate",
     "signal:signal_deliver",
     "sched:sched_process_exit",
     "sched:sched_process_free",

@@ -195,3 +195,23 @@ def test_lost_events_are_counted_and_counts_stay_exact(fixture_binaries, tmp_pat
     assert exit_record is not None
     assert processes[child]["copies"] + processes[child]["zero_fills"] == exit_record.wpcopy_count
     assert processes[child]["copies"] >= pages
+
+
+def test_exit_signal_is_the_fatal_one_in_a_threaded_process(tmp_path):
+    """A fatal signal makes the kernel SIGKILL the process' other threads: the status must
+    still name the signal that killed it, and `run` exits as the command did (128 + 15)."""
+    program = (
+        "import os, signal, threading, time\n"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(30)\n"
+    )
+    summary_path = tmp_path / "s.json"
+    result = run_cowtrace(
+        ["run", "--quiet", "--json", str(summary_path), "--", "/usr/bin/python3", "-c", program],
+        timeout=60,
+    )
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    root = json.loads(summary_path.read_text())["processes"][0]
+    assert root["exit_signal"] == signal.SIGTERM
+    assert root["exit_code"] is None
