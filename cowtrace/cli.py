@@ -45,6 +45,22 @@ PLAIN = typer.Option(False, "--plain", help="Plain periodic lines instead of the
 RING_MB = typer.Option(
     16, "--ring-mb", min=1, help="Size of the kernel's detail-event ring buffer, in MiB."
 )
+MALLOC = typer.Option(
+    None,
+    "--malloc/--no-malloc",
+    help="Uprobes on malloc & co. to attribute copies to allocated blocks (default: on for "
+    "`run` and `demo`, off when attaching to a PID: each call then costs microseconds).",
+)
+EXIT_WINDOW = typer.Option(
+    0.5,
+    "--exit-window",
+    min=0.0,
+    metavar="SECONDS",
+    help="Copies made this close before a process exits are reported as exit-time copies.",
+)
+NO_STACKS = typer.Option(
+    False, "--no-stacks", help="Do not capture native writer and allocation stacks."
+)
 HOLD_EVENTS = typer.Option(
     0.0, "--hold-events", hidden=True, help="Testing aid: do not drain detail events for SECONDS."
 )
@@ -63,11 +79,24 @@ def _options(duration, interval, json_path, events_path, quiet, plain):  # noqa:
     )
 
 
-def _session_options(events_path, ring_mb, hold_events):  # noqa: ANN001, ANN202
+def _session_options(  # noqa: ANN202
+    events_path,  # noqa: ANN001
+    ring_mb,  # noqa: ANN001
+    hold_events,  # noqa: ANN001
+    *,
+    malloc: bool,
+    exit_window: float = 0.5,
+    no_stacks: bool = False,
+):
     from cowtrace.session import SessionOptions
 
     return SessionOptions(
-        events_path=events_path, ring_bytes=ring_mb << 20, hold_events_s=hold_events
+        events_path=events_path,
+        ring_bytes=ring_mb << 20,
+        hold_events_s=hold_events,
+        malloc=malloc,
+        stacks=not no_stacks,
+        exit_window_s=exit_window,
     )
 
 
@@ -81,6 +110,9 @@ def trace_cmd(
     quiet: bool = QUIET,
     plain: bool = PLAIN,
     ring_mb: int = RING_MB,
+    malloc: bool | None = MALLOC,
+    exit_window: float = EXIT_WINDOW,
+    no_stacks: bool = NO_STACKS,
     hold_events: float = HOLD_EVENTS,
 ) -> None:
     """Attach to a running process and trace it and every process it forks.
@@ -95,6 +127,8 @@ def trace_cmd(
       sudo cowtrace trace 1234 --duration 30 --plain
 
       sudo cowtrace 1234 --quiet --duration 60 --json out.json --events events.jsonl
+
+      sudo cowtrace 1234 --malloc --duration 30   # also attribute copies to malloc'd blocks
     """
     from cowtrace.commands.trace import trace
 
@@ -102,7 +136,14 @@ def trace_cmd(
         trace(
             pid,
             _options(duration, interval, json_path, events_path, quiet, plain),
-            _session_options(events_path, ring_mb, hold_events),
+            _session_options(
+                events_path,
+                ring_mb,
+                hold_events,
+                malloc=bool(malloc),
+                exit_window=exit_window,
+                no_stacks=no_stacks,
+            ),
         )
     )
 
@@ -120,6 +161,9 @@ def run_cmd(
     quiet: bool = QUIET,
     plain: bool = PLAIN,
     ring_mb: int = RING_MB,
+    malloc: bool | None = MALLOC,
+    exit_window: float = EXIT_WINDOW,
+    no_stacks: bool = NO_STACKS,
     hold_events: float = HOLD_EVENTS,
 ) -> None:
     """Start COMMAND with tracing active before its first fork.
@@ -132,6 +176,8 @@ def run_cmd(
       sudo cowtrace run -- python3 -m gunicorn --preload -w 4 app:app
 
       sudo cowtrace run --quiet --json - -- ./prefork-server --workers 8
+
+      sudo cowtrace run --no-malloc --exit-window 1 -- redis-server   # no allocator uprobes
     """
     from cowtrace.commands.run import run
 
@@ -139,7 +185,14 @@ def run_cmd(
         run(
             command,
             _options(duration, interval, json_path, events_path, quiet, plain),
-            _session_options(events_path, ring_mb, hold_events),
+            _session_options(
+                events_path,
+                ring_mb,
+                hold_events,
+                malloc=malloc is None or malloc,
+                exit_window=exit_window,
+                no_stacks=no_stacks,
+            ),
         )
     )
 
@@ -169,6 +222,9 @@ def doctor_cmd(
 def demo_cmd(
     duration: float = typer.Option(20.0, "--duration", min=1.0, help="How long to trace."),
     plain: bool = PLAIN,
+    malloc: bool | None = MALLOC,
+    exit_window: float = EXIT_WINDOW,
+    no_stacks: bool = NO_STACKS,
 ) -> None:
     """Trace the bundled pre-fork demo: a master and workers writing to inherited memory.
 
@@ -177,10 +233,25 @@ def demo_cmd(
       sudo cowtrace demo
 
       sudo cowtrace demo --duration 10 --plain
+
+      sudo cowtrace demo --no-malloc --no-stacks
     """
     from cowtrace.commands.demo import demo
 
-    raise typer.Exit(demo(duration, plain))
+    raise typer.Exit(
+        demo(
+            duration,
+            plain,
+            _session_options(
+                None,
+                16,
+                0.0,
+                malloc=malloc is None or malloc,
+                exit_window=exit_window,
+                no_stacks=no_stacks,
+            ),
+        )
+    )
 
 
 @app.command("version")
