@@ -7,6 +7,8 @@ Measures, in one run with traced and untraced runs alternating (this machine is 
   - cowtrace's time from start to attached (compile included, from the --json summary).
 
 Usage (root): .venv/bin/python bench/storm.py [--runs 7] [--pages 262144]
+  [--variant NAME="--no-stacks --no-malloc" ...]: more traced variants, each run in the same
+  rotation with its own cowtrace options; their medians are compared with each other too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -39,7 +42,7 @@ def run_untraced(binary: Path, pages: int) -> float:
     return child_ms(out.stdout)
 
 
-def run_traced(binary: Path, pages: int, workdir: Path) -> dict:
+def run_traced(binary: Path, pages: int, workdir: Path, extra: list[str] | None = None) -> dict:
     summary_path = workdir / "summary.json"
     command = [
         sys.executable,
@@ -49,6 +52,7 @@ def run_traced(binary: Path, pages: int, workdir: Path) -> dict:
         "--quiet",
         "--json",
         str(summary_path),
+        *(extra or []),
         "--",
         str(binary),
         str(pages),
@@ -72,6 +76,7 @@ def run_traced(binary: Path, pages: int, workdir: Path) -> dict:
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "peak_rss_mib": usage.ru_maxrss / 1024,
         "attach_s": summary["tracer"]["attach_s"],
+        "stack_errors": summary["tracer"].get("stack_errors", 0),
     }
 
 
@@ -79,22 +84,40 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--pages", type=int, default=262144)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar='NAME="OPTIONS"',
+        help='another traced variant, e.g. nostacks="--no-stacks"',
+    )
     args = parser.parse_args()
+    variants = dict(v.split("=", 1) for v in args.variant)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         binary = build(workdir)
         run_traced(binary, 1024, workdir)  # warm the calibration cache and page cache
         untraced, traced = [], []
+        others: dict[str, list[dict]] = {name: [] for name in variants}
         for index in range(args.runs):
             untraced.append(run_untraced(binary, args.pages))
             traced.append(run_traced(binary, args.pages, workdir))
-            print(
+            line = (
                 f"run {index + 1}: untraced {untraced[-1]:.0f} ms, traced {traced[-1]['ms']:.0f}"
-                f" ms, lost {traced[-1]['lost']}",
-                flush=True,
+                f" ms, lost {traced[-1]['lost']}, stack errors {traced[-1]['stack_errors']}"
             )
+            for name, options in variants.items():
+                others[name].append(run_traced(binary, args.pages, workdir, shlex.split(options)))
+                line += f", {name} {others[name][-1]['ms']:.0f} ms"
+            print(line, flush=True)
     u = statistics.median(untraced)
     t = statistics.median(r["ms"] for r in traced)
+    for name, runs in others.items():
+        v = statistics.median(r["ms"] for r in runs)
+        print(
+            f"variant {name} ({variants[name]}): median {v:.0f} ms, ratio to untraced"
+            f" {v / u:.3f}, traced/{name} {t / v:.3f}"
+        )
     cpu_per_million = statistics.median(r["cpu_s"] / r["events"] * 1e6 for r in traced)
     print(
         f"child write time, median of {args.runs}: untraced {u:.0f} ms, traced {t:.0f} ms,"
