@@ -70,7 +70,10 @@
 enum kind { KIND_COPY = 1, KIND_REUSE = 2, KIND_ZERO_FILL = 3 };
 enum source { SOURCE_ANON = 0, SOURCE_FILE = 1 };
 enum via { VIA_USER = 0, VIA_KERNEL = 1, VIA_GUP = 2 };
-enum episode { EP_NONE = 0, EP_WP_FAULT = 1, EP_COPIED = 2 };
+/* EP_CAPTURING: mm_page_alloc is walking the writer's stacks; a fault those walks take (user
+ * memory read with page faults disabled: a frame pointer into an unmapped page) enters
+ * page_fault_kernel in this thread, and must not be taken for the thread's next fault. */
+enum episode { EP_NONE = 0, EP_WP_FAULT = 1, EP_COPIED = 2, EP_CAPTURING = 3 };
 enum proc_event_type { PE_FORK = 1, PE_EXEC = 2, PE_EXIT = 3, PE_FREE = 4 };
 enum stat { STAT_LOST_EVENTS = 0, STAT_LOST_PROC_EVENTS = 1, STAT_MEMBERS_FULL = 2,
             STAT_THREADS_FULL = 3, STAT_STACK_ERRORS = 4, STAT_LOST_MAP_EVENTS = 5,
@@ -272,6 +275,8 @@ static __always_inline int on_fault(u64 address, u64 error_code, u8 via)
         return 0;
     bool wp = (error_code & PF_PRESENT_WRITE) == PF_PRESENT_WRITE;
     struct episode_state *ep = episodes.lookup(&tid);
+    if (ep && ep->state == EP_CAPTURING)
+        return 0;                       /* a fault of our own stack walk, see EP_CAPTURING */
     if (ep) {
         close_episode(ep, tid);
     } else if (wp) {
@@ -375,6 +380,8 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
             ep->state = EP_NONE;
         return 0;
     }
+    if (ep)
+        ep->state = EP_CAPTURING;       /* until EP_COPIED below */
     s32 stack_id = capture_user_stack(ctx);
     s32 pystack_id = capture_python_stack(ctx, tgid);
     if (!ep) {
