@@ -177,7 +177,7 @@ def run_cmd(
 
       sudo cowtrace run --quiet --json - -- ./prefork-server --workers 8
 
-      sudo cowtrace run --no-malloc --exit-window 1 -- redis-server   # no allocator uprobes
+      sudo cowtrace run --no-malloc --exit-window 1 -- redis-server
     """
     from cowtrace.commands.run import run
 

@@ -8,6 +8,7 @@ with a sink that keeps every record it is given, as the attribution engine would
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from cowtrace.kernel.records import (
     ALLOC_OP_FREE,
     ALLOC_OP_REALLOC,
     ALLOCATOR_GLIBC,
+    ALLOCATOR_JEMALLOC,
     EVENT_DTYPE,
     MAP_EVENT_DTYPE,
     MAP_OP_BRK,
@@ -86,20 +88,31 @@ class RecordingSink:
         return [self.resolver.symbolize(pid, a) for a in self.resolver.addresses(stack_id)]
 
 
-@pytest.fixture(scope="module")
-def traced(fixture_binaries, tmp_path_factory):
-    """alloc_writes 64 MiB + 4000 small blocks under `run` (malloc probes on by default)."""
-    binary = fixture_binaries("alloc_writes")
-    out = tmp_path_factory.mktemp("alloc_writes") / "out.jsonl"
+def trace_fixture(binary: Path, args: list[str], out: Path, *, via_shell: bool):
+    """Run a fixture under `run`'s code with a RecordingSink; its stdout goes to `out`.
+
+    via_shell: through `sh -c 'exec ...'`, so the fixture's allocator is found at its exec
+    record (the catch-up path); otherwise the command itself is the fixture (found before it
+    is released)."""
     sinks: list[RecordingSink] = []
 
     def factory(resolver: Any, _options: SessionOptions) -> RecordingSink:
         sinks.append(RecordingSink(resolver))
         return sinks[-1]
 
-    argv = ["/bin/sh", "-c", 'out=$1; shift; exec "$@" > "$out"', "sh", str(out), str(binary)]
     options = SessionOptions(malloc=True, sink_factory=factory)
-    status = run([*argv, "64", "4000"], OutputOptions(quiet=True), options)
+    if via_shell:
+        argv = ["/bin/sh", "-c", 'out=$1; shift; exec "$@" > "$out"', "sh", str(out)]
+        status = run([*argv, str(binary), *args], OutputOptions(quiet=True), options)
+    else:
+        saved = os.dup(1)
+        try:
+            with open(out, "w") as target:
+                os.dup2(target.fileno(), 1)
+            status = run([str(binary), *args], OutputOptions(quiet=True), options)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
     assert status == 0
     facts = build.parse_lines(out.read_text())
     sink = sinks[0]
@@ -112,12 +125,19 @@ def traced(fixture_binaries, tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="module")
+def traced(fixture_binaries, tmp_path_factory):
+    """alloc_writes 64 MiB + 4000 small blocks under `run` (malloc probes on by default)."""
+    out = tmp_path_factory.mktemp("alloc_writes") / "out.jsonl"
+    return trace_fixture(fixture_binaries("alloc_writes"), ["64", "4000"], out, via_shell=True)
+
+
 def _other(facts, key: str) -> list[dict]:
     return [line[key] for line in facts.other if key in line]
 
 
-def test_allocations_have_exact_sizes_and_allocating_functions(traced):
-    facts, sink, _maps, allocs, _faults = traced
+def check_allocations(facts, sink: RecordingSink, allocs: np.ndarray, allocator: int) -> None:
+    """Every allocator call the fixture reports is there once, exact, with its function."""
     parent = facts.pid_of("parent")
     mine = allocs[allocs["pid"] == parent]
     for expected in _other(facts, "alloc"):
@@ -125,7 +145,7 @@ def test_allocations_have_exact_sizes_and_allocating_functions(traced):
         rows = rows[rows["size"] == expected["size"]]
         assert len(rows) == 1, expected
         row = rows[0]
-        assert row["allocator"] == ALLOCATOR_GLIBC
+        assert row["allocator"] == allocator
         assert sink.resolver.symbolize(parent, int(row["caller"])).startswith(
             f"{expected['function']} ("
         )
@@ -145,6 +165,20 @@ def test_allocations_have_exact_sizes_and_allocating_functions(traced):
     assert -1 not in stacks
     for stack_id in stacks:
         assert sink.stack(parent, stack_id)[0].startswith("make_small (")
+
+
+def test_allocations_have_exact_sizes_and_allocating_functions(traced):
+    facts, sink, _maps, allocs, _faults = traced
+    check_allocations(facts, sink, allocs, ALLOCATOR_GLIBC)
+
+
+def test_jemalloc_is_found_and_probed(fixture_binaries, tmp_path):
+    """The fixture linked against libjemalloc.so.2 (as Debian's redis-server is)."""
+    binary = fixture_binaries("alloc_writes_jemalloc")
+    facts, sink, _maps, allocs, _faults = trace_fixture(
+        binary, ["8", "500"], tmp_path / "out.jsonl", via_shell=False
+    )
+    check_allocations(facts, sink, allocs, ALLOCATOR_JEMALLOC)
 
 
 def test_copies_carry_the_writing_function(traced):
