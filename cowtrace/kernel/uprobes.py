@@ -21,9 +21,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from cowtrace.kernel.elfinfo import needed_libraries
+from cowtrace.kernel.prologue import emulated_offset
 from cowtrace.kernel.records import ALLOCATOR_GLIBC, ALLOCATOR_JEMALLOC, ALLOCATOR_TCMALLOC
 
 FUNCTIONS = ("malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign", "free")
+# How many argument registers each entry program reads (rdi, rsi, rdx).
+ARGUMENTS = {
+    "malloc": 1,
+    "free": 1,
+    "calloc": 2,
+    "realloc": 2,
+    "aligned_alloc": 2,
+    "memalign": 2,
+    "posix_memalign": 3,
+}
 ALLOCATOR_NAMES = {
     ALLOCATOR_GLIBC: "glibc",
     ALLOCATOR_JEMALLOC: "jemalloc",
@@ -54,10 +65,25 @@ class ProbedObject:
     allocator: int
     prefix: str  # "" or "je_" (statically linked, prefixed jemalloc)
     functions: tuple[str, ...]
+    offsets: tuple[int, ...]  # where each function's probes sit (prologue.py), bytes in
 
     @property
     def allocator_name(self) -> str:
         return ALLOCATOR_NAMES[self.allocator]
+
+
+def _probe_offset(path: str, vaddr: int, arguments: int) -> int:
+    """The offset into the function at `vaddr` where its probes cost least (prologue.py)."""
+    from bcc import BPF
+
+    try:
+        _module, file_offset = BPF._check_path_symbol(path.encode(), b"", vaddr, -1)
+        with open(path, "rb") as binary:
+            binary.seek(file_offset)
+            code = binary.read(32)
+    except Exception:  # unreadable: keep the probe at the entry
+        return 0
+    return emulated_offset(code, arguments)
 
 
 def _defined_functions(path: str, prefix: str) -> dict[str, int]:
@@ -144,27 +170,33 @@ class AllocatorProbes:
         if "malloc" not in functions or "free" not in functions:
             return
         name = ALLOCATOR_NAMES[allocator]
-        attached = []
+        attached, offsets = [], []
         probed_addresses: set[int] = set()
         for function in FUNCTIONS:
-            addr = functions.get(function)
-            if addr is None or addr in probed_addresses:
+            vaddr = functions.get(function)
+            if vaddr is None or vaddr in probed_addresses:
                 continue  # aliases (glibc's memalign/aligned_alloc) share one probe
-            probed_addresses.add(addr)
-            symbol = (prefix + function).encode()
+            probed_addresses.add(vaddr)
+            # Both probes go to the first cheaply emulated instruction: nothing before it
+            # touches the arguments or %rsp, so [sp] is still the return address that the
+            # uretprobe hijacks.
+            offset = _probe_offset(path, vaddr, ARGUMENTS[function])
             try:
                 self._bpf.attach_uprobe(
                     name=path.encode(),
-                    sym=symbol,
+                    addr=vaddr + offset,
                     fn_name=f"{PROGRAM_PREFIX}{name}_{function}".encode(),
                 )
                 if function != "free":
                     self._bpf.attach_uretprobe(
-                        name=path.encode(), sym=symbol, fn_name=RETURN_PROGRAM.encode()
+                        name=path.encode(), addr=vaddr + offset, fn_name=RETURN_PROGRAM.encode()
                     )
             except Exception as error:  # bcc: bare Exception when an attach fails
                 self.errors.append(f"{shown or path}:{function}: {error}")
                 continue
             attached.append(function)
+            offsets.append(offset)
         if attached:
-            self.objects.append(ProbedObject(shown or path, allocator, prefix, tuple(attached)))
+            self.objects.append(
+                ProbedObject(shown or path, allocator, prefix, tuple(attached), tuple(offsets))
+            )
