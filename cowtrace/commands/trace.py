@@ -24,7 +24,7 @@ def trace(pid: int, options: OutputOptions, session_options: SessionOptions) -> 
     """Trace until Ctrl-C, SIGTERM, --duration or the root's exit; 0 on a clean end."""
     stat = validate_target(pid)
     require_tracing_ready()
-    if session_options.malloc and not options.quiet:
+    if session_options.malloc:  # on stderr even with --quiet: it is about the target's cost
         print(MALLOC_WARNING, file=sys.stderr)
     session = Session(pid, session_options)
     try:

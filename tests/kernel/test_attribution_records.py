@@ -8,7 +8,9 @@ with a sink that keeps every record it is given, as the attribution engine would
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from cowtrace.kernel.records import (
 )
 from cowtrace.session import SessionOptions
 from tests.fixtures.conftest_helpers import load_build
-from tests.helpers import wait_until_unloaded
+from tests.helpers import run_cowtrace, wait_until_unloaded
 
 build = load_build()
 KIND_COPY = 1
@@ -232,3 +234,21 @@ def test_allocator_probes_are_gone_after_the_run(traced):
     events = Path("/sys/kernel/tracing/uprobe_events")
     if events.exists():
         assert "libc_so_6" not in events.read_text()
+
+
+def test_attach_mode_warns_about_malloc_probes(tmp_path):
+    """`cowtrace PID --malloc`: one warning line, a clean end, the probes gone."""
+    target = subprocess.Popen(["sleep", "60"])
+    try:
+        result = run_cowtrace(
+            [str(target.pid), "--malloc", "--duration", "0.5", "--quiet", "--json", "-"]
+        )
+    finally:
+        target.kill()
+        target.wait()
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--malloc" in lines[0] and "uprobe" in lines[0], lines
+    summary = json.loads(result.stdout)
+    assert summary["tracer"]["lost_alloc_events"] == 0
+    assert not wait_until_unloaded()
