@@ -105,6 +105,7 @@ class AllocatorProbes:
     def __init__(self, bpf: Any) -> None:
         self._bpf = bpf
         self._seen: set[tuple[int, int, str]] = set()
+        self._checked: set[tuple[int, int]] = set()  # executables already looked into
         self.objects: list[ProbedObject] = []
         self.errors: list[str] = []
 
@@ -147,6 +148,14 @@ class AllocatorProbes:
                     self.probe(f"/proc/{pid}/root{fields[5]}", allocator, shown=fields[5])
 
     def _probe_executable(self, path: str, shown: str | None = None) -> None:
+        """Probe an executable that carries its own allocator; each file is read once."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) in self._checked:
+            return
+        self._checked.add((st.st_dev, st.st_ino))
         if _defined_functions(path, "je_").get("malloc"):
             self.probe(path, ALLOCATOR_JEMALLOC, prefix="je_", shown=shown)
         elif _defined_functions(path, "").get("malloc"):
