@@ -230,10 +230,8 @@ def test_sink_sees_lifecycle_and_batches_in_order(traced):
 
 
 def test_allocator_probes_are_gone_after_the_run(traced):
+    """A uprobe holds its program: no cowalloc_* program left loaded means no probe left."""
     assert not wait_until_unloaded()
-    events = Path("/sys/kernel/tracing/uprobe_events")
-    if events.exists():
-        assert "libc_so_6" not in events.read_text()
 
 
 def test_attach_mode_warns_about_malloc_probes(tmp_path):
