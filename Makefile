@@ -25,6 +25,8 @@ APT_PACKAGES += chromium
 APT_PACKAGES += prometheus
 # Real servers of the end-to-end examples (tests/kernel/test_examples_*.py).
 APT_PACKAGES += redis-server nginx
+# jemalloc, for the fixture that checks allocator probes on a jemalloc program.
+APT_PACKAGES += libjemalloc2
 
 # Debian's bcc binds to the system interpreter only (the python3 first on PATH may be pyenv's).
 SYSTEM_PYTHON := /usr/bin/python3

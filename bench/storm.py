@@ -11,7 +11,8 @@ It reports:
     compile is apart), its peak RSS, and its time from start to attached (compile included).
 
 Usage (root): .venv/bin/python bench/storm.py [--runs 7] [--pages 262144] [-- extra cowtrace
-options, e.g. --no-stacks]
+options, e.g. --no-stacks], or with several traced variants in the same rotation:
+  bench/storm.py --variant default="" --variant nostacks="--no-stacks"
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -128,56 +130,69 @@ def run_traced(binary: Path, pages: int, workdir: Path, extra: list[str]) -> dic
     }
 
 
+def _summarize(name: str, runs: list[dict], untraced: list[ChildTimes], pages: int) -> None:
+    cpu_ratio = statistics.median(
+        t["child"].cpu_ms / u.cpu_ms for t, u in zip(runs, untraced, strict=True)
+    )
+    wall_ratio = statistics.median(
+        t["child"].wall_ms / u.wall_ms for t, u in zip(runs, untraced, strict=True)
+    )
+    print(f"== {name}")
+    print(
+        f"child slowdown, median of {len(runs)} alternating pairs: cpu {cpu_ratio:.3f}x,"
+        f" wall {wall_ratio:.3f}x (bar 1.25); traced child median"
+        f" {statistics.median(t['child'].cpu_ms for t in runs):.0f} ms cpu"
+    )
+    print(
+        f"lost detail events: max {max(r['lost'] for r in runs)} (bar 0); child copies"
+        f" min {min(r['child_copies'] for r in runs)}, max"
+        f" {max(r['child_copies'] for r in runs)} for {pages} pages"
+    )
+    per_million = statistics.median(r["cpu_after_attach_s"] / r["events"] * 1e6 for r in runs)
+    print(
+        f"cowtrace CPU after attach: {per_million:.2f} s per million events;"
+        f" RSS after the storm: {max(r['rss_after_storm_mib'][0] for r in runs):.0f} MiB"
+        f" anonymous + {max(r['rss_after_storm_mib'][1] for r in runs):.0f} MiB file-backed"
+        f" (peak {max(r['peak_rss_mib'] for r in runs):.0f} MiB, bcc's in-process compile);"
+        f" start to attached: median {statistics.median(r['attach_s'] for r in runs):.2f} s"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--pages", type=int, default=262144)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar='NAME="OPTIONS"',
+        help="a traced variant with its own cowtrace options (repeatable; default: one"
+        " variant with the options after --)",
+    )
     parser.add_argument("extra", nargs="*", help="extra cowtrace options (after --)")
     args = parser.parse_args()
+    variants = [(v.split("=", 1)[0], shlex.split(v.split("=", 1)[1])) for v in args.variant]
+    variants = variants or [("traced " + " ".join(args.extra), args.extra)]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         binary = build(workdir)
-        run_traced(binary, 1024, workdir, args.extra)  # warm the calibration and page caches
+        for _, extra in variants:  # warm the calibration and page caches
+            run_traced(binary, 1024, workdir, extra)
         untraced: list[ChildTimes] = []
-        traced: list[dict] = []
+        traced: dict[str, list[dict]] = {name: [] for name, _ in variants}
         for index in range(args.runs):
             untraced.append(run_untraced(binary, args.pages))
-            traced.append(run_traced(binary, args.pages, workdir, args.extra))
-            u, t = untraced[-1], traced[-1]["child"]
-            print(
-                f"run {index + 1}: untraced {u.wall_ms:.0f} ms wall / {u.cpu_ms:.0f} ms cpu,"
-                f" traced {t.wall_ms:.0f} ms wall / {t.cpu_ms:.0f} ms cpu,"
-                f" lost {traced[-1]['lost']}",
-                flush=True,
-            )
-            time.sleep(0.2)
-    cpu_ratio = statistics.median(
-        t["child"].cpu_ms / u.cpu_ms for t, u in zip(traced, untraced, strict=True)
-    )
-    wall_ratio = statistics.median(
-        t["child"].wall_ms / u.wall_ms for t, u in zip(traced, untraced, strict=True)
-    )
-    print(
-        f"child slowdown, median of {args.runs} alternating pairs: cpu {cpu_ratio:.3f}x,"
-        f" wall {wall_ratio:.3f}x (bar 1.25)"
-    )
-    print(
-        f"untraced child: median {statistics.median(u.cpu_ms for u in untraced):.0f} ms cpu;"
-        f" traced: median {statistics.median(t['child'].cpu_ms for t in traced):.0f} ms cpu"
-    )
-    print(
-        f"lost detail events: max {max(r['lost'] for r in traced)} (bar 0); child copies"
-        f" min {min(r['child_copies'] for r in traced)}, max"
-        f" {max(r['child_copies'] for r in traced)} for {args.pages} pages"
-    )
-    per_million = statistics.median(r["cpu_after_attach_s"] / r["events"] * 1e6 for r in traced)
-    print(
-        f"cowtrace CPU after attach: {per_million:.2f} s per million events;"
-        f" RSS after the storm: {max(r['rss_after_storm_mib'][0] for r in traced):.0f} MiB"
-        f" anonymous + {max(r['rss_after_storm_mib'][1] for r in traced):.0f} MiB file-backed"
-        f" (peak {max(r['peak_rss_mib'] for r in traced):.0f} MiB, bcc's in-process compile);"
-        f" start to attached: median {statistics.median(r['attach_s'] for r in traced):.2f} s"
-    )
+            line = [f"run {index + 1}: untraced {untraced[-1].cpu_ms:.0f} ms cpu"]
+            for name, extra in variants:
+                traced[name].append(run_traced(binary, args.pages, workdir, extra))
+                result = traced[name][-1]
+                line.append(f"{name} {result['child'].cpu_ms:.0f} ms cpu (lost {result['lost']})")
+                time.sleep(0.2)
+            print(", ".join(line), flush=True)
+    print(f"untraced child: median {statistics.median(u.cpu_ms for u in untraced):.0f} ms cpu")
+    for name, runs in traced.items():
+        _summarize(name, runs, untraced, args.pages)
     return 0
 
 

@@ -44,7 +44,19 @@
 /* SLOT_ALLOC_WP, SLOT_ALLOC_EXC: return addresses into do_wp_page and exc_page_fault.
  * SLOT_RSS_WP: for rss_stat, the return address into do_wp_page.
  * VMA_ALLOC_LO/HI, DO_WP_PAGE_LO/HI, EXC_PF_LO/HI: the functions' text ranges (kallsyms).
- * MAX_MEMBERS, MAX_THREADS, FAULT_RING_PAGES, PROC_RING_PAGES: table sizes. */
+ * MAX_MEMBERS, MAX_THREADS, FAULT_RING_PAGES, PROC_RING_PAGES: table sizes.
+ * STACK_ENTRIES, MAP_RING_PAGES, ALLOC_RING_PAGES: attribution table sizes; NO_STACKS: no
+ * native stacks at all (--no-stacks). */
+#ifndef STACK_ENTRIES
+#define STACK_ENTRIES 32768
+#endif
+#ifndef MAP_RING_PAGES
+#define MAP_RING_PAGES 256
+#endif
+#ifndef ALLOC_RING_PAGES
+#define ALLOC_RING_PAGES 1
+#endif
+#define STACK_DEPTH 32                  /* frames kept per stack: deeper stacks are truncated */
 
 #define USER_ADDR_END 0x800000000000ULL /* x86-64: user addresses lie below */
 #define PF_PRESENT_WRITE 3              /* error_code bits: protection fault, on a write */
@@ -58,10 +70,14 @@
 enum kind { KIND_COPY = 1, KIND_REUSE = 2, KIND_ZERO_FILL = 3 };
 enum source { SOURCE_ANON = 0, SOURCE_FILE = 1 };
 enum via { VIA_USER = 0, VIA_KERNEL = 1, VIA_GUP = 2 };
-enum episode { EP_NONE = 0, EP_WP_FAULT = 1, EP_COPIED = 2 };
+/* EP_CAPTURING: mm_page_alloc is walking the writer's stacks; a fault those walks take (user
+ * memory read with page faults disabled: a frame pointer into an unmapped page) enters
+ * page_fault_kernel in this thread, and must not be taken for the thread's next fault. */
+enum episode { EP_NONE = 0, EP_WP_FAULT = 1, EP_COPIED = 2, EP_CAPTURING = 3 };
 enum proc_event_type { PE_FORK = 1, PE_EXEC = 2, PE_EXIT = 3, PE_FREE = 4 };
 enum stat { STAT_LOST_EVENTS = 0, STAT_LOST_PROC_EVENTS = 1, STAT_MEMBERS_FULL = 2,
-            STAT_THREADS_FULL = 3, NSTATS = 4 };
+            STAT_THREADS_FULL = 3, STAT_STACK_ERRORS = 4, STAT_LOST_MAP_EVENTS = 5,
+            STAT_LOST_ALLOC_EVENTS = 6, STAT_ALLOC_STACK_ERRORS = 7, NSTATS = 8 };
 /* MF_AWAIT_EXEC: `cowtrace run` holds its command between fork and exec; what that child writes
  * is cowtrace's own memory, so counting starts at the exec. */
 enum member_flags { MF_VFORK_CHILD = 1, MF_EXITED = 2, MF_AWAIT_EXEC = 4 };
@@ -133,6 +149,45 @@ BPF_HASH(episodes, u32, struct episode_state, MAX_THREADS);
 BPF_RINGBUF_OUTPUT(fault_events, FAULT_RING_PAGES);
 /* Fork, exec, exit and free records of members. */
 BPF_RINGBUF_OUTPUT(proc_events, PROC_RING_PAGES);
+/* Native user stacks of copies and allocations, by id (bpf_get_stackid).  Ids are stable: no
+ * BPF_F_REUSE_STACKID, so a hash collision fails (-EEXIST, counted) rather than silently
+ * re-pointing an id user space already holds.  BPF_F_FAST_STACK_CMP: a stack whose 32-bit hash
+ * matches the bucket's is taken as the same stack without comparing frames (saves ~0.4 us per
+ * copy here; two different stacks would need the same full hash to be confused).  32 frames
+ * of 8 bytes per entry. */
+struct stack_frames {
+    u64 ip[STACK_DEPTH];
+};
+BPF_TABLE("stacktrace", int, struct stack_frames, user_stacks, STACK_ENTRIES);
+/* Map changes (see "map changes" below): the record, the call in progress per thread, and
+ * the last break seen per member (brk returns only the new one). */
+struct map_event {
+    u64 ts;
+    u64 start;      /* mmap: returned address; munmap/mprotect: addr; mremap: old; brk: old */
+    u64 length;     /* mmap/munmap/mprotect: len; mremap: old_len; brk: 0 */
+    u64 new_start;  /* mremap: returned address; brk: the new break */
+    u64 new_length; /* mremap: new_len */
+    u64 pgoff;      /* mmap: file offset in bytes */
+    u32 pid;        /* tgid whose memory map changed (the vfork parent for a vfork child) */
+    s32 fd;
+    u32 prot;
+    u32 flags;
+    u8 op;
+    u8 pad[7];
+};
+BPF_HASH(map_calls, u32, struct map_event, MAX_THREADS);  /* tid -> arguments of the call */
+BPF_HASH(brk_now, u32, u64, MAX_MEMBERS);                 /* tgid -> last break seen */
+/* Allocator calls in progress, per thread (see "allocator calls" below). */
+struct alloc_pending {
+    u64 size;
+    u64 old_addr;
+    u64 memptr;     /* posix_memalign: where the block's address is stored */
+    u64 caller;
+    u8 call;        /* enum alloc_call */
+    u8 allocator;
+    u8 pad[6];
+};
+BPF_HASH(alloc_calls, u32, struct alloc_pending, MAX_THREADS);  /* tid -> call in progress */
 /* Health counters: detail records lost, tables full. */
 BPF_PERCPU_ARRAY(stats, u64, NSTATS);
 
@@ -195,7 +250,16 @@ static __always_inline void close_episode(struct episode_state *ep, u32 tid)
  * the faulting thread's context, so the user registers are the writer's. */
 static __always_inline s32 capture_user_stack(void *ctx)
 {
+#ifdef NO_STACKS
     return -1;
+#else
+    int id = user_stacks.get_stackid(ctx, BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP);
+    if (id < 0) {
+        stat_inc(STAT_STACK_ERRORS);   /* -EEXIST (bucket taken), -EFAULT (no frame), ... */
+        return -1;
+    }
+    return id;
+#endif
 }
 
 /* The Python stack of the writing thread when the process is a CPython interpreter, or -1. */
@@ -214,6 +278,8 @@ static __always_inline int on_fault(u64 address, u64 error_code, u8 via)
         return 0;
     bool wp = (error_code & PF_PRESENT_WRITE) == PF_PRESENT_WRITE;
     struct episode_state *ep = episodes.lookup(&tid);
+    if (ep && ep->state == EP_CAPTURING)
+        return 0;                       /* a fault of our own stack walk, see EP_CAPTURING */
     if (ep) {
         close_episode(ep, tid);
     } else if (wp) {
@@ -317,6 +383,8 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
             ep->state = EP_NONE;
         return 0;
     }
+    if (ep)
+        ep->state = EP_CAPTURING;       /* until EP_COPIED below */
     s32 stack_id = capture_user_stack(ctx);
     s32 pystack_id = capture_python_stack(ctx, tgid);
     if (!ep) {
@@ -403,8 +471,14 @@ TRACEPOINT_PROBE(task, task_newtask)
         stat_inc(STAT_MEMBERS_FULL);
         return 0;
     }
-    if (!(flags & CLONE_VM_FLAG))
+    if (!(flags & CLONE_VM_FLAG)) {
         emit_proc(PE_FORK, child, parent, &cm);
+        u64 *brk = brk_now.lookup(&parent);   /* the child inherits its parent's break */
+        if (brk) {
+            u64 value = *brk;
+            brk_now.update(&child, &value);
+        }
+    }
     return 0;
 }
 
@@ -430,6 +504,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         emit_proc(PE_FORK, tgid, parent, m);
     }
     m->flags &= ~MF_AWAIT_EXEC;
+    brk_now.delete(&tgid);                  /* a new program, a new heap */
     emit_proc(PE_EXEC, tgid, 0, m);
     return 0;
 }
@@ -507,6 +582,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         return 0;
     }
     m->flags |= MF_EXITED;
+    brk_now.delete(&tgid);
     emit_proc(PE_EXIT, tgid, 0, m);
     return 0;
 }
@@ -521,6 +597,8 @@ TRACEPOINT_PROBE(sched, sched_process_free)
         close_episode(ep, tid);
         episodes.delete(&tid);
     }
+    map_calls.delete(&tid);
+    alloc_calls.delete(&tid);
     struct member *m = members.lookup(&tid);
     if (m && (m->flags & MF_EXITED)) {
         struct proc_event ev = {};
@@ -535,3 +613,307 @@ TRACEPOINT_PROBE(sched, sched_process_free)
     }
     return 0;
 }
+
+/* ---- map changes (attribution) ---------------------------------------------------------------
+ * mmap, munmap, mremap, brk and mprotect of members, as the syscall returned them: the enter
+ * tracepoint stashes the arguments per thread, the exit one adds the result and emits one
+ * map_event; failed calls emit nothing.  Records are fixed-size and drained in bulk. */
+enum map_op { MAP_OP_MMAP = 1, MAP_OP_MUNMAP = 2, MAP_OP_MREMAP = 3, MAP_OP_BRK = 4,
+              MAP_OP_MPROTECT = 5 };
+
+
+BPF_RINGBUF_OUTPUT(map_events, MAP_RING_PAGES);
+
+/* The member whose memory map a syscall of the current process changes, or 0. */
+static __always_inline u32 map_owner(void)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct member *m = members.lookup(&tgid);
+    if (!m || (m->flags & MF_AWAIT_EXEC))
+        return 0;
+    return m->owner;
+}
+
+static __always_inline int map_enter(u8 op, u64 start, u64 length, u64 new_length, u64 pgoff,
+                                     s32 fd, u32 prot, u32 flags)
+{
+    u32 owner = map_owner();
+    if (!owner)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct map_event ev = {.start = start, .length = length, .new_length = new_length,
+                           .pgoff = pgoff, .pid = owner, .fd = fd, .prot = prot,
+                           .flags = flags, .op = op};
+    map_calls.update(&tid, &ev);
+    return 0;
+}
+
+static __always_inline int map_exit(s64 ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct map_event *call = map_calls.lookup(&tid);
+    if (!call)
+        return 0;
+    struct map_event ev = *call;
+    map_calls.delete(&tid);
+    bool failed = ret < 0 && ret >= -4095;
+    switch (ev.op) {
+    case MAP_OP_MMAP:
+        if (failed)
+            return 0;
+        ev.start = (u64)ret;
+        break;
+    case MAP_OP_MREMAP:
+        if (failed)
+            return 0;
+        ev.new_start = (u64)ret;
+        break;
+    case MAP_OP_BRK: {
+        /* brk returns the new break, or the old one when it refused: a refused call (or a
+         * query, brk(0)) that leaves the break where it was emits nothing. */
+        u64 asked = ev.start;
+        u64 *last = brk_now.lookup(&ev.pid);
+        u64 old = last ? *last : 0;
+        if ((asked != 0 && (u64)ret != asked) || (u64)ret == old)
+            return 0;
+        u64 now = (u64)ret;
+        brk_now.update(&ev.pid, &now);
+        ev.start = old;     /* 0: the first break this tracer saw (no earlier value known) */
+        ev.new_start = now;
+        break;
+    }
+    default:                /* munmap, mprotect: 0 or -errno */
+        if (ret != 0)
+            return 0;
+    }
+    ev.ts = bpf_ktime_get_ns();
+    if (map_events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP) != 0)
+        stat_inc(STAT_LOST_MAP_EVENTS);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mmap)
+{
+    return map_enter(MAP_OP_MMAP, args->addr, args->len, 0, args->off, (s32)args->fd,
+                     (u32)args->prot, (u32)args->flags);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_mmap)
+{
+    return map_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_munmap)
+{
+    return map_enter(MAP_OP_MUNMAP, args->addr, args->len, 0, 0, -1, 0, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_munmap)
+{
+    return map_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mremap)
+{
+    return map_enter(MAP_OP_MREMAP, args->addr, args->old_len, args->new_len, 0, -1, 0,
+                     (u32)args->flags);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_mremap)
+{
+    return map_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_brk)
+{
+    return map_enter(MAP_OP_BRK, args->brk, 0, 0, 0, -1, 0, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_brk)
+{
+    return map_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mprotect)
+{
+    return map_enter(MAP_OP_MPROTECT, args->start, args->len, 0, 0, -1, (u32)args->prot, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_mprotect)
+{
+    return map_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_pkey_mprotect)
+{
+    return map_enter(MAP_OP_MPROTECT, args->start, args->len, 0, 0, -1, (u32)args->prot, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_pkey_mprotect)
+{
+    return map_exit(args->ret);
+}
+
+/* ---- allocator calls (attribution) -----------------------------------------------------------
+ * Uprobes on malloc & co. of the allocator(s) a member uses (glibc, jemalloc, tcmalloc: user
+ * space picks the objects and attaches each allocator's entry programs).  A uprobe on a shared
+ * library fires in EVERY process that maps it, so the members map filters first.  The entry
+ * stashes the size (and realloc's old block, posix_memalign's out pointer) per thread and reads
+ * the return address at [sp] (`caller`); the uretprobe, back in the caller, emits the block with
+ * the allocation stack (a frame-pointer walk from the function's entry would skip the immediate
+ * caller; from the return it does not).  free() is emitted at its entry. */
+enum alloc_op { ALLOC_OP_ALLOC = 1, ALLOC_OP_FREE = 2, ALLOC_OP_REALLOC = 3 };
+enum alloc_call { CALL_MALLOC = 1, CALL_CALLOC = 2, CALL_REALLOC = 3, CALL_POSIX_MEMALIGN = 4,
+                  CALL_ALIGNED = 5 };
+
+struct alloc_event {
+    u64 ts;
+    u64 addr;       /* the block returned (alloc, realloc) or released (free) */
+    u64 size;       /* bytes asked for; 0 for free */
+    u64 old_addr;   /* realloc: the block it replaced (0 if none) */
+    u64 caller;     /* return address into the allocating function */
+    u32 pid;
+    u32 tid;
+    s32 stack_id;   /* allocation stack in user_stacks, -1 if none */
+    u8 op;          /* enum alloc_op */
+    u8 allocator;   /* 0 glibc, 1 jemalloc, 2 tcmalloc */
+    u8 pad[2];
+};
+
+
+BPF_RINGBUF_OUTPUT(alloc_events, ALLOC_RING_PAGES);
+
+/* The member an allocator call of the current process belongs to (its own tgid), or 0. */
+static __always_inline u32 alloc_member(void)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct member *m = members.lookup(&tgid);
+    if (!m || (m->flags & (MF_AWAIT_EXEC | MF_VFORK_CHILD)))
+        return 0;
+    return tgid;
+}
+
+static __always_inline void emit_alloc(struct alloc_event *ev)
+{
+    if (alloc_events.ringbuf_output(ev, sizeof(*ev), BPF_RB_NO_WAKEUP) != 0)
+        stat_inc(STAT_LOST_ALLOC_EVENTS);
+}
+
+static __always_inline int alloc_enter(struct pt_regs *ctx, u8 allocator, u8 call)
+{
+    if (!alloc_member())
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct alloc_pending p = {.call = call, .allocator = allocator};
+    switch (call) {
+    case CALL_MALLOC:
+        p.size = PT_REGS_PARM1(ctx);
+        break;
+    case CALL_CALLOC:
+        p.size = PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx);
+        break;
+    case CALL_REALLOC:
+        p.old_addr = PT_REGS_PARM1(ctx);
+        p.size = PT_REGS_PARM2(ctx);
+        break;
+    case CALL_POSIX_MEMALIGN:
+        p.memptr = PT_REGS_PARM1(ctx);
+        p.size = PT_REGS_PARM3(ctx);
+        break;
+    default:                /* aligned_alloc(alignment, size), memalign(alignment, size) */
+        p.size = PT_REGS_PARM2(ctx);
+    }
+    bpf_probe_read_user(&p.caller, sizeof(p.caller), (void *)PT_REGS_SP(ctx));
+    alloc_calls.update(&tid, &p);
+    return 0;
+}
+
+static __always_inline int free_enter(struct pt_regs *ctx, u8 allocator)
+{
+    u64 addr = PT_REGS_PARM1(ctx);
+    if (addr == 0)
+        return 0;
+    u32 tgid = alloc_member();
+    if (!tgid)
+        return 0;
+    struct alloc_event ev = {.ts = bpf_ktime_get_ns(), .addr = addr, .pid = tgid,
+                             .tid = (u32)bpf_get_current_pid_tgid(), .stack_id = -1,
+                             .op = ALLOC_OP_FREE, .allocator = allocator};
+    bpf_probe_read_user(&ev.caller, sizeof(ev.caller), (void *)PT_REGS_SP(ctx));
+    emit_alloc(&ev);
+    return 0;
+}
+
+/* The uretprobe of every allocating function of every allocator. */
+int cowalloc_return(struct pt_regs *ctx)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tid = (u32)pid_tgid;
+    struct alloc_pending *pending = alloc_calls.lookup(&tid);
+    if (!pending)
+        return 0;
+    struct alloc_pending p = *pending;
+    alloc_calls.delete(&tid);
+    u64 ret = PT_REGS_RC(ctx);
+    struct alloc_event ev = {.ts = bpf_ktime_get_ns(), .size = p.size, .caller = p.caller,
+                             .pid = pid_tgid >> 32, .tid = tid, .stack_id = -1,
+                             .op = ALLOC_OP_ALLOC, .allocator = p.allocator};
+    if (p.call == CALL_POSIX_MEMALIGN) {
+        if (ret != 0)
+            return 0;
+        bpf_probe_read_user(&ev.addr, sizeof(ev.addr), (void *)p.memptr);
+    } else {
+        ev.addr = ret;
+    }
+    if (p.call == CALL_REALLOC) {
+        ev.old_addr = p.old_addr;
+        if (ev.addr == 0) {
+            /* realloc(p, 0) freed p; any other NULL is a failure that left p alone. */
+            if (p.size != 0 || p.old_addr == 0)
+                return 0;
+            ev.op = ALLOC_OP_FREE;
+            ev.addr = p.old_addr;
+            ev.old_addr = 0;
+            emit_alloc(&ev);
+            return 0;
+        }
+        ev.op = ALLOC_OP_REALLOC;
+    }
+    if (ev.addr == 0)
+        return 0;
+#ifndef NO_STACKS
+    int id = user_stacks.get_stackid(ctx, BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP);
+    if (id < 0)
+        stat_inc(STAT_ALLOC_STACK_ERRORS);
+    else
+        ev.stack_id = id;
+#endif
+    emit_alloc(&ev);
+    return 0;
+}
+
+/* Entry programs, one set per allocator so that each record says whose call it was. */
+#define ALLOCATOR_ENTRIES(NAME, ID)                                                              \
+    int cowalloc_##NAME##_malloc(struct pt_regs *ctx) { return alloc_enter(ctx, ID, CALL_MALLOC); } \
+    int cowalloc_##NAME##_calloc(struct pt_regs *ctx) { return alloc_enter(ctx, ID, CALL_CALLOC); } \
+    int cowalloc_##NAME##_realloc(struct pt_regs *ctx)                                           \
+    {                                                                                            \
+        return alloc_enter(ctx, ID, CALL_REALLOC);                                               \
+    }                                                                                            \
+    int cowalloc_##NAME##_posix_memalign(struct pt_regs *ctx)                                    \
+    {                                                                                            \
+        return alloc_enter(ctx, ID, CALL_POSIX_MEMALIGN);                                        \
+    }                                                                                            \
+    int cowalloc_##NAME##_aligned_alloc(struct pt_regs *ctx)                                     \
+    {                                                                                            \
+        return alloc_enter(ctx, ID, CALL_ALIGNED);                                               \
+    }                                                                                            \
+    int cowalloc_##NAME##_memalign(struct pt_regs *ctx)                                          \
+    {                                                                                            \
+        return alloc_enter(ctx, ID, CALL_ALIGNED);                                               \
+    }                                                                                            \
+    int cowalloc_##NAME##_free(struct pt_regs *ctx) { return free_enter(ctx, ID); }
+
+ALLOCATOR_ENTRIES(glibc, 0)
+ALLOCATOR_ENTRIES(jemalloc, 1)
+ALLOCATOR_ENTRIES(tcmalloc, 2)

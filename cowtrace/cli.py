@@ -66,6 +66,22 @@ DELAYACCT = typer.Option(
     "--delayacct",
     help="Export the kernel's time spent copying per member (sets kernel.task_delayacct=1).",
 )
+MALLOC = typer.Option(
+    None,
+    "--malloc/--no-malloc",
+    help="Uprobes on malloc & co. to attribute copies to allocated blocks (default: on for "
+    "`run` and `demo`, off when attaching to a PID: each call then costs microseconds).",
+)
+EXIT_WINDOW = typer.Option(
+    0.5,
+    "--exit-window",
+    min=0.0,
+    metavar="SECONDS",
+    help="Copies made this close before a process exits are reported as exit-time copies.",
+)
+NO_STACKS = typer.Option(
+    False, "--no-stacks", help="Do not capture native writer and allocation stacks."
+)
 HOLD_EVENTS = typer.Option(
     0.0, "--hold-events", hidden=True, help="Testing aid: do not drain detail events for SECONDS."
 )
@@ -91,11 +107,24 @@ def _with_metrics(options, addr, grace, no_pid_labels, delayacct):  # noqa: ANN0
     return options
 
 
-def _session_options(events_path, ring_mb, hold_events):  # noqa: ANN001, ANN202
+def _session_options(  # noqa: ANN202
+    events_path,  # noqa: ANN001
+    ring_mb,  # noqa: ANN001
+    hold_events,  # noqa: ANN001
+    *,
+    malloc: bool,
+    exit_window: float = 0.5,
+    no_stacks: bool = False,
+):
     from cowtrace.session import SessionOptions
 
     return SessionOptions(
-        events_path=events_path, ring_bytes=ring_mb << 20, hold_events_s=hold_events
+        events_path=events_path,
+        ring_bytes=ring_mb << 20,
+        hold_events_s=hold_events,
+        malloc=malloc,
+        stacks=not no_stacks,
+        exit_window_s=exit_window,
     )
 
 
@@ -109,6 +138,9 @@ def trace_cmd(
     quiet: bool = QUIET,
     plain: bool = PLAIN,
     ring_mb: int = RING_MB,
+    malloc: bool | None = MALLOC,
+    exit_window: float = EXIT_WINDOW,
+    no_stacks: bool = NO_STACKS,
     hold_events: float = HOLD_EVENTS,
     metrics_addr: str | None = METRICS_ADDR,
     pid_label_grace: float = PID_LABEL_GRACE,
@@ -127,6 +159,8 @@ def trace_cmd(
       sudo cowtrace trace 1234 --duration 30 --plain
 
       sudo cowtrace 1234 --quiet --duration 60 --json out.json --events events.jsonl
+
+      sudo cowtrace 1234 --malloc --duration 30   # also attribute copies to malloc'd blocks
     """
     from cowtrace.commands.trace import trace
 
@@ -140,7 +174,14 @@ def trace_cmd(
                 no_pid_labels,
                 delayacct,
             ),
-            _session_options(events_path, ring_mb, hold_events),
+            _session_options(
+                events_path,
+                ring_mb,
+                hold_events,
+                malloc=bool(malloc),
+                exit_window=exit_window,
+                no_stacks=no_stacks,
+            ),
         )
     )
 
@@ -163,6 +204,9 @@ def run_cmd(
     quiet: bool = QUIET,
     plain: bool = PLAIN,
     ring_mb: int = RING_MB,
+    malloc: bool | None = MALLOC,
+    exit_window: float = EXIT_WINDOW,
+    no_stacks: bool = NO_STACKS,
     hold_events: float = HOLD_EVENTS,
     metrics_addr: str | None = METRICS_ADDR,
     pid_label_grace: float = PID_LABEL_GRACE,
@@ -179,6 +223,8 @@ def run_cmd(
       sudo cowtrace run -- python3 -m gunicorn --preload -w 4 app:app
 
       sudo cowtrace run --quiet --json - -- ./prefork-server --workers 8
+
+      sudo cowtrace run --no-malloc --exit-window 1 -- redis-server
     """
     from cowtrace.commands.run import run
 
@@ -192,7 +238,14 @@ def run_cmd(
                 no_pid_labels,
                 delayacct,
             ),
-            _session_options(events_path, ring_mb, hold_events),
+            _session_options(
+                events_path,
+                ring_mb,
+                hold_events,
+                malloc=malloc is None or malloc,
+                exit_window=exit_window,
+                no_stacks=no_stacks,
+            ),
         )
     )
 
@@ -287,6 +340,9 @@ def doctor_cmd(
 def demo_cmd(
     duration: float = typer.Option(20.0, "--duration", min=1.0, help="How long to trace."),
     plain: bool = PLAIN,
+    malloc: bool | None = MALLOC,
+    exit_window: float = EXIT_WINDOW,
+    no_stacks: bool = NO_STACKS,
 ) -> None:
     """Trace the bundled pre-fork demo: a master and workers writing to inherited memory.
 
@@ -295,10 +351,25 @@ def demo_cmd(
       sudo cowtrace demo
 
       sudo cowtrace demo --duration 10 --plain
+
+      sudo cowtrace demo --no-malloc --no-stacks
     """
     from cowtrace.commands.demo import demo
 
-    raise typer.Exit(demo(duration, plain))
+    raise typer.Exit(
+        demo(
+            duration,
+            plain,
+            _session_options(
+                None,
+                16,
+                0.0,
+                malloc=malloc is None or malloc,
+                exit_window=exit_window,
+                no_stacks=no_stacks,
+            ),
+        )
+    )
 
 
 @app.command("report")

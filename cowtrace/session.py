@@ -10,21 +10,29 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from cowtrace import procfs
+from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
 from cowtrace.kernel.ringbuf import EVENT_DTYPE
+from cowtrace.kernel.stacks import KernelStackResolver
 from cowtrace.kernel.tracer import (
     EP_COPIED,
     EP_WP_FAULT,
     KIND_COPY,
     KIND_REUSE,
+    PE_EXEC,
+    PE_EXIT,
+    PE_FORK,
     KernelTracer,
+    ProcRecord,
     TracerConfig,
 )
+from cowtrace.kernel.uprobes import AllocatorProbes
 from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
 
@@ -32,11 +40,24 @@ ADOPTION_ROUNDS = 5  # /proc rescans to catch forks racing with the attach
 FINAL_READ_GRACE_S = 2.0  # how long to wait for the root's task to be freed after it exits
 
 
+# Builds the attribution engine once the program is loaded (it needs the stack resolver).
+SinkFactory = Callable[[StackResolver, "SessionOptions"], AttributionSink]
+
+
+def null_sink(_resolver: StackResolver, _options: SessionOptions) -> AttributionSink:
+    """Attribution off: the core tracer's behaviour."""
+    return NullSink()
+
+
 @dataclass
 class SessionOptions:
     events_path: str | None = None
     ring_bytes: int = 16 << 20
     hold_events_s: float = 0.0  # testing aid: leave the ring undrained this long at start
+    malloc: bool = False  # allocator uprobes (`run`: on unless --no-malloc; attach: --malloc)
+    stacks: bool = True  # native writer and allocation stacks (--no-stacks: off)
+    exit_window_s: float = 0.5  # for the engine: copies this close to a member's exit
+    sink_factory: SinkFactory = null_sink  # the attribution engine plugs in here
 
 
 def validate_target(pid: int) -> procfs.ProcStat:
@@ -62,7 +83,13 @@ class Session:
         self.options = options or SessionOptions()
         self.root_pid = root_pid
         self.family = Family(root_pid)
-        self.tracer = KernelTracer(TracerConfig(ring_bytes=self.options.ring_bytes))
+        self.tracer = KernelTracer(
+            TracerConfig(
+                ring_bytes=self.options.ring_bytes,
+                stacks=self.options.stacks,
+                alloc_ring_bytes=self.options.ring_bytes if self.options.malloc else 0,
+            )
+        )
         self.events = EventLog(self.options.events_path) if self.options.events_path else None
         self.started = time.monotonic()
         self._last_update = self.started
@@ -72,6 +99,11 @@ class Session:
         self.events_drained = 0  # detail records drained from the ring (tracer health)
         self.family_rate = 0.0
         self.attach_s = 0.0
+        self.sink: AttributionSink = NullSink()
+        self.resolver: KernelStackResolver | None = None
+        self.allocators: AllocatorProbes | None = None
+        self.tracer_stats: dict[str, int] = {}
+        self._recover_heap = False  # attach mode: adopted members' heaps predate tracing
 
     # ---- set-up ----------------------------------------------------------------------------
     def set_root(self, root_pid: int) -> None:
@@ -83,6 +115,10 @@ class Session:
         """Load the BPF program.  Separate from attach so that `run` can start the command
         after the program is ready and before it forks."""
         self.tracer.open()
+        self.resolver = KernelStackResolver(self.tracer.bpf, root=lambda: self.root_pid)
+        self.sink = self.options.sink_factory(self.resolver, self.options)
+        if self.options.malloc:
+            self.allocators = AllocatorProbes(self.tracer.bpf)
         self.started = time.monotonic()
         self._last_update = self.started
         self._hold_until = self.started + self.options.hold_events_s
@@ -97,6 +133,9 @@ class Session:
         """
         self.tracer.add_member(stat.pid, stat.pid, await_exec=await_exec)
         self.family.adopt(stat, adopted=adopted)
+        self._recover_heap = adopted
+        # A held `run` child is still cowtrace: its program image comes with its exec record.
+        self._adopt_attribution(stat.pid, None, image=not await_exec)
         for _ in range(ADOPTION_ROUNDS):
             found = [s for s in procfs.descendants(stat.pid) if s.pid not in self.family.members]
             if not found:
@@ -104,25 +143,78 @@ class Session:
             for child in found:
                 self.tracer.add_member(child.pid, stat.pid)
                 self.family.adopt(child, adopted=True)
+                self._adopt_attribution(child.pid, child.ppid)
         own = procfs.read_stat(os.getpid())
         if own is not None:
             self.attach_s = max(0.0, time.monotonic() - own.start_monotonic())
 
+    def cover_program(self, executable: str) -> None:
+        """`run`: probe the allocators the command will use, before it is released."""
+        if self.allocators is not None:
+            self.allocators.cover_program(executable)
+
+    def _adopt_attribution(self, pid: int, parent: int | None, *, image: bool = True) -> None:
+        """A member that existed before tracing (or whose fork record was lost)."""
+        self.sink.adopt(pid, parent, recover_heap=self._recover_heap)
+        if not image:
+            return
+        if self.resolver is not None:
+            if parent is not None and parent in self.family.members:
+                self.resolver.note_fork(parent, pid)
+            else:
+                self.resolver.note_image(pid)
+        if self.allocators is not None and (parent is None or self._recover_heap):
+            self.allocators.cover_process(pid)
+
     # ---- the loop --------------------------------------------------------------------------
     def step(self, timeout_s: float) -> None:
-        """Wait up to `timeout_s` for lifecycle records, then fold in everything pending."""
-        for record in self.tracer.poll_proc_records(int(timeout_s * 1000)):
+        """Wait up to `timeout_s` for lifecycle records, then fold in everything pending.
+
+        Per cycle (attribution/sink.py): the fault ring is drained first, then the lifecycle
+        records that came meanwhile, the map changes and the allocator calls; the sink is fed
+        lifecycle, maps, allocations, faults."""
+        records = self.tracer.poll_proc_records(int(timeout_s * 1000))
+        if time.monotonic() >= self._hold_until:
+            self._drain(records)
+        else:
+            self._apply_lifecycle(records)
+
+    def _apply_lifecycle(self, records: list[ProcRecord]) -> None:
+        for record in records:
             self.family.apply(record)
             if record.pid == self.root_pid and record.type in (3, 4):
                 self._root_exit_seen = self._root_exit_seen or time.monotonic()
-        if time.monotonic() >= self._hold_until:
-            self._drain()
+            if record.type == PE_FORK:
+                if self.resolver is not None:
+                    self.resolver.note_fork(record.ppid, record.pid)
+                self.sink.on_fork(record.ts_ns, record.ppid, record.pid)
+            elif record.type == PE_EXEC:
+                if self.resolver is not None:
+                    self.resolver.note_image(record.pid)
+                if self.allocators is not None:
+                    self.allocators.cover_process(record.pid)
+                self.sink.on_exec(record.ts_ns, record.pid)
+            elif record.type == PE_EXIT:
+                self.sink.on_exit(record.ts_ns, record.pid)
 
-    def _drain(self) -> None:
-        records = self.tracer.drain_events()
-        self.events_drained += len(records)
-        if self.events is not None and len(records):
-            self.events.write(records)
+    def _drain(self, lifecycle: list[ProcRecord] | None = None) -> None:
+        faults = self.tracer.drain_events()
+        self._apply_lifecycle([*(lifecycle or []), *self.tracer.poll_proc_records(0)])
+        maps = self.tracer.drain_map_events()
+        allocs = self.tracer.drain_alloc_events()
+        if len(maps):
+            self.sink.on_map_events(maps)
+        if len(allocs):
+            self.sink.on_alloc_events(allocs)
+        self._feed_faults(faults)
+
+    def _feed_faults(self, faults: np.ndarray) -> None:
+        if not len(faults):
+            return
+        self.events_drained += len(faults)
+        extra: Any = self.sink.on_fault_events(faults)
+        if self.events is not None:
+            self.events.write(faults, extra)
 
     def root_done(self) -> bool:
         """The root exited and its counts are final (or waiting longer would not help)."""
@@ -144,6 +236,7 @@ class Session:
                 stat = procfs.read_stat(pid)
                 if stat is not None:
                     self.family.adopt(stat, adopted=False)
+                    self._adopt_attribution(pid, stat.ppid)
         interval = now - self._last_update
         before = self.family.totals().copied_bytes
         self.family.update_counts(states, interval)
@@ -152,7 +245,8 @@ class Session:
         self._last_update = now
         done = [pid for pid in self.family.final if pid in states and pid != self.root_pid]
         self.tracer.forget(done)
-        self.lost_events = self.tracer.stats()["lost_events"]
+        self.tracer_stats = self.tracer.stats()
+        self.lost_events = self.tracer_stats["lost_events"]
         return self._snapshot(now)
 
     def _snapshot(self, now: float, *, ended: bool = False, reason: str = "") -> Snapshot:
@@ -168,19 +262,20 @@ class Session:
             end_reason=reason,
             attach_s=self.attach_s,
             events_drained=self.events_drained,
+            attribution=self.sink.view(),
         )
 
     # ---- the end ---------------------------------------------------------------------------
     def finish(self, reason: str) -> Snapshot:
         """Detach, account for everything still in flight, and take the final snapshot."""
         self.tracer.detach()
-        for record in self.tracer.poll_proc_records(0):
-            self.family.apply(record)
-        self._drain()
+        self._drain(self.tracer.poll_proc_records(0))
         extra = self._close_open_episodes()
         snapshot = self.refresh()
         for pid, counts in extra.items():
             self.family.add_counts(pid, counts)
+        if self.resolver is not None:
+            self.resolver.freeze()  # the summary may resolve stacks after the unload
         final = self._snapshot(snapshot.now, ended=True, reason=reason)
         self.close()
         return final
@@ -214,12 +309,13 @@ class Session:
                 episode.via,
                 b"",
             )
-        if self.events is not None:
-            self.events.write(records[records["kind"] != 0])
+        self._feed_faults(records[records["kind"] != 0])
         return extra
 
     def close(self) -> None:
         """Unload the BPF program and close the log; safe to call more than once."""
+        if self.resolver is not None and self.tracer.bpf is not None:
+            self.resolver.freeze()
         self.tracer.close()
         if self.events is not None:
             self.events.close()

@@ -25,6 +25,12 @@ PROGRAM_NAMES = (
     "tracepoint__signal__signal_deliver",
     "tracepoint__syscalls__sys_enter_exit_group",
     "tracepoint__task__task_newtask",
+    *(
+        f"tracepoint__syscalls__sys_{edge}_{call}"
+        for call in ("mmap", "munmap", "mremap", "brk", "mprotect", "pkey_mprotect")
+        for edge in ("enter", "exit")
+    ),
+    "cowalloc_",  # allocator uprobes: cowalloc_return, cowalloc_<allocator>_<function>
 )
 
 

@@ -120,6 +120,7 @@ def run(argv: list[str], options: OutputOptions, session_options: SessionOptions
             raise CowtraceError("the command vanished before it started")
         session.set_root(command.pid)
         session.attach_root(stat, adopted=False, await_exec=True)
+        session.cover_program(executable)
         command.release()
         child = command
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from cowtrace.checks import require_tracing_ready
 from cowtrace.commands.common import (
     OutputOptions,
@@ -13,11 +15,18 @@ from cowtrace.commands.common import (
 )
 from cowtrace.session import Session, SessionOptions, validate_target
 
+MALLOC_WARNING = (
+    "cowtrace: warning: --malloc puts a uprobe on malloc and free: each call of every process "
+    "using that allocator costs about 2 us more while tracing"
+)
+
 
 def trace(pid: int, options: OutputOptions, session_options: SessionOptions) -> int:
     """Trace until Ctrl-C, SIGTERM, --duration or the root's exit; 0 on a clean end."""
     stat = validate_target(pid)
     require_tracing_ready()
+    if session_options.malloc:  # on stderr even with --quiet: it is about the target's cost
+        print(MALLOC_WARNING, file=sys.stderr)
     session = Session(pid, session_options)
     exporter = start_metrics(options)
     try:

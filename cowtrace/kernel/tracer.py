@@ -18,6 +18,7 @@ import numpy as np
 from cowtrace.kernel.bpfsource import compile_program
 from cowtrace.kernel.calibrate import load_or_calibrate
 from cowtrace.kernel.kallsyms import KernelSymbols
+from cowtrace.kernel.records import ALLOC_EVENT_DTYPE, MAP_EVENT_DTYPE
 from cowtrace.kernel.ringbuf import EVENT_DTYPE, FixedRecordRing
 from cowtrace.model import Counts
 
@@ -25,9 +26,11 @@ PE_FORK, PE_EXEC, PE_EXIT, PE_FREE = 1, 2, 3, 4
 KIND_COPY, KIND_REUSE, KIND_ZERO_FILL = 1, 2, 3
 SOURCE_ANON, SOURCE_FILE = 0, 1
 VIA_USER, VIA_KERNEL, VIA_GUP = 0, 1, 2
-EP_NONE, EP_WP_FAULT, EP_COPIED = 0, 1, 2
+EP_NONE, EP_WP_FAULT, EP_COPIED, EP_CAPTURING = 0, 1, 2, 3
 MF_VFORK_CHILD, MF_EXITED, MF_AWAIT_EXEC = 1, 2, 4
 STAT_LOST_EVENTS, STAT_LOST_PROC_EVENTS, STAT_MEMBERS_FULL, STAT_THREADS_FULL = 0, 1, 2, 3
+STAT_STACK_ERRORS, STAT_LOST_MAP_EVENTS = 4, 5
+STAT_LOST_ALLOC_EVENTS, STAT_ALLOC_STACK_ERRORS = 6, 7
 
 # Every hook of cowtrace.bpf.c, so that they can be detached before the final read.
 RAW_TRACEPOINTS = ("page_fault_user", "page_fault_kernel", "mm_page_alloc", "rss_stat")
@@ -39,6 +42,11 @@ TRACEPOINTS = (
     "signal:signal_deliver",
     "sched:sched_process_exit",
     "sched:sched_process_free",
+    *(
+        f"syscalls:sys_{edge}_{call}"
+        for call in ("mmap", "munmap", "mremap", "brk", "mprotect", "pkey_mprotect")
+        for edge in ("enter", "exit")
+    ),
 )
 
 
@@ -50,6 +58,10 @@ class TracerConfig:
     ring_bytes: int = 16 << 20
     max_members: int = 16384
     max_threads: int = 65536
+    stacks: bool = True  # native user stacks of copies and allocations (--no-stacks: off)
+    stack_entries: int = 32768  # distinct stacks the kernel can hold (32 frames each)
+    map_ring_bytes: int = 1 << 20  # 80 bytes per map change
+    alloc_ring_bytes: int = 0  # 64 bytes per allocator call; 0: no allocator probes planned
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,8 @@ class KernelTracer:
         self.config = config or TracerConfig()
         self._bpf = None
         self._ring: FixedRecordRing | None = None
+        self._map_ring: FixedRecordRing | None = None
+        self._alloc_ring: FixedRecordRing | None = None
         self._proc_records: list[ProcRecord] = []
         self._attached = False
 
@@ -112,15 +126,29 @@ class KernelTracer:
         symbols = KernelSymbols.load()
         calibration = load_or_calibrate(symbols)
         ring_pages = _power_of_two_pages(self.config.ring_bytes)
+        map_pages = _power_of_two_pages(self.config.map_ring_bytes)
+        alloc_pages = _power_of_two_pages(self.config.alloc_ring_bytes)
         cflags = calibration.cflags(symbols) + [
             f"-DMAX_MEMBERS={self.config.max_members}",
             f"-DMAX_THREADS={self.config.max_threads}",
             f"-DFAULT_RING_PAGES={ring_pages}",
             "-DPROC_RING_PAGES=64",
+            f"-DMAP_RING_PAGES={map_pages}",
+            f"-DALLOC_RING_PAGES={alloc_pages}",
+            f"-DSTACK_ENTRIES={self.config.stack_entries if self.config.stacks else 1}",
         ]
+        if not self.config.stacks:
+            cflags.append("-DNO_STACKS")
         self._bpf = compile_program("cowtrace.bpf.c", cflags)
         self._attached = True
-        self._ring = FixedRecordRing(self._bpf["fault_events"].map_fd, ring_pages * mmap.PAGESIZE)
+        page = mmap.PAGESIZE
+        self._ring = FixedRecordRing(self._bpf["fault_events"].map_fd, ring_pages * page)
+        self._map_ring = FixedRecordRing(
+            self._bpf["map_events"].map_fd, map_pages * page, dtype=MAP_EVENT_DTYPE
+        )
+        self._alloc_ring = FixedRecordRing(
+            self._bpf["alloc_events"].map_fd, alloc_pages * page, dtype=ALLOC_EVENT_DTYPE
+        )
         self._bpf["proc_events"].open_ring_buffer(self._on_proc_event)
 
     def detach(self) -> None:
@@ -134,14 +162,18 @@ class KernelTracer:
         for name in TRACEPOINTS:
             with contextlib.suppress(Exception):
                 self._bpf.detach_tracepoint(tp=name.encode())
+        for ev_name in list(self._bpf.uprobe_fds):
+            with contextlib.suppress(Exception):
+                self._bpf.detach_uprobe_event(ev_name)
         self._attached = False
 
     def close(self) -> None:
         """Detach and unload everything; safe to call twice."""
         self.detach()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+        for ring in (self._ring, self._map_ring, self._alloc_ring):
+            if ring is not None:
+                ring.close()
+        self._ring = self._map_ring = self._alloc_ring = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -226,6 +258,23 @@ class KernelTracer:
             return np.empty(0, dtype=EVENT_DTYPE)
         return self._ring.drain()
 
+    def drain_map_events(self) -> np.ndarray:
+        """Map changes of members since the last drain (MAP_EVENT_DTYPE array)."""
+        if self._map_ring is None:
+            return np.empty(0, dtype=MAP_EVENT_DTYPE)
+        return self._map_ring.drain()
+
+    def drain_alloc_events(self) -> np.ndarray:
+        """Allocator calls of members since the last drain (ALLOC_EVENT_DTYPE array)."""
+        if self._alloc_ring is None:
+            return np.empty(0, dtype=ALLOC_EVENT_DTYPE)
+        return self._alloc_ring.drain()
+
+    @property
+    def bpf(self):  # noqa: ANN201 - bcc's BPF object, for kernel/stacks.py and uprobes.py
+        """The loaded program (None before open and after close)."""
+        return self._bpf
+
     def open_episodes(self) -> list[tuple[int, object]]:
         """Episodes still open (tid, leaf): read after detach to account for them."""
         return [
@@ -254,4 +303,8 @@ class KernelTracer:
             "lost_proc_events": total(STAT_LOST_PROC_EVENTS),
             "members_table_full": total(STAT_MEMBERS_FULL),
             "threads_table_full": total(STAT_THREADS_FULL),
+            "stack_errors": total(STAT_STACK_ERRORS),
+            "lost_map_events": total(STAT_LOST_MAP_EVENTS),
+            "lost_alloc_events": total(STAT_LOST_ALLOC_EVENTS),
+            "alloc_stack_errors": total(STAT_ALLOC_STACK_ERRORS),
         }

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -39,8 +39,11 @@ class EventLog:
         self._offset = monotonic_to_unix_offset()
         self.written = 0
 
-    def write(self, records: np.ndarray) -> None:
-        """Write a batch of EVENT_DTYPE records, in kernel order."""
+    def write(self, records: np.ndarray, extra: Any = None) -> None:
+        """Write a batch of EVENT_DTYPE records, in kernel order.
+
+        `extra` is what the attribution sink's on_fault_events returned for this batch (the
+        mapping, allocation and stack fields; None when attribution is off)."""
         if len(records) == 0:
             return
         ts = (records["ts"] / 1e9 + self._offset).tolist()

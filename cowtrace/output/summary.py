@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cowtrace.model import Counts, Member, Snapshot
+
+if TYPE_CHECKING:
+    from cowtrace.attribution.sink import AttributionSink
 
 SCHEMA_VERSION = 1
 
@@ -42,22 +45,40 @@ def _process(member: Member) -> dict[str, Any]:
     }
 
 
-def summary_dict(snapshot: Snapshot) -> dict[str, Any]:
+def summary_dict(
+    snapshot: Snapshot,
+    sink: AttributionSink | None = None,
+    tracer_stats: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The summary; `sink` adds the attribution sections and per-process fields, and
+    `tracer_stats` the kernel's health counters (records lost, stack captures failed)."""
     totals = _counts(snapshot.totals)
     totals["lost_events"] = snapshot.lost_events
-    return {
+    processes = [_process(member) for member in snapshot.members]
+    if sink is not None:
+        for process in processes:
+            process.update(sink.process_fields(process["pid"]))
+    summary = {
         "schema": SCHEMA_VERSION,
         "root_pid": snapshot.root_pid,
         "duration_s": round(snapshot.duration, 6),
         "end_reason": snapshot.end_reason,
         "totals": totals,
-        "processes": [_process(member) for member in snapshot.members],
-        "tracer": {"attach_s": round(snapshot.attach_s, 3)},
+        "processes": processes,
+        "tracer": {"attach_s": round(snapshot.attach_s, 3), **(tracer_stats or {})},
     }
+    if sink is not None:
+        summary.update(sink.summary_sections())
+    return summary
 
 
-def write_summary(snapshot: Snapshot, path: str) -> None:
-    text = json.dumps(summary_dict(snapshot), indent=2) + "\n"
+def write_summary(
+    snapshot: Snapshot,
+    path: str,
+    sink: AttributionSink | None = None,
+    tracer_stats: dict[str, int] | None = None,
+) -> None:
+    text = json.dumps(summary_dict(snapshot, sink, tracer_stats), indent=2) + "\n"
     if path == "-":
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
-import time
 from collections import Counter
 
 import pytest
@@ -15,7 +15,6 @@ from cowtrace import taskstats
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import (
     COWTRACE,
-    cowtrace_programs_loaded,
     read_jsonl,
     run_cowtrace,
     wait_until_unloaded,
@@ -24,13 +23,12 @@ from tests.helpers import (
 build = load_build()
 
 
-def wait_for_programs(timeout: float = 30.0) -> None:
-    """cowtrace has attached once its programs are loaded (compile takes a second or two)."""
-    deadline = time.monotonic() + timeout
-    while len(cowtrace_programs_loaded()) < 8:
-        assert time.monotonic() < deadline, "cowtrace did not attach"
-        time.sleep(0.1)
-    time.sleep(0.5)  # the /proc adoption follows the load
+def wait_attached(tracer: subprocess.Popen, timeout: float = 60.0) -> None:
+    """cowtrace has attached once its plain view prints its first line: the view starts after
+    the attach.  (Counting loaded programs is unreliable while other sessions load theirs.)"""
+    ready, _, _ = select.select([tracer.stdout], [], [], timeout)
+    assert ready, "cowtrace did not attach"
+    assert tracer.stdout.readline(), "cowtrace ended before attaching"
 
 
 def test_attach_counts_workers_that_already_exist(fixture_binaries, tmp_path):
@@ -49,21 +47,25 @@ def test_attach_counts_workers_that_already_exist(fixture_binaries, tmp_path):
         [
             *COWTRACE,
             str(master),
-            "--quiet",
+            "--plain",
+            "--interval",
+            "0.2",
             "--json",
             str(summary_path),
             "--events",
             str(events_path),
         ],
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        wait_for_programs()
+        wait_attached(tracer)
         os.kill(master, signal.SIGUSR1)
         lines += fixture.stdout.read().splitlines()
         assert fixture.wait(timeout=60) == 0
-        assert tracer.wait(timeout=60) == 0, tracer.stderr.read()
+        _out, err = tracer.communicate(timeout=60)
+        assert tracer.returncode == 0, err
     finally:
         for process in (fixture, tracer):
             if process.poll() is None:
@@ -137,7 +139,7 @@ def test_ending_by_signal_leaves_nothing_loaded(signum, tmp_path):
         text=True,
     )
     try:
-        wait_for_programs()
+        wait_attached(tracer)
         tracer.send_signal(signum)
         out, err = tracer.communicate(timeout=30)
     finally:

@@ -1,0 +1,118 @@
+"""Native user stacks: the kernel's stack ids to addresses, and addresses to `function (module)`.
+
+The BPF program stores each distinct stack once in the `user_stacks` map (bpf_get_stackid) and
+puts its id in fault and allocation records.  Ids are never reused (no BPF_F_REUSE_STACKID),
+so an id read once stays right: addresses are cached, and the whole map is copied out before
+the program is unloaded (`freeze`), for the summary written after the session ends.
+
+Symbols come from bcc's per-process symbol cache (ELF symbols, debuglink, perf maps).  Such a
+cache reads /proc/PID/maps when it is created and opens each object when first asked, and keeps
+working after the process has exited; created for a process that is already gone it knows
+nothing.  So the session `warm`s a cache for every member as soon as it learns of it (adopt,
+exec, first record), and a writer that exited before that is resolved through its parent or
+the root: a forked child shares its parent's mappings until it execs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+UNKNOWN = "[unknown]"
+
+
+class KernelStackResolver:
+    """StackResolver (cowtrace/attribution/sink.py) over the loaded program's user_stacks."""
+
+    def __init__(
+        self,
+        bpf: Any,
+        *,
+        root: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self._table = None if bpf is None else bpf["user_stacks"]
+        self._root = root
+        self._stacks: dict[int, tuple[int, ...]] = {}
+        self._caches: dict[int, Any] = {}
+        self._image_of: dict[int, int] = {}  # pid -> the pid whose cache covers its program
+        self._names: dict[tuple[int, int], str] = {}
+
+    # ---- addresses -------------------------------------------------------------------------
+    def addresses(self, stack_id: int) -> Sequence[int]:
+        """Addresses of a user stack, innermost first; empty if the id is unknown."""
+        if stack_id < 0:
+            return ()
+        cached = self._stacks.get(stack_id)
+        if cached is not None or self._table is None:
+            return cached or ()
+        try:
+            leaf = self._table[self._table.Key(stack_id)]
+        except KeyError:
+            return ()
+        frames = tuple(addr for addr in leaf.ip if addr)
+        self._stacks[stack_id] = frames
+        return frames
+
+    def freeze(self) -> None:
+        """Copy every stack out of the map: called just before the program is unloaded."""
+        if self._table is None:
+            return
+        for key, leaf in self._table.items():
+            self._stacks.setdefault(key.value, tuple(addr for addr in leaf.ip if addr))
+        self._table = None
+
+    # ---- symbols ---------------------------------------------------------------------------
+    def note_image(self, pid: int) -> None:
+        """`pid` runs a program of its own (the root, an adopted member, an exec): make its
+        symbol cache now, while it lives, replacing one made before an exec."""
+        self._image_of[pid] = pid
+        self._caches.pop(pid, None)
+        self._names = {key: name for key, name in self._names.items() if key[0] != pid}
+        self._warm(pid)
+
+    def note_fork(self, parent: int, child: int) -> None:
+        """A forked child shares its parent's program image until it execs."""
+        self._image_of[child] = self._image_of.get(parent, parent)
+
+    def _warm(self, pid: int) -> Any:
+        cache = self._caches.get(pid)
+        if cache is None and pid > 0 and os.path.exists(f"/proc/{pid}/maps"):
+            from bcc import SymbolCache
+
+            cache = self._caches[pid] = SymbolCache(pid)
+        return cache
+
+    def symbolize(self, pid: int, addr: int) -> str:
+        """`function (module)` for an address in `pid`'s memory; `[unknown] (module)` when the
+        object has no symbol there, `[unknown]` when no mapping is known."""
+        key = (pid, addr)
+        name = self._names.get(key)
+        if name is None:
+            name = self._resolve(pid, addr)
+            self._names[key] = name
+        return name
+
+    def _candidates(self, pid: int) -> list[int]:
+        """The image pid runs, pid itself, then the root: each at most once."""
+        chain: list[int] = []
+        for candidate in (self._image_of.get(pid, pid), pid, self._root()):
+            if candidate > 0 and candidate not in chain:
+                chain.append(candidate)
+        return chain
+
+    def _resolve(self, pid: int, addr: int) -> str:
+        best = UNKNOWN
+        for candidate in self._candidates(pid):
+            cache = self._warm(candidate)
+            if cache is None:
+                continue
+            name, _offset, module = cache.resolve(addr, True)
+            if module is None:
+                continue
+            module_name = os.path.basename(module.decode(errors="replace"))
+            if name is not None:
+                return f"{name.decode(errors='replace')} ({module_name})"
+            best = f"{UNKNOWN} ({module_name})"
+            break  # the mapping is known, the object just has no symbol there
+        return best
