@@ -6,6 +6,7 @@ renderers get Snapshots.  Nothing here prints.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cowtrace import procfs
+from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
 from cowtrace.kernel.ringbuf import EVENT_DTYPE
@@ -22,11 +24,15 @@ from cowtrace.kernel.tracer import (
     EP_WP_FAULT,
     KIND_COPY,
     KIND_REUSE,
+    PE_EXEC,
+    PE_FORK,
     KernelTracer,
+    ProcRecord,
     TracerConfig,
 )
 from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
+from cowtrace.python.tracker import PythonStacks
 
 ADOPTION_ROUNDS = 5  # /proc rescans to catch forks racing with the attach
 FINAL_READ_GRACE_S = 2.0  # how long to wait for the root's task to be freed after it exits
@@ -37,6 +43,7 @@ class SessionOptions:
     events_path: str | None = None
     ring_bytes: int = 16 << 20
     hold_events_s: float = 0.0  # testing aid: leave the ring undrained this long at start
+    python_stacks: bool = True  # Python writer stacks of CPython members (cowtrace/python/)
 
 
 def validate_target(pid: int) -> procfs.ProcStat:
@@ -71,6 +78,7 @@ class Session:
         self.lost_events = 0
         self.family_rate = 0.0
         self.attach_s = 0.0
+        self.python = PythonStacks() if self.options.python_stacks else None
 
     # ---- set-up ----------------------------------------------------------------------------
     def set_root(self, root_pid: int) -> None:
@@ -82,6 +90,8 @@ class Session:
         """Load the BPF program.  Separate from attach so that `run` can start the command
         after the program is ready and before it forks."""
         self.tracer.open()
+        if self.python is not None:
+            self.python.bind(self.tracer.bpf)
         self.started = time.monotonic()
         self._last_update = self.started
         self._hold_until = self.started + self.options.hold_events_s
@@ -96,6 +106,7 @@ class Session:
         """
         self.tracer.add_member(stat.pid, stat.pid, await_exec=await_exec)
         self.family.adopt(stat, adopted=adopted)
+        self._python_adopt(stat.pid, await_exec)
         for _ in range(ADOPTION_ROUNDS):
             found = [s for s in procfs.descendants(stat.pid) if s.pid not in self.family.members]
             if not found:
@@ -103,6 +114,7 @@ class Session:
             for child in found:
                 self.tracer.add_member(child.pid, stat.pid)
                 self.family.adopt(child, adopted=True)
+                self._python_adopt(child.pid, False)
         own = procfs.read_stat(os.getpid())
         if own is not None:
             self.attach_s = max(0.0, time.monotonic() - own.start_monotonic())
@@ -112,15 +124,19 @@ class Session:
         """Wait up to `timeout_s` for lifecycle records, then fold in everything pending."""
         for record in self.tracer.poll_proc_records(int(timeout_s * 1000)):
             self.family.apply(record)
+            self._python_lifecycle(record)
             if record.pid == self.root_pid and record.type in (3, 4):
                 self._root_exit_seen = self._root_exit_seen or time.monotonic()
+        if self.python is not None:
+            self.python.retry_pending()
         if time.monotonic() >= self._hold_until:
             self._drain()
 
     def _drain(self) -> None:
         records = self.tracer.drain_events()
+        pystacks = self._python_records(records)
         if self.events is not None and len(records):
-            self.events.write(records)
+            self.events.write(records, pystacks=pystacks)
 
     def root_done(self) -> bool:
         """The root exited and its counts are final (or waiting longer would not help)."""
@@ -165,6 +181,7 @@ class Session:
             ended=ended,
             end_reason=reason,
             attach_s=self.attach_s,
+            attribution=self._python_view(None),
         )
 
     # ---- the end ---------------------------------------------------------------------------
@@ -211,9 +228,42 @@ class Session:
                 episode.via,
                 b"",
             )
+        records = records[records["kind"] != 0]
+        pystacks = self._python_records(records)
         if self.events is not None:
-            self.events.write(records[records["kind"] != 0])
+            self.events.write(records, pystacks=pystacks)
         return extra
+
+    # ---- Python writer stacks (cowtrace/python/) -------------------------------------------
+    def _python_adopt(self, pid: int, await_exec: bool) -> None:
+        if self.python is not None and not await_exec:
+            self.python.adopt(pid)
+
+    def _python_lifecycle(self, record: ProcRecord) -> None:
+        if self.python is None:
+            return
+        if record.type == PE_FORK:
+            self.python.on_fork(record.ppid, record.pid)
+        elif record.type == PE_EXEC:
+            self.python.on_exec(record.pid)
+
+    def _python_records(self, records: np.ndarray) -> list[str] | None:
+        """Copies with a Python stack go to the writers; the --events "pystack" values."""
+        if self.python is None or self.tracer.bpf is None:
+            return None
+        return self.python.on_fault_events(records)
+
+    def _python_view(self, view: AttributionView | None) -> AttributionView | None:
+        """`view` with the Python writers and "why" lines (a view of its own if none)."""
+        if self.python is None:
+            return view
+        writers = self.python.writers
+        if not writers.total and not self.python.notices:
+            return view
+        view = view or AttributionView()
+        return dataclasses.replace(
+            view, python_writers=writers.stats(), why=(*view.why, *writers.why())
+        )
 
     def close(self) -> None:
         """Unload the BPF program and close the log; safe to call more than once."""

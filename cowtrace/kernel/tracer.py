@@ -12,6 +12,7 @@ import ctypes
 import mmap
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -144,6 +145,11 @@ class KernelTracer:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+
+    @property
+    def bpf(self) -> Any:
+        """The loaded bcc program, for feature modules that own their own maps (python/)."""
+        return self._bpf
 
     def __enter__(self) -> KernelTracer:
         self.open()

@@ -53,6 +53,27 @@ def summary_dict(snapshot: Snapshot) -> dict[str, Any]:
         "totals": totals,
         "processes": [_process(member) for member in snapshot.members],
         "tracer": {"attach_s": round(snapshot.attach_s, 3)},
+        **_python_sections(snapshot),
+    }
+
+
+def _python_sections(snapshot: Snapshot) -> dict[str, Any]:
+    """`python_writers` (copies per Python writer stack) and `why` (one-line causes)."""
+    view = snapshot.attribution
+    if view is None:
+        return {}
+    return {
+        "python_writers": [
+            {
+                "frames": list(stat.frames),
+                "native_leaf": stat.native_leaf,
+                "category": stat.category,
+                "copies": stat.copies,
+                "copied_bytes": stat.copied_bytes,
+            }
+            for stat in view.python_writers
+        ],
+        "why": list(view.why),
     }
 
 

@@ -83,7 +83,9 @@ int main(void) {
 def include_dir(python: str) -> str:
     """The interpreter's own header directory (sysconfig of that interpreter)."""
     code = "import sysconfig; print(sysconfig.get_paths()['include'])"
-    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [python, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def offsets_of(python: str) -> dict[str, int]:
@@ -93,9 +95,7 @@ def offsets_of(python: str) -> dict[str, int]:
         binary = Path(tmp) / "offsets"
         source.write_text(_PROGRAM)
         include = include_dir(python)
-        subprocess.run(
-            ["gcc", "-w", f"-I{include}", str(source), "-o", str(binary)], check=True
-        )
+        subprocess.run(["gcc", "-w", f"-I{include}", str(source), "-o", str(binary)], check=True)
         out = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
     values = json.loads(out)
     values.pop("end")
