@@ -135,13 +135,3 @@ class PythonStacks:
         if complete:
             self._resolved[(id(image), stack_id)] = stack
         return stack
-
-    # ---- views -----------------------------------------------------------------------------
-    def summary_sections(self) -> dict[str, Any]:
-        sections: dict[str, Any] = {
-            "python_writers": self.writers.summary_rows(),
-            "why": list(self.writers.why()),
-        }
-        if self.notices:
-            sections["python_notices"] = list(self.notices)
-        return sections

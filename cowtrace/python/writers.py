@@ -18,7 +18,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 from cowtrace.attribution.view import PythonWriterStat
-from cowtrace.model import PAGE_SIZE
 from cowtrace.python.kernel import PYF_FINALIZING, PYF_GC
 
 CATEGORIES = ("gc", "refcount", "allocator", "teardown", "other")
@@ -133,7 +132,7 @@ class PythonWriters:
     def total(self) -> int:
         return sum(self.copies.values())
 
-    def stats(self, limit: int = 50) -> tuple[PythonWriterStat, ...]:
+    def stats(self, limit: int = 200) -> tuple[PythonWriterStat, ...]:
         ranked = sorted(self.copies.items(), key=lambda item: (-item[1], item[0].frames))
         return tuple(
             PythonWriterStat(
@@ -158,6 +157,7 @@ class PythonWriters:
         if total == 0:
             return ()
         shares = self.by_category()
+        shares = Counter({k: v for k, v in shares.items() if 100 * v >= total})  # 1% or more
         lines: list[tuple[int, str]] = []
 
         def pct(n: int) -> str:
@@ -202,15 +202,3 @@ class PythonWriters:
                 )
             )
         return tuple(text for _, text in sorted(lines, key=lambda item: -item[0]))
-
-    def summary_rows(self, limit: int = 50) -> list[dict]:
-        return [
-            {
-                "frames": list(stat.frames),
-                "native_leaf": stat.native_leaf,
-                "category": stat.category,
-                "copies": stat.copies,
-                "copied_bytes": stat.copies * PAGE_SIZE,
-            }
-            for stat in self.stats(limit)
-        ]
