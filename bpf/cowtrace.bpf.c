@@ -218,7 +218,7 @@ static __always_inline s32 capture_user_stack(void *ctx)
 #define PY_MAX_FRAMES 32          /* deeper stacks keep their innermost 32 frames */
 #define PY_MAX_THREADS 16         /* thread states compared before giving up */
 #define PY_MAX_STACKS 16384
-#define PY_WINDOW 64              /* bytes of a frame read at once: code and previous */
+#define PY_WINDOW 24              /* bytes of a frame read at once: code and previous */
 enum py_flags { PYF_GC = 1, PYF_FINALIZING = 2, PYF_TRUNCATED = 4, PYF_GIL_HOLDER = 8 };
 
 /* Where things are in one CPython process; -1 = "not in this version". */
@@ -369,6 +369,9 @@ static __always_inline void py_forget(u32 tgid)
 /* The Python stack of the writing thread when the process is a CPython interpreter, or -1. */
 static __always_inline s32 capture_python_stack(void *ctx, u32 tgid)
 {
+#if defined(PYTHON_STACKS) && !PYTHON_STACKS
+    return -1;                    /* --no-python-stacks: not even the lookup */
+#endif
     struct py_proc *cfg = py_procs.lookup(&tgid);
     if (!cfg)
         return -1;

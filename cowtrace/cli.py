@@ -45,6 +45,11 @@ PLAIN = typer.Option(False, "--plain", help="Plain periodic lines instead of the
 RING_MB = typer.Option(
     16, "--ring-mb", min=1, help="Size of the kernel's detail-event ring buffer, in MiB."
 )
+PYTHON_STACKS = typer.Option(
+    True,
+    "--python-stacks/--no-python-stacks",
+    help="Capture the Python stack of each copy in CPython members (3.11-3.13).",
+)
 HOLD_EVENTS = typer.Option(
     0.0, "--hold-events", hidden=True, help="Testing aid: do not drain detail events for SECONDS."
 )
@@ -63,11 +68,14 @@ def _options(duration, interval, json_path, events_path, quiet, plain):  # noqa:
     )
 
 
-def _session_options(events_path, ring_mb, hold_events):  # noqa: ANN001, ANN202
+def _session_options(events_path, ring_mb, hold_events, python_stacks=True):  # noqa: ANN001, ANN202
     from cowtrace.session import SessionOptions
 
     return SessionOptions(
-        events_path=events_path, ring_bytes=ring_mb << 20, hold_events_s=hold_events
+        events_path=events_path,
+        ring_bytes=ring_mb << 20,
+        hold_events_s=hold_events,
+        python_stacks=python_stacks,
     )
 
 
@@ -82,6 +90,7 @@ def trace_cmd(
     plain: bool = PLAIN,
     ring_mb: int = RING_MB,
     hold_events: float = HOLD_EVENTS,
+    python_stacks: bool = PYTHON_STACKS,
 ) -> None:
     """Attach to a running process and trace it and every process it forks.
 
@@ -102,7 +111,7 @@ def trace_cmd(
         trace(
             pid,
             _options(duration, interval, json_path, events_path, quiet, plain),
-            _session_options(events_path, ring_mb, hold_events),
+            _session_options(events_path, ring_mb, hold_events, python_stacks),
         )
     )
 
@@ -121,6 +130,7 @@ def run_cmd(
     plain: bool = PLAIN,
     ring_mb: int = RING_MB,
     hold_events: float = HOLD_EVENTS,
+    python_stacks: bool = PYTHON_STACKS,
 ) -> None:
     """Start COMMAND with tracing active before its first fork.
 
@@ -139,7 +149,7 @@ def run_cmd(
         run(
             command,
             _options(duration, interval, json_path, events_path, quiet, plain),
-            _session_options(events_path, ring_mb, hold_events),
+            _session_options(events_path, ring_mb, hold_events, python_stacks),
         )
     )
 

@@ -69,7 +69,11 @@ class Session:
         self.options = options or SessionOptions()
         self.root_pid = root_pid
         self.family = Family(root_pid)
-        self.tracer = KernelTracer(TracerConfig(ring_bytes=self.options.ring_bytes))
+        self.tracer = KernelTracer(
+            TracerConfig(
+                ring_bytes=self.options.ring_bytes, python_stacks=self.options.python_stacks
+            )
+        )
         self.events = EventLog(self.options.events_path) if self.options.events_path else None
         self.started = time.monotonic()
         self._last_update = self.started

@@ -50,6 +50,7 @@ class TracerConfig:
     ring_bytes: int = 16 << 20
     max_members: int = 16384
     max_threads: int = 65536
+    python_stacks: bool = True  # the CPython frame walk at each copy (cowtrace/python/)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class KernelTracer:
             f"-DMAX_THREADS={self.config.max_threads}",
             f"-DFAULT_RING_PAGES={ring_pages}",
             "-DPROC_RING_PAGES=64",
+            f"-DPYTHON_STACKS={int(self.config.python_stacks)}",
         ]
         self._bpf = compile_program("cowtrace.bpf.c", cflags)
         self._attached = True

@@ -12,6 +12,7 @@ from typing import Any
 from cowtrace.python.detect import PythonImage
 
 PYF_GC, PYF_FINALIZING, PYF_TRUNCATED, PYF_GIL_HOLDER = 1, 2, 4, 8
+PY_WINDOW = 24  # bytes of each frame the kernel reads at once (code, previous)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ def set_layout(bpf: Any, pid: int, image: PythonImage) -> None:
     leaf = table.Leaf()
     leaf.runtime = image.runtime
     window = min(o.frame_code, o.frame_previous) & ~7
+    if max(o.frame_code, o.frame_previous) - window > PY_WINDOW - 8:
+        raise ValueError(f"CPython {o.version}: frame fields too far apart for one read")
     values = {
         "runtime_interpreters_head": o.runtime_interpreters_head,
         "runtime_finalizing": o.runtime_finalizing,
