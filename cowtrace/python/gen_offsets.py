@@ -60,12 +60,6 @@ int main(void) {
     F("frame_code", offsetof(_PyInterpreterFrame, f_executable));
 #endif
     F("frame_previous", offsetof(_PyInterpreterFrame, previous));
-    F("frame_owner", offsetof(_PyInterpreterFrame, owner));
-#if PY_VERSION_HEX < 0x030C0000
-    F("owner_cstack", -1);
-#else
-    F("owner_cstack", FRAME_OWNED_BY_CSTACK);
-#endif
     F("code_filename", offsetof(PyCodeObject, co_filename));
     F("code_name", offsetof(PyCodeObject, co_name));
     F("code_qualname", offsetof(PyCodeObject, co_qualname));
