@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from cowtrace.attribution.view import AttributionView, PythonWriterStat
+from cowtrace.attribution.view import AttributionView
 from cowtrace.kernel.records import EVENT_DTYPE
 from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
@@ -155,9 +155,7 @@ def test_why_lines_from_shares():
 def python_snapshot() -> Snapshot:
     writers = writers_fixture()
     view = AttributionView(python_writers=writers.stats(), why=writers.why())
-    return Snapshot(
-        root_pid=1, started=0.0, now=1.0, members=[], totals=Counts(), attribution=view
-    )
+    return Snapshot(root_pid=1, started=0.0, now=1.0, members=[], totals=Counts(), attribution=view)
 
 
 def test_json_sections():
