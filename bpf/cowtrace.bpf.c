@@ -216,7 +216,7 @@ static __always_inline s32 capture_user_stack(void *ctx)
  *
  * Non-Python processes pay one hash lookup (py_procs). */
 #define PY_MAX_FRAMES 32          /* deeper stacks keep their innermost 32 frames */
-#define PY_MAX_THREADS 16         /* thread states compared before giving up */
+#define PY_MAX_THREADS 64         /* thread states compared (once per thread: cached) */
 #define PY_MAX_STACKS 16384
 #define PY_WINDOW 24              /* bytes of a frame read at once: code and previous */
 enum py_flags { PYF_GC = 1, PYF_FINALIZING = 2, PYF_TRUNCATED = 4, PYF_GIL_HOLDER = 8 };
@@ -347,7 +347,17 @@ static __always_inline s32 py_capture(struct py_proc *cfg, u32 tid)
     hash = (hash ^ stack->leaf_ip) * 0x100000001b3ULL;
     hash = (hash ^ flags) * 0x100000001b3ULL;
     u32 id = (u32)(hash ^ (hash >> 32)) & 0x7fffffff;
-    py_stacks.insert(&id, stack);   /* identical stacks share one entry; the first one stays */
+    /* Identical stacks share one entry.  An entry of another stack under the same id (a hash
+     * collision) or a full map yields no stack rather than a wrong one. */
+    struct py_stack *known = py_stacks.lookup(&id);
+    if (known) {
+        if (known->depth != depth || known->leaf_ip != stack->leaf_ip ||
+            (depth && known->code[0] != stack->code[0]))
+            return -1;
+        return (s32)id;
+    }
+    if (py_stacks.insert(&id, stack) != 0)
+        return -1;
     return (s32)id;
 }
 
