@@ -194,6 +194,7 @@ class Session:
         self.tracer.detach()
         for record in self.tracer.poll_proc_records(0):
             self.family.apply(record)
+            self._python_lifecycle(record)
         self._drain()
         extra = self._close_open_episodes()
         snapshot = self.refresh()

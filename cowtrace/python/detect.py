@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from cowtrace.python import procmem
-from cowtrace.python.elf import load_symbols
+from cowtrace.python.elf import ElfSymbols, load_symbols
 from cowtrace.python.offsets import (
     DEBUG_OFFSETS_SIZE,
     PyOffsets,
@@ -53,7 +53,8 @@ def _bias(maps: list[procmem.Mapping], path: str, min_vaddr: int, pie: bool) -> 
     return min(starts) - min_vaddr if starts else None
 
 
-def _version(symbols, bias: int, pid: int, runtime: int) -> str | None:
+def _version(symbols: ElfSymbols) -> str | None:
+    """From the `Py_Version` constant (3.11+), read from the file."""
     value = symbols.objects.get("Py_Version")
     data = symbols.read(value, 4) if value is not None else None
     if data is None:
@@ -85,11 +86,13 @@ def detect(pid: int) -> Detection:
         if bias is None:
             continue
         runtime = bias + symbols.objects["_PyRuntime"]
-        version = _version(symbols, bias, pid, runtime) or _version_from_name(path)
+        version = _version(symbols) or _version_from_name(path)
         return _with_offsets(pid, version, runtime, path, maps)
-    if os.path.basename(exe).startswith("python") and not any(
-        _LIBPYTHON.search(m.path) for m in maps
-    ):
+    exe_symbols = load_symbols(exe)
+    links_libpython = exe_symbols is not None and any(
+        _LIBPYTHON.search(name) for name in exe_symbols.needed
+    )
+    if links_libpython and not any(_LIBPYTHON.search(m.path) for m in maps):
         return Detection(pending=True)  # just exec'd: the loader has not mapped libpython yet
     return Detection()
 

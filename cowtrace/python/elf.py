@@ -37,6 +37,7 @@ class ElfSymbols:
     position_independent: bool  # ET_DYN: loaded at a bias; ET_EXEC: at its link addresses
     min_vaddr: int  # lowest PT_LOAD address (page aligned)
     objects: dict[str, int] = field(default_factory=dict)  # data symbols by name
+    needed: tuple[str, ...] = ()  # DT_NEEDED libraries
     _starts: list[int] = field(default_factory=list)  # functions, sorted by address
     _ends: list[int] = field(default_factory=list)
     _names: list[str] = field(default_factory=list)
@@ -84,6 +85,11 @@ def _load(path: str, _dev: int, _ino: int, _mtime: int) -> ElfSymbols | None:
                 min_vaddr=min((v for v, _, _ in loads), default=0) & ~0xFFF,
                 _loads=loads,
             )
+            dynamic = elf.get_section_by_name(".dynamic")
+            if dynamic is not None and hasattr(dynamic, "iter_tags"):
+                symbols.needed = tuple(
+                    tag.needed for tag in dynamic.iter_tags() if tag.entry.d_tag == "DT_NEEDED"
+                )
             functions: dict[int, tuple[int, str]] = {}
             for name in (".dynsym", ".symtab"):
                 section = elf.get_section_by_name(name)
