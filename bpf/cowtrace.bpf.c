@@ -272,6 +272,7 @@ static __always_inline u64 py_current_tstate(struct py_proc *cfg, u64 interp, u3
     if (cached && py_read_u64(*cached + cfg->tstate_native_thread_id) == tid)
         return *cached;
     u64 tstate = py_read_u64(interp + cfg->interp_threads_head);
+#pragma clang loop unroll(disable)
     for (int i = 0; i < PY_MAX_THREADS && tstate; i++) {
         if (py_read_u64(tstate + cfg->tstate_native_thread_id) == tid) {
             py_tstates.update(&tid, &tstate);
@@ -328,6 +329,7 @@ static __always_inline s32 py_capture(struct py_proc *cfg, u32 tid)
      * verifier follow both outcomes of every frame.  User space drops them by their code. */
     u32 depth = 0;
     u64 hash = 0xcbf29ce484222325ULL;
+#pragma clang loop unroll(disable)
     for (int i = 0; i < PY_MAX_FRAMES; i++) {
         if (!frame)
             break;
