@@ -133,6 +133,40 @@ def test_writer_thread_has_its_own_stack(version, tmp_path):
     )
 
 
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_freeze_spares_the_collector(version, tmp_path):
+    """With gc.freeze() before the fork the child's collection copies none of the tuples' gc
+    pages, while the functions' copies stay as they were."""
+    facts, summary, events = trace_fixture(INTERPRETERS[version], tmp_path, "freeze")
+    pages = innermost_by_page(events, facts["child"])
+    for name, expected in facts["pages"].items():
+        assert Counter(pages.get(page, "<not copied>") for page in expected) == {
+            name: len(expected)
+        }
+    assert Counter(pages.get(page, "<not copied>") for page in facts["gc_pages"]) == {
+        "<not copied>": len(facts["gc_pages"])
+    }
+    gc_copies = sum(w["copies"] for w in summary["python_writers"] if w["category"] == "gc")
+    assert gc_copies < len(facts["gc_pages"]) // 4  # objects made after the freeze only
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_teardown_is_reported_apart(version, tmp_path):
+    """Objects released by the interpreter's teardown (a module global's) are copied with no
+    Python frame left, category teardown, and a "why" line says so."""
+    facts, summary, events = trace_fixture(INTERPRETERS[version], tmp_path, "teardown")
+    stacks = {}
+    for event in events:
+        if event["pid"] == facts["child"] and event["kind"] == "copy":
+            stacks.setdefault(event["addr"], event["pystack"])
+    teardown_pages = facts["teardown_pages"]
+    assert len(teardown_pages) == 120
+    assert [stacks.get(page) for page in teardown_pages] == [[]] * len(teardown_pages)
+    teardown = sum(w["copies"] for w in summary["python_writers"] if w["category"] == "teardown")
+    assert teardown >= len(teardown_pages)
+    assert any(line.startswith("interpreter teardown at exit (") for line in summary["why"])
+
+
 def test_run_detects_python_at_exec_and_c_programs_get_no_stack(fixture_binaries, tmp_path):
     """`cowtrace run`: the layout is set once the command has exec'd and mapped libpython (the
     script sleeps well past that before it forks); a C program's copies carry no stack.
