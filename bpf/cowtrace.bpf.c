@@ -258,6 +258,14 @@ BPF_HASH(py_procs, u32, struct py_proc, MAX_MEMBERS);      /* tgid -> layout (us
 BPF_TABLE("lru_hash", u32, u64, py_tstates, MAX_THREADS);  /* tid -> its PyThreadState */
 BPF_HASH(py_stacks, u32, struct py_stack, PY_MAX_STACKS);  /* stack id -> stack */
 BPF_PERCPU_ARRAY(py_scratch, struct py_scratch, 1);
+/* A stack seen for the first time: wakes user space, which names its code objects while the
+ * writer still lives (a short-lived worker may be gone by the next drain). */
+struct py_new_stack {
+    u64 runtime;
+    u32 pid;
+    s32 stack_id;
+};
+BPF_RINGBUF_OUTPUT(py_new_stacks, 16);
 
 static __always_inline u64 py_read_u64(u64 addr)
 {
@@ -360,6 +368,9 @@ static __always_inline s32 py_capture(struct py_proc *cfg, u32 tid)
     }
     if (py_stacks.insert(&id, stack) != 0)
         return -1;
+    struct py_new_stack note = {.runtime = cfg->runtime, .pid = bpf_get_current_pid_tgid() >> 32,
+                                .stack_id = (s32)id};
+    py_new_stacks.ringbuf_output(&note, sizeof(note), 0);
     return (s32)id;
 }
 

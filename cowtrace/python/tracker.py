@@ -8,6 +8,7 @@ parent's image (the kernel copied the layout at the fork, before the child ran).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 import time
@@ -22,6 +23,18 @@ from cowtrace.python.resolve import code_name, leaf_name
 from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize
 
 KIND_COPY = 1
+
+
+class _NewStack(ctypes.Structure):
+    """struct py_new_stack of bpf/cowtrace.bpf.c."""
+
+    _fields_ = [
+        ("runtime", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("stack_id", ctypes.c_int32),
+    ]
+
+
 PENDING_S = 5.0  # how long an exec'd member may take to map libpython
 
 
@@ -36,8 +49,31 @@ class PythonStacks:
         self._resolved: dict[tuple[int, int], ResolvedStack] = {}
 
     def bind(self, bpf: Any) -> None:
-        """The loaded program whose maps hold layouts and stacks."""
+        """The loaded program whose maps hold layouts and stacks.  New stacks are announced on
+        a ring the session's lifecycle poll also serves: they are named at once."""
         self._bpf = bpf
+        bpf["py_new_stacks"].open_ring_buffer(self._on_new_stack)
+
+    def _on_new_stack(self, _ctx: object, data: int, _size: int) -> None:
+        note = ctypes.cast(data, ctypes.POINTER(_NewStack)).contents
+        pid, stack_id = int(note.pid), int(note.stack_id)
+        image = self.images.get(pid)
+        if image is None:  # a child whose fork record is not applied yet: its parent's image
+            image = next((i for i in self.images.values() if i.runtime == note.runtime), None)
+        if image is None:
+            return
+        raw = kernel.read_stack(self._bpf, stack_id)
+        if raw is None:
+            return
+        self._raw[stack_id] = raw
+        readers = [pid, *self._readers(image, pid)]
+        for code in raw.codes:
+            code_name(image, readers, code)  # cached in the image
+        leaf_name(image, pid, raw.leaf_ip)
+
+    def _readers(self, image: PythonImage, pid: int) -> list[int]:
+        """Other processes of the same image, to read pre-fork objects from."""
+        return [p for p, other in self.images.items() if other is image and p != pid]
 
     # ---- membership ------------------------------------------------------------------------
     def adopt(self, pid: int) -> None:
@@ -118,7 +154,7 @@ class PythonStacks:
             if raw is None:
                 return None
             self._raw[stack_id] = raw
-        readers = [pid] + [p for p, other in self.images.items() if other is image and p != pid]
+        readers = [pid, *self._readers(image, pid)]
         frames: list[str] = []
         complete = True
         for code in raw.codes:
