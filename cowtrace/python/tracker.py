@@ -36,6 +36,7 @@ class _NewStack(ctypes.Structure):
 
 
 PENDING_S = 5.0  # how long an exec'd member may take to map libpython
+EXEC_WAIT_TRIES, EXEC_WAIT_S = 10, 0.002  # waited for it at once, at most
 
 
 class PythonStacks:
@@ -77,9 +78,18 @@ class PythonStacks:
 
     # ---- membership ------------------------------------------------------------------------
     def adopt(self, pid: int) -> None:
-        """A member that exists now (attach) or has just exec'd."""
+        """A member that exists now (attach) or has just exec'd.  Right after an exec the
+        loader maps libpython within a few milliseconds: wait for it briefly here, since a
+        short script may fork before the session's next step."""
         self.pending.pop(pid, None)
-        self._look(pid, time.monotonic() + PENDING_S)
+        deadline = time.monotonic() + PENDING_S
+        self._look(pid, deadline)
+        for _ in range(EXEC_WAIT_TRIES):
+            if pid not in self.pending:
+                return
+            time.sleep(EXEC_WAIT_S)
+            del self.pending[pid]
+            self._look(pid, deadline)
 
     def on_fork(self, parent: int, child: int) -> None:
         image = self.images.get(parent)
