@@ -27,6 +27,8 @@ APT_PACKAGES += prometheus
 APT_PACKAGES += redis-server nginx
 # jemalloc, for the fixture that checks allocator probes on a jemalloc program.
 APT_PACKAGES += libjemalloc2
+# pyelftools (ELF symbols of CPython) and Debian's CPython 3.11 internal headers (python-offsets).
+APT_PACKAGES += python3-pyelftools libpython3.11-dev
 
 # Debian's bcc binds to the system interpreter only (the python3 first on PATH may be pyenv's).
 SYSTEM_PYTHON := /usr/bin/python3
@@ -45,7 +47,7 @@ VENV_OK := $(shell grep -qsx 'home = /usr/bin' $(VENV)/pyvenv.cfg \
 # $(call require_root,what): stop with a clear message when a step that is needed is not root.
 require_root = [ "$$(id -u)" = 0 ] || { echo "make: $(1) needs root: run 'make setup' as root" >&2; exit 1; }
 
-.PHONY: setup system demo test lint clean FORCE
+.PHONY: setup system demo test lint clean python-offsets FORCE
 
 setup: $(INSTALL_STAMP)
 	@target="$(CURDIR)/$(VENV)/bin/cowtrace"; \
@@ -120,6 +122,13 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+# CPython struct offsets for Python writer stacks (3.11/3.12 publish none): regenerate the
+# shipped table from the headers of the interpreters installed here (pyenv's and Debian's).
+PYTHON_OFFSETS_FROM ?= /usr/bin/python3.11 $(wildcard /root/.pyenv/versions/3.1[123].*/bin/python3.1[123])
+python-offsets: $(INSTALL_STAMP)
+	$(VENV)/bin/python -m cowtrace.python.gen_offsets $(PYTHON_OFFSETS_FROM) \
+	  > cowtrace/python/offsets_table.json
 
 lint: $(INSTALL_STAMP)
 	$(VENV)/bin/ruff check .

@@ -82,6 +82,11 @@ EXIT_WINDOW = typer.Option(
 NO_STACKS = typer.Option(
     False, "--no-stacks", help="Do not capture native writer and allocation stacks."
 )
+PYTHON_STACKS = typer.Option(
+    True,
+    "--python-stacks/--no-python-stacks",
+    help="Capture the Python stack of each copy in CPython members (3.11-3.13).",
+)
 HOLD_EVENTS = typer.Option(
     0.0, "--hold-events", hidden=True, help="Testing aid: do not drain detail events for SECONDS."
 )
@@ -115,6 +120,7 @@ def _session_options(  # noqa: ANN202
     malloc: bool,
     exit_window: float = 0.5,
     no_stacks: bool = False,
+    python_stacks: bool = True,
 ):
     from cowtrace.session import SessionOptions
 
@@ -125,6 +131,7 @@ def _session_options(  # noqa: ANN202
         malloc=malloc,
         stacks=not no_stacks,
         exit_window_s=exit_window,
+        python_stacks=python_stacks,
     )
 
 
@@ -146,6 +153,7 @@ def trace_cmd(
     pid_label_grace: float = PID_LABEL_GRACE,
     no_pid_labels: bool = NO_PID_LABELS,
     delayacct: bool = DELAYACCT,
+    python_stacks: bool = PYTHON_STACKS,
 ) -> None:
     """Attach to a running process and trace it and every process it forks.
 
@@ -181,6 +189,7 @@ def trace_cmd(
                 malloc=bool(malloc),
                 exit_window=exit_window,
                 no_stacks=no_stacks,
+                python_stacks=python_stacks,
             ),
         )
     )
@@ -212,6 +221,7 @@ def run_cmd(
     pid_label_grace: float = PID_LABEL_GRACE,
     no_pid_labels: bool = NO_PID_LABELS,
     delayacct: bool = DELAYACCT,
+    python_stacks: bool = PYTHON_STACKS,
 ) -> None:
     """Start COMMAND with tracing active before its first fork.
 
@@ -245,6 +255,7 @@ def run_cmd(
                 malloc=malloc is None or malloc,
                 exit_window=exit_window,
                 no_stacks=no_stacks,
+                python_stacks=python_stacks,
             ),
         )
     )

@@ -6,6 +6,7 @@ renderers get Snapshots.  Nothing here prints.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import numpy as np
 
 from cowtrace import procfs
 from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver
+from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
 from cowtrace.kernel.ringbuf import EVENT_DTYPE
@@ -35,6 +37,7 @@ from cowtrace.kernel.tracer import (
 from cowtrace.kernel.uprobes import AllocatorProbes
 from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
+from cowtrace.python.tracker import PythonStacks
 
 ADOPTION_ROUNDS = 5  # /proc rescans to catch forks racing with the attach
 FINAL_READ_GRACE_S = 2.0  # how long to wait for the root's task to be freed after it exits
@@ -58,6 +61,7 @@ class SessionOptions:
     stacks: bool = True  # native writer and allocation stacks (--no-stacks: off)
     exit_window_s: float = 0.5  # for the engine: copies this close to a member's exit
     sink_factory: SinkFactory = null_sink  # the attribution engine plugs in here
+    python_stacks: bool = True  # Python writer stacks of CPython members (cowtrace/python/)
 
 
 def validate_target(pid: int) -> procfs.ProcStat:
@@ -88,6 +92,7 @@ class Session:
                 ring_bytes=self.options.ring_bytes,
                 stacks=self.options.stacks,
                 alloc_ring_bytes=self.options.ring_bytes if self.options.malloc else 0,
+                python_stacks=self.options.python_stacks,
             )
         )
         self.events = EventLog(self.options.events_path) if self.options.events_path else None
@@ -104,6 +109,7 @@ class Session:
         self.allocators: AllocatorProbes | None = None
         self.tracer_stats: dict[str, int] = {}
         self._recover_heap = False  # attach mode: adopted members' heaps predate tracing
+        self.python = PythonStacks() if self.options.python_stacks else None
 
     # ---- set-up ----------------------------------------------------------------------------
     def set_root(self, root_pid: int) -> None:
@@ -119,6 +125,8 @@ class Session:
         self.sink = self.options.sink_factory(self.resolver, self.options)
         if self.options.malloc:
             self.allocators = AllocatorProbes(self.tracer.bpf)
+        if self.python is not None:
+            self.python.bind(self.tracer.bpf)
         self.started = time.monotonic()
         self._last_update = self.started
         self._hold_until = self.started + self.options.hold_events_s
@@ -136,6 +144,7 @@ class Session:
         self._recover_heap = adopted
         # A held `run` child is still cowtrace: its program image comes with its exec record.
         self._adopt_attribution(stat.pid, None, image=not await_exec)
+        self._python_adopt(stat.pid, await_exec)
         for _ in range(ADOPTION_ROUNDS):
             found = [s for s in procfs.descendants(stat.pid) if s.pid not in self.family.members]
             if not found:
@@ -144,6 +153,7 @@ class Session:
                 self.tracer.add_member(child.pid, stat.pid)
                 self.family.adopt(child, adopted=True)
                 self._adopt_attribution(child.pid, child.ppid)
+                self._python_adopt(child.pid, False)
         own = procfs.read_stat(os.getpid())
         if own is not None:
             self.attach_s = max(0.0, time.monotonic() - own.start_monotonic())
@@ -174,6 +184,8 @@ class Session:
         records that came meanwhile, the map changes and the allocator calls; the sink is fed
         lifecycle, maps, allocations, faults."""
         records = self.tracer.poll_proc_records(int(timeout_s * 1000))
+        if self.python is not None:
+            self.python.retry_pending()
         if time.monotonic() >= self._hold_until:
             self._drain(records)
         else:
@@ -182,6 +194,7 @@ class Session:
     def _apply_lifecycle(self, records: list[ProcRecord]) -> None:
         for record in records:
             self.family.apply(record)
+            self._python_lifecycle(record)
             if record.pid == self.root_pid and record.type in (3, 4):
                 self._root_exit_seen = self._root_exit_seen or time.monotonic()
             if record.type == PE_FORK:
@@ -213,8 +226,9 @@ class Session:
             return
         self.events_drained += len(faults)
         extra: Any = self.sink.on_fault_events(faults)
+        pystacks = self._python_records(faults)
         if self.events is not None:
-            self.events.write(faults, extra)
+            self.events.write(faults, extra, pystacks=pystacks)
 
     def root_done(self) -> bool:
         """The root exited and its counts are final (or waiting longer would not help)."""
@@ -262,7 +276,7 @@ class Session:
             end_reason=reason,
             attach_s=self.attach_s,
             events_drained=self.events_drained,
-            attribution=self.sink.view(),
+            attribution=self._python_view(self.sink.view()),
         )
 
     # ---- the end ---------------------------------------------------------------------------
@@ -311,6 +325,37 @@ class Session:
             )
         self._feed_faults(records[records["kind"] != 0])
         return extra
+
+    # ---- Python writer stacks (cowtrace/python/) -------------------------------------------
+    def _python_adopt(self, pid: int, await_exec: bool) -> None:
+        if self.python is not None and not await_exec:
+            self.python.adopt(pid)
+
+    def _python_lifecycle(self, record: ProcRecord) -> None:
+        if self.python is None:
+            return
+        if record.type == PE_FORK:
+            self.python.on_fork(record.ppid, record.pid)
+        elif record.type == PE_EXEC:
+            self.python.on_exec(record.pid)
+
+    def _python_records(self, records: np.ndarray) -> list[str] | None:
+        """Copies with a Python stack go to the writers; the --events "pystack" values."""
+        if self.python is None or self.tracer.bpf is None:
+            return None
+        return self.python.on_fault_events(records)
+
+    def _python_view(self, view: AttributionView | None) -> AttributionView | None:
+        """`view` with the Python writers and "why" lines (a view of its own if none)."""
+        if self.python is None:
+            return view
+        writers = self.python.writers
+        if not writers.total and not self.python.notices:
+            return view
+        view = view or AttributionView()
+        return dataclasses.replace(
+            view, python_writers=writers.stats(), why=(*view.why, *writers.why())
+        )
 
     def close(self) -> None:
         """Unload the BPF program and close the log; safe to call more than once."""

@@ -12,6 +12,7 @@ import ctypes
 import mmap
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +63,7 @@ class TracerConfig:
     stack_entries: int = 32768  # distinct stacks the kernel can hold (32 frames each)
     map_ring_bytes: int = 1 << 20  # 80 bytes per map change
     alloc_ring_bytes: int = 0  # 64 bytes per allocator call; 0: no allocator probes planned
+    python_stacks: bool = True  # the CPython frame walk at each copy (cowtrace/python/)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class KernelTracer:
             f"-DMAP_RING_PAGES={map_pages}",
             f"-DALLOC_RING_PAGES={alloc_pages}",
             f"-DSTACK_ENTRIES={self.config.stack_entries if self.config.stacks else 1}",
+            f"-DPYTHON_STACKS={int(self.config.python_stacks)}",
         ]
         if not self.config.stacks:
             cflags.append("-DNO_STACKS")
@@ -177,6 +180,12 @@ class KernelTracer:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+
+    @property
+    def bpf(self) -> Any:
+        """The loaded bcc program (None before open and after close), for the modules that own
+        maps or probes of their own: kernel/stacks.py, kernel/uprobes.py, python/."""
+        return self._bpf
 
     def __enter__(self) -> KernelTracer:
         self.open()
@@ -269,11 +278,6 @@ class KernelTracer:
         if self._alloc_ring is None:
             return np.empty(0, dtype=ALLOC_EVENT_DTYPE)
         return self._alloc_ring.drain()
-
-    @property
-    def bpf(self):  # noqa: ANN201 - bcc's BPF object, for kernel/stacks.py and uprobes.py
-        """The loaded program (None before open and after close)."""
-        return self._bpf
 
     def open_episodes(self) -> list[tuple[int, object]]:
         """Episodes still open (tid, leaf): read after detach to account for them."""

@@ -7,6 +7,9 @@ ts is Unix time in seconds.  addr is the page-aligned virtual address, null for 
 through get_user_pages (no fault, so no address).  via says who wrote: the process' own
 instructions, the kernel on its behalf (read() into a buffer, the tid at fork and exit), or
 get_user_pages (direct I/O, process_vm_writev).
+
+With Python stacks on, each record also has `"pystack": ["function (file:line)", ...] | null`
+(the writer's Python stack, innermost first; null for reuses, zero-fills and non-Python writers).
 """
 
 from __future__ import annotations
@@ -39,11 +42,15 @@ class EventLog:
         self._offset = monotonic_to_unix_offset()
         self.written = 0
 
-    def write(self, records: np.ndarray, extra: Any = None) -> None:
+    def write(
+        self, records: np.ndarray, extra: Any = None, pystacks: list[str] | None = None
+    ) -> None:
         """Write a batch of EVENT_DTYPE records, in kernel order.
 
         `extra` is what the attribution sink's on_fault_events returned for this batch (the
-        mapping, allocation and stack fields; None when attribution is off)."""
+        mapping, allocation and stack fields; None when attribution is off).  `pystacks`: when
+        Python stacks are on, each record's `"pystack"` value as JSON text (a list of frames,
+        innermost first, or null)."""
         if len(records) == 0:
             return
         ts = (records["ts"] / 1e9 + self._offset).tolist()
@@ -63,6 +70,11 @@ class EventLog:
                 f'"addr": {address}, "source": "{SOURCE_NAMES[source]}", '
                 f'"via": "{VIA_NAMES[via]}"}}\n'
             )
+        if pystacks is not None:
+            lines = [
+                f'{line[:-2]}, "pystack": {stack}}}\n'
+                for line, stack in zip(lines, pystacks, strict=True)
+            ]
         self._file.write("".join(lines))
         self.written += len(lines)
 

@@ -66,10 +66,31 @@ def summary_dict(
         "totals": totals,
         "processes": processes,
         "tracer": {"attach_s": round(snapshot.attach_s, 3), **(tracer_stats or {})},
+        **_python_sections(snapshot),
     }
     if sink is not None:
         summary.update(sink.summary_sections())
     return summary
+
+
+def _python_sections(snapshot: Snapshot) -> dict[str, Any]:
+    """`python_writers` (copies per Python writer stack) and `why` (one-line causes)."""
+    view = snapshot.attribution
+    if view is None:
+        return {}
+    return {
+        "python_writers": [
+            {
+                "frames": list(stat.frames),
+                "native_leaf": stat.native_leaf,
+                "category": stat.category,
+                "copies": stat.copies,
+                "copied_bytes": stat.copied_bytes,
+            }
+            for stat in view.python_writers
+        ],
+        "why": list(view.why),
+    }
 
 
 def write_summary(

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from cowtrace.model import Member, Snapshot
 from cowtrace.render import format as fmt
+from cowtrace.render.python_pane import python_writers_pane
 
 WARNING = "bold yellow"
 _SEPARATOR = ("  │  ", "dim")
@@ -198,7 +199,12 @@ class LiveView:
         """The whole view, with the member table cut to fit the terminal's height."""
         top = header(snapshot, self.console.width)
         used = len(self.console.render_lines(top, self.console.options, pad=False))
+        pane = python_writers_pane(snapshot)
+        if pane is not None:
+            used += 1 + len(self.console.render_lines(pane, self.console.options, pad=False))
         # +1: a blank line between header and table
         max_rows = max(1, self.console.size.height - used - 1 - _TABLE_CHROME)
         table = fitted_table(self.console, snapshot, fmt.LIVE_COLUMNS, fmt.LIVE_DROPPABLE, max_rows)
+        if pane is not None:
+            return Group(top, Text(""), table, Text(""), pane)
         return Group(top, Text(""), table)

@@ -13,6 +13,7 @@ from rich.text import Text
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
 from cowtrace.render.live import WARNING, fitted_table
+from cowtrace.render.python_pane import python_writers_lines
 
 
 def ending(snapshot: Snapshot) -> str:
@@ -72,6 +73,8 @@ def render_summary(snapshot: Snapshot, console: Console) -> None:
         console, snapshot, fmt.SUMMARY_COLUMNS, fmt.summary_droppable(snapshot), truncate=False
     )
     console.print(table)
+    for line in python_writers_lines(snapshot):
+        console.print(line, highlight=False, markup=False)
 
 
 def summary_lines(snapshot: Snapshot) -> list[str]:
@@ -84,4 +87,5 @@ def summary_lines(snapshot: Snapshot) -> list[str]:
         membership(snapshot),
         "",
         *fmt.text_table(fmt.SUMMARY_COLUMNS, rows),
+        *python_writers_lines(snapshot),
     ]

@@ -1,0 +1,79 @@
+"""The BPF side of Python stacks: the per-process layout map and the captured stacks.
+
+Mirrors `struct py_proc` and `struct py_stack` of bpf/cowtrace.bpf.c ("Python writer stacks").
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from cowtrace.python.detect import PythonImage
+
+PYF_GC, PYF_FINALIZING, PYF_TRUNCATED, PYF_GIL_HOLDER = 1, 2, 4, 8
+PY_WINDOW = 24  # bytes of each frame the kernel reads at once (code, previous)
+
+
+@dataclass(frozen=True)
+class RawStack:
+    leaf_ip: int
+    flags: int
+    codes: tuple[int, ...]  # code object addresses, innermost first (shims included)
+
+
+def set_layout(bpf: Any, pid: int, image: PythonImage) -> None:
+    """Tell the kernel where `pid`'s interpreter keeps its frames."""
+    o = image.offsets
+    table = bpf["py_procs"]
+    leaf = table.Leaf()
+    leaf.runtime = image.runtime
+    window = min(o.frame_code, o.frame_previous) & ~7
+    if max(o.frame_code, o.frame_previous) - window > PY_WINDOW - 8:
+        raise ValueError(f"CPython {o.version}: frame fields too far apart for one read")
+    values = {
+        "runtime_interpreters_head": o.runtime_interpreters_head,
+        "runtime_finalizing": o.runtime_finalizing,
+        "runtime_gil": o.runtime_gil,
+        "interp_gil_ptr": o.interp_gil_ptr,
+        "gil_last_holder": o.gil_last_holder,
+        "interp_threads_head": o.interp_threads_head,
+        "interp_gc_collecting": o.interp_gc_collecting,
+        "tstate_next": o.tstate_next,
+        "tstate_native_thread_id": o.tstate_native_thread_id,
+        "tstate_frame": o.tstate_frame,
+        "cframe_current_frame": o.cframe_current_frame,
+        "frame_window": window,
+        "frame_code": o.frame_code - window,
+        "frame_previous": o.frame_previous - window,
+    }
+    for name, value in values.items():
+        setattr(leaf, name, value)
+    table[table.Key(pid)] = leaf
+
+
+def forget(bpf: Any, pid: int) -> None:
+    table = bpf["py_procs"]
+    with contextlib.suppress(KeyError):
+        del table[table.Key(pid)]
+
+
+def has_layout(bpf: Any, pid: int) -> bool:
+    table = bpf["py_procs"]
+    try:
+        table[table.Key(pid)]
+    except KeyError:
+        return False
+    return True
+
+
+def read_stack(bpf: Any, stack_id: int) -> RawStack | None:
+    table = bpf["py_stacks"]
+    try:
+        leaf = table[table.Key(stack_id)]
+    except KeyError:
+        return None
+    depth = min(int(leaf.depth), len(leaf.code))
+    return RawStack(
+        leaf_ip=int(leaf.leaf_ip), flags=int(leaf.flags), codes=tuple(leaf.code[:depth])
+    )

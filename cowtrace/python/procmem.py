@@ -1,0 +1,80 @@
+"""Reading a traced process' memory through /proc/PID/mem (cowtrace runs as root)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    offset: int
+    path: str  # "" for anonymous memory
+
+
+def read_maps(pid: int) -> list[Mapping]:
+    """The process' mappings, or [] when it is gone."""
+    try:
+        with open(f"/proc/{pid}/maps") as lines:
+            text = lines.read()
+    except OSError:
+        return []
+    maps = []
+    for line in text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) < 5:
+            continue
+        start, _, end = parts[0].partition("-")
+        path = parts[5] if len(parts) == 6 else ""
+        maps.append(Mapping(int(start, 16), int(end, 16), int(parts[2], 16), path))
+    return maps
+
+
+def read(pid: int, addr: int, size: int) -> bytes | None:
+    """`size` bytes at `addr` in `pid`, or None if the process or the page is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, size, addr)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
+
+
+class Reader:
+    """Reads from the first of several processes that still has the memory (a forked family
+    shares its pre-fork objects at the same addresses, so a parent can stand in for a child
+    that already exited)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+
+    def read(self, addr: int, size: int) -> bytes | None:
+        for pid in self.pids:
+            data = read(pid, addr, size)
+            if data is not None:
+                return data
+        return None
+
+    def u64(self, addr: int) -> int | None:
+        data = self.read(addr, 8)
+        return None if data is None else struct.unpack("<Q", data)[0]
+
+    def i32(self, addr: int) -> int | None:
+        data = self.read(addr, 4)
+        return None if data is None else struct.unpack("<i", data)[0]
+
+    def cstring(self, addr: int, limit: int = 256) -> str | None:
+        data = self.read(addr, limit)
+        if data is None:
+            data = self.read(addr, 32)  # near the end of a mapping
+        if data is None or b"\0" not in data:
+            return None
+        return data[: data.index(b"\0")].decode(errors="replace")

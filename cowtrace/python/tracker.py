@@ -1,0 +1,183 @@
+"""The session's view of Python stacks: which members are CPython, their layouts in the kernel,
+and the copies folded into PythonWriters.
+
+Membership follows the family: a member is looked at when adopted and after each exec (then
+again on later steps while the loader has not mapped libpython yet); a forked child shares its
+parent's image (the kernel copied the layout at the fork, before the child ran).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from cowtrace.python import kernel
+from cowtrace.python.detect import PythonImage, detect
+from cowtrace.python.kernel import PYF_TRUNCATED
+from cowtrace.python.resolve import code_name, leaf_name
+from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize
+
+KIND_COPY = 1
+
+
+class _NewStack(ctypes.Structure):
+    """struct py_new_stack of bpf/cowtrace.bpf.c."""
+
+    _fields_ = [
+        ("runtime", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("stack_id", ctypes.c_int32),
+    ]
+
+
+PENDING_S = 5.0  # how long an exec'd member may take to map libpython
+EXEC_WAIT_TRIES, EXEC_WAIT_S = 10, 0.002  # waited for it at once, at most
+
+
+class PythonStacks:
+    def __init__(self) -> None:
+        self._bpf: Any = None
+        self.images: dict[int, PythonImage] = {}
+        self.pending: dict[int, float] = {}  # pid -> give-up time
+        self.notices: list[str] = []
+        self.writers = PythonWriters()
+        self._raw: dict[int, kernel.RawStack] = {}
+        self._resolved: dict[tuple[int, int], ResolvedStack] = {}
+
+    def bind(self, bpf: Any) -> None:
+        """The loaded program whose maps hold layouts and stacks.  New stacks are announced on
+        a ring the session's lifecycle poll also serves: they are named at once."""
+        self._bpf = bpf
+        bpf["py_new_stacks"].open_ring_buffer(self._on_new_stack)
+
+    def _on_new_stack(self, _ctx: object, data: int, _size: int) -> None:
+        note = ctypes.cast(data, ctypes.POINTER(_NewStack)).contents
+        pid, stack_id = int(note.pid), int(note.stack_id)
+        image = self.images.get(pid)
+        if image is None:  # a child whose fork record is not applied yet: its parent's image
+            image = next((i for i in self.images.values() if i.runtime == note.runtime), None)
+        if image is None:
+            return
+        raw = kernel.read_stack(self._bpf, stack_id)
+        if raw is None:
+            return
+        self._raw[stack_id] = raw
+        readers = [pid, *self._readers(image, pid)]
+        for code in raw.codes:
+            code_name(image, readers, code)  # cached in the image
+        leaf_name(image, pid, raw.leaf_ip)
+
+    def _readers(self, image: PythonImage, pid: int) -> list[int]:
+        """Other processes of the same image, to read pre-fork objects from."""
+        return [p for p, other in self.images.items() if other is image and p != pid]
+
+    # ---- membership ------------------------------------------------------------------------
+    def adopt(self, pid: int) -> None:
+        """A member that exists now (attach) or has just exec'd.  Right after an exec the
+        loader maps libpython within a few milliseconds: wait for it briefly here, since a
+        short script may fork before the session's next step."""
+        self.pending.pop(pid, None)
+        deadline = time.monotonic() + PENDING_S
+        self._look(pid, deadline)
+        for _ in range(EXEC_WAIT_TRIES):
+            if pid not in self.pending:
+                return
+            time.sleep(EXEC_WAIT_S)
+            del self.pending[pid]
+            self._look(pid, deadline)
+
+    def on_fork(self, parent: int, child: int) -> None:
+        image = self.images.get(parent)
+        if image is not None:
+            self.images[child] = image
+            if not kernel.has_layout(self._bpf, child):  # forked before we set the parent
+                kernel.set_layout(self._bpf, child, image)
+        elif parent in self.pending:
+            self.pending[child] = self.pending[parent]
+
+    def on_exec(self, pid: int) -> None:
+        self.images.pop(pid, None)  # the kernel dropped its layout at the exec
+        self.adopt(pid)
+
+    def retry_pending(self) -> None:
+        now = time.monotonic()
+        for pid, deadline in list(self.pending.items()):
+            del self.pending[pid]
+            if now < deadline:
+                self._look(pid, deadline)
+
+    def _look(self, pid: int, deadline: float) -> None:
+        found = detect(pid)
+        if found.pending:
+            self.pending[pid] = deadline
+        elif found.notice is not None:
+            if found.notice not in self.notices:
+                self.notices.append(found.notice)
+                sys.stderr.write(f"cowtrace: {found.notice}\n")  # once; tracing goes on
+        elif found.image is not None and self._bpf is not None:
+            kernel.set_layout(self._bpf, pid, found.image)
+            self.images[pid] = found.image
+
+    # ---- records ---------------------------------------------------------------------------
+    def on_fault_events(self, records: np.ndarray) -> list[str] | None:
+        """Fold copies with a Python stack into the writers; returns the `"pystack"` value of
+        each record for --events, as JSON text ("null" when none)."""
+        if len(records) == 0:
+            return []
+        has_stack = (records["kind"] == KIND_COPY) & (records["pystack_id"] >= 0)
+        out = ["null"] * len(records)
+        if not has_stack.any():
+            return out
+        keys = (records["pid"].astype(np.int64) << 32) | records["pystack_id"].astype(np.int64)
+        unique, inverse, counts = np.unique(
+            keys[has_stack], return_inverse=True, return_counts=True
+        )
+        texts = []
+        for key, copies in zip(unique.tolist(), counts.tolist(), strict=True):
+            stack = self._resolve(key >> 32, key & 0xFFFFFFFF)
+            if stack is None:
+                texts.append("null")
+                continue
+            self.writers.add(stack, copies)
+            texts.append(json.dumps(list(stack.frames)))
+        for index, position in zip(
+            np.flatnonzero(has_stack).tolist(), inverse.tolist(), strict=True
+        ):
+            out[index] = texts[position]
+        return out
+
+    def _resolve(self, pid: int, stack_id: int) -> ResolvedStack | None:
+        image = self.images.get(pid)
+        if image is None or self._bpf is None:
+            return None
+        cached = self._resolved.get((id(image), stack_id))
+        if cached is not None:
+            return cached
+        raw = self._raw.get(stack_id)
+        if raw is None:
+            raw = kernel.read_stack(self._bpf, stack_id)
+            if raw is None:
+                return None
+            self._raw[stack_id] = raw
+        readers = [pid, *self._readers(image, pid)]
+        frames: list[str] = []
+        complete = True
+        for code in raw.codes:
+            name = code_name(image, readers, code)
+            if name is None:
+                complete = False
+                frames.append(f"<code 0x{code:x}>")
+            elif name:
+                frames.append(name)
+        if raw.flags & PYF_TRUNCATED:
+            frames.append("…")
+        leaf, module = leaf_name(image, pid, raw.leaf_ip)
+        stack = ResolvedStack(tuple(frames), leaf, categorize(raw.flags, leaf, module))
+        if complete:
+            self._resolved[(id(image), stack_id)] = stack
+        return stack

@@ -1,0 +1,211 @@
+"""Python writer stacks against the real kernel, on every CPython this machine has.
+
+The fixture (tests/fixtures/py_writers.py, which derives the answers) has its child write the
+reference counts of 100, 200 and 300 pre-fork objects, one object header per page, from
+touch_one, touch_two and touch_three, then run gc.collect() over 300 tracked tuples whose gc
+headers sit on pages of their own.  So, exactly:
+  - each header page of a function's objects is copied once, with that function as the
+    innermost frame (--events "pystack");
+  - the three functions are the top refcount writers, with 100, 200 and 300 copies give or take
+    a few (the list the function reads; a copy under another native leaf, in a row of its own);
+  - every tuple's gc header page is copied with the collector running: category gc, under the
+    Python frame that called gc.collect() (child), and the "why" lines name the collector.
+The threaded variant adds a thread whose 150 pages must carry the thread's own stack.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cowtrace import procfs
+from cowtrace.output.summary import summary_dict
+from cowtrace.session import Session, SessionOptions
+from tests.helpers import read_jsonl, run_cowtrace
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_writers.py"
+PYENV = Path("/root/.pyenv/versions")
+INTERPRETERS = {
+    "3.11": PYENV / "3.11.7/bin/python3.11",
+    "3.11-debian": Path("/usr/bin/python3.11"),
+    "3.12": PYENV / "3.12.1/bin/python3.12",
+    "3.13": PYENV / "3.13.0/bin/python3.13",
+}
+UNIT = 100
+SLACK = 4  # extra pages a function may copy besides its objects' headers (its list, frame)
+
+
+def trace_fixture(python: Path, tmp_path: Path, *args: str) -> tuple[dict, dict, list[dict]]:
+    """Attach to the fixture before its fork; returns (facts, --json summary, --events)."""
+    if not python.exists():
+        pytest.fail(f"{python} is missing: the machine set-up installs it")
+    events_path = tmp_path / "events.jsonl"
+    fixture = subprocess.Popen(
+        [str(python), str(FIXTURE), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    session = Session(fixture.pid, SessionOptions(events_path=str(events_path)))
+    try:
+        assert fixture.stdout.readline().strip() == "ready"
+        session.open()
+        session.attach_root(procfs.read_stat(fixture.pid), adopted=True)
+        assert fixture.pid in session.python.images, "the fixture was not detected as CPython"
+        fixture.stdin.write("go\n")
+        fixture.stdin.flush()
+        facts = json.loads(fixture.stdout.readline())
+        session.step(0.05)
+        final = session.finish("done")
+    finally:
+        session.close()
+        fixture.stdin.write("exit\n")
+        fixture.stdin.close()
+        fixture.wait(timeout=10)
+    return facts, summary_dict(final), read_jsonl(events_path)
+
+
+def innermost_by_page(events: list[dict], pid: int) -> dict[int, str]:
+    """The innermost Python function of each page the child copied (first copy)."""
+    pages: dict[int, str] = {}
+    for event in events:
+        if event["pid"] == pid and event["kind"] == "copy" and event["addr"] is not None:
+            frames = event["pystack"] or ["<none>"]
+            pages.setdefault(event["addr"], frames[0].split(" (")[0])
+    return pages
+
+
+@pytest.mark.parametrize("version", sorted(INTERPRETERS))
+def test_python_writers_and_collector(version, tmp_path):
+    facts, summary, events = trace_fixture(INTERPRETERS[version], tmp_path)
+    assert facts["version"] == version.split("-")[0]
+    pages = innermost_by_page(events, facts["child"])
+
+    # Exact, page by page: each function's object headers were copied by that function.
+    for name, expected in facts["pages"].items():
+        assert len(expected) == UNIT * {"touch_one": 1, "touch_two": 2, "touch_three": 3}[name]
+        assert Counter(pages.get(page, "<not copied>") for page in expected) == {
+            name: len(expected)
+        }
+    # The collector's writes: every tuple's gc header page, under the caller of gc.collect().
+    assert Counter(pages.get(page, "<not copied>") for page in facts["gc_pages"]) == {
+        "child": len(facts["gc_pages"])
+    }
+
+    # The summary: the three functions are the top refcount writers, 1:2:3.
+    refcount: Counter[str] = Counter()
+    gc_copies = 0
+    for writer in summary["python_writers"]:
+        assert writer["copied_bytes"] == writer["copies"] * 4096
+        innermost = writer["frames"][0].split(" (")[0] if writer["frames"] else ""
+        if writer["category"] == "refcount":
+            refcount[innermost] += writer["copies"]
+        if writer["category"] == "gc":
+            gc_copies += writer["copies"]
+            assert innermost == "child", writer  # apart from the functions: its own rows
+    top = [name for name, _ in refcount.most_common(3)]
+    assert top == ["touch_three", "touch_two", "touch_one"]
+    for name, share in (("touch_one", 1), ("touch_two", 2), ("touch_three", 3)):
+        # A copy or two may sit in a row of its own (another native leaf) below the listed rows.
+        assert abs(refcount[name] - UNIT * share) <= SLACK, refcount
+    assert gc_copies >= len(facts["gc_pages"])
+    assert any(line.startswith("garbage collection (") for line in summary["why"])
+    assert any("reached from touch_three (" in line for line in summary["why"])
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_writer_thread_has_its_own_stack(version, tmp_path):
+    facts, summary, events = trace_fixture(INTERPRETERS[version], tmp_path, "threads")
+    pages = innermost_by_page(events, facts["child"])
+    assert len(facts["thread_pages"]) == 150
+    assert Counter(pages.get(page, "<not copied>") for page in facts["thread_pages"]) == {
+        "thread_toucher": 150
+    }
+    # The thread's stack goes down to threading's bootstrap, not to the main thread's child().
+    stacks = [w["frames"] for w in summary["python_writers"] if w["frames"]]
+    thread_stacks = [f for f in stacks if f[0].startswith("thread_toucher (")]
+    assert thread_stacks and all(
+        not any(frame.startswith("child (") for frame in f) for f in thread_stacks
+    )
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_freeze_spares_the_collector(version, tmp_path):
+    """With gc.freeze() before the fork the child's collection copies none of the tuples' gc
+    pages, while the functions' copies stay as they were."""
+    facts, summary, events = trace_fixture(INTERPRETERS[version], tmp_path, "freeze")
+    pages = innermost_by_page(events, facts["child"])
+    for name, expected in facts["pages"].items():
+        assert Counter(pages.get(page, "<not copied>") for page in expected) == {
+            name: len(expected)
+        }
+    assert Counter(pages.get(page, "<not copied>") for page in facts["gc_pages"]) == {
+        "<not copied>": len(facts["gc_pages"])
+    }
+    gc_copies = sum(w["copies"] for w in summary["python_writers"] if w["category"] == "gc")
+    assert gc_copies < len(facts["gc_pages"]) // 4  # objects made after the freeze only
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_teardown_is_reported_apart(version, tmp_path):
+    """Objects released by the interpreter's teardown (a module global's) are copied with no
+    Python frame left, category teardown, and a "why" line says so."""
+    facts, summary, events = trace_fixture(INTERPRETERS[version], tmp_path, "teardown")
+    stacks = {}
+    for event in events:
+        if event["pid"] == facts["child"] and event["kind"] == "copy":
+            stacks.setdefault(event["addr"], event["pystack"])
+    teardown_pages = facts["teardown_pages"]
+    assert len(teardown_pages) == 120
+    assert [stacks.get(page) for page in teardown_pages] == [[]] * len(teardown_pages)
+    teardown = sum(w["copies"] for w in summary["python_writers"] if w["category"] == "teardown")
+    assert teardown >= len(teardown_pages)
+    assert any(line.startswith("interpreter teardown at exit (") for line in summary["why"])
+
+
+def test_run_detects_python_at_exec_and_c_programs_get_no_stack(fixture_binaries, tmp_path):
+    """`cowtrace run`: the layout is set once the command has exec'd and mapped libpython (the
+    script sleeps well past that before it forks); a C program's copies carry no stack.
+
+    The script's parent outlives its child by half a second: code objects are named by reading
+    them from a live process of the family (see the report's known limits)."""
+    script = (
+        "import os, time\n"
+        "def build():\n    return [bytes(5000) + bytes([i % 7]) for i in range(50)]\n"
+        "def touch_in_child(objects):\n    for _o in objects:\n        pass\n"
+        "objects = build()\ntime.sleep(0.5)\npid = os.fork()\n"
+        "if pid == 0:\n    touch_in_child(objects)\n    os._exit(0)\nos.waitpid(pid, 0)\n"
+        # Names are read from a live process of the family: the parent stays a moment.
+        "time.sleep(0.5)\n"
+    )
+    summary_path = tmp_path / "summary.json"
+    result = run_cowtrace(
+        [
+            "run",
+            "--quiet",
+            "--json",
+            str(summary_path),
+            "--",
+            str(INTERPRETERS["3.12"]),
+            "-c",
+            script,
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    writers = json.loads(summary_path.read_text())["python_writers"]
+    touched = sum(
+        w["copies"] for w in writers if w["frames"] and w["frames"][0].startswith("touch_in_child")
+    )
+    assert 50 <= touched <= 50 + SLACK
+
+    events_path = tmp_path / "events.jsonl"
+    binary = fixture_binaries("child_writes")
+    result = run_cowtrace(["run", "--quiet", "--events", str(events_path), "--", str(binary), "64"])
+    assert result.returncode == 0, result.stderr
+    events = read_jsonl(events_path)
+    assert sum(1 for event in events if event["kind"] == "copy") >= 64
+    assert all(event["pystack"] is None for event in events)
