@@ -70,8 +70,8 @@
 enum kind { KIND_COPY = 1, KIND_REUSE = 2, KIND_ZERO_FILL = 3 };
 enum source { SOURCE_ANON = 0, SOURCE_FILE = 1 };
 enum via { VIA_USER = 0, VIA_KERNEL = 1, VIA_GUP = 2 };
-/* EP_CAPTURING: mm_page_alloc is walking the writer's stacks; a fault those walks take (user
- * memory read with page faults disabled: a frame pointer into an unmapped page) enters
+/* EP_CAPTURING: on_fault is walking the writer's stacks; a fault those walks take (user memory
+ * read with page faults disabled: a frame pointer into an unmapped page) enters
  * page_fault_kernel in this thread, and must not be taken for the thread's next fault. */
 enum episode { EP_NONE = 0, EP_WP_FAULT = 1, EP_COPIED = 2, EP_CAPTURING = 3 };
 enum proc_event_type { PE_FORK = 1, PE_EXEC = 2, PE_EXIT = 3, PE_FREE = 4 };
@@ -467,7 +467,7 @@ static __always_inline s32 capture_python_stack(void *ctx, u32 tgid)
 /* ==== end of Python writer stacks ============================================================ */
 
 /* ---- hot path: faults, allocations ------------------------------------------------------------ */
-static __always_inline int on_fault(u64 address, u64 error_code, u8 via)
+static __always_inline int on_fault(void *ctx, u64 address, u64 error_code, u8 via)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
@@ -497,6 +497,16 @@ static __always_inline int on_fault(u64 address, u64 error_code, u8 via)
         ep->pid = tgid;
         ep->via = via;
         ep->source = SOURCE_ANON;
+        /* The writer's stacks are taken here, at the fault's entry, not at the copy: the walk
+         * reads user memory, possibly the very page being faulted on (a frame-pointer walk
+         * without frame pointers follows rbp, which often points at the object being written),
+         * and reading it sets the pte's accessed bit.  Done inside the copy, that makes the
+         * kernel's pte_same() check fail after the page was copied: the copy is thrown away
+         * and the fault retried, a second copy.  Before handle_mm_fault reads the pte, the
+         * walk changes nothing the kernel compares. */
+        ep->state = EP_CAPTURING;
+        ep->stack_id = capture_user_stack(ctx);
+        ep->pystack_id = capture_python_stack(ctx, tgid);
         ep->state = EP_WP_FAULT;
     }
     return 0;
@@ -506,7 +516,7 @@ static __always_inline int on_fault(u64 address, u64 error_code, u8 via)
 RAW_TRACEPOINT_PROBE(page_fault_user)
 {
     /* TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code) */
-    return on_fault(ctx->args[0], ctx->args[2], VIA_USER);
+    return on_fault(ctx, ctx->args[0], ctx->args[2], VIA_USER);
 }
 
 /* A write by the kernel into user memory on the process' behalf (copy_to_user, put_user). */
@@ -515,7 +525,7 @@ RAW_TRACEPOINT_PROBE(page_fault_kernel)
     u64 address = ctx->args[0];
     if (address >= USER_ADDR_END)
         return 0;
-    return on_fault(address, ctx->args[2], VIA_KERNEL);
+    return on_fault(ctx, address, ctx->args[2], VIA_KERNEL);
 }
 
 /* Every page allocation: keep do_wp_page's, the copies and zero-fills. */
@@ -561,11 +571,16 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
     struct episode_state *ep = episodes.lookup(&tid);
     u64 ts = bpf_ktime_get_ns(), addr = 0;
     u8 via = VIA_GUP;
+    s32 stack_id = -1, pystack_id = -1;
     if (from_fault && ep && ep->state == EP_WP_FAULT) {
         ts = ep->ts;            /* this allocation is the outcome of the open fault */
         addr = ep->addr;
         via = ep->via;
+        stack_id = ep->stack_id;
+        pystack_id = ep->pystack_id;
     } else {
+        /* No stacks for a copy without a fault (get_user_pages) or one we did not see open:
+         * taking them now could perturb this very copy (see on_fault). */
         if (!from_fault) {
             if (!zero)
                 __sync_fetch_and_add(&m->gup_copies, 1);
@@ -581,10 +596,6 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
             ep->state = EP_NONE;
         return 0;
     }
-    if (ep)
-        ep->state = EP_CAPTURING;       /* until EP_COPIED below */
-    s32 stack_id = capture_user_stack(ctx);
-    s32 pystack_id = capture_python_stack(ctx, tgid);
     if (!ep) {
         /* No episode table entry for this thread: record the copy at once. */
         emit(ts, addr, tgid, tid, KIND_COPY, SOURCE_ANON, via, stack_id, pystack_id);

@@ -218,6 +218,8 @@ class AttachedTrace:
             "1",
             "--json",
             str(self.json_path),
+            # Extra cowtrace options for a run by hand (e.g. "--no-stacks --events e.jsonl").
+            *os.environ.get("COWTRACE_E2E_EXTRA", "").split(),
         ]
         self.listener = taskstats.ExitListener()
         self.tracer: subprocess.Popen | None = None
