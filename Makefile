@@ -18,7 +18,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := setup
 
 # Debian packages cowtrace needs to build, test or run. Append here; nothing else needs changing.
-APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 python3-venv gcc make procps
+APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 python3-venv gcc make procps python3-pyelftools
 
 # Debian's bcc binds to the system interpreter only (the python3 first on PATH may be pyenv's).
 SYSTEM_PYTHON := /usr/bin/python3

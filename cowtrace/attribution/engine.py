@@ -1,0 +1,592 @@
+"""The attribution engine: the AttributionSink that turns classified faults into tables.
+
+For every fault it answers: in which mapping (maps.py), in which malloc'd block (allocs.py),
+written by which native stack (writers.py), and was it an exit-time copy.
+
+Ordering.  Map changes, allocator calls, forks and execs change what a later fault resolves
+to, so they are queued with their kernel timestamps and applied in ts order, interleaved with
+the faults of each process: a fault of pid P is resolved after every change of P older than it
+and before every newer one.  Resolving never changes state, so faults are resolved per pid in
+vectorised segments between P's own changes.  A change newer than the newest fault drained so
+far stays queued (a fault drained next time may still precede it) until `flush()`.
+
+Exit-time copies.  Each process keeps its copies of the last `exit_window_s` (ts, stack id);
+at exit those within the window before the exit are counted, and a copy of an exited process
+drained late is checked against its exit time directly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from cowtrace.attribution import glibc_heap
+from cowtrace.attribution.allocs import (
+    ALLOCATOR_NAMES,
+    BlockRegistry,
+    BlockTable,
+    Site,
+    match_pages,
+)
+from cowtrace.attribution.maps import (
+    PAGE,
+    UNKNOWN_REGION,
+    ProcessMap,
+    RegionRegistry,
+    mapped_path,
+    read_proc_maps,
+)
+from cowtrace.attribution.sink import StackResolver
+from cowtrace.attribution.view import (
+    AllocationStat,
+    AttributionView,
+    BlockStat,
+    RegionStat,
+    WriterStat,
+)
+from cowtrace.attribution.writers import NO_STACK, Stack, StackCache
+from cowtrace.kernel.records import MAP_OP_MMAP
+from cowtrace.model import PAGE_SIZE
+
+KIND_COPY, KIND_REUSE, KIND_ZERO = 1, 2, 3
+TOP_N = 50
+LARGEST_BLOCKS = 5
+_PAGE_MASK = np.uint64(~(PAGE - 1) & 0xFFFFFFFFFFFFFFFF)
+
+# Queued changes, in the order they sort at equal timestamps.
+_FORK, _EXEC, _MAP, _ALLOC = 0, 1, 2, 3
+
+
+class _Recent:
+    """A process' copies (ts, stack id) of the last window, kept for exit-time counting."""
+
+    __slots__ = ("chunks", "exit_ts", "copies", "writers")
+
+    def __init__(self) -> None:
+        self.chunks: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        self.exit_ts: int | None = None
+        self.copies = 0
+        self.writers: dict[int, int] = {}
+
+    def count(self, ts: np.ndarray, stacks: np.ndarray, lo: int, hi: int) -> None:
+        inside = (ts >= lo) & (ts <= hi)
+        if not inside.any():
+            return
+        self.copies += int(inside.sum())
+        ids, counts = np.unique(stacks[inside], return_counts=True)
+        for sid, n in zip(ids.tolist(), counts.tolist(), strict=True):
+            self.writers[sid] = self.writers.get(sid, 0) + n
+
+
+class AttributionEngine:
+    """Implements cowtrace.attribution.sink.AttributionSink.
+
+    resolver: turns stack ids into frames (None: no writer or allocation stacks).
+    exit_window_s: how long before a process' exit its copies count as exit-time copies.
+    event_fields: build the --events attribution fields (only when an event log is written).
+    read_proc: read /proc/PID/maps and file paths (off in unit tests with synthetic pids).
+    """
+
+    def __init__(
+        self,
+        resolver: StackResolver | None = None,
+        *,
+        exit_window_s: float = 0.5,
+        event_fields: bool = False,
+        read_proc: bool = True,
+        top: int = TOP_N,
+    ) -> None:
+        self.resolver = resolver
+        self.window_ns = int(exit_window_s * 1e9)
+        self.event_fields = event_fields
+        self.read_proc = read_proc
+        self.top = top
+        self.regions = RegionRegistry()
+        self.blocks = BlockRegistry()
+        self.maps: dict[int, ProcessMap] = {}
+        self.tables: dict[int, BlockTable] = {}
+        self.stacks = StackCache(resolver, self._is_code)
+        self._queue: list[tuple[int, int, int, tuple[Any, ...]]] = []  # (ts, kind, seq, data)
+        self._seq = itertools.count()
+        self._newest_fault = 0
+        # Aggregates.
+        self._region_counts = np.zeros((64, 4), np.int64)  # region id x kind
+        self._region_pids: dict[int, set[int]] = {}
+        self._by_kind: dict[tuple[int, str], int] = {}
+        self._writer_copies: dict[int, int] = {}
+        self._writer_pids: dict[int, set[int]] = {}
+        self._writer_pid: dict[int, int] = {}  # a pid that wrote with the stack (symbolizes it)
+        self._site_copies = np.zeros(16, np.int64)
+        self._pairs: list[np.ndarray] = []  # uid << 32 | page index in block, for copied pages
+        self._recent: dict[int, _Recent] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def adopt(self, pid: int, parent: int | None, *, recover_heap: bool) -> None:
+        """A member found at attach: its map from /proc now, and its glibc heap if asked."""
+        intervals = read_proc_maps(pid) if self.read_proc else None
+        pmap = ProcessMap(self.regions, intervals)
+        self.maps[pid] = pmap
+        table = BlockTable(self.blocks)
+        self.tables[pid] = table
+        if recover_heap and intervals is not None:
+            found = glibc_heap.walk(pid, intervals)
+            if len(found.addrs):
+                site = self.blocks.site_id(Site("recovered", "glibc", -1, 0, pid))
+                uids = self.blocks.add_many(found.addrs, found.sizes, site)
+                table.add_many(found.addrs, uids)
+
+    def on_fork(self, ts_ns: int, parent: int, child: int) -> None:
+        self._push(ts_ns, _FORK, (parent, child))
+
+    def on_exec(self, ts_ns: int, pid: int) -> None:
+        self._push(ts_ns, _EXEC, (pid,))
+
+    def on_exit(self, ts_ns: int, pid: int) -> None:
+        """Applied at once: exits change no map, and late copies are checked on arrival."""
+        recent = self._recent.setdefault(pid, _Recent())
+        recent.exit_ts = ts_ns
+        lo = ts_ns - self.window_ns
+        for ts, stacks in recent.chunks:
+            recent.count(ts, stacks, lo, ts_ns)
+        recent.chunks.clear()
+
+    def on_map_events(self, records: np.ndarray) -> None:
+        for record in records:
+            path = None
+            if int(record["op"]) == MAP_OP_MMAP and int(record["fd"]) >= 0 and self.read_proc:
+                start = int(record["start"])
+                end = start + ((int(record["length"]) + PAGE - 1) & ~(PAGE - 1))
+                path = mapped_path(int(record["pid"]), start, end)  # now, while it is mapped
+            self._push(int(record["ts"]), _MAP, (int(record["pid"]), record.copy(), path))
+
+    def on_alloc_events(self, records: np.ndarray) -> None:
+        if len(records) == 0:
+            return
+        columns = zip(
+            records["ts"].tolist(),
+            records["pid"].tolist(),
+            records["op"].tolist(),
+            records["addr"].tolist(),
+            records["old_addr"].tolist(),
+            records["size"].tolist(),
+            records["stack_id"].tolist(),
+            records["caller"].tolist(),
+            records["allocator"].tolist(),
+            strict=True,
+        )
+        for ts, *rest in columns:
+            self._push(ts, _ALLOC, tuple(rest))
+
+    def _push(self, ts: int, kind: int, data: tuple[Any, ...]) -> None:
+        heapq.heappush(self._queue, (ts, kind, next(self._seq), data))
+
+    # ---- applying queued changes -----------------------------------------------------------
+    def _map(self, pid: int) -> ProcessMap:
+        pmap = self.maps.get(pid)
+        if pmap is None or not pmap.known:
+            intervals = read_proc_maps(pid) if self.read_proc else None
+            if pmap is None or intervals is not None:
+                pmap = self.maps[pid] = ProcessMap(self.regions, intervals)
+        return pmap
+
+    def _table(self, pid: int) -> BlockTable:
+        table = self.tables.get(pid)
+        if table is None:
+            table = self.tables[pid] = BlockTable(self.blocks)
+        return table
+
+    def _apply(self, kind: int, data: tuple[Any, ...]) -> None:
+        if kind == _MAP:
+            pid, record, path = data
+            pmap = self.maps.get(pid)
+            if pmap is None:
+                pmap = self._map(pid)
+            pmap.apply(record, path)
+        elif kind == _ALLOC:
+            pid, op, addr, old_addr, size, stack_id, caller, allocator = data
+            site = self.blocks.site_id(
+                Site(
+                    "malloc",
+                    ALLOCATOR_NAMES.get(allocator, str(allocator)),
+                    stack_id,
+                    caller if stack_id < 0 else 0,
+                    pid,
+                )
+            )
+            self._table(pid).apply(op, addr, old_addr, size, site)
+        elif kind == _FORK:
+            parent, child = data
+            self.maps[child] = self._map(parent).copy()
+            self.tables[child] = self._table(parent).copy()
+        elif kind == _EXEC:
+            (pid,) = data
+            self.maps[pid] = ProcessMap(self.regions)  # unknown: /proc is read on first use
+            self.tables[pid] = BlockTable(self.blocks)
+
+    @staticmethod
+    def _owner(kind: int, data: tuple[Any, ...]) -> int:
+        """The pid whose state the change alters (a fork reads the parent's)."""
+        return data[0]
+
+    def flush(self) -> None:
+        """Apply every queued change (at the end, when no older fault can arrive)."""
+        while self._queue:
+            _ts, kind, _seq, data = heapq.heappop(self._queue)
+            self._apply(kind, data)
+
+    # ---- faults ----------------------------------------------------------------------------
+    def on_fault_events(self, records: np.ndarray) -> list[str] | None:
+        """Resolve a batch; returns the --events suffix of each record (see output/events.py)."""
+        n = len(records)
+        extras: list[str] | None = [""] * n if self.event_fields else None
+        if n == 0:
+            return extras
+        ts = records["ts"]
+        pids = records["pid"]
+        order = np.lexsort((ts, pids))  # by pid, then time
+        sorted_pids = pids[order]
+        sorted_ts = ts[order]
+        bounds = np.flatnonzero(np.r_[True, sorted_pids[1:] != sorted_pids[:-1], True])
+        groups = {int(sorted_pids[a]): [a, b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
+        newest = int(ts.max())
+        self._newest_fault = max(self._newest_fault, newest)
+        # Changes up to the newest fault, in ts order; each first resolves its owner's older
+        # faults against the state before it.
+        while self._queue and self._queue[0][0] <= newest:
+            when, kind, _seq, data = heapq.heappop(self._queue)
+            owner = self._owner(kind, data)
+            group = groups.get(owner)
+            if group is not None and kind != _FORK:
+                start, stop = group
+                cut = start + int(np.searchsorted(sorted_ts[start:stop], when, side="left"))
+                if cut > start:
+                    self._resolve(owner, records, order[start:cut], extras)
+                    group[0] = cut
+            self._apply(kind, data)
+        for pid, (start, stop) in groups.items():
+            if stop > start:
+                self._resolve(pid, records, order[start:stop], extras)
+        return extras
+
+    def _resolve(
+        self, pid: int, records: np.ndarray, index: np.ndarray, extras: list[str] | None
+    ) -> None:
+        """Attribute one pid's faults (`index` into records) against its current state."""
+        batch = records[index]
+        addrs = batch["addr"]
+        kinds = batch["kind"].astype(np.int64)
+        pmap = self._map(pid)
+        region, offset = pmap.resolve(addrs)
+        has_addr = addrs != 0
+        self._count_regions(pid, region[has_addr], kinds[has_addr])
+
+        is_copy = kinds == KIND_COPY
+        copy_stacks = batch["stack_id"][is_copy]
+        copy_ts = batch["ts"][is_copy]
+        if len(copy_stacks):
+            self._count_writers(pid, copy_stacks)
+            self._track_exit(pid, copy_ts, copy_stacks)
+
+        best = np.full(len(batch), -1, np.int64)
+        table = self.tables.get(pid)
+        copy_pages = is_copy & has_addr
+        if table is not None and len(table) and copy_pages.any():
+            pages = addrs[copy_pages] & _PAGE_MASK
+            matched = match_pages(table, pages)
+            best[copy_pages] = matched.best
+            self._count_sites(matched.best)
+            if len(matched.pair_uid):
+                page_index = (
+                    pages[matched.pair_copy] - (self.blocks.addr[matched.pair_uid] & _PAGE_MASK)
+                ) >> np.uint64(12)
+                self._pairs.append(
+                    (matched.pair_uid.astype(np.uint64) << np.uint64(32)) | page_index
+                )
+        if extras is not None:
+            self._event_fields(pid, batch, region, offset, has_addr, best, index, extras)
+
+    def _count_regions(self, pid: int, region: np.ndarray, kinds: np.ndarray) -> None:
+        if len(region) == 0:
+            return
+        rows = len(self.regions)
+        if rows > len(self._region_counts):
+            grown = np.zeros((max(rows, 2 * len(self._region_counts)), 4), np.int64)
+            grown[: len(self._region_counts)] = self._region_counts
+            self._region_counts = grown
+        flat = np.bincount(region.astype(np.int64) * 4 + kinds, minlength=rows * 4)
+        self._region_counts[:rows] += flat[: rows * 4].reshape(rows, 4)
+        copied = np.unique(region[kinds == KIND_COPY])
+        for rid in copied.tolist():
+            self._region_pids.setdefault(rid, set()).add(pid)
+            # metrics: copies per (pid, mapping kind)
+        if len(copied):
+            per_region = np.bincount(region[kinds == KIND_COPY], minlength=rows)
+            for rid in copied.tolist():
+                key = (pid, self.regions.regions[rid].kind)
+                self._by_kind[key] = self._by_kind.get(key, 0) + int(per_region[rid])
+
+    def _count_writers(self, pid: int, stacks: np.ndarray) -> None:
+        ids, counts = np.unique(stacks, return_counts=True)
+        for sid, n in zip(ids.tolist(), counts.tolist(), strict=True):
+            if sid < 0:
+                continue
+            self._writer_copies[sid] = self._writer_copies.get(sid, 0) + n
+            self._writer_pids.setdefault(sid, set()).add(pid)
+            self._writer_pid.setdefault(sid, pid)
+
+    def _track_exit(self, pid: int, ts: np.ndarray, stacks: np.ndarray) -> None:
+        recent = self._recent.get(pid)
+        if recent is None:
+            recent = self._recent[pid] = _Recent()
+        if recent.exit_ts is not None:  # drained after its exit: check it directly
+            recent.count(ts, stacks, recent.exit_ts - self.window_ns, 1 << 63)
+            return
+        recent.chunks.append((ts.copy(), stacks.copy()))
+        newest = int(ts.max())
+        while recent.chunks and int(recent.chunks[0][0].max()) < newest - self.window_ns:
+            recent.chunks.popleft()
+
+    def _count_sites(self, best: np.ndarray) -> None:
+        hit = best[best >= 0]
+        if len(hit) == 0:
+            return
+        sites = self.blocks.site[hit]
+        need = len(self.blocks.sites)
+        if need > len(self._site_copies):
+            grown = np.zeros(max(need, 2 * len(self._site_copies)), np.int64)
+            grown[: len(self._site_copies)] = self._site_copies
+            self._site_copies = grown
+        counts = np.bincount(sites, minlength=need)
+        self._site_copies[:need] += counts[:need]
+
+    def _event_fields(
+        self,
+        pid: int,
+        batch: np.ndarray,
+        region: np.ndarray,
+        offset: np.ndarray,
+        has_addr: np.ndarray,
+        best: np.ndarray,
+        index: np.ndarray,
+        extras: list[str],
+    ) -> None:
+        fragments = self.regions.fragments
+        blocks = self.blocks
+        sites = blocks.sites
+        stack_json: dict[int, str] = {}
+        for i, rid, off, addr_ok, uid, sid, at in zip(
+            range(len(batch)),
+            region.tolist(),
+            offset.tolist(),
+            has_addr.tolist(),
+            best.tolist(),
+            batch["stack_id"].tolist(),
+            index.tolist(),
+            strict=True,
+        ):
+            del i
+            mapping = fragments[rid] if addr_ok else fragments[UNKNOWN_REGION]
+            if uid >= 0:
+                origin = sites[int(blocks.site[uid])].origin
+                alloc = (
+                    f'{{"addr": {int(blocks.addr[uid])}, "size": {int(blocks.size[uid])}, '
+                    f'"origin": "{origin}"}}'
+                )
+            else:
+                alloc = "null"
+            stack = stack_json.get(sid)
+            if stack is None:
+                resolved = self.stacks.get(sid, pid) if sid >= 0 else None
+                stack = stack_json[sid] = resolved.json if resolved is not None else "null"
+            extras[at] = (
+                f', {mapping}, "offset": {off if off >= 0 else "null"}, "alloc": {alloc}, '
+                f'"stack": {stack}'
+            )
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _is_code(self, pid: int, addr: int) -> bool | None:
+        pmap = self.maps.get(pid)
+        if pmap is None or not pmap.known:
+            return None
+        return pmap.executable(addr)
+
+    def _writer_stack(self, sid: int) -> Stack:
+        return self.stacks.get(sid, self._writer_pid.get(sid, 0))
+
+    def _site_stack(self, site: Site) -> Stack:
+        if site.origin == "recovered":
+            return NO_STACK
+        if site.stack_id >= 0:
+            return self.stacks.get(site.stack_id, site.pid)
+        return self.stacks.caller(site.caller, site.pid)
+
+    # ---- views -----------------------------------------------------------------------------
+    def _region_stats(self) -> list[RegionStat]:
+        stats = []
+        rows = min(len(self.regions), len(self._region_counts))
+        for rid in range(rows):
+            _, copies, reuses, zeros = self._region_counts[rid].tolist()
+            if copies == reuses == zeros == 0:
+                continue
+            region = self.regions.regions[rid]
+            stats.append(
+                RegionStat(
+                    kind=region.kind,
+                    name=region.name,
+                    section=region.section,
+                    copies=copies,
+                    reuses=reuses,
+                    zero_fills=zeros,
+                    processes=len(self._region_pids.get(rid, ())),
+                )
+            )
+        stats.sort(key=lambda s: (-s.copies, -s.reuses, -s.zero_fills, s.kind, s.name))
+        return stats[: self.top]
+
+    def _writer_stats(self) -> list[WriterStat]:
+        merged: dict[Stack, list[Any]] = {}
+        for sid, copies in self._writer_copies.items():
+            stack = self._writer_stack(sid)
+            entry = merged.setdefault(stack, [0, set()])
+            entry[0] += copies
+            entry[1] |= self._writer_pids.get(sid, set())
+        stats = [
+            WriterStat(frames=s.frames, copies=c, processes=len(p), truncated=s.truncated)
+            for s, (c, p) in merged.items()
+        ]
+        stats.sort(key=lambda s: (-s.copies, s.frames))
+        return stats[: self.top]
+
+    def _unique_pairs(self) -> np.ndarray:
+        if not self._pairs:
+            return np.zeros(0, np.uint64)
+        if len(self._pairs) > 1:
+            self._pairs = [np.unique(np.concatenate(self._pairs))]
+        else:
+            self._pairs = [np.unique(self._pairs[0])]
+        return self._pairs[0]
+
+    def _allocation_stats(self) -> list[AllocationStat]:
+        pairs = self._unique_pairs()
+        uids_all = (pairs >> np.uint64(32)).astype(np.int64)
+        uids, pages = np.unique(uids_all, return_counts=True)
+        by_site: dict[int, list[tuple[int, int]]] = {}
+        for uid, n in zip(uids.tolist(), pages.tolist(), strict=True):
+            by_site.setdefault(int(self.blocks.site[uid]), []).append((uid, n))
+        merged: dict[tuple[tuple[str, ...], str, str], list[Any]] = {}
+        for site_id, site in enumerate(self.blocks.sites):
+            copies = int(self._site_copies[site_id]) if site_id < len(self._site_copies) else 0
+            touched = by_site.get(site_id, [])
+            if copies == 0 and not touched:
+                continue
+            key = (self._site_stack(site).frames, site.origin, site.allocator)
+            entry = merged.setdefault(key, [0, []])
+            entry[0] += copies
+            entry[1].extend(touched)
+        stats = []
+        for (frames, origin, allocator), (copies, touched) in merged.items():
+            sizes = [(int(self.blocks.size[uid]), uid, n) for uid, n in touched]
+            sizes.sort(key=lambda t: (-t[0], int(self.blocks.addr[t[1]])))
+            largest = tuple(
+                BlockStat(addr=int(self.blocks.addr[uid]), size=size, copied_pages=n)
+                for size, uid, n in sizes[:LARGEST_BLOCKS]
+            )
+            stats.append(
+                AllocationStat(
+                    site=frames,
+                    origin=origin,
+                    allocator=allocator,
+                    blocks=len(touched),
+                    block_bytes=sum(size for size, _, _ in sizes),
+                    copies=copies,
+                    largest=largest,
+                )
+            )
+        stats.sort(key=lambda s: (-s.copies, -s.block_bytes, s.site))
+        return stats[: self.top]
+
+    def view(self) -> AttributionView | None:
+        regions = self._region_stats()
+        if not regions and not self._writer_copies and not self._pairs:
+            return None
+        return AttributionView(
+            regions=tuple(regions),
+            allocations=tuple(self._allocation_stats()),
+            writers=tuple(self._writer_stats()),
+            copies_by_kind=dict(self._by_kind),
+            exit_copies={pid: r.copies for pid, r in self._recent.items() if r.exit_ts is not None},
+        )
+
+    def summary_sections(self) -> dict[str, Any]:
+        """The --json sections (schema in cowtrace/output/summary.py)."""
+        self.flush()
+        return {
+            "regions": [
+                {
+                    "kind": r.kind,
+                    "name": r.name,
+                    "section": r.section,
+                    "copies": r.copies,
+                    "copied_bytes": r.copied_bytes,
+                    "reuses": r.reuses,
+                    "zero_fills": r.zero_fills,
+                    "processes": r.processes,
+                }
+                for r in self._region_stats()
+            ],
+            "allocations": [
+                {
+                    "site": list(a.site),
+                    "origin": a.origin,
+                    "allocator": a.allocator,
+                    "blocks": a.blocks,
+                    "block_bytes": a.block_bytes,
+                    "copies": a.copies,
+                    "copied_bytes": a.copied_bytes,
+                    "largest": [
+                        {"addr": b.addr, "size": b.size, "copied_pages": b.copied_pages}
+                        for b in a.largest
+                    ],
+                }
+                for a in self._allocation_stats()
+            ],
+            "writers": [
+                {
+                    "frames": list(w.frames),
+                    "copies": w.copies,
+                    "copied_bytes": w.copied_bytes,
+                    "processes": w.processes,
+                    "truncated": w.truncated,
+                }
+                for w in self._writer_stats()
+            ],
+        }
+
+    def exit_writers(self, pid: int) -> list[tuple[Stack, int]]:
+        """The writer stacks of a process' exit-time copies, most copies first."""
+        recent = self._recent.get(pid)
+        if recent is None:
+            return []
+        merged: dict[Stack, int] = {}
+        for sid, n in recent.writers.items():
+            stack = self._writer_stack(sid) if sid >= 0 else NO_STACK
+            merged[stack] = merged.get(stack, 0) + n
+        return sorted(merged.items(), key=lambda item: (-item[1], item[0].frames))
+
+    def process_fields(self, pid: int) -> dict[str, Any]:
+        recent = self._recent.get(pid)
+        copies = recent.copies if recent is not None and recent.exit_ts is not None else 0
+        return {
+            "exit_copies": copies,
+            "exit_writers": [
+                {"frames": list(stack.frames), "copies": n}
+                for stack, n in self.exit_writers(pid)[: self.top]
+            ],
+        }
+
+
+assert PAGE == PAGE_SIZE
