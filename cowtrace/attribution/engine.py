@@ -575,7 +575,9 @@ class AttributionEngine:
         for sid, n in recent.writers.items():
             stack = self._writer_stack(sid) if sid >= 0 else NO_STACK
             merged[stack] = merged.get(stack, 0) + n
-        return sorted(merged.items(), key=lambda item: (-item[1], item[0].frames))
+        return sorted(
+            merged.items(), key=lambda item: (-item[1], not item[0].frames, item[0].frames)
+        )
 
     def process_fields(self, pid: int) -> dict[str, Any]:
         recent = self._recent.get(pid)

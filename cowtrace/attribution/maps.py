@@ -341,13 +341,13 @@ class ProcessMap:
 def _carve(
     pieces: list[tuple[int, int, str | None]], lo: int, hi: int, section: str
 ) -> list[tuple[int, int, str | None]]:
-    """Label the page-rounded part [lo, hi) of unlabelled pieces with `section`.
+    """Label the pages of [lo, hi) in unlabelled pieces with `section`.
 
-    Sections are not page-aligned: a page holding the end of .data and the start of .bss is
-    labelled by whichever section its first byte belongs to (the page's address is what a
-    copy reports)."""
-    lo = page_up(lo) if lo % PAGE else lo
-    hi = page_up(hi)
+    Sections are not page-aligned, so each bound is rounded to the nearest page: a page is
+    labelled by the section that covers most of it (a copy reports just its page).
+    """
+    lo = (lo + PAGE // 2) & ~(PAGE - 1)
+    hi = (hi + PAGE // 2) & ~(PAGE - 1)
     out = []
     for start, end, label in pieces:
         if label is not None or hi <= start or lo >= end:
