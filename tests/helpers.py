@@ -48,21 +48,47 @@ SESSION_TAG_VAR = "COWTRACE_TEST_SESSION"
 os.environ.setdefault(SESSION_TAG_VAR, str(os.getpid()))
 
 
-def _held_by_this_session(pids: list[int]) -> bool:
-    """Whether one of the processes holding a program was started by this test session."""
+def _session_pids() -> list[int]:
+    """Live processes started by this test session (they carry its tag), this one excluded."""
     tag = f"{SESSION_TAG_VAR}={os.environ[SESSION_TAG_VAR]}".encode()
-    for pid in pids:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            if tag in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
         except OSError:
             continue
-        if tag in environ.split(b"\0"):
-            return True
-    return False
+    return pids
 
 
-def cowtrace_programs_loaded() -> list[str]:
-    """cowtrace's BPF programs still loaded in the kernel by processes of this test session."""
+def _prog_ids_held_by(pid: int) -> set[int]:
+    """Ids of the BPF programs whose fds `pid` holds (from /proc/PID/fdinfo: this bpftool
+    cannot list a program's holders)."""
+    ids = set()
+    try:
+        fdinfos = list(Path(f"/proc/{pid}/fdinfo").iterdir())
+    except OSError:
+        return ids
+    for fdinfo in fdinfos:
+        try:
+            text = fdinfo.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
+
+
+def cowtrace_programs_loaded(pids: list[int] | None = None) -> list[str]:
+    """cowtrace's BPF programs held by `pids` (default: every process of this test session)."""
+    held: set[int] = set()
+    for pid in _session_pids() if pids is None else pids:
+        held |= _prog_ids_held_by(pid)
+    if not held:
+        return []
     out = subprocess.run(
         ["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True
     ).stdout
@@ -70,10 +96,7 @@ def cowtrace_programs_loaded() -> list[str]:
     for prog in json.loads(out or "[]"):
         name = prog.get("name", "")
         ours = any(p.startswith(name) or name.startswith(p) for p in PROGRAM_NAMES)
-        if len(name) < 8 or not ours:
-            continue
-        holders = [int(h["pid"]) for h in prog.get("pids", [])]
-        if not holders or _held_by_this_session(holders):
+        if prog.get("id") in held and len(name) >= 8 and ours:
             leaked.append(name)
     return leaked
 

@@ -88,66 +88,152 @@ class BlockRegistry:
         return uids
 
 
+NEVER = np.int64(2**63 - 1)
+BIG_BLOCK = 1 << 20  # recent blocks this large are matched by brute force (they are few)
+
+
 class BlockTable:
-    """One member's live blocks: address -> uid, with sorted arrays rebuilt when it changed."""
+    """One member's blocks, with lifetimes, for matching copied pages as of their timestamps.
+
+    `live` (address -> uid) is the current truth (copied at fork).  For matching, blocks sit in
+    a sorted base table (built at `compact()`) whose entries carry the time they were freed
+    (`died`), plus a small side table of blocks allocated since (with birth and death times).
+    Allocator calls are applied as they come, in timestamp order, and a fault at time t sees
+    exactly the blocks born <= t < died: so a process that mallocs between its copies needs no
+    re-sort per copy, and a copy made inside free() (before the free returned) still lands in
+    the block being freed.
+    """
 
     def __init__(self, registry: BlockRegistry, live: dict[int, int] | None = None) -> None:
         self.registry = registry
         self.live: dict[int, int] = live if live is not None else {}
-        self._sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._side: dict[int, list[int]] = {}  # uid -> [addr, born, died]
+        self._ndead = 0
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._base = _sorted_blocks(self.registry, self.live)
+        self._died = np.full(len(self._base[0]), NEVER, np.int64)
+        self._ndead = 0
+        self._side = {}
 
     def copy(self) -> BlockTable:
-        clone = BlockTable(self.registry, dict(self.live))
-        clone._sorted = self._sorted
+        clone = BlockTable.__new__(BlockTable)
+        clone.registry, clone.live = self.registry, dict(self.live)
+        clone._base, clone._died = self._base, self._died.copy()
+        clone._ndead = self._ndead
+        clone._side = {uid: list(entry) for uid, entry in self._side.items()}
         return clone
 
     def __len__(self) -> int:
-        return len(self.live)
+        return len(self.live) + len(self._side)
 
-    def add(self, addr: int, uid: int) -> None:
+    def add(self, addr: int, uid: int, ts: int = 0) -> None:
+        if addr in self.live:  # its free was lost: the new block replaces it
+            self.remove(addr, ts)
         self.live[addr] = uid
-        self._sorted = None
+        self._side[uid] = [addr, ts, int(NEVER)]
 
     def add_many(self, addrs: np.ndarray, uids: np.ndarray) -> None:
+        """Blocks that existed before anything was traced (a recovered heap)."""
         self.live.update(zip(addrs.tolist(), uids.tolist(), strict=True))
-        self._sorted = None
+        self._rebuild()
 
-    def remove(self, addr: int) -> None:
-        if self.live.pop(addr, None) is not None:
-            self._sorted = None
+    def remove(self, addr: int, ts: int = 0) -> None:
+        uid = self.live.pop(addr, None)
+        if uid is None:
+            return
+        entry = self._side.get(uid)
+        if entry is not None:
+            entry[2] = ts
+            return
+        starts, _, uids = self._base
+        pos = int(np.searchsorted(starts, np.uint64(addr)))
+        if pos < len(starts) and int(starts[pos]) == addr and int(uids[pos]) == uid:
+            self._died[pos] = ts
+            self._ndead += 1
 
-    def apply(self, op: int, addr: int, old_addr: int, size: int, site: int) -> None:
+    def apply(self, op: int, addr: int, old_addr: int, size: int, site: int, ts: int) -> None:
         """One allocator call, as the ALLOC_EVENT_DTYPE record gives it."""
         if op == ALLOC_OP_FREE:
-            self.remove(addr)
+            self.remove(addr, ts)
         elif op == ALLOC_OP_ALLOC:
             if addr:
-                self.add(addr, self.registry.add(addr, size, site))
+                self.add(addr, self.registry.add(addr, size, site), ts)
         elif op == ALLOC_OP_REALLOC:
             if old_addr and (addr or size == 0):  # realloc(p, 0) frees; a failed one keeps p
-                self.remove(old_addr)
+                self.remove(old_addr, ts)
             if addr:
-                self.add(addr, self.registry.add(addr, size, site))
+                self.add(addr, self.registry.add(addr, size, site), ts)
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """starts, ends (uint64) and uids (int64), sorted by address, overlaps dropped."""
-        if self._sorted is None:
-            n = len(self.live)
-            starts = np.fromiter(self.live.keys(), np.uint64, n)
-            uids = np.fromiter(self.live.values(), np.int64, n)
-            order = np.argsort(starts, kind="stable")
-            starts, uids = starts[order], uids[order]
-            ends = starts + self.registry.size[uids]
-            if n > 1:
-                # A stale block (its free was lost) can overlap a newer one: keep the newer.
-                reach = np.maximum.accumulate(ends)
-                clash = np.zeros(n, bool)
-                clash[1:] = starts[1:] < reach[:-1]
-                if clash.any():
-                    keep = ~clash
-                    starts, ends, uids = starts[keep], ends[keep], uids[keep]
-            self._sorted = (starts, ends, uids)
-        return self._sorted
+    def compact(self) -> None:
+        """Fold the side table and the dead into a new base, once they are many.
+
+        Called when no fault older than the changes applied so far is expected (after a
+        drained batch): blocks freed before then are forgotten."""
+        if len(self._side) + self._ndead > max(4096, len(self._base[0]) // 8):
+            self._rebuild()
+        elif any(entry[2] != NEVER for entry in self._side.values()):
+            self._side = {u: e for u, e in self._side.items() if e[2] == NEVER}
+
+    def parts(self) -> list[_Part]:
+        """Tables whose union is every block with its lifetime (see `match_pages`)."""
+        starts, ends, uids = self._base
+        out = [_Part(starts, ends, uids, None, self._died if self._ndead else None, False)]
+        if self._side:
+            side_uids = np.fromiter(self._side.keys(), np.int64, len(self._side))
+            info = np.array(list(self._side.values()), np.int64).reshape(-1, 3)
+            side_starts = info[:, 0].astype(np.uint64)
+            side_ends = side_starts + self.registry.size[side_uids]
+            big = (side_ends - side_starts) >= BIG_BLOCK
+            for pick, brute in ((~big, False), (big, True)):
+                if pick.any():
+                    order = np.argsort(side_starts[pick], kind="stable")
+                    out.append(
+                        _Part(
+                            side_starts[pick][order],
+                            side_ends[pick][order],
+                            side_uids[pick][order],
+                            info[pick, 1][order],
+                            info[pick, 2][order],
+                            brute,
+                        )
+                    )
+        return out
+
+
+@dataclass
+class _Part:
+    """Blocks sorted by start; `born`/`died` None mean always/never.  Unless `overlapping`,
+    the blocks are disjoint (so ends are sorted too); the side table's may overlap (an
+    address freed and reused), and big ones are matched by brute force."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    uids: np.ndarray
+    born: np.ndarray | None
+    died: np.ndarray | None
+    brute: bool
+
+
+def _sorted_blocks(
+    registry: BlockRegistry, live: dict[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(live)
+    starts = np.fromiter(live.keys(), np.uint64, n)
+    uids = np.fromiter(live.values(), np.int64, n)
+    order = np.argsort(starts, kind="stable")
+    starts, uids = starts[order], uids[order]
+    ends = starts + registry.size[uids]
+    if n > 1:
+        # A stale block (its free was lost) can overlap another: keep the lower one.
+        reach = np.maximum.accumulate(ends)
+        clash = np.zeros(n, bool)
+        clash[1:] = starts[1:] < reach[:-1]
+        if clash.any():
+            keep = ~clash
+            starts, ends, uids = starts[keep], ends[keep], uids[keep]
+    return starts, ends, uids
 
 
 @dataclass
@@ -159,30 +245,73 @@ class PageBlocks:
     pair_uid: np.ndarray
 
 
-def match_pages(table: BlockTable, pages: np.ndarray) -> PageBlocks:
-    """Which blocks overlap each page of `pages` (page-aligned uint64 addresses)."""
+def match_pages(table: BlockTable, pages: np.ndarray, ts: np.ndarray) -> PageBlocks:
+    """Which blocks, alive at `ts`, overlap each page of `pages` (page-aligned uint64)."""
     n = len(pages)
-    none = np.full(n, -1, np.int64)
+    best = np.full(n, -1, np.int64)
     empty = np.zeros(0, np.int64)
     if n == 0 or len(table) == 0:
-        return PageBlocks(none, empty, empty)
-    starts, ends, uids = table.arrays()
-    lo = np.searchsorted(ends, pages, side="right")
-    hi = np.searchsorted(starts, pages + np.uint64(PAGE), side="left")
-    counts = np.maximum(hi - lo, 0)
-    total = int(counts.sum())
-    if total == 0:
-        return PageBlocks(none, empty, empty)
-    copy_index = np.repeat(np.arange(n), counts)
-    first = np.cumsum(counts) - counts
-    position = np.arange(total) - np.repeat(first, counts) + np.repeat(lo, counts)
+        return PageBlocks(best, empty, empty)
+    found = [_overlaps(part, pages, ts.astype(np.int64)) for part in table.parts()]
+    best_overlap = np.zeros(n, np.int64)
+    best_start = np.zeros(n, np.uint64)
+    for copy_index, uids, overlap, starts in found:
+        if len(copy_index) == 0:
+            continue
+        # Per page, the block with the largest overlap, ties to the lower address: pairs come
+        # grouped by page and in address order, so the largest of (overlap, -rank) wins.
+        heads = np.flatnonzero(np.r_[True, copy_index[1:] != copy_index[:-1]])
+        lengths = np.diff(np.r_[heads, len(copy_index)])
+        local_rank = np.arange(len(copy_index), dtype=np.int64) - np.repeat(heads, lengths)
+        winner = np.maximum.reduceat((overlap << np.int64(40)) - local_rank, heads)
+        won_overlap = (winner + np.int64((1 << 40) - 1)) >> np.int64(40)
+        chosen = heads + ((won_overlap << np.int64(40)) - winner)
+        page = copy_index[heads]
+        better = (overlap[chosen] > best_overlap[page]) | (
+            (overlap[chosen] == best_overlap[page])
+            & ((best[page] < 0) | (starts[chosen] < best_start[page]))
+        )
+        page, chosen = page[better], chosen[better]
+        best[page] = uids[chosen]
+        best_overlap[page] = overlap[chosen]
+        best_start[page] = starts[chosen]
+    copy_index = np.concatenate([f[0] for f in found])
+    uids = np.concatenate([f[1] for f in found])
+    return PageBlocks(best, copy_index, uids)
+
+
+def _overlaps(
+    part: _Part, pages: np.ndarray, ts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(page index, uid, overlap bytes, block start) for each live block of `part` on a page."""
+    n = len(pages)
+    if part.brute:
+        m = len(part.starts)
+        copy_index = np.repeat(np.arange(n), m)
+        position = np.tile(np.arange(m), n)
+    else:
+        hi = np.searchsorted(part.starts, pages + np.uint64(PAGE), side="left")
+        if part.born is None:  # disjoint: ends sorted too
+            lo = np.searchsorted(part.ends, pages, side="right")
+        else:  # may overlap: a block starting within the longest length below can reach
+            longest = np.uint64(int((part.ends - part.starts).max()))
+            floor = np.where(pages > longest, pages - longest, np.uint64(0))
+            lo = np.searchsorted(part.starts, floor, side="right")
+        counts = np.maximum(hi - lo, 0)
+        total = int(counts.sum())
+        copy_index = np.repeat(np.arange(n), counts)
+        first = np.cumsum(counts) - counts
+        position = np.arange(total) - np.repeat(first, counts) + np.repeat(lo, counts)
     page = pages[copy_index]
-    overlap = np.minimum(ends[position], page + np.uint64(PAGE)).astype(np.int64) - np.maximum(
-        starts[position], page
+    keep = (part.ends[position] > page) & (part.starts[position] < page + np.uint64(PAGE))
+    when = ts[copy_index]
+    if part.born is not None:
+        keep &= part.born[position] <= when
+    if part.died is not None:
+        keep &= when < part.died[position]
+    copy_index, position, page = copy_index[keep], position[keep], page[keep]
+    block_start = part.starts[position]
+    overlap = np.minimum(part.ends[position], page + np.uint64(PAGE)).astype(np.int64) - np.maximum(
+        block_start, page
     ).astype(np.int64)
-    # Per page, the block with the largest overlap (ties: the lower address).
-    order = np.lexsort((-overlap, copy_index))
-    leaders = order[np.flatnonzero(np.r_[True, np.diff(copy_index[order]) != 0])]
-    best = none.copy()
-    best[copy_index[leaders]] = uids[position[leaders]]
-    return PageBlocks(best, copy_index, uids[position])
+    return copy_index, part.uids[position], overlap, block_start

@@ -82,6 +82,58 @@ class _Recent:
             self.writers[sid] = self.writers.get(sid, 0) + n
 
 
+class _Tally:
+    """Counts per small non-negative id (region, stack id), and which pids contributed.
+
+    Arrays indexed by id rather than dicts: a batch adds with one bincount, and "processes"
+    is a sum of per-pid flags at view time.
+    """
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(64, np.int64)
+        self.first_pid = np.full(64, -1, np.int64)
+        self.seen: dict[int, np.ndarray] = {}
+
+    def _fit(self, size: int) -> None:
+        if size > len(self.counts):
+            grown = max(size, 2 * len(self.counts))
+            self.counts = np.concatenate(
+                [self.counts, np.zeros(grown - len(self.counts), np.int64)]
+            )
+            self.first_pid = np.concatenate(
+                [self.first_pid, np.full(grown - len(self.first_pid), -1, np.int64)]
+            )
+
+    def add(self, pid: int, ids: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        ids = ids.astype(np.int64)
+        top = int(ids.max()) + 1
+        self._fit(top)
+        self.counts[:top] += np.bincount(ids, minlength=top)
+        fresh = ids[self.first_pid[ids] < 0]
+        self.first_pid[fresh] = pid
+        seen = self.seen.get(pid)
+        if seen is None or len(seen) < top:
+            grown = np.zeros(max(top, 64 if seen is None else 2 * len(seen)), bool)
+            if seen is not None:
+                grown[: len(seen)] = seen
+            seen = self.seen[pid] = grown
+        seen[ids] = True
+
+    def processes(self) -> np.ndarray:
+        total = np.zeros(len(self.counts), np.int64)
+        for seen in self.seen.values():
+            total[: len(seen)] += seen
+        return total
+
+
+def _any(seen: np.ndarray, ids: np.ndarray) -> bool:
+    """Whether any id flagged in `ids` is flagged in `seen` (lengths may differ)."""
+    n = min(len(seen), len(ids))
+    return bool((seen[:n] & ids[:n]).any())
+
+
 class AttributionEngine:
     """Implements cowtrace.attribution.sink.AttributionSink.
 
@@ -115,13 +167,14 @@ class AttributionEngine:
         self._newest_fault = 0
         # Aggregates.
         self._region_counts = np.zeros((64, 4), np.int64)  # region id x kind
-        self._region_pids: dict[int, set[int]] = {}
+        self._region_pids = _Tally()  # copies per region; counts unused (kinds are in the matrix)
         self._by_kind: dict[tuple[int, str], int] = {}
-        self._writer_copies: dict[int, int] = {}
-        self._writer_pids: dict[int, set[int]] = {}
-        self._writer_pid: dict[int, int] = {}  # a pid that wrote with the stack (symbolizes it)
+        self._writers = _Tally()  # copies per native stack id
         self._site_copies = np.zeros(16, np.int64)
-        self._pairs: list[np.ndarray] = []  # uid << 32 | page index in block, for copied pages
+        # Which pages of which blocks were copied (by anyone): blocks of a page or less span at
+        # most two pages, kept as two flags per uid; bigger ones as uid << 32 | page index.
+        self._touched = np.zeros((2, 1024), bool)
+        self._pairs: list[np.ndarray] = []
         self._recent: dict[int, _Recent] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -179,7 +232,7 @@ class AttributionEngine:
             strict=True,
         )
         for ts, *rest in columns:
-            self._push(ts, _ALLOC, tuple(rest))
+            self._push(ts, _ALLOC, (*rest, ts))
 
     def _push(self, ts: int, kind: int, data: tuple[Any, ...]) -> None:
         heapq.heappush(self._queue, (ts, kind, next(self._seq), data))
@@ -207,7 +260,7 @@ class AttributionEngine:
                 pmap = self._map(pid)
             pmap.apply(record, path)
         elif kind == _ALLOC:
-            pid, op, addr, old_addr, size, stack_id, caller, allocator = data
+            pid, op, addr, old_addr, size, stack_id, caller, allocator, ts = data
             site = self.blocks.site_id(
                 Site(
                     "malloc",
@@ -217,7 +270,7 @@ class AttributionEngine:
                     pid,
                 )
             )
-            self._table(pid).apply(op, addr, old_addr, size, site)
+            self._table(pid).apply(op, addr, old_addr, size, site, ts)
         elif kind == _FORK:
             parent, child = data
             self.maps[child] = self._map(parent).copy()
@@ -260,7 +313,7 @@ class AttributionEngine:
             when, kind, _seq, data = heapq.heappop(self._queue)
             owner = self._owner(kind, data)
             group = groups.get(owner)
-            if group is not None and kind != _FORK:
+            if group is not None and kind in (_EXEC, _MAP):  # blocks carry their lifetimes
                 start, stop = group
                 cut = start + int(np.searchsorted(sorted_ts[start:stop], when, side="left"))
                 if cut > start:
@@ -270,6 +323,8 @@ class AttributionEngine:
         for pid, (start, stop) in groups.items():
             if stop > start:
                 self._resolve(pid, records, order[start:stop], extras)
+        for table in self.tables.values():
+            table.compact()
         return extras
 
     def _resolve(
@@ -296,18 +351,26 @@ class AttributionEngine:
         copy_pages = is_copy & has_addr
         if table is not None and len(table) and copy_pages.any():
             pages = addrs[copy_pages] & _PAGE_MASK
-            matched = match_pages(table, pages)
+            matched = match_pages(table, pages, batch["ts"][copy_pages])
             best[copy_pages] = matched.best
             self._count_sites(matched.best)
             if len(matched.pair_uid):
-                page_index = (
-                    pages[matched.pair_copy] - (self.blocks.addr[matched.pair_uid] & _PAGE_MASK)
-                ) >> np.uint64(12)
-                self._pairs.append(
-                    (matched.pair_uid.astype(np.uint64) << np.uint64(32)) | page_index
-                )
+                self._touch(pages[matched.pair_copy], matched.pair_uid)
         if extras is not None:
             self._event_fields(pid, batch, region, offset, has_addr, best, index, extras)
+
+    def _touch(self, pages: np.ndarray, uids: np.ndarray) -> None:
+        """Note copied (page, block) pairs; cheap flags for small blocks, sets for big ones."""
+        if self.blocks.count > self._touched.shape[1]:
+            grown = np.zeros((2, max(self.blocks.count, 2 * self._touched.shape[1])), bool)
+            grown[:, : self._touched.shape[1]] = self._touched
+            self._touched = grown
+        page_index = (pages - (self.blocks.addr[uids] & _PAGE_MASK)) >> np.uint64(12)
+        small = self.blocks.size[uids] <= PAGE
+        self._touched[page_index[small].astype(np.int64), uids[small]] = True
+        if not small.all():
+            big = ~small
+            self._pairs.append((uids[big].astype(np.uint64) << np.uint64(32)) | page_index[big])
 
     def _count_regions(self, pid: int, region: np.ndarray, kinds: np.ndarray) -> None:
         if len(region) == 0:
@@ -319,24 +382,16 @@ class AttributionEngine:
             self._region_counts = grown
         flat = np.bincount(region.astype(np.int64) * 4 + kinds, minlength=rows * 4)
         self._region_counts[:rows] += flat[: rows * 4].reshape(rows, 4)
-        copied = np.unique(region[kinds == KIND_COPY])
-        for rid in copied.tolist():
-            self._region_pids.setdefault(rid, set()).add(pid)
-            # metrics: copies per (pid, mapping kind)
+        copied = region[kinds == KIND_COPY]
         if len(copied):
-            per_region = np.bincount(region[kinds == KIND_COPY], minlength=rows)
-            for rid in copied.tolist():
+            self._region_pids.add(pid, copied)
+            per_region = np.bincount(copied, minlength=rows)
+            for rid in np.flatnonzero(per_region).tolist():  # metrics: per (pid, mapping kind)
                 key = (pid, self.regions.regions[rid].kind)
                 self._by_kind[key] = self._by_kind.get(key, 0) + int(per_region[rid])
 
     def _count_writers(self, pid: int, stacks: np.ndarray) -> None:
-        ids, counts = np.unique(stacks, return_counts=True)
-        for sid, n in zip(ids.tolist(), counts.tolist(), strict=True):
-            if sid < 0:
-                continue
-            self._writer_copies[sid] = self._writer_copies.get(sid, 0) + n
-            self._writer_pids.setdefault(sid, set()).add(pid)
-            self._writer_pid.setdefault(sid, pid)
+        self._writers.add(pid, stacks[stacks >= 0])
 
     def _track_exit(self, pid: int, ts: np.ndarray, stacks: np.ndarray) -> None:
         recent = self._recent.get(pid)
@@ -415,7 +470,8 @@ class AttributionEngine:
         return pmap.executable(addr)
 
     def _writer_stack(self, sid: int) -> Stack:
-        return self.stacks.get(sid, self._writer_pid.get(sid, 0))
+        first = self._writers.first_pid
+        return self.stacks.get(sid, int(first[sid]) if sid < len(first) else 0)
 
     def _site_stack(self, site: Site) -> Stack:
         if site.origin == "recovered":
@@ -427,6 +483,7 @@ class AttributionEngine:
     # ---- views -----------------------------------------------------------------------------
     def _region_stats(self) -> list[RegionStat]:
         stats = []
+        processes = self._region_pids.processes()
         rows = min(len(self.regions), len(self._region_counts))
         for rid in range(rows):
             _, copies, reuses, zeros = self._region_counts[rid].tolist()
@@ -441,7 +498,7 @@ class AttributionEngine:
                     copies=copies,
                     reuses=reuses,
                     zero_fills=zeros,
-                    processes=len(self._region_pids.get(rid, ())),
+                    processes=int(processes[rid]) if rid < len(processes) else 0,
                 )
             )
         stats.sort(key=lambda s: (-s.copies, -s.reuses, -s.zero_fills, s.kind, s.name))
@@ -449,15 +506,21 @@ class AttributionEngine:
 
     def _writer_stats(self) -> list[WriterStat]:
         merged: dict[Stack, list[Any]] = {}
-        for sid, copies in self._writer_copies.items():
+        tally = self._writers
+        for sid in np.flatnonzero(tally.counts).tolist():
             stack = self._writer_stack(sid)
-            entry = merged.setdefault(stack, [0, set()])
-            entry[0] += copies
-            entry[1] |= self._writer_pids.get(sid, set())
-        stats = [
-            WriterStat(frames=s.frames, copies=c, processes=len(p), truncated=s.truncated)
-            for s, (c, p) in merged.items()
-        ]
+            entry = merged.setdefault(stack, [0, np.zeros(len(tally.counts), bool)])
+            entry[0] += int(tally.counts[sid])
+            entry[1][sid] = True
+        stats = []
+        for stack, (copies, ids) in merged.items():
+            # processes that wrote with any of the stack ids that resolve to these frames
+            pids = sum(_any(seen, ids) for seen in tally.seen.values())
+            stats.append(
+                WriterStat(
+                    frames=stack.frames, copies=copies, processes=pids, truncated=stack.truncated
+                )
+            )
         stats.sort(key=lambda s: (-s.copies, s.frames))
         return stats[: self.top]
 
@@ -470,40 +533,58 @@ class AttributionEngine:
             self._pairs = [np.unique(self._pairs[0])]
         return self._pairs[0]
 
-    def _allocation_stats(self) -> list[AllocationStat]:
+    def _touched_blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """uids of blocks with a copied page, and how many of their pages were copied."""
+        flags = self._touched[:, : self.blocks.count]
+        small = np.flatnonzero(flags[0] | flags[1])
+        small_pages = flags[0, small].astype(np.int64) + flags[1, small]
         pairs = self._unique_pairs()
-        uids_all = (pairs >> np.uint64(32)).astype(np.int64)
-        uids, pages = np.unique(uids_all, return_counts=True)
-        by_site: dict[int, list[tuple[int, int]]] = {}
-        for uid, n in zip(uids.tolist(), pages.tolist(), strict=True):
-            by_site.setdefault(int(self.blocks.site[uid]), []).append((uid, n))
+        big, big_pages = np.unique((pairs >> np.uint64(32)).astype(np.int64), return_counts=True)
+        return np.concatenate([small, big]), np.concatenate([small_pages, big_pages])
+
+    def _allocation_stats(self) -> list[AllocationStat]:
+        uids, pages = self._touched_blocks()
+        site_of = self.blocks.site[uids].astype(np.int64)
+        nsites = len(self.blocks.sites)
+        blocks = np.bincount(site_of, minlength=nsites)
+        sizes = self.blocks.size[uids]
+        block_bytes = np.bincount(site_of, weights=sizes.astype(np.float64), minlength=nsites)
+        # the largest blocks of each site: by site, then size down, then address
+        order = np.lexsort((self.blocks.addr[uids], -sizes.astype(np.int64), site_of))
+        heads = np.searchsorted(site_of[order], np.arange(nsites))
+        copies_of = np.zeros(nsites, np.int64)
+        known = min(nsites, len(self._site_copies))
+        copies_of[:known] = self._site_copies[:known]
         merged: dict[tuple[tuple[str, ...], str, str], list[Any]] = {}
-        for site_id, site in enumerate(self.blocks.sites):
-            copies = int(self._site_copies[site_id]) if site_id < len(self._site_copies) else 0
-            touched = by_site.get(site_id, [])
-            if copies == 0 and not touched:
-                continue
+        for site_id in np.flatnonzero((blocks > 0) | (copies_of > 0)).tolist():
+            site = self.blocks.sites[site_id]
+            top = order[heads[site_id] : heads[site_id] + min(LARGEST_BLOCKS, blocks[site_id])]
+            largest = [
+                BlockStat(
+                    addr=int(self.blocks.addr[u]),
+                    size=int(self.blocks.size[u]),
+                    copied_pages=int(n),
+                )  # fmt: skip
+                for u, n in zip(uids[top].tolist(), pages[top].tolist(), strict=True)
+            ]
             key = (self._site_stack(site).frames, site.origin, site.allocator)
-            entry = merged.setdefault(key, [0, []])
-            entry[0] += copies
-            entry[1].extend(touched)
+            entry = merged.setdefault(key, [0, 0, 0, []])
+            entry[0] += int(copies_of[site_id])
+            entry[1] += int(blocks[site_id])
+            entry[2] += int(block_bytes[site_id])
+            entry[3].extend(largest)
         stats = []
-        for (frames, origin, allocator), (copies, touched) in merged.items():
-            sizes = [(int(self.blocks.size[uid]), uid, n) for uid, n in touched]
-            sizes.sort(key=lambda t: (-t[0], int(self.blocks.addr[t[1]])))
-            largest = tuple(
-                BlockStat(addr=int(self.blocks.addr[uid]), size=size, copied_pages=n)
-                for size, uid, n in sizes[:LARGEST_BLOCKS]
-            )
+        for (frames, origin, allocator), (copies, count, nbytes, largest) in merged.items():
+            largest.sort(key=lambda b: (-b.size, b.addr))
             stats.append(
                 AllocationStat(
                     site=frames,
                     origin=origin,
                     allocator=allocator,
-                    blocks=len(touched),
-                    block_bytes=sum(size for size, _, _ in sizes),
+                    blocks=count,
+                    block_bytes=nbytes,
                     copies=copies,
-                    largest=largest,
+                    largest=tuple(largest[:LARGEST_BLOCKS]),
                 )
             )
         stats.sort(key=lambda s: (-s.copies, -s.block_bytes, s.site))
@@ -511,7 +592,7 @@ class AttributionEngine:
 
     def view(self) -> AttributionView | None:
         regions = self._region_stats()
-        if not regions and not self._writer_copies and not self._pairs:
+        if not regions and not self._writers.counts.any() and not self._site_copies.any():
             return None
         return AttributionView(
             regions=tuple(regions),
