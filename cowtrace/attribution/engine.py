@@ -176,6 +176,8 @@ class AttributionEngine:
         self._touched = np.zeros((2, 1024), bool)
         self._pairs: list[np.ndarray] = []
         self._recent: dict[int, _Recent] = {}
+        self._alloc_text: dict[int, str] = {}  # --events pieces, cached
+        self._stack_text: dict[int, str] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     def adopt(self, pid: int, parent: int | None, *, recover_heap: bool) -> None:
@@ -295,9 +297,9 @@ class AttributionEngine:
     def on_fault_events(self, records: np.ndarray) -> list[str] | None:
         """Resolve a batch; returns the --events suffix of each record (see output/events.py)."""
         n = len(records)
-        extras: list[str] | None = [""] * n if self.event_fields else None
+        extras = np.full(n, "", dtype=object) if self.event_fields else None
         if n == 0:
-            return extras
+            return [] if extras is not None else None
         ts = records["ts"]
         pids = records["pid"]
         order = np.lexsort((ts, pids))  # by pid, then time
@@ -325,10 +327,10 @@ class AttributionEngine:
                 self._resolve(pid, records, order[start:stop], extras)
         for table in self.tables.values():
             table.compact()
-        return extras
+        return extras.tolist() if extras is not None else None
 
     def _resolve(
-        self, pid: int, records: np.ndarray, index: np.ndarray, extras: list[str] | None
+        self, pid: int, records: np.ndarray, index: np.ndarray, extras: np.ndarray | None
     ) -> None:
         """Attribute one pid's faults (`index` into records) against its current state."""
         batch = records[index]
@@ -427,40 +429,37 @@ class AttributionEngine:
         has_addr: np.ndarray,
         best: np.ndarray,
         index: np.ndarray,
-        extras: list[str],
+        extras: np.ndarray,
     ) -> None:
-        fragments = self.regions.fragments
-        blocks = self.blocks
-        sites = blocks.sites
-        stack_json: dict[int, str] = {}
-        for i, rid, off, addr_ok, uid, sid, at in zip(
-            range(len(batch)),
-            region.tolist(),
-            offset.tolist(),
-            has_addr.tolist(),
-            best.tolist(),
-            batch["stack_id"].tolist(),
-            index.tolist(),
-            strict=True,
-        ):
-            del i
-            mapping = fragments[rid] if addr_ok else fragments[UNKNOWN_REGION]
-            if uid >= 0:
-                origin = sites[int(blocks.site[uid])].origin
-                alloc = (
-                    f'{{"addr": {int(blocks.addr[uid])}, "size": {int(blocks.size[uid])}, '
-                    f'"origin": "{origin}"}}'
-                )
-            else:
-                alloc = "null"
-            stack = stack_json.get(sid)
-            if stack is None:
-                resolved = self.stacks.get(sid, pid) if sid >= 0 else None
-                stack = stack_json[sid] = resolved.json if resolved is not None else "null"
-            extras[at] = (
-                f', {mapping}, "offset": {off if off >= 0 else "null"}, "alloc": {alloc}, '
-                f'"stack": {stack}'
+        """The --events suffix of each fault: JSON text from cached pieces, one join each."""
+        fragments = np.array(self.regions.fragments, dtype=object)
+        mapping = fragments[np.where(has_addr, region, UNKNOWN_REGION)]
+        offsets = [str(o) if o >= 0 else "null" for o in offset.tolist()]
+        allocs = [self._alloc_json(uid) if uid >= 0 else "null" for uid in best.tolist()]
+        sids, inverse = np.unique(batch["stack_id"], return_inverse=True)
+        stacks = np.array([self._stack_json(int(sid), pid) for sid in sids], dtype=object)
+        extras[index] = [
+            f', {m}, "offset": {o}, "alloc": {a}, "stack": {st}'
+            for m, o, a, st in zip(
+                mapping.tolist(), offsets, allocs, stacks[inverse].tolist(), strict=True
             )
+        ]
+
+    def _alloc_json(self, uid: int) -> str:
+        found = self._alloc_text.get(uid)
+        if found is None:
+            origin = self.blocks.sites[int(self.blocks.site[uid])].origin
+            found = self._alloc_text[uid] = (
+                f'{{"addr": {int(self.blocks.addr[uid])}, "size": {int(self.blocks.size[uid])}, '
+                f'"origin": "{origin}"}}'
+            )
+        return found
+
+    def _stack_json(self, sid: int, pid: int) -> str:
+        found = self._stack_text.get(sid)
+        if found is None:
+            found = self._stack_text[sid] = self.stacks.get(sid, pid).json if sid >= 0 else "null"
+        return found
 
     # ---- helpers ---------------------------------------------------------------------------
     def _is_code(self, pid: int, addr: int) -> bool | None:
