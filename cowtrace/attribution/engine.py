@@ -195,6 +195,9 @@ class AttributionEngine:
                 table.add_many(found.addrs, uids)
 
     def on_fork(self, ts_ns: int, parent: int, child: int) -> None:
+        recent = self._recent.get(child)
+        if recent is not None and recent.exit_ts is not None and recent.exit_ts < ts_ns:
+            del self._recent[child]  # a recycled pid: a new process
         self._push(ts_ns, _FORK, (parent, child))
 
     def on_exec(self, ts_ns: int, pid: int) -> None:

@@ -18,12 +18,14 @@ from rich.table import Table
 from rich.text import Text
 
 from cowtrace.model import Member, Snapshot
+from cowtrace.render import attribution as attr
 from cowtrace.render import format as fmt
 
 WARNING = "bold yellow"
 _SEPARATOR = ("  │  ", "dim")
 _UNBOUNDED = 10_000
 _TABLE_CHROME = 2  # the header row and the rule under it (box.SIMPLE_HEAD, no edges)
+PANE_ROWS = 3  # entries per attribution pane in the live view
 
 
 def member_table(
@@ -143,6 +145,25 @@ def header(snapshot: Snapshot, width: int) -> Text:
     return Text("\n").join([*_pack(first, width), *_pack(second, width)])
 
 
+def attribution_panes(snapshot: Snapshot, top: int = PANE_ROWS) -> RenderableType | None:
+    """Top mappings, allocations and writers, and exit-time copies flagged as waste; None
+    when attribution is off or has nothing yet."""
+    if not attr.has_data(snapshot.attribution):
+        return None
+    parts: list[RenderableType] = []
+    for title, rows in attr.pane_rows(snapshot, top):
+        waste = title.startswith("exit-time")
+        parts.append(Text(title, style=WARNING if waste else "bold"))
+        table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 0, 0, 1))
+        table.add_column(justify="right", no_wrap=True)
+        table.add_column(overflow="ellipsis", no_wrap=True, ratio=3)
+        table.add_column(overflow="ellipsis", no_wrap=True, style="dim", ratio=2)
+        for copied, label, detail in rows:  # Text: names like "[heap]" are not markup
+            table.add_row(Text(copied), Text(label), Text(detail), style=WARNING if waste else "")
+        parts.append(table)
+    return Group(*parts)
+
+
 def _pack(items: Sequence[Text], width: int) -> list[Text]:
     """Lay ``items`` out on as few lines of ``width`` as possible, separated by a bar."""
     separator = Text(_SEPARATOR[0], style=_SEPARATOR[1])
@@ -198,7 +219,12 @@ class LiveView:
         """The whole view, with the member table cut to fit the terminal's height."""
         top = header(snapshot, self.console.width)
         used = len(self.console.render_lines(top, self.console.options, pad=False))
+        panes = attribution_panes(snapshot)
+        if panes is not None:  # +1: a blank line above the panes
+            used += 1 + len(self.console.render_lines(panes, self.console.options, pad=False))
         # +1: a blank line between header and table
         max_rows = max(1, self.console.size.height - used - 1 - _TABLE_CHROME)
         table = fitted_table(self.console, snapshot, fmt.LIVE_COLUMNS, fmt.LIVE_DROPPABLE, max_rows)
-        return Group(top, Text(""), table)
+        if panes is None:
+            return Group(top, Text(""), table)
+        return Group(top, Text(""), table, Text(""), panes)

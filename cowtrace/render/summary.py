@@ -11,8 +11,11 @@ from rich.console import Console
 from rich.text import Text
 
 from cowtrace.model import Snapshot
+from cowtrace.render import attribution as attr
 from cowtrace.render import format as fmt
-from cowtrace.render.live import WARNING, fitted_table
+from cowtrace.render.live import WARNING, attribution_panes, fitted_table
+
+SUMMARY_TOP = 5  # attribution entries per pane in the final summary
 
 
 def ending(snapshot: Snapshot) -> str:
@@ -72,6 +75,10 @@ def render_summary(snapshot: Snapshot, console: Console) -> None:
         console, snapshot, fmt.SUMMARY_COLUMNS, fmt.summary_droppable(snapshot), truncate=False
     )
     console.print(table)
+    panes = attribution_panes(snapshot, SUMMARY_TOP)
+    if panes is not None:
+        console.print()
+        console.print(panes)
 
 
 def summary_lines(snapshot: Snapshot) -> list[str]:
@@ -84,4 +91,5 @@ def summary_lines(snapshot: Snapshot) -> list[str]:
         membership(snapshot),
         "",
         *fmt.text_table(fmt.SUMMARY_COLUMNS, rows),
+        *(["", *extra] if (extra := attr.text_lines(snapshot, SUMMARY_TOP)) else []),
     ]

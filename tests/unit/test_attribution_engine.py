@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
+
 from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.maps import ProcessMap
 from cowtrace.kernel.records import (
@@ -297,3 +299,60 @@ def test_no_data_no_view() -> None:
     eng = engine()
     assert eng.view() is None
     assert eng.summary_sections() == {"regions": [], "allocations": [], "writers": []}
+
+
+def test_blocks_are_seen_as_of_each_copy() -> None:
+    """Allocator calls drained with the faults: a copy inside free() (before it returned)
+    lands in the freed block, one before a malloc returned does not see the new block."""
+    eng = engine()
+    seed(eng)
+    eng.on_alloc_events(
+        alloc_events(
+            [
+                (4, PARENT, ALLOC_OP_ALLOC, HEAP + 16, 2000, 0, -1),
+                (20, PARENT, ALLOC_OP_FREE, HEAP + 16, 0, 0, -1),
+                (30, PARENT, ALLOC_OP_ALLOC, HEAP + 16, 100, 0, -1),  # the address reused
+                (40, PARENT, ALLOC_OP_ALLOC, HEAP + P + 16, 300, 0, -1),
+            ]
+        )
+    )
+    eng.event_fields = True
+    extras = eng.on_fault_events(
+        faults(
+            [
+                (10, PARENT, HEAP, COPY, -1),  # the 2000-byte block
+                (19, PARENT, HEAP, COPY, -1),  # still the 2000-byte block (free not returned)
+                (25, PARENT, HEAP, COPY, -1),  # between free and malloc: nothing
+                (35, PARENT, HEAP, COPY, -1),  # the 100-byte block
+                (35, PARENT, HEAP + P, COPY, -1),  # before the 300-byte block existed
+                (45, PARENT, HEAP + P, COPY, -1),  # the 300-byte block
+            ]
+        )
+    )
+    assert extras is not None
+    sizes = [json.loads("{" + e[2:] + "}")["alloc"] for e in extras]
+    assert [s and s["size"] for s in sizes] == [2000, 2000, None, 100, None, 300]
+
+
+def test_largest_overlap_wins_across_tables() -> None:
+    """Recovered (base table) and new (side table) blocks on one page: the one covering most
+    of the page is the page's block; every overlapping block is counted."""
+    from cowtrace.attribution.allocs import Site
+
+    eng = engine(event_fields=True)
+    seed(eng)
+    table = eng._table(PARENT)
+    site = eng.blocks.site_id(Site("recovered", "glibc", -1, 0, PARENT))
+    addrs = np.array([HEAP + 16, HEAP + 3000], np.uint64)
+    sizes = np.array([1000, 600], np.uint64)
+    table.add_many(addrs, eng.blocks.add_many(addrs, sizes, site))
+    eng.on_alloc_events(alloc_events([(4, PARENT, ALLOC_OP_ALLOC, HEAP + 1100, 1800, 0, -1)]))
+    (extra,) = eng.on_fault_events(faults([(10, PARENT, HEAP, COPY, -1)]))
+    assert json.loads("{" + extra[2:] + "}")["alloc"] == {
+        "addr": HEAP + 1100,
+        "size": 1800,
+        "origin": "malloc",
+    }
+    allocations = {a["origin"]: a for a in eng.summary_sections()["allocations"]}
+    assert allocations["malloc"]["copies"] == 1 and allocations["malloc"]["blocks"] == 1
+    assert allocations["recovered"]["copies"] == 0 and allocations["recovered"]["blocks"] == 2
