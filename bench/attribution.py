@@ -80,9 +80,9 @@ def build(engine: AttributionEngine, rng: np.random.Generator) -> dict[str, np.n
         engine.on_fork(1, MASTER, pid)
 
     def pages(spans: list, n: int) -> np.ndarray:
+        spans = [s for s in spans if s.end - s.start >= PAGE]
         starts = np.array([s.start for s in spans], np.uint64)
         lengths = np.array([(s.end - s.start) // PAGE for s in spans], np.uint64)
-        spans = [s for s in spans if s.end > s.start]
         pick = rng.integers(0, len(spans), n)
         return starts[pick] + (rng.integers(0, 1 << 30, n).astype(np.uint64) % lengths[pick]) * PAGE
 

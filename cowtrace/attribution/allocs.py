@@ -303,13 +303,15 @@ def _overlaps(
         first = np.cumsum(counts) - counts
         position = np.arange(total) - np.repeat(first, counts) + np.repeat(lo, counts)
     page = pages[copy_index]
-    keep = (part.ends[position] > page) & (part.starts[position] < page + np.uint64(PAGE))
-    when = ts[copy_index]
-    if part.born is not None:
-        keep &= part.born[position] <= when
-    if part.died is not None:
-        keep &= when < part.died[position]
-    copy_index, position, page = copy_index[keep], position[keep], page[keep]
+    if part.brute or part.born is not None or part.died is not None:
+        # (a disjoint table's index range holds only overlapping blocks, all alive)
+        keep = (part.ends[position] > page) & (part.starts[position] < page + np.uint64(PAGE))
+        when = ts[copy_index]
+        if part.born is not None:
+            keep &= part.born[position] <= when
+        if part.died is not None:
+            keep &= when < part.died[position]
+        copy_index, position, page = copy_index[keep], position[keep], page[keep]
     block_start = part.starts[position]
     overlap = np.minimum(part.ends[position], page + np.uint64(PAGE)).astype(np.int64) - np.maximum(
         block_start, page

@@ -57,6 +57,8 @@ TOP_N = 50
 LARGEST_BLOCKS = 5
 _PAGE_MASK = np.uint64(~(PAGE - 1) & 0xFFFFFFFFFFFFFFFF)
 
+_COLUMNS = ("ts", "addr", "kind", "stack_id")  # the EVENT_DTYPE fields attribution reads
+
 # Queued changes, in the order they sort at equal timestamps.
 _FORK, _EXEC, _MAP, _ALLOC = 0, 1, 2, 3
 
@@ -303,8 +305,10 @@ class AttributionEngine:
         extras = np.full(n, "", dtype=object) if self.event_fields else None
         if n == 0:
             return [] if extras is not None else None
-        ts = records["ts"]
-        pids = records["pid"]
+        # contiguous columns: gathering them is much cheaper than gathering 48-byte records
+        columns = {name: np.ascontiguousarray(records[name]) for name in _COLUMNS}
+        ts = columns["ts"]
+        pids = np.ascontiguousarray(records["pid"])
         order = np.lexsort((ts, pids))  # by pid, then time
         sorted_pids = pids[order]
         sorted_ts = ts[order]
@@ -322,21 +326,25 @@ class AttributionEngine:
                 start, stop = group
                 cut = start + int(np.searchsorted(sorted_ts[start:stop], when, side="left"))
                 if cut > start:
-                    self._resolve(owner, records, order[start:cut], extras)
+                    self._resolve(owner, columns, order[start:cut], extras)
                     group[0] = cut
             self._apply(kind, data)
         for pid, (start, stop) in groups.items():
             if stop > start:
-                self._resolve(pid, records, order[start:stop], extras)
+                self._resolve(pid, columns, order[start:stop], extras)
         for table in self.tables.values():
             table.compact()
         return extras.tolist() if extras is not None else None
 
     def _resolve(
-        self, pid: int, records: np.ndarray, index: np.ndarray, extras: np.ndarray | None
+        self,
+        pid: int,
+        columns: dict[str, np.ndarray],
+        index: np.ndarray,
+        extras: np.ndarray | None,
     ) -> None:
-        """Attribute one pid's faults (`index` into records) against its current state."""
-        batch = records[index]
+        """Attribute one pid's faults (`index` into the columns) against its current state."""
+        batch = {name: column[index] for name, column in columns.items()}
         addrs = batch["addr"]
         kinds = batch["kind"].astype(np.int64)
         pmap = self._map(pid)
@@ -351,7 +359,7 @@ class AttributionEngine:
             self._count_writers(pid, copy_stacks)
             self._track_exit(pid, copy_ts, copy_stacks)
 
-        best = np.full(len(batch), -1, np.int64)
+        best = np.full(len(addrs), -1, np.int64)
         table = self.tables.get(pid)
         copy_pages = is_copy & has_addr
         if table is not None and len(table) and copy_pages.any():
@@ -426,7 +434,7 @@ class AttributionEngine:
     def _event_fields(
         self,
         pid: int,
-        batch: np.ndarray,
+        batch: dict[str, np.ndarray],
         region: np.ndarray,
         offset: np.ndarray,
         has_addr: np.ndarray,

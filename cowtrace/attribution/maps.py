@@ -348,6 +348,8 @@ def _carve(
     """
     lo = (lo + PAGE // 2) & ~(PAGE - 1)
     hi = (hi + PAGE // 2) & ~(PAGE - 1)
+    if lo >= hi:  # less than half a page: no page is mostly this section
+        return pieces
     out = []
     for start, end, label in pieces:
         if label is not None or hi <= start or lo >= end:

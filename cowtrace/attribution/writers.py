@@ -77,5 +77,8 @@ class StackCache:
                 truncated = True
                 break
             assert self.resolver is not None
-            frames.append(self.resolver.symbolize(pid, addr))
+            try:
+                frames.append(self.resolver.symbolize(pid, addr))
+            except Exception:  # noqa: BLE001 - a symbolizer failure must not end tracing
+                frames.append(f"0x{addr:x} (?)")
         return Stack(tuple(frames), truncated)

@@ -167,3 +167,14 @@ def test_libc_sections_from_its_elf_headers() -> None:
     # the .bss tail is reported as the file, with continued offsets
     bss = [i for i in pmap.intervals if registry.regions[i.region].section == ".bss"]
     assert all(i.offset > 0 for i in bss if "libc.so" in i.name)
+
+
+def test_sections_split_whole_pages_only() -> None:
+    from cowtrace.attribution.maps import _carve
+
+    pieces = [(0x1000, 0x5000, None)]
+    assert _carve(pieces, 0x1900, 0x1A00, ".data") == pieces  # a sliver: no page
+    assert _carve(pieces, 0x1100, 0x3900, ".data") == [
+        (0x1000, 0x4000, ".data"),
+        (0x4000, 0x5000, None),
+    ]
