@@ -41,6 +41,7 @@ TCACHE_BINS = 64
 TCACHE_CHUNK = 0x290  # chunk of a tcache_perthread_struct (uint16 counts[64], entries[64])
 HEAP_INFO_SIZES = (48, 32, 40)  # sizeof(heap_info): 2.35+ first, older after
 WINDOW = 8 << 20
+WHOLE_READ = 1 << 30  # heaps up to this size are read in one go
 MAX_LIST = 1 << 20  # a free list longer than this is corrupt (or changing): stop
 
 
@@ -93,7 +94,38 @@ class _Chunks:
 
 
 def _walk_chunks(mem: Memory, start: int, end: int) -> _Chunks:
-    """Follow chunk sizes from `start`; stop at the top chunk, a fencepost or nonsense."""
+    """Follow chunk sizes from `start`; stop at the top chunk, a fencepost or nonsense.
+
+    The heap is read whole (up to WHOLE_READ bytes) and walked as 8-byte words: the walk is
+    sequential by nature, so the loop body is kept to a few index operations."""
+    found = _Chunks()
+    if start % 8 or end - start > WHOLE_READ:
+        return _walk_chunks_windowed(mem, start, end)
+    data = mem.read(start, end - start)
+    usable = len(data) - len(data) % 8
+    words = memoryview(data)[:usable].cast("Q")
+    limit = usable  # bytes readable from start
+    starts, sizes = found.starts, found.sizes
+    offset = 0
+    while offset + 16 <= limit:
+        length = words[(offset >> 3) + 1] & ~SIZE_BITS
+        if length < MIN_CHUNK or length & 15 or offset + length > limit:
+            if length < MIN_CHUNK:
+                found.top = start + offset  # a fencepost: the heap's end
+            break
+        following = offset + length
+        if following + 16 > limit:  # the last chunk of the heap is the top chunk
+            found.top = start + offset
+            break
+        if words[(following >> 3) + 1] & PREV_INUSE:
+            starts.append(start + offset)
+            sizes.append(length)
+        offset = following
+    return found
+
+
+def _walk_chunks_windowed(mem: Memory, start: int, end: int) -> _Chunks:
+    """_walk_chunks for a heap too big to read at once: one 8-byte read per header."""
     found = _Chunks()
     chunk = start
     while chunk + 16 <= end:
@@ -102,8 +134,8 @@ def _walk_chunks(mem: Memory, start: int, end: int) -> _Chunks:
             break
         length = size & ~SIZE_BITS
         if length < MIN_CHUNK or length % 16 or chunk + length > end:
-            if length == 0 or length < MIN_CHUNK:
-                found.top = chunk if chunk + 16 <= end else 0  # fencepost: heap's end
+            if length < MIN_CHUNK:
+                found.top = chunk  # a fencepost: the heap's end
             break
         following = chunk + length
         if following + 16 > end:  # the last chunk of the heap is the top chunk
@@ -258,10 +290,9 @@ def walk(pid: int, intervals: list[Interval]) -> Recovered:
 
 
 def _walk(mem: Memory, intervals: list[Interval]) -> Recovered:
-    chunks: list[tuple[int, int, bool]] = []  # (chunk, size, mmapped)
+    heaps: list[_Chunks] = []  # chunks that look in use, per heap (mmapped ones apart)
     parked: set[int] = set()
     arenas = 0
-    metadata: set[int] = set()  # tcache structs: allocator bookkeeping, not user blocks
     heap = next((i for i in intervals if i.kind == "heap"), None)
     spans = {
         i.start: i.end - i.start for i in intervals if i.kind == "anon" and i.start % HEAP_MAX == 0
@@ -269,7 +300,7 @@ def _walk(mem: Memory, intervals: list[Interval]) -> Recovered:
     arena_heaps: set[int] = set()
     if heap is not None:
         main = _walk_chunks(mem, heap.start, heap.end)
-        chunks.extend((c, s, False) for c, s in zip(main.starts, main.sizes, strict=True))
+        heaps.append(main)
         main_arena = _find_main_arena(mem, intervals, main.top) if main.top else None
         if main_arena is not None:
             arenas = 1
@@ -282,30 +313,29 @@ def _walk(mem: Memory, intervals: list[Interval]) -> Recovered:
                 parked |= _fastbin_parked(mem, arena)
                 for start, end in _arena_heaps(mem, arena, spans):
                     arena_heaps.add(start & ~(HEAP_MAX - 1))
-                    found = _walk_chunks(mem, start, end)
-                    chunks.extend(
-                        (c, s, False) for c, s in zip(found.starts, found.sizes, strict=True)
-                    )
+                    heaps.append(_walk_chunks(mem, start, end))
                 arena = mem.u64(arena + ARENA_NEXT)
-    # Every tcache is a 0x290 chunk in some heap; the ones whose bins check out are tcaches.
-    for chunk, size, _ in chunks:
-        if size == TCACHE_CHUNK:
-            held = _tcache_parked(mem, chunk)
-            if held is not None:
-                metadata.add(chunk)
-                parked |= held
-    for interval in intervals:
-        if interval.kind == "anon" and interval.start not in arena_heaps:
-            chunks.extend((c, s, True) for c, s in _mmapped(mem, interval))
-    kept = [
-        (c + 16, s - 16 if mmapped else s - 8)
-        for c, s, mmapped in chunks
-        if c not in parked and c not in metadata
+    starts = np.array([c for h in heaps for c in h.starts], np.uint64)
+    sizes = np.array([z for h in heaps for z in h.sizes], np.uint64)
+    # Every tcache is a 0x290 chunk in some heap; the ones whose bins check out are tcaches
+    # (allocator bookkeeping, not user blocks), and the chunks they hold are free.
+    metadata: set[int] = set()
+    for chunk in starts[sizes == TCACHE_CHUNK].tolist():
+        held = _tcache_parked(mem, chunk)
+        if held is not None:
+            metadata.add(chunk)
+            parked |= held
+    mmapped = [
+        found
+        for interval in intervals
+        if interval.kind == "anon" and interval.start not in arena_heaps
+        for found in _mmapped(mem, interval)
     ]
-    kept.sort()
-    return Recovered(
-        addrs=np.array([a for a, _ in kept], np.uint64),
-        sizes=np.array([s for _, s in kept], np.uint64),
-        arenas=arenas,
-        parked=len(parked),
+    dropped = np.array(sorted(parked | metadata), np.uint64)
+    keep = ~np.isin(starts, dropped)
+    addrs = np.concatenate([starts[keep], np.array([c for c, _ in mmapped], np.uint64)]) + 16
+    usable = np.concatenate(
+        [sizes[keep] - 8, np.array([z for _, z in mmapped], np.uint64) - np.uint64(16)]
     )
+    order = np.argsort(addrs, kind="stable")
+    return Recovered(addrs=addrs[order], sizes=usable[order], arenas=arenas, parked=len(parked))

@@ -59,7 +59,10 @@ def target(target_binary: Path):
         proc.wait(timeout=10)
 
 
-def test_walker_finds_exact_live_blocks(target) -> None:
+@pytest.mark.parametrize("whole_read", [glibc_heap.WHOLE_READ, 0], ids=["whole", "windowed"])
+def test_walker_finds_exact_live_blocks(target, whole_read, monkeypatch) -> None:
+    """Both chunk walks: the heap read whole, and header by header (heaps over 1 GiB)."""
+    monkeypatch.setattr(glibc_heap, "WHOLE_READ", whole_read)
     pid, live, freed = target
     found = glibc_heap.walk(pid, read_proc_maps(pid) or [])
     blocks = dict(zip(found.addrs.tolist(), found.sizes.tolist(), strict=True))
