@@ -13,6 +13,18 @@ far stays queued (a fault drained next time may still precede it) until `flush()
 Exit-time copies.  Each process keeps its copies of the last `exit_window_s` (ts, stack id);
 at exit those within the window before the exit are counted, and a copy of an exited process
 drained late is checked against its exit time directly.
+
+How the session uses it (see sink.py for the call order):
+
+    sink = AttributionEngine(resolver, exit_window_s=options.exit_window_s,
+                             event_fields=options.events_path is not None)
+    sink.adopt(pid, parent, recover_heap=attach_mode_without_malloc_uprobes)  # each adoptee
+    sink.on_fork / on_exec / on_exit(ts_ns, ...)        # lifecycle records
+    sink.on_map_events(map_records); sink.on_alloc_events(alloc_records)
+    extra = sink.on_fault_events(fault_records)         # every drained fault batch
+    events.write(fault_records, extra)                  # --events: one JSON suffix per record
+    snapshot.attribution = sink.view()                  # each refresh
+    write_summary(final, path, sink)                    # --json sections + per-process fields
 """
 
 from __future__ import annotations

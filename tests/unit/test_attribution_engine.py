@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -267,7 +266,7 @@ def test_summary_schema() -> None:
     assert set(eng.process_fields(PARENT)) == {"exit_copies", "exit_writers"}
 
 
-def test_event_fields_in_the_log() -> None:
+def test_event_fields_in_the_log(tmp_path) -> None:
     eng = engine(resolver=FakeResolver({1: [CODE + 8]}), event_fields=True)
     seed(eng)
     eng.on_alloc_events(alloc_events([(4, PARENT, ALLOC_OP_ALLOC, HEAP + 16, 64, 0, -1)]))
@@ -275,10 +274,11 @@ def test_event_fields_in_the_log() -> None:
         [(12, PARENT, ANON + P, REUSE, -1), (10, PARENT, HEAP, COPY, 1), (11, PARENT, 0, COPY, -1)]
     )
     extra = eng.on_fault_events(records)
-    log = EventLog.__new__(EventLog)
-    log._own, log._file, log._offset, log.written = False, io.StringIO(), 0.0, 0
+    path = tmp_path / "events.jsonl"
+    log = EventLog(str(path))
     log.write(records, extra)
-    lines = [json.loads(line) for line in log._file.getvalue().splitlines()]
+    log.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
     picked = [
         {k: line[k] for k in ("mapping", "path", "offset", "alloc", "stack")} for line in lines
     ]
