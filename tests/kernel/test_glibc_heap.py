@@ -97,3 +97,34 @@ def test_adopt_recovers_blocks_and_attributes_copies(target) -> None:
     assert alloc["origin"] == "recovered" and alloc["site"] == []
     assert alloc["copies"] == 3 and alloc["blocks"] == 1
     assert alloc["largest"] == [{"addr": biggest, "size": live[biggest], "copied_pages": 3}]
+
+
+def test_adopted_map_resolves_real_regions(target) -> None:
+    """Copies at real addresses of an adopted process: its [heap] block, its libc .data."""
+    from cowtrace.kernel.records import EVENT_DTYPE
+
+    pid, live, _ = target
+    intervals = read_proc_maps(pid) or []
+    engine = AttributionEngine(None, event_fields=True)
+    engine.adopt(pid, None, recover_heap=True)
+    heap = next(i for i in intervals if i.kind == "heap")
+    block = next(a for a in sorted(live) if heap.start <= a and a + live[a] < heap.end and
+                 live[a] >= 4096)  # fmt: skip
+    libc_data = next(
+        i.start
+        for i in engine.maps[pid].intervals
+        if "libc.so" in i.name and engine.regions.regions[i.region].section == ".data"
+    )
+    records = np.zeros(2, EVENT_DTYPE)
+    records["pid"], records["kind"], records["stack_id"] = pid, 1, -1
+    records["ts"] = [10, 11]
+    records["addr"] = [(block + 4095) & ~4095, libc_data]  # a page wholly inside the block
+    extra = engine.on_fault_events(records)
+    assert extra is not None
+    fields = [json.loads("{" + e[2:] + "}") for e in extra]
+    assert fields[0]["mapping"] == "heap"
+    assert fields[0]["alloc"] == {"addr": block, "size": live[block], "origin": "recovered"}
+    assert fields[1]["mapping"] == "file" and "libc.so" in fields[1]["path"]
+    assert fields[1]["offset"] > 0
+    regions = {(r["kind"], r["section"]) for r in engine.summary_sections()["regions"]}
+    assert regions == {("heap", None), ("file", ".data")}
