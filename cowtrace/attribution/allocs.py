@@ -95,63 +95,73 @@ BIG_BLOCK = 1 << 20  # recent blocks this large are matched by brute force (they
 class BlockTable:
     """One member's blocks, with lifetimes, for matching copied pages as of their timestamps.
 
-    `live` (address -> uid) is the current truth (copied at fork).  For matching, blocks sit in
-    a sorted base table (built at `compact()`) whose entries carry the time they were freed
-    (`died`), plus a small side table of blocks allocated since (with birth and death times).
+    Blocks sit in a sorted base table (numpy, shared with forked children, never modified)
+    whose entries carry the time they were freed (`died`, per table, allocated on the first
+    free), plus a small side table of blocks allocated since (with birth and death times).
     Allocator calls are applied as they come, in timestamp order, and a fault at time t sees
     exactly the blocks born <= t < died: so a process that mallocs between its copies needs no
     re-sort per copy, and a copy made inside free() (before the free returned) still lands in
-    the block being freed.
+    the block being freed.  A fork costs no copy of the heap's table: 32 workers of a master
+    with a million blocks share one base.
     """
 
-    def __init__(self, registry: BlockRegistry, live: dict[int, int] | None = None) -> None:
+    def __init__(self, registry: BlockRegistry) -> None:
         self.registry = registry
-        self.live: dict[int, int] = live if live is not None else {}
+        empty = np.zeros(0, np.uint64)
+        self._base: tuple[np.ndarray, np.ndarray, np.ndarray] = (
+            empty,
+            empty,
+            np.zeros(0, np.int64),
+        )
+        self._died: np.ndarray | None = None  # None: every base block alive
+        self._ndead = 0
         self._side: dict[int, list[int]] = {}  # uid -> [addr, born, died]
-        self._ndead = 0
-        self._rebuild()
-
-    def _rebuild(self) -> None:
-        self._base = _sorted_blocks(self.registry, self.live)
-        self._died = np.full(len(self._base[0]), NEVER, np.int64)
-        self._ndead = 0
-        self._side = {}
+        self._side_live: dict[int, int] = {}  # addr -> uid of the side table's live blocks
 
     def copy(self) -> BlockTable:
         clone = BlockTable.__new__(BlockTable)
-        clone.registry, clone.live = self.registry, dict(self.live)
-        clone._base, clone._died = self._base, self._died.copy()
+        clone.registry, clone._base = self.registry, self._base
+        clone._died = self._died.copy() if self._died is not None else None
         clone._ndead = self._ndead
         clone._side = {uid: list(entry) for uid, entry in self._side.items()}
+        clone._side_live = dict(self._side_live)
         return clone
 
     def __len__(self) -> int:
-        return len(self.live) + len(self._side)
+        """Blocks held (alive or not yet compacted away): zero means nothing to match."""
+        return len(self._base[0]) + len(self._side)
+
+    def live(self) -> tuple[np.ndarray, np.ndarray]:
+        """Addresses and uids of the blocks alive now."""
+        starts, _, uids = self._base
+        alive = self._died == NEVER if self._died is not None else slice(None)
+        side_addrs = np.fromiter(self._side_live.keys(), np.uint64, len(self._side_live))
+        side_uids = np.fromiter(self._side_live.values(), np.int64, len(self._side_live))
+        return np.concatenate([starts[alive], side_addrs]), np.concatenate([uids[alive], side_uids])
 
     def add(self, addr: int, uid: int, ts: int = 0) -> None:
-        if addr in self.live:  # its free was lost: the new block replaces it
-            self.remove(addr, ts)
-        self.live[addr] = uid
+        self.remove(addr, ts)  # only does something if a free was lost
         self._side[uid] = [addr, ts, int(NEVER)]
+        self._side_live[addr] = uid
 
     def add_many(self, addrs: np.ndarray, uids: np.ndarray) -> None:
         """Blocks that existed before anything was traced (a recovered heap)."""
-        self.live.update(zip(addrs.tolist(), uids.tolist(), strict=True))
-        self._rebuild()
+        live_addrs, live_uids = self.live()
+        self._rebuild(np.concatenate([live_addrs, addrs]), np.concatenate([live_uids, uids]))
 
     def remove(self, addr: int, ts: int = 0) -> None:
-        uid = self.live.pop(addr, None)
-        if uid is None:
+        uid = self._side_live.pop(addr, None)
+        if uid is not None:
+            self._side[uid][2] = ts
             return
-        entry = self._side.get(uid)
-        if entry is not None:
-            entry[2] = ts
-            return
-        starts, _, uids = self._base
+        starts = self._base[0]
         pos = int(np.searchsorted(starts, np.uint64(addr)))
-        if pos < len(starts) and int(starts[pos]) == addr and int(uids[pos]) == uid:
-            self._died[pos] = ts
-            self._ndead += 1
+        if pos < len(starts) and int(starts[pos]) == addr:
+            if self._died is None:
+                self._died = np.full(len(starts), NEVER, np.int64)
+            if self._died[pos] == NEVER:
+                self._died[pos] = ts
+                self._ndead += 1
 
     def apply(self, op: int, addr: int, old_addr: int, size: int, site: int, ts: int) -> None:
         """One allocator call, as the ALLOC_EVENT_DTYPE record gives it."""
@@ -166,14 +176,19 @@ class BlockTable:
             if addr:
                 self.add(addr, self.registry.add(addr, size, site), ts)
 
+    def _rebuild(self, addrs: np.ndarray, uids: np.ndarray) -> None:
+        self._base = _sorted_blocks(self.registry, addrs, uids)
+        self._died, self._ndead = None, 0
+        self._side, self._side_live = {}, {}
+
     def compact(self) -> None:
         """Fold the side table and the dead into a new base, once they are many.
 
         Called when no fault older than the changes applied so far is expected (after a
         drained batch): blocks freed before then are forgotten."""
         if len(self._side) + self._ndead > max(4096, len(self._base[0]) // 8):
-            self._rebuild()
-        elif any(entry[2] != NEVER for entry in self._side.values()):
+            self._rebuild(*self.live())
+        elif len(self._side) > len(self._side_live):
             self._side = {u: e for u, e in self._side.items() if e[2] == NEVER}
 
     def parts(self) -> list[_Part]:
@@ -217,18 +232,15 @@ class _Part:
 
 
 def _sorted_blocks(
-    registry: BlockRegistry, live: dict[int, int]
+    registry: BlockRegistry, addrs: np.ndarray, uids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = len(live)
-    starts = np.fromiter(live.keys(), np.uint64, n)
-    uids = np.fromiter(live.values(), np.int64, n)
-    order = np.argsort(starts, kind="stable")
-    starts, uids = starts[order], uids[order]
+    order = np.argsort(addrs, kind="stable")
+    starts, uids = addrs[order].astype(np.uint64), uids[order].astype(np.int64)
     ends = starts + registry.size[uids]
-    if n > 1:
+    if len(starts) > 1:
         # A stale block (its free was lost) can overlap another: keep the lower one.
         reach = np.maximum.accumulate(ends)
-        clash = np.zeros(n, bool)
+        clash = np.zeros(len(starts), bool)
         clash[1:] = starts[1:] < reach[:-1]
         if clash.any():
             keep = ~clash

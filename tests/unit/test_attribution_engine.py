@@ -356,3 +356,21 @@ def test_largest_overlap_wins_across_tables() -> None:
     allocations = {a["origin"]: a for a in eng.summary_sections()["allocations"]}
     assert allocations["malloc"]["copies"] == 1 and allocations["malloc"]["blocks"] == 1
     assert allocations["recovered"]["copies"] == 0 and allocations["recovered"]["blocks"] == 2
+
+
+def test_fork_shares_the_block_table() -> None:
+    """Workers of a master with a big recovered heap do not each copy its table."""
+    from cowtrace.attribution.allocs import Site
+
+    eng = engine()
+    seed(eng)
+    table = eng._table(PARENT)
+    site = eng.blocks.site_id(Site("recovered", "glibc", -1, 0, PARENT))
+    addrs = HEAP + 16 + 64 * np.arange(1000, dtype=np.uint64)
+    table.add_many(addrs, eng.blocks.add_many(addrs, np.full(1000, 48, np.uint64), site))
+    for child in range(200, 232):
+        eng.on_fork(10, PARENT, child)
+    eng.on_alloc_events(alloc_events([(20, 200, ALLOC_OP_FREE, HEAP + 16, 0, 0, -1)]))
+    eng.flush()
+    assert all(eng.tables[c]._base is table._base for c in range(200, 232))
+    assert len(eng.tables[200].live()[0]) == 999 and len(eng.tables[201].live()[0]) == 1000
