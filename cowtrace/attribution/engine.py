@@ -62,7 +62,6 @@ from cowtrace.attribution.view import (
 )
 from cowtrace.attribution.writers import NO_STACK, Stack, StackCache
 from cowtrace.kernel.records import MAP_OP_MMAP
-from cowtrace.model import PAGE_SIZE
 
 KIND_COPY, KIND_REUSE, KIND_ZERO = 1, 2, 3
 TOP_N = 50
@@ -178,7 +177,6 @@ class AttributionEngine:
         self.stacks = StackCache(resolver, self._is_code)
         self._queue: list[tuple[int, int, int, tuple[Any, ...]]] = []  # (ts, kind, seq, data)
         self._seq = itertools.count()
-        self._newest_fault = 0
         # Aggregates.
         self._region_counts = np.zeros((64, 4), np.int64)  # region id x kind
         self._region_pids = _Tally()  # copies per region; counts unused (kinds are in the matrix)
@@ -221,7 +219,7 @@ class AttributionEngine:
         """Applied at once: exits change no map, and late copies are checked on arrival."""
         recent = self._recent.setdefault(pid, _Recent())
         recent.exit_ts = ts_ns
-        lo = ts_ns - self.window_ns
+        lo = max(0, ts_ns - self.window_ns)
         for ts, stacks in recent.chunks:
             recent.count(ts, stacks, lo, ts_ns)
         recent.chunks.clear()
@@ -327,7 +325,6 @@ class AttributionEngine:
         bounds = np.flatnonzero(np.r_[True, sorted_pids[1:] != sorted_pids[:-1], True])
         groups = {int(sorted_pids[a]): [a, b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
         newest = int(ts.max())
-        self._newest_fault = max(self._newest_fault, newest)
         # Changes up to the newest fault, in ts order; each first resolves its owner's older
         # faults against the state before it.
         while self._queue and self._queue[0][0] <= newest:
@@ -423,7 +420,7 @@ class AttributionEngine:
         if recent is None:
             recent = self._recent[pid] = _Recent()
         if recent.exit_ts is not None:  # drained after its exit: check it directly
-            recent.count(ts, stacks, recent.exit_ts - self.window_ns, 1 << 63)
+            recent.count(ts, stacks, max(0, recent.exit_ts - self.window_ns), (1 << 64) - 1)
             return
         recent.chunks.append((ts.copy(), stacks.copy()))
         newest = int(ts.max())
@@ -692,6 +689,3 @@ class AttributionEngine:
                 for stack, n in self.exit_writers(pid)[: self.top]
             ],
         }
-
-
-assert PAGE == PAGE_SIZE
