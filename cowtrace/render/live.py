@@ -154,8 +154,10 @@ def attribution_panes(snapshot: Snapshot, top: int = PANE_ROWS) -> RenderableTyp
     for title, rows in attr.pane_rows(snapshot, top):
         waste = title.startswith("exit-time")
         parts.append(Text(title, style=WARNING if waste else "bold"))
-        table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 0, 0, 1))
-        table.add_column(justify="right", no_wrap=True)
+        table = Table(
+            box=None, show_header=False, pad_edge=False, padding=(0, 0, 0, 1), expand=True
+        )
+        table.add_column(justify="right", no_wrap=True, min_width=10)
         table.add_column(overflow="ellipsis", no_wrap=True, ratio=3)
         table.add_column(overflow="ellipsis", no_wrap=True, style="dim", ratio=2)
         for copied, label, detail in rows:  # Text: names like "[heap]" are not markup
