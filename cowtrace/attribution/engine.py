@@ -65,6 +65,8 @@ from cowtrace.kernel.records import MAP_OP_MMAP
 
 KIND_COPY, KIND_REUSE, KIND_ZERO = 1, 2, 3
 TOP_N = 50
+QUEUE_LIMIT = 1 << 16  # queued changes before old ones are applied without waiting for faults
+QUEUE_HORIZON_NS = 1_000_000_000
 LARGEST_BLOCKS = 5
 _PAGE_MASK = np.uint64(~(PAGE - 1) & 0xFFFFFFFFFFFFFFFF)
 
@@ -250,6 +252,8 @@ class AttributionEngine:
         )
         for ts, *rest in columns:
             self._push(ts, _ALLOC, (*rest, ts))
+        if len(self._queue) > QUEUE_LIMIT:
+            self._apply_until(int(records["ts"].max()) - QUEUE_HORIZON_NS)
 
     def _push(self, ts: int, kind: int, data: tuple[Any, ...]) -> None:
         heapq.heappush(self._queue, (ts, kind, next(self._seq), data))
@@ -304,7 +308,14 @@ class AttributionEngine:
 
     def flush(self) -> None:
         """Apply every queued change (at the end, when no older fault can arrive)."""
-        while self._queue:
+        self._apply_until(None)
+
+    def _apply_until(self, limit: int | None) -> None:
+        """Apply queued changes up to `limit` ns (all with None).  Besides the end, used when
+        a process mallocs a lot but copies nothing, so that the queue stays bounded: a fault
+        drained later than a change QUEUE_HORIZON_NS newer than it is not expected (the
+        session drains faults first, several times a second)."""
+        while self._queue and (limit is None or self._queue[0][0] <= limit):
             _ts, kind, _seq, data = heapq.heappop(self._queue)
             self._apply(kind, data)
 

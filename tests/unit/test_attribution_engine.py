@@ -374,3 +374,19 @@ def test_fork_shares_the_block_table() -> None:
     eng.flush()
     assert all(eng.tables[c]._base is table._base for c in range(200, 232))
     assert len(eng.tables[200].live()[0]) == 999 and len(eng.tables[201].live()[0]) == 1000
+
+
+def test_queue_stays_bounded_without_faults(monkeypatch) -> None:
+    import cowtrace.attribution.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "QUEUE_LIMIT", 100)
+    eng = engine()
+    seed(eng)
+    second = 1_000_000_000
+    rows = [
+        (i * second // 100, PARENT, ALLOC_OP_ALLOC, HEAP + 64 * i, 32, 0, -1) for i in range(300)
+    ]
+    eng.on_alloc_events(alloc_events(rows))
+    # everything older than a second before the newest call was applied
+    assert len(eng._queue) == 100  # ts 2.0 s .. 2.99 s
+    assert len(eng.tables[PARENT].live()[0]) == 200
