@@ -63,19 +63,8 @@ class BlockRegistry:
             self.sites.append(site)
         return found
 
-    def add(self, addr: int, size: int, site: int) -> int:
-        if self.count == len(self.addr):
-            grow = len(self.addr) * 2
-            self.addr = np.resize(self.addr, grow)
-            self.size = np.resize(self.size, grow)
-            self.site = np.resize(self.site, grow)
-        uid = self.count
-        self.addr[uid], self.size[uid], self.site[uid] = addr, size, site
-        self.count += 1
-        return uid
-
-    def add_many(self, addrs: np.ndarray, sizes: np.ndarray, site: int) -> np.ndarray:
-        """Register a batch of blocks of one site (a recovered heap); returns their uids."""
+    def add_many(self, addrs: np.ndarray, sizes: np.ndarray, site: int | np.ndarray) -> np.ndarray:
+        """Register a batch of blocks (of one site, or one each); returns their uids."""
         n = len(addrs)
         while self.count + n > len(self.addr):
             grow = len(self.addr) * 2
@@ -139,42 +128,73 @@ class BlockTable:
         side_uids = np.fromiter(self._side_live.values(), np.int64, len(self._side_live))
         return np.concatenate([starts[alive], side_addrs]), np.concatenate([uids[alive], side_uids])
 
-    def add(self, addr: int, uid: int, ts: int = 0) -> None:
-        self.remove(addr, ts)  # only does something if a free was lost
-        self._side[uid] = [addr, ts, int(NEVER)]
-        self._side_live[addr] = uid
-
     def add_many(self, addrs: np.ndarray, uids: np.ndarray) -> None:
         """Blocks that existed before anything was traced (a recovered heap)."""
         live_addrs, live_uids = self.live()
         self._rebuild(np.concatenate([live_addrs, addrs]), np.concatenate([live_uids, uids]))
 
-    def remove(self, addr: int, ts: int = 0) -> None:
-        uid = self._side_live.pop(addr, None)
-        if uid is not None:
-            self._side[uid][2] = ts
-            return
-        starts = self._base[0]
-        pos = int(np.searchsorted(starts, np.uint64(addr)))
-        if pos < len(starts) and int(starts[pos]) == addr:
-            if self._died is None:
-                self._died = np.full(len(starts), NEVER, np.int64)
-            if self._died[pos] == NEVER:
-                self._died[pos] = ts
-                self._ndead += 1
+    def apply_many(
+        self,
+        ops: list[int],
+        addrs: list[int],
+        old_addrs: list[int],
+        sizes: list[int],
+        uids: list[int],
+        stamps: list[int],
+    ) -> None:
+        """`apply` for a run of one process' calls in ts order, blocks already registered
+        (`uids`, -1 for frees).  Frees of base blocks are gathered and marked in one go."""
+        side, side_live = self._side, self._side_live
+        kill_addrs: list[int] = []
+        kill_ts: list[int] = []
+        never = int(NEVER)
+        for op, addr, old, size, uid, ts in zip(
+            ops, addrs, old_addrs, sizes, uids, stamps, strict=True
+        ):
+            if op == ALLOC_OP_REALLOC:
+                if old and (addr or size == 0):  # realloc(p, 0) frees; a failed one keeps p
+                    found = side_live.pop(old, None)
+                    if found is None:
+                        kill_addrs.append(old)
+                        kill_ts.append(ts)
+                    else:
+                        side[found][2] = ts
+            elif op != ALLOC_OP_FREE and op != ALLOC_OP_ALLOC:
+                continue
+            if addr == 0:
+                continue
+            # a free, or an allocation at an address still held (its free was lost)
+            found = side_live.pop(addr, None)
+            if found is None:
+                kill_addrs.append(addr)
+                kill_ts.append(ts)
+            else:
+                side[found][2] = ts
+            if op != ALLOC_OP_FREE:
+                side[uid] = [addr, ts, never]
+                side_live[addr] = uid
+        if kill_addrs:
+            self._kill(np.array(kill_addrs, np.uint64), np.array(kill_ts, np.int64))
 
-    def apply(self, op: int, addr: int, old_addr: int, size: int, site: int, ts: int) -> None:
-        """One allocator call, as the ALLOC_EVENT_DTYPE record gives it."""
-        if op == ALLOC_OP_FREE:
-            self.remove(addr, ts)
-        elif op == ALLOC_OP_ALLOC:
-            if addr:
-                self.add(addr, self.registry.add(addr, size, site), ts)
-        elif op == ALLOC_OP_REALLOC:
-            if old_addr and (addr or size == 0):  # realloc(p, 0) frees; a failed one keeps p
-                self.remove(old_addr, ts)
-            if addr:
-                self.add(addr, self.registry.add(addr, size, site), ts)
+    def _kill(self, addrs: np.ndarray, stamps: np.ndarray) -> None:
+        """Mark base blocks at `addrs` freed at `stamps` (the first time only)."""
+        starts = self._base[0]
+        if len(starts) == 0:
+            return
+        pos = np.minimum(np.searchsorted(starts, addrs), len(starts) - 1)
+        hit = starts[pos] == addrs
+        if not hit.any():
+            return
+        if self._died is None:
+            self._died = np.full(len(starts), NEVER, np.int64)
+        pos, stamps = pos[hit], stamps[hit]
+        order = np.lexsort((stamps, pos))  # earliest stamp per position first
+        pos, stamps = pos[order], stamps[order]
+        first = np.r_[True, pos[1:] != pos[:-1]]
+        pos, stamps = pos[first], stamps[first]
+        alive = self._died[pos] == NEVER
+        self._died[pos[alive]] = stamps[alive]
+        self._ndead += int(alive.sum())
 
     def _rebuild(self, addrs: np.ndarray, uids: np.ndarray) -> None:
         self._base = _sorted_blocks(self.registry, addrs, uids)

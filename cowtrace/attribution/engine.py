@@ -61,7 +61,7 @@ from cowtrace.attribution.view import (
     WriterStat,
 )
 from cowtrace.attribution.writers import NO_STACK, Stack, StackCache
-from cowtrace.kernel.records import MAP_OP_MMAP
+from cowtrace.kernel.records import ALLOC_EVENT_DTYPE, ALLOC_OP_FREE, MAP_OP_MMAP
 
 KIND_COPY, KIND_REUSE, KIND_ZERO = 1, 2, 3
 TOP_N = 50
@@ -73,7 +73,9 @@ _PAGE_MASK = np.uint64(~(PAGE - 1) & 0xFFFFFFFFFFFFFFFF)
 _COLUMNS = ("ts", "addr", "kind", "stack_id")  # the EVENT_DTYPE fields attribution reads
 
 # Queued changes, in the order they sort at equal timestamps.
-_FORK, _EXEC, _MAP, _ALLOC = 0, 1, 2, 3
+_FORK, _EXEC, _MAP = 0, 1, 2
+_ALLOC_FIELDS = ["ts", "pid", "op", "addr", "old_addr", "size", "stack_id", "caller", "allocator"]
+_ALLOC_DTYPE = ALLOC_EVENT_DTYPE[_ALLOC_FIELDS]
 
 
 class _Recent:
@@ -178,6 +180,8 @@ class AttributionEngine:
         self.tables: dict[int, BlockTable] = {}
         self.stacks = StackCache(resolver, self._is_code)
         self._queue: list[tuple[int, int, int, tuple[Any, ...]]] = []  # (ts, kind, seq, data)
+        self._allocs: list[np.ndarray] = []  # pending allocator calls (applied after the
+        self._pending_allocs = 0  # queued changes of the same ts)
         self._seq = itertools.count()
         # Aggregates.
         self._region_counts = np.zeros((64, 4), np.int64)  # region id x kind
@@ -236,23 +240,13 @@ class AttributionEngine:
             self._push(int(record["ts"]), _MAP, (int(record["pid"]), record.copy(), path))
 
     def on_alloc_events(self, records: np.ndarray) -> None:
+        """Kept as arrays (a malloc-heavy process sends hundreds of thousands a second) and
+        applied in bulk between the other queued changes."""
         if len(records) == 0:
             return
-        columns = zip(
-            records["ts"].tolist(),
-            records["pid"].tolist(),
-            records["op"].tolist(),
-            records["addr"].tolist(),
-            records["old_addr"].tolist(),
-            records["size"].tolist(),
-            records["stack_id"].tolist(),
-            records["caller"].tolist(),
-            records["allocator"].tolist(),
-            strict=True,
-        )
-        for ts, *rest in columns:
-            self._push(ts, _ALLOC, (*rest, ts))
-        if len(self._queue) > QUEUE_LIMIT:
+        self._allocs.append(records[_ALLOC_FIELDS].copy())
+        self._pending_allocs += len(records)
+        if self._pending_allocs + len(self._queue) > QUEUE_LIMIT:
             self._apply_until(int(records["ts"].max()) - QUEUE_HORIZON_NS)
 
     def _push(self, ts: int, kind: int, data: tuple[Any, ...]) -> None:
@@ -280,18 +274,6 @@ class AttributionEngine:
             if pmap is None:
                 pmap = self._map(pid)
             pmap.apply(record, path)
-        elif kind == _ALLOC:
-            pid, op, addr, old_addr, size, stack_id, caller, allocator, ts = data
-            site = self.blocks.site_id(
-                Site(
-                    "malloc",
-                    ALLOCATOR_NAMES.get(allocator, str(allocator)),
-                    stack_id,
-                    caller if stack_id < 0 else 0,
-                    pid,
-                )
-            )
-            self._table(pid).apply(op, addr, old_addr, size, site, ts)
         elif kind == _FORK:
             parent, child = data
             self.maps[child] = self._map(parent).copy()
@@ -315,9 +297,71 @@ class AttributionEngine:
         a process mallocs a lot but copies nothing, so that the queue stays bounded: a fault
         drained later than a change QUEUE_HORIZON_NS newer than it is not expected (the
         session drains faults first, several times a second)."""
+        allocs = self._take_allocs(limit)
+        done = 0
         while self._queue and (limit is None or self._queue[0][0] <= limit):
-            _ts, kind, _seq, data = heapq.heappop(self._queue)
+            when, kind, _seq, data = heapq.heappop(self._queue)
+            done = self._apply_allocs(allocs, done, when)
             self._apply(kind, data)
+        self._apply_allocs(allocs, done, None)
+
+    def _take_allocs(self, limit: int | None) -> np.ndarray:
+        """Pending allocator calls up to `limit`, in ts order; the rest stay pending."""
+        if not self._allocs:
+            return np.zeros(0, _ALLOC_DTYPE)
+        pending = np.concatenate(self._allocs) if len(self._allocs) > 1 else self._allocs[0]
+        pending = pending[np.argsort(pending["ts"], kind="stable")]
+        cut = len(pending) if limit is None else int(np.searchsorted(pending["ts"], limit, "right"))
+        rest = pending[cut:]
+        self._allocs = [rest] if len(rest) else []
+        self._pending_allocs = len(rest)
+        return pending[:cut]
+
+    def _apply_allocs(self, allocs: np.ndarray, done: int, before: int | None) -> int:
+        """Apply allocs[done:] older than `before` (all with None); returns the new `done`."""
+        stop = len(allocs) if before is None else int(np.searchsorted(allocs["ts"], before, "left"))
+        if stop <= done:
+            return done
+        batch = allocs[done:stop]
+        new = (batch["op"] != ALLOC_OP_FREE) & (batch["addr"] != 0)
+        uids = np.full(len(batch), -1, np.int64)
+        if new.any():
+            uids[new] = self.blocks.add_many(
+                batch["addr"][new], batch["size"][new], self._site_ids(batch[new])
+            )
+        pids = batch["pid"]
+        for pid in np.unique(pids).tolist():
+            mine = np.flatnonzero(pids == pid)
+            self._table(pid).apply_many(
+                batch["op"][mine].tolist(),
+                batch["addr"][mine].tolist(),
+                batch["old_addr"][mine].tolist(),
+                batch["size"][mine].tolist(),
+                uids[mine].tolist(),
+                batch["ts"][mine].tolist(),
+            )
+        return stop
+
+    def _site_ids(self, batch: np.ndarray) -> np.ndarray:
+        """Site id of each allocation: one Site per distinct (allocator, stack, caller)."""
+        caller = np.where(batch["stack_id"] < 0, batch["caller"], np.uint64(0))
+        keys = np.stack(
+            [batch["allocator"].astype(np.int64), batch["stack_id"].astype(np.int64),
+             caller.astype(np.int64)], axis=1,
+        )  # fmt: skip
+        unique, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        ids = np.array(
+            [
+                self.blocks.site_id(
+                    Site(
+                        "malloc", ALLOCATOR_NAMES.get(a, str(a)), sid, call, int(batch["pid"][at])
+                    )  # fmt: skip
+                )
+                for (a, sid, call), at in zip(unique.tolist(), first.tolist(), strict=True)
+            ],
+            np.int32,
+        )
+        return ids[inverse.reshape(-1)]
 
     # ---- faults ----------------------------------------------------------------------------
     def on_fault_events(self, records: np.ndarray) -> list[str] | None:
@@ -338,17 +382,21 @@ class AttributionEngine:
         newest = int(ts.max())
         # Changes up to the newest fault, in ts order; each first resolves its owner's older
         # faults against the state before it.
+        allocs = self._take_allocs(newest)  # blocks carry their lifetimes: no cuts for these
+        done = 0
         while self._queue and self._queue[0][0] <= newest:
             when, kind, _seq, data = heapq.heappop(self._queue)
+            done = self._apply_allocs(allocs, done, when)
             owner = self._owner(kind, data)
             group = groups.get(owner)
-            if group is not None and kind in (_EXEC, _MAP):  # blocks carry their lifetimes
+            if group is not None and kind in (_EXEC, _MAP):
                 start, stop = group
                 cut = start + int(np.searchsorted(sorted_ts[start:stop], when, side="left"))
                 if cut > start:
                     self._resolve(owner, columns, order[start:cut], extras)
                     group[0] = cut
             self._apply(kind, data)
+        self._apply_allocs(allocs, done, None)
         for pid, (start, stop) in groups.items():
             if stop > start:
                 self._resolve(pid, columns, order[start:stop], extras)

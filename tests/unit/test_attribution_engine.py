@@ -388,5 +388,5 @@ def test_queue_stays_bounded_without_faults(monkeypatch) -> None:
     ]
     eng.on_alloc_events(alloc_events(rows))
     # everything older than a second before the newest call was applied
-    assert len(eng._queue) == 100  # ts 2.0 s .. 2.99 s
+    assert eng._pending_allocs == 100  # ts 2.0 s .. 2.99 s
     assert len(eng.tables[PARENT].live()[0]) == 200
