@@ -52,9 +52,11 @@ class StackCache:
             return NO_STACK
         found = self._stacks.get(stack_id)
         if found is None:
-            found = self._stacks[stack_id] = self._resolve(
-                list(self.resolver.addresses(stack_id)), pid
-            )
+            try:
+                addresses = list(self.resolver.addresses(stack_id))
+            except Exception:  # noqa: BLE001 - an unreadable stack is a missing one, not a crash
+                addresses = []
+            found = self._stacks[stack_id] = self._resolve(addresses, pid)
         return found
 
     def caller(self, addr: int, pid: int) -> Stack:
