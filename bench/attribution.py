@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from cowtrace.attribution.engine import AttributionEngine
-from cowtrace.attribution.maps import read_proc_maps
+from cowtrace.attribution.maps import Interval, read_proc_maps
 from cowtrace.kernel.records import (
     ALLOC_EVENT_DTYPE,
     ALLOC_OP_ALLOC,
@@ -64,7 +64,10 @@ def build(engine: AttributionEngine, rng: np.random.Generator) -> dict[str, np.n
     from cowtrace.attribution.maps import ProcessMap
 
     engine.maps[MASTER] = ProcessMap(engine.regions, intervals)
-    heap = next(i for i in intervals if i.kind == "heap")
+    # A server-sized heap: the process' own [heap], grown to 64 MiB.
+    own = next(i for i in intervals if i.kind == "heap")
+    heap = Interval(own.start, own.start + (64 << 20), "heap", "[heap]", -1, False)
+    engine.maps[MASTER].insert(heap)
     anon = [i for i in intervals if i.kind == "anon" and i.end - i.start >= 64 * PAGE]
     data = [i for i in engine.maps[MASTER].intervals if engine.regions.regions[i.region].section]
     # A recovered heap: 16..512-byte blocks back to back over the [heap], a few big ones.

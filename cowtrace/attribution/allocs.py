@@ -26,6 +26,7 @@ from cowtrace.kernel.records import (
 )
 
 PAGE = 4096
+_MASK = np.uint64(~(PAGE - 1) & 0xFFFFFFFFFFFFFFFF)
 ALLOCATOR_NAMES = {
     ALLOCATOR_GLIBC: "glibc",
     ALLOCATOR_JEMALLOC: "jemalloc",
@@ -270,34 +271,40 @@ def _sorted_blocks(
 
 @dataclass
 class PageBlocks:
-    """The result of matching copied pages to blocks (one entry per copied page)."""
+    """The result of matching copied pages to blocks."""
 
-    best: np.ndarray  # uid of the block covering most of the page, -1 if none
-    pair_copy: np.ndarray  # (page index, block uid) for every block overlapping a page
-    pair_uid: np.ndarray
+    best: np.ndarray  # per page: uid of the block covering most of it, -1 if none
+    pair_copy: np.ndarray  # per (page, overlapping block) pair: the page's index,
+    pair_uid: np.ndarray  # the block,
+    pair_page: np.ndarray  # which page of the block it is (0 = the one holding its start),
+    pair_small: np.ndarray  # and whether the block is a page or less (spans at most two)
+
+
+_LOW40 = np.int64((1 << 40) - 1)
 
 
 def match_pages(table: BlockTable, pages: np.ndarray, ts: np.ndarray) -> PageBlocks:
     """Which blocks, alive at `ts`, overlap each page of `pages` (page-aligned uint64)."""
     n = len(pages)
     best = np.full(n, -1, np.int64)
-    empty = np.zeros(0, np.int64)
     if n == 0 or len(table) == 0:
-        return PageBlocks(best, empty, empty)
-    found = [_overlaps(part, pages, ts.astype(np.int64)) for part in table.parts()]
+        empty = np.zeros(0, np.int64)
+        return PageBlocks(best, empty, empty, empty.astype(np.uint64), empty.astype(bool))
+    # In address order: binary searches then move forward only, and the block arrays are
+    # walked in order (both much kinder to the cache); undone at the end.
+    order = np.argsort(pages, kind="stable")
+    found = [_overlaps(part, pages[order], ts[order].astype(np.int64)) for part in table.parts()]
     best_overlap = np.zeros(n, np.int64)
     best_start = np.zeros(n, np.uint64)
-    for copy_index, uids, overlap, starts in found:
+    for copy_index, uids, overlap, starts, _, _ in found:
         if len(copy_index) == 0:
             continue
         # Per page, the block with the largest overlap, ties to the lower address: pairs come
-        # grouped by page and in address order, so the largest of (overlap, -rank) wins.
+        # grouped by page and in address order, so the largest (overlap, -pair index) wins.
         heads = np.flatnonzero(np.r_[True, copy_index[1:] != copy_index[:-1]])
-        lengths = np.diff(np.r_[heads, len(copy_index)])
-        local_rank = np.arange(len(copy_index), dtype=np.int64) - np.repeat(heads, lengths)
-        winner = np.maximum.reduceat((overlap << np.int64(40)) - local_rank, heads)
-        won_overlap = (winner + np.int64((1 << 40) - 1)) >> np.int64(40)
-        chosen = heads + ((won_overlap << np.int64(40)) - winner)
+        rank = _LOW40 - np.arange(len(copy_index), dtype=np.int64)
+        winner = np.maximum.reduceat((overlap << np.int64(40)) | rank, heads)
+        chosen = _LOW40 - (winner & _LOW40)
         page = copy_index[heads]
         better = (overlap[chosen] > best_overlap[page]) | (
             (overlap[chosen] == best_overlap[page])
@@ -307,15 +314,22 @@ def match_pages(table: BlockTable, pages: np.ndarray, ts: np.ndarray) -> PageBlo
         best[page] = uids[chosen]
         best_overlap[page] = overlap[chosen]
         best_start[page] = starts[chosen]
-    copy_index = np.concatenate([f[0] for f in found])
-    uids = np.concatenate([f[1] for f in found])
-    return PageBlocks(best, copy_index, uids)
+    unsorted = np.empty_like(best)
+    unsorted[order] = best
+    return PageBlocks(
+        unsorted,
+        order[np.concatenate([f[0] for f in found])],
+        np.concatenate([f[1] for f in found]),
+        np.concatenate([f[4] for f in found]),
+        np.concatenate([f[5] for f in found]),
+    )
 
 
 def _overlaps(
     part: _Part, pages: np.ndarray, ts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(page index, uid, overlap bytes, block start) for each live block of `part` on a page."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(page index, uid, overlap bytes, block start, page of the block, small block) for each
+    live block of `part` on a page of `pages` (sorted)."""
     n = len(pages)
     if part.brute:
         m = len(part.starts)
@@ -330,10 +344,9 @@ def _overlaps(
             floor = np.where(pages > longest, pages - longest, np.uint64(0))
             lo = np.searchsorted(part.starts, floor, side="right")
         counts = np.maximum(hi - lo, 0)
-        total = int(counts.sum())
         copy_index = np.repeat(np.arange(n), counts)
         first = np.cumsum(counts) - counts
-        position = np.arange(total) - np.repeat(first, counts) + np.repeat(lo, counts)
+        position = np.arange(len(copy_index)) + np.repeat(lo - first, counts)
     page = pages[copy_index]
     if part.brute or part.born is not None or part.died is not None:
         # (a disjoint table's index range holds only overlapping blocks, all alive)
@@ -345,7 +358,11 @@ def _overlaps(
             keep &= when < part.died[position]
         copy_index, position, page = copy_index[keep], position[keep], page[keep]
     block_start = part.starts[position]
-    overlap = np.minimum(part.ends[position], page + np.uint64(PAGE)).astype(np.int64) - np.maximum(
-        block_start, page
-    ).astype(np.int64)
-    return copy_index, part.uids[position], overlap, block_start
+    block_end = part.ends[position]
+    # both operands unsigned and the result positive: subtract, then reinterpret
+    overlap = (np.minimum(block_end, page + np.uint64(PAGE)) - np.maximum(block_start, page)).view(
+        np.int64
+    )
+    page_of_block = (page - (block_start & _MASK)) >> np.uint64(12)
+    small = (block_end - block_start) <= np.uint64(PAGE)
+    return copy_index, part.uids[position], overlap, block_start, page_of_block, small

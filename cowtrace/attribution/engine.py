@@ -41,6 +41,7 @@ from cowtrace.attribution.allocs import (
     ALLOCATOR_NAMES,
     BlockRegistry,
     BlockTable,
+    PageBlocks,
     Site,
     match_pages,
 )
@@ -436,22 +437,21 @@ class AttributionEngine:
             best[copy_pages] = matched.best
             self._count_sites(matched.best)
             if len(matched.pair_uid):
-                self._touch(pages[matched.pair_copy], matched.pair_uid)
+                self._touch(matched)
         if extras is not None:
             self._event_fields(pid, batch, region, offset, has_addr, best, index, extras)
 
-    def _touch(self, pages: np.ndarray, uids: np.ndarray) -> None:
+    def _touch(self, matched: PageBlocks) -> None:
         """Note copied (page, block) pairs; cheap flags for small blocks, sets for big ones."""
         if self.blocks.count > self._touched.shape[1]:
             grown = np.zeros((2, max(self.blocks.count, 2 * self._touched.shape[1])), bool)
             grown[:, : self._touched.shape[1]] = self._touched
             self._touched = grown
-        page_index = (pages - (self.blocks.addr[uids] & _PAGE_MASK)) >> np.uint64(12)
-        small = self.blocks.size[uids] <= PAGE
-        self._touched[page_index[small].astype(np.int64), uids[small]] = True
+        small, uids, page = matched.pair_small, matched.pair_uid, matched.pair_page
+        self._touched[page[small].astype(np.int64), uids[small]] = True
         if not small.all():
             big = ~small
-            self._pairs.append((uids[big].astype(np.uint64) << np.uint64(32)) | page_index[big])
+            self._pairs.append((uids[big].astype(np.uint64) << np.uint64(32)) | page[big])
 
     def _count_regions(self, pid: int, region: np.ndarray, kinds: np.ndarray) -> None:
         if len(region) == 0:
