@@ -40,8 +40,8 @@ ARENA_SIZE = 0x898  # sizeof(struct malloc_state)
 TCACHE_BINS = 64
 TCACHE_CHUNK = 0x290  # chunk of a tcache_perthread_struct (uint16 counts[64], entries[64])
 HEAP_INFO_SIZES = (48, 32, 40)  # sizeof(heap_info): 2.35+ first, older after
-WINDOW = 8 << 20
-WHOLE_READ = 1 << 30  # heaps up to this size are read in one go
+WINDOW = 64 << 10  # for scattered pointer reads (free lists, arenas)
+WHOLE_READ = 64 << 20  # a heap is read this much at a time
 MAX_LIST = 1 << 20  # a free list longer than this is corrupt (or changing): stop
 
 
@@ -96,44 +96,19 @@ class _Chunks:
 def _walk_chunks(mem: Memory, start: int, end: int) -> _Chunks:
     """Follow chunk sizes from `start`; stop at the top chunk, a fencepost or nonsense.
 
-    The heap is read whole (up to WHOLE_READ bytes) and walked as 8-byte words: the walk is
+    The heap is read WHOLE_READ bytes at a time and walked as 8-byte words: the walk is
     sequential by nature, so the loop body is kept to a few index operations."""
     found = _Chunks()
-    if start % 8 or end - start > WHOLE_READ:
-        return _walk_chunks_windowed(mem, start, end)
-    data = mem.read(start, end - start)
-    usable = len(data) - len(data) % 8
-    words = memoryview(data)[:usable].cast("Q")
-    limit = usable  # bytes readable from start
     starts, sizes = found.starts, found.sizes
-    offset = 0
-    while offset + 16 <= limit:
-        length = words[(offset >> 3) + 1] & ~SIZE_BITS
-        if length < MIN_CHUNK or length & 15 or offset + length > limit:
-            if length < MIN_CHUNK:
-                found.top = start + offset  # a fencepost: the heap's end
-            break
-        following = offset + length
-        if following + 16 > limit:  # the last chunk of the heap is the top chunk
-            found.top = start + offset
-            break
-        if words[(following >> 3) + 1] & PREV_INUSE:
-            starts.append(start + offset)
-            sizes.append(length)
-        offset = following
-    return found
-
-
-def _walk_chunks_windowed(mem: Memory, start: int, end: int) -> _Chunks:
-    """_walk_chunks for a heap too big to read at once: one 8-byte read per header."""
-    found = _Chunks()
+    base, words, have = start, memoryview(b"").cast("Q"), 0  # window: [base, base + have)
     chunk = start
     while chunk + 16 <= end:
-        size = mem.u64(chunk + 8)
-        if size is None:
-            break
-        length = size & ~SIZE_BITS
-        if length < MIN_CHUNK or length % 16 or chunk + length > end:
+        if chunk + 16 > base + have:  # the header is past the window: move it here
+            base, words, have = _window(mem, chunk, end)
+            if have < 16:
+                break
+        length = words[((chunk - base) >> 3) + 1] & ~SIZE_BITS
+        if length < MIN_CHUNK or length & 15 or chunk + length > end:
             if length < MIN_CHUNK:
                 found.top = chunk  # a fencepost: the heap's end
             break
@@ -141,14 +116,22 @@ def _walk_chunks_windowed(mem: Memory, start: int, end: int) -> _Chunks:
         if following + 16 > end:  # the last chunk of the heap is the top chunk
             found.top = chunk
             break
-        next_size = mem.u64(following + 8)
-        if next_size is None:
-            break
-        if next_size & PREV_INUSE:
-            found.starts.append(chunk)
-            found.sizes.append(length)
+        if following + 16 > base + have:
+            base, words, have = _window(mem, following, end)
+            if have < 16:
+                break
+        if words[((following - base) >> 3) + 1] & PREV_INUSE:
+            starts.append(chunk)
+            sizes.append(length)
         chunk = following
     return found
+
+
+def _window(mem: Memory, addr: int, end: int) -> tuple[int, memoryview, int]:
+    """Up to WHOLE_READ bytes of [addr, end) as 8-byte words, and how many bytes were read."""
+    data = mem.read(addr, min(WHOLE_READ, end - addr))
+    usable = len(data) - len(data) % 8
+    return addr, memoryview(data)[:usable].cast("Q"), usable
 
 
 def _demangle(pos: int, stored: int) -> int:
