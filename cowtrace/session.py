@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cowtrace import procfs
+from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver
 from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
@@ -52,6 +53,15 @@ def null_sink(_resolver: StackResolver, _options: SessionOptions) -> Attribution
     return NullSink()
 
 
+def attribution_engine(resolver: StackResolver, options: SessionOptions) -> AttributionSink:
+    """The attribution engine: mappings, allocations, writer stacks, exit-time copies."""
+    return AttributionEngine(
+        resolver if options.stacks else None,
+        exit_window_s=options.exit_window_s,
+        event_fields=options.events_path is not None,
+    )
+
+
 @dataclass
 class SessionOptions:
     events_path: str | None = None
@@ -60,7 +70,7 @@ class SessionOptions:
     malloc: bool = False  # allocator uprobes (`run`: on unless --no-malloc; attach: --malloc)
     stacks: bool = True  # native writer and allocation stacks (--no-stacks: off)
     exit_window_s: float = 0.5  # for the engine: copies this close to a member's exit
-    sink_factory: SinkFactory = null_sink  # the attribution engine plugs in here
+    sink_factory: SinkFactory = attribution_engine  # null_sink: attribution off
     python_stacks: bool = True  # Python writer stacks of CPython members (cowtrace/python/)
 
 

@@ -8,6 +8,15 @@ through get_user_pages (no fault, so no address).  via says who wrote: the proce
 instructions, the kernel on its behalf (read() into a buffer, the tid at fork and exit), or
 get_user_pages (direct I/O, process_vm_writev).
 
+With attribution on, each line also carries (after "via"):
+`"mapping": kind|null, "path": str|null, "offset": int|null,
+ "alloc": {"addr": int, "size": int, "origin": "malloc"|"recovered"}|null,
+ "stack": ["function (module)", ...]|null`
+(mapping kinds as in attribution/view.py; path for file, shm and named anonymous mappings;
+offset into the file for file mappings; alloc the block covering most of the page; stack the
+writer's native stack, innermost first).  The engine builds these as ready-made JSON text
+(AttributionEngine.on_fault_events), so the log's per-line cost stays one f-string.
+
 With Python stacks on, each record also has `"pystack": ["function (file:line)", ...] | null`
 (the writer's Python stack, innermost first; null for reuses, zero-fills and non-Python writers).
 """
@@ -16,7 +25,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any
+from collections.abc import Sequence
+from typing import IO
 
 import numpy as np
 
@@ -43,16 +53,21 @@ class EventLog:
         self.written = 0
 
     def write(
-        self, records: np.ndarray, extra: Any = None, pystacks: list[str] | None = None
+        self,
+        records: np.ndarray,
+        extra: Sequence[str] | None = None,
+        pystacks: Sequence[str] | None = None,
     ) -> None:
         """Write a batch of EVENT_DTYPE records, in kernel order.
 
-        `extra` is what the attribution sink's on_fault_events returned for this batch (the
-        mapping, allocation and stack fields; None when attribution is off).  `pystacks`: when
-        Python stacks are on, each record's `"pystack"` value as JSON text (a list of frames,
-        innermost first, or null)."""
+        `extra`, when given, holds one string per record spliced in before the closing brace:
+        the attribution fields, starting with ", " (what the sink's on_fault_events returns).
+        `pystacks`: when Python stacks are on, each record's `"pystack"` value as JSON text (a
+        list of frames, innermost first, or null).
+        """
         if len(records) == 0:
             return
+        suffixes = extra if extra is not None else [""] * len(records)
         ts = (records["ts"] / 1e9 + self._offset).tolist()
         addrs = records["addr"].tolist()
         pids = records["pid"].tolist()
@@ -61,14 +76,14 @@ class EventLog:
         sources = records["source"].tolist()
         vias = records["via"].tolist()
         lines = []
-        for t, addr, pid, tid, kind, source, via in zip(
-            ts, addrs, pids, tids, kinds, sources, vias, strict=True
+        for t, addr, pid, tid, kind, source, via, suffix in zip(
+            ts, addrs, pids, tids, kinds, sources, vias, suffixes, strict=True
         ):
             address = "null" if addr == 0 else str(addr)
             lines.append(
                 f'{{"ts": {t:.6f}, "pid": {pid}, "tid": {tid}, "kind": "{KIND_NAMES[kind]}", '
                 f'"addr": {address}, "source": "{SOURCE_NAMES[source]}", '
-                f'"via": "{VIA_NAMES[via]}"}}\n'
+                f'"via": "{VIA_NAMES[via]}"{suffix}}}\n'
             )
         if pystacks is not None:
             lines = [

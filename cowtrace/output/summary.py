@@ -1,7 +1,34 @@
 """The --json summary, written once when tracing ends (product.md, "Contracts").
 
 Schema 1: `{"schema": 1, "root_pid", "duration_s", "totals": {...}, "processes": [...]}`.
-Fields are only ever added, never renamed: other tools parse this.
+Fields are only ever added, never renamed: other tools parse this (`cowtrace report` too).
+
+With attribution on (an AttributionSink, cowtrace/attribution/engine.py), three top-level
+sections are added, each sorted by copied bytes, most first, at most 50 entries; a frame is a
+string `"function (module)"`, stacks are innermost frame first:
+
+- `"regions"`: copies by mapping, grouped by kind, name and section across the family:
+  `[{"kind": "heap"|"stack"|"anon"|"anon_named"|"file"|"shm"|"other", "name": str,
+     "section": ".data"|".bss"|null, "copies", "copied_bytes", "reuses", "zero_fills",
+     "processes"}]`.  name is "[heap]", "[stack]", "" (plain anonymous), "[anon:NAME]", a file
+  path, a shm object, or "[unknown]" for addresses in no mapping cowtrace knew of; section is
+  the binary's writable section holding the page (a binary's .bss tail past its file mapping
+  is reported as the file, section ".bss").  Events without an address (get_user_pages) are
+  in no region.
+- `"allocations"`: copies by allocation site (the malloc'd blocks the copied pages overlap):
+  `[{"site": [frames], "origin": "malloc"|"recovered", "allocator": "glibc"|"jemalloc"|
+     "tcmalloc", "blocks", "block_bytes", "copies", "copied_bytes",
+     "largest": [{"addr", "size", "copied_pages"}]}]`.  A copy counts once, for the block
+  covering most of its page; `blocks` counts every live block that a copied page overlapped
+  (a page of many small blocks counts them all) and `block_bytes` their sizes; `largest`
+  lists the site's biggest such blocks with the number of their pages copied by anyone.
+  "recovered" blocks were found walking glibc's heap at attach: no site (`[]`).
+- `"writers"`: copies by native writer stack: `[{"frames": [frames], "copies",
+  "copied_bytes", "processes", "truncated"}]`; `truncated` means the stack walk hit an
+  address in no executable mapping (no frame pointers): only the frames shown are real.
+
+Each process gains `"exit_copies"` (copies in the last exit window before it exited, waste:
+the memory is freed right after) and `"exit_writers": [{"frames", "copies"}]`, their stacks.
 """
 
 from __future__ import annotations
@@ -10,6 +37,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from cowtrace.attribution.sink import AttributionSink
 from cowtrace.model import Counts, Member, Snapshot
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cowtrace.model import Member, Snapshot
+from cowtrace.render import attribution as attr
 from cowtrace.render import format as fmt
 from cowtrace.render.python_pane import python_writers_pane
 
@@ -25,6 +26,7 @@ WARNING = "bold yellow"
 _SEPARATOR = ("  │  ", "dim")
 _UNBOUNDED = 10_000
 _TABLE_CHROME = 2  # the header row and the rule under it (box.SIMPLE_HEAD, no edges)
+PANE_ROWS = 3  # entries per attribution pane in the live view
 
 
 def member_table(
@@ -144,6 +146,27 @@ def header(snapshot: Snapshot, width: int) -> Text:
     return Text("\n").join([*_pack(first, width), *_pack(second, width)])
 
 
+def attribution_panes(snapshot: Snapshot, top: int = PANE_ROWS) -> RenderableType | None:
+    """Top mappings, allocations and writers, and exit-time copies flagged as waste; None
+    when attribution is off or has nothing yet."""
+    if not attr.has_data(snapshot.attribution):
+        return None
+    parts: list[RenderableType] = []
+    for title, rows in attr.pane_rows(snapshot, top):
+        waste = title.startswith("exit-time")
+        parts.append(Text(title, style=WARNING if waste else "bold"))
+        table = Table(
+            box=None, show_header=False, pad_edge=False, padding=(0, 0, 0, 1), expand=True
+        )
+        table.add_column(justify="right", no_wrap=True, min_width=10)
+        table.add_column(overflow="ellipsis", no_wrap=True, ratio=3)
+        table.add_column(overflow="ellipsis", no_wrap=True, style="dim", ratio=2)
+        for copied, label, detail in rows:  # Text: names like "[heap]" are not markup
+            table.add_row(Text(copied), Text(label), Text(detail), style=WARNING if waste else "")
+        parts.append(table)
+    return Group(*parts)
+
+
 def _pack(items: Sequence[Text], width: int) -> list[Text]:
     """Lay ``items`` out on as few lines of ``width`` as possible, separated by a bar."""
     separator = Text(_SEPARATOR[0], style=_SEPARATOR[1])
@@ -199,12 +222,17 @@ class LiveView:
         """The whole view, with the member table cut to fit the terminal's height."""
         top = header(snapshot, self.console.width)
         used = len(self.console.render_lines(top, self.console.options, pad=False))
-        pane = python_writers_pane(snapshot)
-        if pane is not None:
+        panes = [
+            pane
+            for pane in (attribution_panes(snapshot), python_writers_pane(snapshot))
+            if pane is not None
+        ]
+        for pane in panes:  # +1: a blank line above each pane
             used += 1 + len(self.console.render_lines(pane, self.console.options, pad=False))
         # +1: a blank line between header and table
         max_rows = max(1, self.console.size.height - used - 1 - _TABLE_CHROME)
         table = fitted_table(self.console, snapshot, fmt.LIVE_COLUMNS, fmt.LIVE_DROPPABLE, max_rows)
-        if pane is not None:
-            return Group(top, Text(""), table, Text(""), pane)
-        return Group(top, Text(""), table)
+        parts = [top, Text(""), table]
+        for pane in panes:
+            parts += [Text(""), pane]
+        return Group(*parts)

@@ -1,8 +1,11 @@
 """Plain periodic lines for when stdout is not a terminal (pipes, log files, CI).
 
 One ``key=value`` line per interval for the family, then one indented line per member that
-changed since the previous interval. The format is a contract with people's grep and awk: add
-fields at the end, never rename or reorder them.
+changed since the previous interval, then (with attribution, when they changed) the top
+mappings, allocations and writers and the exit-time copies as ``  top mapping=...``,
+``  top allocation=...``, ``  top writer=...``, ``  exit_copies pid=...`` lines.
+The format is a contract with people's grep and awk: add fields at the end, never rename or
+reorder them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from collections.abc import Callable
 from typing import TextIO
 
 from cowtrace.model import Member, Snapshot
+from cowtrace.render import attribution as attr
 from cowtrace.render import format as fmt
+
+PLAIN_TOP = 3  # attribution entries per kind in the periodic lines
 
 _MemberState = tuple[int, int, int, str]
 
@@ -69,6 +75,7 @@ class PlainReporter:
         self._clock = clock
         # keyed on (pid, start time): a recycled pid is a new member, not a change
         self._last: dict[tuple[int, float], _MemberState] = {}
+        self._last_attribution: list[str] = []
 
     def update(self, snapshot: Snapshot) -> None:
         """Write this interval's lines and flush, so a pipe's reader sees them at once."""
@@ -80,5 +87,9 @@ class PlainReporter:
             if now != before:
                 lines.append(member_line(member, now[0] - (before[0] if before else 0)))
                 self._last[key] = now
+        top = attr.plain_lines(snapshot, PLAIN_TOP)
+        if top != self._last_attribution:
+            lines.extend(top)
+            self._last_attribution = top
         self.file.write("\n".join(lines) + "\n")
         self.file.flush()

@@ -11,9 +11,12 @@ from rich.console import Console
 from rich.text import Text
 
 from cowtrace.model import Snapshot
+from cowtrace.render import attribution as attr
 from cowtrace.render import format as fmt
-from cowtrace.render.live import WARNING, fitted_table
+from cowtrace.render.live import WARNING, attribution_panes, fitted_table
 from cowtrace.render.python_pane import python_writers_lines
+
+SUMMARY_TOP = 5  # attribution entries per pane in the final summary
 
 
 def ending(snapshot: Snapshot) -> str:
@@ -73,6 +76,10 @@ def render_summary(snapshot: Snapshot, console: Console) -> None:
         console, snapshot, fmt.SUMMARY_COLUMNS, fmt.summary_droppable(snapshot), truncate=False
     )
     console.print(table)
+    panes = attribution_panes(snapshot, SUMMARY_TOP)
+    if panes is not None:
+        console.print()
+        console.print(panes)
     for line in python_writers_lines(snapshot):
         console.print(line, highlight=False, markup=False)
 
@@ -87,5 +94,6 @@ def summary_lines(snapshot: Snapshot) -> list[str]:
         membership(snapshot),
         "",
         *fmt.text_table(fmt.SUMMARY_COLUMNS, rows),
+        *(["", *extra] if (extra := attr.text_lines(snapshot, SUMMARY_TOP)) else []),
         *python_writers_lines(snapshot),
     ]

@@ -1,0 +1,392 @@
+"""The attribution engine on synthetic records: exact attributions, in timestamp order."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from cowtrace.attribution.engine import AttributionEngine
+from cowtrace.attribution.maps import ProcessMap
+from cowtrace.kernel.records import (
+    ALLOC_OP_ALLOC,
+    ALLOC_OP_FREE,
+    ALLOC_OP_REALLOC,
+    MAP_OP_MUNMAP,
+)
+from cowtrace.output.events import EventLog
+from tests.unit.attribution_records import (
+    PROT_RX,
+    FakeResolver,
+    alloc_events,
+    faults,
+    map_events,
+    mmap,
+)
+
+P = 4096
+HEAP = 0x55D000100000
+ANON = 0x7F0000000000
+CODE = 0x400000
+PARENT, CHILD = 100, 101
+COPY, REUSE, ZERO = 1, 2, 3
+MS = 1_000_000
+
+
+def engine(**kw) -> AttributionEngine:
+    resolver = kw.pop("resolver", None)
+    return AttributionEngine(resolver, read_proc=False, **kw)
+
+
+def seed(eng: AttributionEngine, pid: int = PARENT) -> None:
+    """A process with code, a 64-page heap and a 16-page anonymous mapping, at ts 1..3."""
+    from cowtrace.kernel.records import MAP_OP_BRK
+
+    eng.maps[pid] = ProcessMap(eng.regions, [])  # known (as if read from /proc): empty
+    eng.on_map_events(
+        map_events(
+            [
+                mmap(1, pid, CODE, 16 * P, prot=PROT_RX),
+                dict(ts=2, pid=pid, op=MAP_OP_BRK, start=HEAP, new_start=HEAP + 64 * P),
+                mmap(3, pid, ANON, 16 * P),
+            ]
+        )
+    )
+
+
+def regions(eng: AttributionEngine) -> list[tuple[str, int, int, int, int]]:
+    return [
+        (r["kind"], r["copies"], r["reuses"], r["zero_fills"], r["processes"])
+        for r in eng.summary_sections()["regions"]
+    ]
+
+
+def test_regions_count_each_kind_exactly() -> None:
+    eng = engine()
+    seed(eng)
+    eng.on_fault_events(
+        faults(
+            [
+                (10, PARENT, HEAP, COPY, -1),
+                (11, PARENT, HEAP + P, COPY, -1),
+                (12, PARENT, HEAP + 2 * P, REUSE, -1),
+                (13, PARENT, ANON, ZERO, -1),
+                (14, PARENT, ANON + P, COPY, -1),
+                (15, PARENT, 0x10, COPY, -1),  # in no mapping
+                (16, PARENT, 0, COPY, -1),  # get_user_pages: no address, no region
+            ]
+        )
+    )
+    assert regions(eng) == [
+        ("heap", 2, 1, 0, 1),
+        ("anon", 1, 0, 1, 1),
+        ("other", 1, 0, 0, 1),
+    ]
+    view = eng.view()
+    assert view is not None
+    assert view.copies_by_kind == {(PARENT, "heap"): 2, (PARENT, "anon"): 1, (PARENT, "other"): 1}
+
+
+def test_changes_apply_in_timestamp_order_within_a_batch() -> None:
+    """A munmap drained with faults on both sides of it: the older fault sees the mapping."""
+    eng = engine()
+    seed(eng)
+    eng.on_map_events(map_events([dict(ts=20, pid=PARENT, op=MAP_OP_MUNMAP, start=ANON, length=P)]))
+    eng.on_fault_events(
+        faults([(25, PARENT, ANON, COPY, -1), (15, PARENT, ANON, COPY, -1)])  # out of order
+    )
+    assert regions(eng) == [("anon", 1, 0, 0, 1), ("other", 1, 0, 0, 1)]
+
+
+def test_change_newer_than_the_batch_waits_for_later_faults() -> None:
+    eng = engine()
+    seed(eng)
+    eng.on_map_events(map_events([dict(ts=50, pid=PARENT, op=MAP_OP_MUNMAP, start=ANON, length=P)]))
+    eng.on_fault_events(faults([(20, PARENT, ANON, COPY, -1)]))
+    eng.on_fault_events(faults([(40, PARENT, ANON, COPY, -1), (60, PARENT, ANON, COPY, -1)]))
+    assert regions(eng) == [("anon", 2, 0, 0, 1), ("other", 1, 0, 0, 1)]
+
+
+def test_fork_inherits_the_map_as_it_stood_and_exec_resets_it() -> None:
+    eng = engine()
+    seed(eng)
+    eng.on_fork(10, PARENT, CHILD)
+    eng.on_exec(40, PARENT)
+    eng.on_map_events(
+        map_events(
+            [
+                dict(ts=20, pid=PARENT, op=MAP_OP_MUNMAP, start=ANON, length=16 * P),
+                mmap(5, PARENT, ANON + 64 * P, P),  # before the fork: the child has it too
+            ]
+        )
+    )
+    eng.on_fault_events(
+        faults(
+            [
+                (30, CHILD, ANON, COPY, -1),  # the child still maps it
+                (31, CHILD, ANON + 64 * P, COPY, -1),
+                (32, PARENT, ANON, COPY, -1),  # the parent unmapped it
+                (45, PARENT, HEAP, COPY, -1),  # after exec: the old heap is unknown
+            ]
+        )
+    )
+    assert regions(eng) == [("anon", 2, 0, 0, 1), ("other", 2, 0, 0, 1)]
+
+
+def test_blocks_small_and_large_and_fork_inheritance() -> None:
+    """A page of 64 small blocks and a 16-page block: counts, largest, pages copied."""
+    resolver = FakeResolver({1: [CODE + 0x10], 2: [CODE + 0x20, CODE + 0x30]})
+    eng = engine(resolver=resolver)
+    seed(eng)
+    rows = [(4, PARENT, ALLOC_OP_ALLOC, HEAP + 16 + 64 * i, 48, 0, 1) for i in range(64)]
+    big = HEAP + 8 * P + 16
+    rows.append((5, PARENT, ALLOC_OP_ALLOC, big, 16 * P, 0, 2))
+    rows.append((20, PARENT, ALLOC_OP_FREE, big, 0, 0, -1))  # after the fork: child keeps it
+    eng.on_alloc_events(alloc_events(rows))
+    eng.on_fork(10, PARENT, CHILD)
+    eng.on_fault_events(
+        faults(
+            [
+                (30, CHILD, HEAP, COPY, -1),  # the page of small blocks
+                (31, CHILD, HEAP + 9 * P, COPY, -1),
+                (32, CHILD, HEAP + 10 * P, COPY, -1),
+                (33, CHILD, HEAP + 24 * P, COPY, -1),  # the big block's 17th page (16 bytes)
+                (34, PARENT, HEAP + 9 * P, COPY, -1),  # freed in the parent: no block
+                (35, PARENT, HEAP + 9 * P, COPY, -1),  # the same page again
+            ]
+        )
+    )
+    sections = eng.summary_sections()
+    allocations = {tuple(a["site"]): a for a in sections["allocations"]}
+    large = allocations[("f_400020 (prog)", "f_400030 (prog)")]
+    assert (large["copies"], large["blocks"], large["block_bytes"]) == (3, 1, 16 * P)
+    assert large["largest"] == [{"addr": big, "size": 16 * P, "copied_pages": 3}]
+    small = allocations[("f_400010 (prog)",)]
+    # the page [HEAP, HEAP + P) overlaps the 64 blocks at HEAP + 16 + 64 i (all of them)
+    assert (small["copies"], small["blocks"], small["block_bytes"]) == (1, 64, 64 * 48)
+    assert small["largest"][0] == {"addr": HEAP + 16, "size": 48, "copied_pages": 1}
+    assert small["origin"] == "malloc" and small["allocator"] == "glibc"
+    assert small["copied_bytes"] == P
+
+
+def test_realloc_moves_a_block() -> None:
+    eng = engine()
+    seed(eng)
+    eng.on_alloc_events(
+        alloc_events(
+            [
+                (4, PARENT, ALLOC_OP_ALLOC, HEAP + 16, 100, 0, -1),
+                (5, PARENT, ALLOC_OP_REALLOC, HEAP + 2 * P + 16, 3 * P, HEAP + 16, -1),
+            ]
+        )
+    )
+    eng.on_fault_events(faults([(10, PARENT, HEAP, COPY, -1), (11, PARENT, HEAP + 3 * P, 1, -1)]))
+    (alloc,) = eng.summary_sections()["allocations"]
+    assert alloc["largest"] == [{"addr": HEAP + 2 * P + 16, "size": 3 * P, "copied_pages": 1}]
+    assert alloc["copies"] == 1
+
+
+def test_writers_resolved_once_and_truncated_at_a_non_code_frame() -> None:
+    garbage = 0x1234  # in no executable mapping: the frame-pointer walk went astray
+    resolver = FakeResolver({7: [CODE + 0x100, CODE + 0x200, garbage, CODE + 0x300], 8: [CODE]})
+    eng = engine(resolver=resolver)
+    seed(eng)
+    eng.on_fork(5, PARENT, CHILD)
+    eng.on_fault_events(
+        faults(
+            [(10 + i, CHILD, HEAP + i * P, COPY, 7) for i in range(5)]
+            + [(20, PARENT, HEAP, COPY, 7), (21, PARENT, ANON, COPY, 8), (22, PARENT, ANON, 2, 9)]
+        )
+    )
+    writers = eng.summary_sections()["writers"]
+    assert writers == [
+        {
+            "frames": ["f_400100 (prog)", "f_400200 (prog)"],
+            "copies": 6,
+            "copied_bytes": 6 * P,
+            "processes": 2,
+            "truncated": True,
+        },
+        {
+            "frames": ["f_400000 (prog)"],
+            "copies": 1,
+            "copied_bytes": P,
+            "processes": 1,
+            "truncated": False,
+        },
+    ]
+    eng.summary_sections()
+    assert resolver.lookups == 2  # once per stack id; reuses (id 9) are not writers
+
+
+def test_exit_window_counts_only_the_last_moments() -> None:
+    resolver = FakeResolver({3: [CODE + 0x40]})
+    eng = engine(resolver=resolver, exit_window_s=0.5)
+    seed(eng)
+    exit_ts = 2000 * MS
+    eng.on_fault_events(
+        faults(
+            [
+                (exit_ts - 600 * MS, PARENT, HEAP, COPY, 3),  # too early
+                (exit_ts - 400 * MS, PARENT, HEAP + P, COPY, 3),
+                (exit_ts - 300 * MS, PARENT, HEAP + 2 * P, REUSE, 3),  # not a copy
+            ]
+        )
+    )
+    eng.on_exit(exit_ts, PARENT)
+    # drained after the exit record arrived: still inside the window
+    eng.on_fault_events(faults([(exit_ts - 1 * MS, PARENT, HEAP + 3 * P, COPY, -1)]))
+    fields = eng.process_fields(PARENT)
+    assert fields == {
+        "exit_copies": 2,
+        "exit_writers": [{"frames": ["f_400040 (prog)"], "copies": 1}, {"frames": [], "copies": 1}],
+    }
+    view = eng.view()
+    assert view is not None and view.exit_copies == {PARENT: 2}
+    assert eng.process_fields(CHILD) == {"exit_copies": 0, "exit_writers": []}
+
+
+def test_summary_schema() -> None:
+    eng = engine(resolver=FakeResolver({1: [CODE]}))
+    seed(eng)
+    eng.on_alloc_events(alloc_events([(4, PARENT, ALLOC_OP_ALLOC, HEAP + 16, 64, 0, 1)]))
+    eng.on_fault_events(faults([(10, PARENT, HEAP, COPY, 1)]))
+    sections = json.loads(json.dumps(eng.summary_sections()))
+    assert set(sections) == {"regions", "allocations", "writers"}
+    assert set(sections["regions"][0]) == {
+        "kind", "name", "section", "copies", "copied_bytes", "reuses", "zero_fills", "processes"
+    }  # fmt: skip
+    assert set(sections["allocations"][0]) == {
+        "site", "origin", "allocator", "blocks", "block_bytes", "copies", "copied_bytes", "largest"
+    }  # fmt: skip
+    assert set(sections["allocations"][0]["largest"][0]) == {"addr", "size", "copied_pages"}
+    assert set(sections["writers"][0]) == {
+        "frames", "copies", "copied_bytes", "processes", "truncated"
+    }  # fmt: skip
+    assert set(eng.process_fields(PARENT)) == {"exit_copies", "exit_writers"}
+
+
+def test_event_fields_in_the_log(tmp_path) -> None:
+    eng = engine(resolver=FakeResolver({1: [CODE + 8]}), event_fields=True)
+    seed(eng)
+    eng.on_alloc_events(alloc_events([(4, PARENT, ALLOC_OP_ALLOC, HEAP + 16, 64, 0, -1)]))
+    records = faults(
+        [(12, PARENT, ANON + P, REUSE, -1), (10, PARENT, HEAP, COPY, 1), (11, PARENT, 0, COPY, -1)]
+    )
+    extra = eng.on_fault_events(records)
+    path = tmp_path / "events.jsonl"
+    log = EventLog(str(path))
+    log.write(records, extra)
+    log.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    picked = [
+        {k: line[k] for k in ("mapping", "path", "offset", "alloc", "stack")} for line in lines
+    ]
+    assert picked == [
+        {"mapping": "anon", "path": None, "offset": None, "alloc": None, "stack": None},
+        {
+            "mapping": "heap",
+            "path": None,
+            "offset": None,
+            "alloc": {"addr": HEAP + 16, "size": 64, "origin": "malloc"},
+            "stack": ["f_400008 (prog)"],
+        },
+        {"mapping": None, "path": None, "offset": None, "alloc": None, "stack": None},
+    ]
+
+
+def test_no_data_no_view() -> None:
+    eng = engine()
+    assert eng.view() is None
+    assert eng.summary_sections() == {"regions": [], "allocations": [], "writers": []}
+
+
+def test_blocks_are_seen_as_of_each_copy() -> None:
+    """Allocator calls drained with the faults: a copy inside free() (before it returned)
+    lands in the freed block, one before a malloc returned does not see the new block."""
+    eng = engine()
+    seed(eng)
+    eng.on_alloc_events(
+        alloc_events(
+            [
+                (4, PARENT, ALLOC_OP_ALLOC, HEAP + 16, 2000, 0, -1),
+                (20, PARENT, ALLOC_OP_FREE, HEAP + 16, 0, 0, -1),
+                (30, PARENT, ALLOC_OP_ALLOC, HEAP + 16, 100, 0, -1),  # the address reused
+                (40, PARENT, ALLOC_OP_ALLOC, HEAP + P + 16, 300, 0, -1),
+            ]
+        )
+    )
+    eng.event_fields = True
+    extras = eng.on_fault_events(
+        faults(
+            [
+                (10, PARENT, HEAP, COPY, -1),  # the 2000-byte block
+                (19, PARENT, HEAP, COPY, -1),  # still the 2000-byte block (free not returned)
+                (25, PARENT, HEAP, COPY, -1),  # between free and malloc: nothing
+                (35, PARENT, HEAP, COPY, -1),  # the 100-byte block
+                (35, PARENT, HEAP + P, COPY, -1),  # before the 300-byte block existed
+                (45, PARENT, HEAP + P, COPY, -1),  # the 300-byte block
+            ]
+        )
+    )
+    assert extras is not None
+    sizes = [json.loads("{" + e[2:] + "}")["alloc"] for e in extras]
+    assert [s and s["size"] for s in sizes] == [2000, 2000, None, 100, None, 300]
+
+
+def test_largest_overlap_wins_across_tables() -> None:
+    """Recovered (base table) and new (side table) blocks on one page: the one covering most
+    of the page is the page's block; every overlapping block is counted."""
+    from cowtrace.attribution.allocs import Site
+
+    eng = engine(event_fields=True)
+    seed(eng)
+    table = eng._table(PARENT)
+    site = eng.blocks.site_id(Site("recovered", "glibc", -1, 0, PARENT))
+    addrs = np.array([HEAP + 16, HEAP + 3000], np.uint64)
+    sizes = np.array([1000, 600], np.uint64)
+    table.add_many(addrs, eng.blocks.add_many(addrs, sizes, site))
+    eng.on_alloc_events(alloc_events([(4, PARENT, ALLOC_OP_ALLOC, HEAP + 1100, 1800, 0, -1)]))
+    (extra,) = eng.on_fault_events(faults([(10, PARENT, HEAP, COPY, -1)]))
+    assert json.loads("{" + extra[2:] + "}")["alloc"] == {
+        "addr": HEAP + 1100,
+        "size": 1800,
+        "origin": "malloc",
+    }
+    allocations = {a["origin"]: a for a in eng.summary_sections()["allocations"]}
+    assert allocations["malloc"]["copies"] == 1 and allocations["malloc"]["blocks"] == 1
+    assert allocations["recovered"]["copies"] == 0 and allocations["recovered"]["blocks"] == 2
+
+
+def test_fork_shares_the_block_table() -> None:
+    """Workers of a master with a big recovered heap do not each copy its table."""
+    from cowtrace.attribution.allocs import Site
+
+    eng = engine()
+    seed(eng)
+    table = eng._table(PARENT)
+    site = eng.blocks.site_id(Site("recovered", "glibc", -1, 0, PARENT))
+    addrs = HEAP + 16 + 64 * np.arange(1000, dtype=np.uint64)
+    table.add_many(addrs, eng.blocks.add_many(addrs, np.full(1000, 48, np.uint64), site))
+    for child in range(200, 232):
+        eng.on_fork(10, PARENT, child)
+    eng.on_alloc_events(alloc_events([(20, 200, ALLOC_OP_FREE, HEAP + 16, 0, 0, -1)]))
+    eng.flush()
+    assert all(eng.tables[c]._base is table._base for c in range(200, 232))
+    assert len(eng.tables[200].live()[0]) == 999 and len(eng.tables[201].live()[0]) == 1000
+
+
+def test_queue_stays_bounded_without_faults(monkeypatch) -> None:
+    import cowtrace.attribution.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "QUEUE_LIMIT", 100)
+    eng = engine()
+    seed(eng)
+    second = 1_000_000_000
+    rows = [
+        (i * second // 100, PARENT, ALLOC_OP_ALLOC, HEAP + 64 * i, 32, 0, -1) for i in range(300)
+    ]
+    eng.on_alloc_events(alloc_events(rows))
+    # everything older than a second before the newest call was applied
+    assert eng._pending_allocs == 100  # ts 2.0 s .. 2.99 s
+    assert len(eng.tables[PARENT].live()[0]) == 200
