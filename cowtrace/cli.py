@@ -6,8 +6,10 @@ on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+import traceback
 
 import typer
 
@@ -451,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         if type(error).__name__ == "Abort":
             return 130
         print(f"cowtrace: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        if os.environ.get("COWTRACE_DEBUG"):  # for bug reports: the whole traceback
+            traceback.print_exc()
         return 70
     return result if isinstance(result, int) else 0
 

@@ -140,10 +140,13 @@ class _Tally:
         seen[ids] = True
 
     def processes(self) -> np.ndarray:
-        total = np.zeros(len(self.counts), np.int64)
+        """Per id, how many pids contributed (a pid's flags may be longer than the counts:
+        each array grows on its own)."""
+        size = max([len(self.counts), *(len(seen) for seen in self.seen.values())])
+        total = np.zeros(size, np.int64)
         for seen in self.seen.values():
             total[: len(seen)] += seen
-        return total
+        return total[: len(self.counts)]
 
 
 def _any(seen: np.ndarray, ids: np.ndarray) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cowtrace.attribution.maps import Interval
+from cowtrace.remote_reads import drained_reads
 
 PREV_INUSE, IS_MMAPPED, NON_MAIN_ARENA = 0x1, 0x2, 0x4
 SIZE_BITS = 0x7
@@ -267,7 +268,8 @@ def walk(pid: int, intervals: list[Interval]) -> Recovered:
     except OSError:
         return Recovered()
     try:
-        return _walk(mem, intervals)
+        with drained_reads():
+            return _walk(mem, intervals)
     finally:
         mem.close()
 

@@ -40,7 +40,7 @@ def read(pid: int, addr: int, size: int) -> bytes | None:
     except OSError:
         return None
     try:
-        data = os.pread(fd, size, addr)
+        data = os.pread(fd, size, addr)  # callers drain the LRU batches (remote_reads.py)
     except OSError:
         return None
     finally:

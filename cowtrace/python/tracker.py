@@ -21,6 +21,7 @@ from cowtrace.python.detect import PythonImage, detect
 from cowtrace.python.kernel import PYF_TRUNCATED
 from cowtrace.python.resolve import code_name, leaf_name
 from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize
+from cowtrace.remote_reads import drained_reads
 
 KIND_COPY = 1
 
@@ -68,9 +69,10 @@ class PythonStacks:
             return
         self._raw[stack_id] = raw
         readers = [pid, *self._readers(image, pid)]
-        for code in raw.codes:
-            code_name(image, readers, code)  # cached in the image
-        leaf_name(image, pid, raw.leaf_ip)
+        with drained_reads():  # reads of the traced process' memory (see remote_reads.py)
+            for code in raw.codes:
+                code_name(image, readers, code)  # cached in the image
+            leaf_name(image, pid, raw.leaf_ip)
 
     def _readers(self, image: PythonImage, pid: int) -> list[int]:
         """Other processes of the same image, to read pre-fork objects from."""
@@ -112,7 +114,8 @@ class PythonStacks:
                 self._look(pid, deadline)
 
     def _look(self, pid: int, deadline: float) -> None:
-        found = detect(pid)
+        with drained_reads():  # detect() reads the process' _PyRuntime (see remote_reads.py)
+            found = detect(pid)
         if found.pending:
             self.pending[pid] = deadline
         elif found.notice is not None:
@@ -138,8 +141,9 @@ class PythonStacks:
             keys[has_stack], return_inverse=True, return_counts=True
         )
         texts = []
-        for key, copies in zip(unique.tolist(), counts.tolist(), strict=True):
-            stack = self._resolve(key >> 32, key & 0xFFFFFFFF)
+        with drained_reads():  # names are read from the traced processes (remote_reads.py)
+            resolved = [self._resolve(key >> 32, key & 0xFFFFFFFF) for key in unique.tolist()]
+        for stack, copies in zip(resolved, counts.tolist(), strict=True):
             if stack is None:
                 texts.append("null")
                 continue

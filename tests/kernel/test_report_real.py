@@ -53,4 +53,6 @@ def test_report_of_a_traced_fixture(fixture_binaries, tmp_path) -> None:
     assert html.returncode == 0, html.stderr
     page = page_path.read_text()
     assert f"{log.events:,} events" in page
-    assert "No writer stacks in this file" in page  # the core tracer records no stacks
+    # The workers' writes, with their writer stacks, are in the flame graph.
+    assert "No writer stacks in this file" not in page
+    assert "worker_main (workers)" in page

@@ -390,3 +390,18 @@ def test_queue_stays_bounded_without_faults(monkeypatch) -> None:
     # everything older than a second before the newest call was applied
     assert eng._pending_allocs == 100  # ts 2.0 s .. 2.99 s
     assert len(eng.tables[PARENT].live()[0]) == 200
+
+
+def test_tally_processes_when_a_pid_flag_array_outgrew_the_counts() -> None:
+    """A pid's flags grow by doubling on their own: 95 ids, then 96, left them longer than the
+    counts (a real run crashed here)."""
+    from cowtrace.attribution.engine import _Tally
+
+    tally = _Tally()
+    tally.add(1, np.arange(95))
+    tally.add(2, np.arange(96))
+    tally.add(1, np.array([96]))
+    processes = tally.processes()
+    assert len(processes) == len(tally.counts)
+    assert processes[:95].tolist() == [2] * 95
+    assert processes[95:97].tolist() == [1, 1]
