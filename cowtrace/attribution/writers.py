@@ -72,10 +72,12 @@ class StackCache:
     def _resolve(self, addresses: list[int], pid: int) -> Stack:
         frames: list[str] = []
         truncated = False
-        for addr in addresses:
+        for index, addr in enumerate(addresses):
             if addr == 0:  # the walk's natural end
                 break
-            if self.is_code(pid, addr) is False:
+            # The first address is the instruction that wrote: real code whatever the map we
+            # hold says (it may be stale: an exec'd process gone before its map was read).
+            if index > 0 and self.is_code(pid, addr) is False:
                 truncated = True
                 break
             assert self.resolver is not None

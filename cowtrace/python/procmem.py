@@ -33,15 +33,21 @@ def read_maps(pid: int) -> list[Mapping]:
     return maps
 
 
+USER_ADDRESS_END = 0x800000000000  # x86-64: user space lies below
+
+
 def read(pid: int, addr: int, size: int) -> bytes | None:
-    """`size` bytes at `addr` in `pid`, or None if the process or the page is gone."""
+    """`size` bytes at `addr` in `pid`, or None if the process or the page is gone (or the
+    address, read from another process' memory, is not a user address at all)."""
+    if not 0 < addr < USER_ADDRESS_END or size <= 0:
+        return None
     try:
         fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     except OSError:
         return None
     try:
         data = os.pread(fd, size, addr)  # callers drain the LRU batches (remote_reads.py)
-    except OSError:
+    except (OSError, OverflowError):
         return None
     finally:
         os.close(fd)

@@ -197,3 +197,14 @@ def test_live_pane_and_summary_lines():
     lines = summary_lines(python_snapshot())
     assert "top Python writers:" in lines
     assert any("gc" in line and "child (f.py:9)" in line for line in lines)
+
+
+def test_reading_a_garbage_address_is_none_not_an_error() -> None:
+    """Pointers read from another process may be anything: above the user address space, a
+    pread offset overflows."""
+    import os
+
+    from cowtrace.python import procmem
+
+    assert procmem.read(os.getpid(), 0xFFFF_8880_0000_0000, 8) is None
+    assert procmem.read(os.getpid(), 0, 8) is None
