@@ -131,7 +131,9 @@ class Session:
         """Load the BPF program.  Separate from attach so that `run` can start the command
         after the program is ready and before it forks."""
         self.tracer.open()
-        self.resolver = KernelStackResolver(self.tracer.bpf, root=lambda: self.root_pid)
+        self.resolver = KernelStackResolver(
+            self.tracer.bpf, root=lambda: self.root_pid, entries=self.tracer.stack_entries
+        )
         self.sink = self.options.sink_factory(self.resolver, self.options)
         if self.options.malloc:
             self.allocators = AllocatorProbes(self.tracer.bpf)

@@ -1,7 +1,9 @@
 """Native user stacks: the kernel's stack ids to addresses, and addresses to `function (module)`.
 
-The BPF program stores each distinct stack once in the `user_stacks` map (bpf_get_stackid) and
-puts its id in fault and allocation records.  Ids are never reused (no BPF_F_REUSE_STACKID),
+The BPF program stores each distinct stack once, in `fault_stacks` for user-mode faults (its own
+frame-pointer walk; ids from STACK_ENTRIES up) and in `user_stacks` for the rest
+(bpf_get_stackid: allocations, the kernel writing for a process), and puts its id in fault and
+allocation records.  Ids are never reused (no BPF_F_REUSE_STACKID),
 so an id read once stays right: addresses are cached, and the whole map is copied out before
 the program is unloaded (`freeze`), for the summary written after the session ends.
 
@@ -30,8 +32,12 @@ class KernelStackResolver:
         bpf: Any,
         *,
         root: Callable[[], int] = lambda: 0,
+        entries: int = 32768,
     ) -> None:
+        self._entries = entries  # STACK_ENTRIES: fault_stacks' ids start there
         self._table = None if bpf is None else bpf["user_stacks"]
+        # Stacks of user-mode faults, walked by the program itself (walk_fault_stack).
+        self._fault_table = None if bpf is None else bpf["fault_stacks"]
         self._root = root
         self._stacks: dict[int, tuple[int, ...]] = {}
         self._caches: dict[int, Any] = {}
@@ -44,10 +50,11 @@ class KernelStackResolver:
         if stack_id < 0:
             return ()
         cached = self._stacks.get(stack_id)
-        if cached is not None or self._table is None:
+        table = self._fault_table if stack_id >= self._entries else self._table
+        if cached is not None or table is None:
             return cached or ()
         try:
-            leaf = self._table[self._table.Key(stack_id)]
+            leaf = table[table.Key(stack_id)]
         except KeyError:
             return ()
         frames = tuple(addr for addr in leaf.ip if addr)
@@ -56,11 +63,12 @@ class KernelStackResolver:
 
     def freeze(self) -> None:
         """Copy every stack out of the map: called just before the program is unloaded."""
-        if self._table is None:
-            return
-        for key, leaf in self._table.items():
-            self._stacks.setdefault(key.value, tuple(addr for addr in leaf.ip if addr))
-        self._table = None
+        for table in (self._table, self._fault_table):
+            if table is None:
+                continue
+            for key, leaf in table.items():
+                self._stacks.setdefault(key.value, tuple(addr for addr in leaf.ip if addr))
+        self._table = self._fault_table = None
 
     # ---- symbols ---------------------------------------------------------------------------
     def note_image(self, pid: int) -> None:

@@ -60,7 +60,7 @@ class TracerConfig:
     max_members: int = 16384
     max_threads: int = 65536
     stacks: bool = True  # native user stacks of copies and allocations (--no-stacks: off)
-    stack_entries: int = 32768  # distinct stacks the kernel can hold (32 frames each)
+    stack_entries: int = 32768  # stacks per map (32 frames each); a power of two
     map_ring_bytes: int = 1 << 20  # 80 bytes per map change
     alloc_ring_bytes: int = 0  # 64 bytes per allocator call; 0: no allocator probes planned
     python_stacks: bool = True  # the CPython frame walk at each copy (cowtrace/python/)
@@ -180,6 +180,11 @@ class KernelTracer:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+
+    @property
+    def stack_entries(self) -> int:
+        """STACK_ENTRIES the program was built with: where fault_stacks' ids begin."""
+        return self.config.stack_entries if self.config.stacks else 1
 
     @property
     def bpf(self) -> Any:
