@@ -6,6 +6,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+MAX_OFFSET = 1 << 63  # pread's offset is a signed 64-bit off_t
+
 
 @dataclass(frozen=True)
 class Mapping:
@@ -34,7 +36,13 @@ def read_maps(pid: int) -> list[Mapping]:
 
 
 def read(pid: int, addr: int, size: int) -> bytes | None:
-    """`size` bytes at `addr` in `pid`, or None if the process or the page is gone."""
+    """`size` bytes at `addr` in `pid`, or None if the process or the page is gone.
+
+    `addr` often comes from a pointer read in the target that may be garbage (a stale frame's
+    code object): one past the range of a file offset (off_t) reads nothing, rather than
+    raising OverflowError in the ring buffer callback and losing the rest of the stack."""
+    if not 0 <= addr < MAX_OFFSET - size:
+        return None
     try:
         fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     except OSError:
