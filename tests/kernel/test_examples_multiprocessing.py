@@ -27,13 +27,15 @@ WORKERS = 4
 WRITE_FROM, WRITE_COUNT = 1000, 300_000  # float64 elements: 2.4 MB, not page-aligned
 
 
-def attribution_checks(events: list[dict], array: dict, piece: dict, writer: int) -> dict:
+def attribution_checks(
+    summary: dict, events: list[dict], array: dict, piece: dict, writer: int
+) -> dict:
     """Where cowtrace says the copies are and who made them (issue 6, item 2); returns the
     measured shares for the README.
 
     Exact, from the events: every copy in the array (the slice's pages, test 1) is attributed
     to a plain anonymous mapping (the example's own mmap: no file, no malloc'd block), made in
-    the writer by numpy's assignment loop (native leaf in numpy's _multiarray_umath) under the
+    the writer by numpy's assignment loop (native leaf in numpy's copy loops) under the
     Python stack write_slice <- multiprocessing's worker loop.  And no copy anywhere else has
     write_slice as its innermost frame but a few pages of the interpreter's heap.
 
@@ -52,7 +54,17 @@ def attribution_checks(events: list[dict], array: dict, piece: dict, writer: int
         assert (e["pid"], e["mapping"], e["path"], e["alloc"]) == (writer, "anon", None, None), e
         assert e["pystack"] and e["pystack"][0] == slice_frame, e["pystack"]
         assert e["pystack"][1].startswith("worker ("), e["pystack"]
-        assert e["stack"] and "_multiarray_umath" in e["stack"][0], e["stack"]
+    # The native leaf, from the Python writer table (named from numpy's own symbols): a write
+    # outside the interpreter (category "other": a C extension).  The event's native stack is
+    # not asserted: once in ~6 runs its leaf did not resolve (see the README).
+    slice_writers = [w for w in summary["python_writers"] if w["frames"][:1] == [slice_frame]]
+    numpy_writes = [w for w in slice_writers if w["category"] == "other"]
+    assert sum(w["copies"] for w in numpy_writes) == piece["pages"], slice_writers
+    assert all(
+        w["native_leaf"].startswith(("_aligned_", "_contig_", "_strided_", "_cast_"))
+        or "_multiarray_umath" in w["native_leaf"]
+        for w in numpy_writes
+    ), numpy_writes
     taken = {id(e) for e in in_array}
     elsewhere = [e for e in copies if id(e) not in taken]
     # write_slice wrote little else: the objects of the assignment itself (the slice, the
@@ -74,7 +86,8 @@ def attribution_checks(events: list[dict], array: dict, piece: dict, writer: int
         "other_in_heap": len(heap),
         "other_in_interpreter_binary": len(binary),
         "writer_pystack": in_array[0]["pystack"][:3],
-        "writer_native_leaf": in_array[0]["stack"][0],
+        "writer_native_leaf": numpy_writes[0]["native_leaf"],
+        "event_native_stack": in_array[0]["stack"],
     }
 
 
@@ -177,7 +190,7 @@ def test_shared_array_copies_exactly_the_written_slice(tmp_path, delayacct_on, r
         assert p["copies"] + p["zero_fills"] == kernel, f"pid {pid}: {rows[-1]}"
     for pid in workers:
         assert pid in processes and processes[pid]["role"] == "descendant"
-    attribution = attribution_checks(events, array, piece, writer)
+    attribution = attribution_checks(summary, events, array, piece, writer)
 
     out = out_dir()
     if out is not None:
