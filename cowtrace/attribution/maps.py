@@ -130,9 +130,13 @@ def parse_maps(text: str) -> list[Interval]:
 
 
 def read_proc_maps(pid: int) -> list[Interval] | None:
+    """The process' intervals, or None when they cannot be known: the process is gone, or it
+    is a zombie, whose maps file is empty.  A live process always has a mapping (its stack):
+    taking an exited worker's empty file for its map made every address of its program
+    "not code" and cut its writer stacks to nothing (seen on the workers fixture)."""
     try:
         with open(f"/proc/{pid}/maps") as handle:
-            return parse_maps(handle.read())
+            return parse_maps(handle.read()) or None
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import numpy as np
 
 from cowtrace.attribution.maps import (
@@ -197,3 +201,19 @@ def test_sections_split_whole_pages_only() -> None:
         (0x1000, 0x4000, ".data"),
         (0x4000, 0x5000, None),
     ]
+
+
+def test_a_zombie_has_no_known_map() -> None:
+    """An exited, unreaped child's maps file is empty: its map is unknown (None), not empty."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert read_proc_maps(pid) is None
+        assert read_proc_maps(os.getpid())
+    finally:
+        os.waitpid(pid, 0)
