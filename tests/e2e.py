@@ -20,6 +20,7 @@ command, plain output, JSON summary and check table there: the examples' READMEs
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -204,7 +205,9 @@ class AttachedTrace:
     Ctrl-C) and thaws. ``close()`` stops cowtrace and the exit listener whatever happened.
     """
 
-    def __init__(self, root: int, workdir: Path, name: str) -> None:
+    def __init__(
+        self, root: int, workdir: Path, name: str, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.root = root
         self.workdir = workdir
         self.name = name
@@ -218,6 +221,7 @@ class AttachedTrace:
             "1",
             "--json",
             str(self.json_path),
+            *extra_args,
             # Extra cowtrace options for a run by hand (e.g. "--no-stacks --events e.jsonl").
             *os.environ.get("COWTRACE_E2E_EXTRA", "").split(),
         ]
@@ -346,3 +350,19 @@ def format_rows(rows: list[Row], books: tuple[Books, Books] | None = None) -> st
 
 def relative_gap(ours: int, kernel: int) -> float:
     return abs(ours - kernel) / max(kernel, 1)
+
+
+# --- attribution ------------------------------------------------------------------------------
+
+
+def python_frame(path: Path, function: str) -> str:
+    """How cowtrace names the Python frame of ``function`` defined at module level in ``path``:
+    ``qualname (file:first line)``, the line read from the source."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return f"{function} ({path}:{node.lineno})"
+    raise LookupError(f"no function {function} in {path}")
+
+
+def share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0

@@ -130,9 +130,13 @@ def parse_maps(text: str) -> list[Interval]:
 
 
 def read_proc_maps(pid: int) -> list[Interval] | None:
+    """The process' intervals, or None when they cannot be known: the process is gone, or it
+    is a zombie, whose maps file is empty.  A live process always has a mapping (its stack):
+    taking an exited worker's empty file for its map made every address of its program
+    "not code" and cut its writer stacks to nothing (seen on the workers fixture)."""
     try:
         with open(f"/proc/{pid}/maps") as handle:
-            return parse_maps(handle.read())
+            return parse_maps(handle.read()) or None
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
 
@@ -263,6 +267,16 @@ class ProcessMap:
             self.move(start, page_up(length), new_start, page_up(new_length))
         elif op == MAP_OP_BRK:
             old, new = page_up(start), page_up(int(record["new_start"]))
+            if start == 0:
+                # The first break the tracer saw (attach, or the first brk after an exec): the
+                # old break is unknown.  Taking 0 would map [0, new) as heap and wipe the
+                # program's own mappings below it (seen: nginx's text, so every writer stack
+                # in it was cut at its leaf).  The heap known from /proc ends at the old break;
+                # with no heap known, it is still empty: nothing to map.
+                heap = [i.end for i in self._items if i.kind == "heap"]
+                if not heap:
+                    return
+                old = max(heap)
             if int(record["new_start"]) >= ERROR_FLOOR or new == old:
                 return
             if new > old:

@@ -7,6 +7,7 @@ import struct
 from dataclasses import dataclass
 
 
+
 @dataclass(frozen=True)
 class Mapping:
     start: int

@@ -11,13 +11,14 @@ other process' array mapping holds none, since each page is still shared by the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections import Counter
 
 from cowtrace import smaps, taskstats
-from tests.e2e import EXAMPLES, PAGE, out_dir
+from tests.e2e import EXAMPLES, PAGE, out_dir, python_frame, share
 from tests.helpers import COWTRACE, read_jsonl
 
 EXAMPLE = EXAMPLES / "multiprocessing" / "shared_array.py"
@@ -26,14 +27,68 @@ WORKERS = 4
 WRITE_FROM, WRITE_COUNT = 1000, 300_000  # float64 elements: 2.4 MB, not page-aligned
 
 
-def attribution_checks(summary: dict, events: list[dict], array: dict, writer: int) -> None:
-    """The one place for this example's attribution assertions, once attribution lands.
+def attribution_checks(
+    summary: dict, events: list[dict], array: dict, piece: dict, writer: int
+) -> dict:
+    """Where cowtrace says the copies are and who made them (issue 6, item 2); returns the
+    measured shares for the README.
 
-    Still to add (issue 6, item 2): the writer's slice copies attributed to the array's own
-    anonymous mapping (all 587, no other mapping), with the Python writer stack ending in
-    ``write_slice`` (and the native one in numpy's assignment loop); every process' other
-    copies attributed to the interpreter's heap, not to the array.
+    Exact, from the events: every copy in the array (the slice's pages, test 1) is attributed
+    to a plain anonymous mapping (the example's own mmap: no file, no malloc'd block), made in
+    the writer by numpy's assignment loop (native leaf in numpy's copy loops) under the
+    Python stack write_slice <- multiprocessing's worker loop.  And no copy anywhere else has
+    write_slice as its innermost frame but a few pages of the interpreter's heap.
+
+    With a margin: the other copies (each process' own start-up and bookkeeping) are in the
+    interpreter's memory: its heap (pymalloc's anonymous arenas and [heap]) and the writable
+    data of the python binary (static type objects, the small-int cache: reference counts),
+    measured 95% of them; asserted 85%.
     """
+    slice_frame = python_frame(EXAMPLE, "write_slice")
+    copies = [e for e in events if e["kind"] == "copy"]
+    in_array = [
+        e for e in copies if e["addr"] is not None and array["start"] <= e["addr"] < array["end"]
+    ]
+    assert len(in_array) == piece["pages"]
+    for e in in_array:
+        assert (e["pid"], e["mapping"], e["path"], e["alloc"]) == (writer, "anon", None, None), e
+        assert e["pystack"] and e["pystack"][0] == slice_frame, e["pystack"]
+        assert e["pystack"][1].startswith("worker ("), e["pystack"]
+    # The native leaf, from the Python writer table (named from numpy's own symbols): a write
+    # outside the interpreter (category "other": a C extension).  The event's native stack is
+    # not asserted: once in ~6 runs its leaf did not resolve (see the README).
+    slice_writers = [w for w in summary["python_writers"] if w["frames"][:1] == [slice_frame]]
+    numpy_writes = [w for w in slice_writers if w["category"] == "other"]
+    assert sum(w["copies"] for w in numpy_writes) == piece["pages"], slice_writers
+    assert all(
+        w["native_leaf"].startswith(("_aligned_", "_contig_", "_strided_", "_cast_"))
+        or "_multiarray_umath" in w["native_leaf"]
+        for w in numpy_writes
+    ), numpy_writes
+    taken = {id(e) for e in in_array}
+    elsewhere = [e for e in copies if id(e) not in taken]
+    # write_slice wrote little else: the objects of the assignment itself (the slice, the
+    # float), in the interpreter's heap (1 page measured).
+    aside = [e for e in elsewhere if e["pystack"] and e["pystack"][0] == slice_frame]
+    assert len(aside) <= 8 and all(e["mapping"] in ("anon", "heap") for e in aside), aside
+    interpreter = os.path.realpath(sys.executable)
+    heap = [e for e in elsewhere if e["mapping"] in ("anon", "heap")]
+    binary = [e for e in elsewhere if e["mapping"] == "file" and e["path"] == interpreter]
+    assert share(len(heap) + len(binary), len(elsewhere)) >= 0.85, (
+        len(heap),
+        len(binary),
+        len(elsewhere),
+    )
+    return {
+        "array_copies": len(in_array),
+        "other_copies": len(elsewhere),
+        "other_under_write_slice": [(e["mapping"], e["stack"][:1]) for e in aside],
+        "other_in_heap": len(heap),
+        "other_in_interpreter_binary": len(binary),
+        "writer_pystack": in_array[0]["pystack"][:3],
+        "writer_native_leaf": numpy_writes[0]["native_leaf"],
+        "event_native_stack": in_array[0]["stack"],
+    }
 
 
 def test_shared_array_copies_exactly_the_written_slice(tmp_path, delayacct_on, reaper):
@@ -135,7 +190,7 @@ def test_shared_array_copies_exactly_the_written_slice(tmp_path, delayacct_on, r
         assert p["copies"] + p["zero_fills"] == kernel, f"pid {pid}: {rows[-1]}"
     for pid in workers:
         assert pid in processes and processes[pid]["role"] == "descendant"
-    attribution_checks(summary, events, array, writer)
+    attribution = attribution_checks(summary, events, array, piece, writer)
 
     out = out_dir()
     if out is not None:
@@ -146,6 +201,7 @@ def test_shared_array_copies_exactly_the_written_slice(tmp_path, delayacct_on, r
                 f"{held.get(pid, 0) / 2**20:.2f}"
             )
         table.append(f"writer={writer} slice_pages={piece['pages']} elapsed_s={elapsed:.1f}")
+        table.append(f"attribution={json.dumps(attribution)}")
         (out / "multiprocessing.checks.txt").write_text("\n".join(table) + "\n")
         (out / "multiprocessing.json").write_text(summary_path.read_text())
         (out / "multiprocessing.stdout.txt").write_text("\n".join(map(json.dumps, lines)) + "\n")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import numpy as np
 
 from cowtrace.attribution.maps import (
@@ -145,6 +149,25 @@ def test_brk_grows_and_shrinks_heap() -> None:
     assert [(s, e) for s, e, *_ in spans(pmap)] == [(heap, heap + 0x10000)]
 
 
+def test_first_brk_seen_keeps_the_program_below_the_heap() -> None:
+    """The tracer's first brk of a process carries no old break (start=0): the heap grows from
+    the [heap] read at attach, and the program's mappings below it stay (nginx's text was
+    wiped by a heap mapped from 0)."""
+    pmap = ProcessMap(RegionRegistry(), parse_maps(MAPS_TEXT))
+    before = spans(pmap)
+    heap_end = 0x55D000200000
+    apply(pmap, dict(ts=1, pid=1, op=MAP_OP_BRK, start=0, new_start=heap_end + 0x1010))
+    after = spans(pmap)
+    assert after[: len(before)][:3] == before[:3]
+    assert pmap.executable(0x55D000001800)
+    heap = [(s, e) for s, e, k, _, _ in after if k == "heap"]
+    assert heap == [(0x55D000100000, heap_end), (heap_end, heap_end + 0x2000)]
+    # A process with no heap yet (the first brk after an exec): nothing is mapped.
+    empty = ProcessMap(RegionRegistry(), [])
+    apply(empty, dict(ts=1, pid=1, op=MAP_OP_BRK, start=0, new_start=0x55D000100000))
+    assert spans(empty) == []
+
+
 def test_mprotect_tracks_executable_ranges() -> None:
     pmap = ProcessMap(RegionRegistry())
     apply(pmap, mmap(1, 1, BASE, 4 * P, prot=PROT_RX))
@@ -178,3 +201,19 @@ def test_sections_split_whole_pages_only() -> None:
         (0x1000, 0x4000, ".data"),
         (0x4000, 0x5000, None),
     ]
+
+
+def test_a_zombie_has_no_known_map() -> None:
+    """An exited, unreaped child's maps file is empty: its map is unknown (None), not empty."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert read_proc_maps(pid) is None
+        assert read_proc_maps(os.getpid())
+    finally:
+        os.waitpid(pid, 0)
