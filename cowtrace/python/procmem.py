@@ -7,7 +7,6 @@ import struct
 from dataclasses import dataclass
 
 
-
 @dataclass(frozen=True)
 class Mapping:
     start: int
