@@ -246,6 +246,30 @@ def test_exit_window_counts_only_the_last_moments() -> None:
     assert eng.process_fields(CHILD) == {"exit_copies": 0, "exit_writers": []}
 
 
+def test_exit_writers_merge_stacks_with_the_same_frames() -> None:
+    """Two stack ids, one cut short by a frame in no executable mapping, name the same
+    function: one exit writer, not two entries with equal frames."""
+    resolver = FakeResolver({3: [CODE + 0x40], 4: [CODE + 0x40, 0x10]})
+    eng = engine(resolver=resolver, exit_window_s=0.5)
+    seed(eng)
+    eng.on_fault_events(
+        faults(
+            [
+                (100 * MS, PARENT, HEAP, COPY, 3),
+                (101 * MS, PARENT, HEAP + P, COPY, 4),
+                (102 * MS, PARENT, HEAP + 2 * P, COPY, 4),
+            ]
+        )
+    )
+    eng.on_exit(200 * MS, PARENT)
+    assert eng.process_fields(PARENT) == {
+        "exit_copies": 3,
+        "exit_writers": [{"frames": ["f_400040 (prog)"], "copies": 3}],
+    }
+    ((stack, copies),) = eng.exit_writers(PARENT)
+    assert stack.truncated and copies == 3
+
+
 def test_summary_schema() -> None:
     eng = engine(resolver=FakeResolver({1: [CODE]}))
     seed(eng)
