@@ -130,9 +130,12 @@ def parse_maps(text: str) -> list[Interval]:
 
 
 def read_proc_maps(pid: int) -> list[Interval] | None:
+    """The process' map now, or None when it is unknown: the process is gone, or exiting (a
+    zombie's maps file reads empty; taken as known, that empty map made every frame of its
+    children's stacks "in no executable mapping", so their writer stacks came out empty)."""
     try:
         with open(f"/proc/{pid}/maps") as handle:
-            return parse_maps(handle.read())
+            return parse_maps(handle.read()) or None
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cowtrace.attribution.sink import StackResolver
+from cowtrace.kernel.stacks import UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,19 @@ class StackCache:
         for addr in addresses:
             if addr == 0:  # the walk's natural end
                 break
-            if self.is_code(pid, addr) is False:
+            is_code = self.is_code(pid, addr)
+            if is_code is False:
                 truncated = True
                 break
             assert self.resolver is not None
             try:
-                frames.append(self.resolver.symbolize(pid, addr))
+                name = self.resolver.symbolize(pid, addr)
             except Exception:  # noqa: BLE001 - a symbolizer failure must not end tracing
-                frames.append(f"0x{addr:x} (?)")
+                name = f"0x{addr:x} (?)"
+            if is_code is None and frames and name == UNKNOWN:
+                # The map is unknown (the process exited before it was read), but no object
+                # the symbolizer knows holds this return address either: in no mapping.
+                truncated = True
+                break
+            frames.append(name)
         return Stack(tuple(frames), truncated)

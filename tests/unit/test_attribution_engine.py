@@ -219,6 +219,22 @@ def test_writers_resolved_once_and_truncated_at_a_non_code_frame() -> None:
     assert resolver.lookups == 2  # once per stack id; reuses (id 9) are not writers
 
 
+def test_unknown_map_cuts_the_stack_at_a_frame_no_object_holds() -> None:
+    """A process whose map was never read (it exited first): frames are believed, except a
+    return address that no object the symbolizer knows holds ("[unknown]", no module); the
+    leaf, the faulting instruction itself, is always kept."""
+
+    class Unmapped(FakeResolver):
+        def symbolize(self, pid: int, addr: int) -> str:
+            return "[unknown]" if addr < CODE else super().symbolize(pid, addr)
+
+    resolver = Unmapped({7: [CODE + 0x100, 0x1234, CODE + 0x300], 8: [0x10, CODE]})
+    eng = engine(resolver=resolver)  # no map for PARENT: unknown
+    eng.on_fault_events(faults([(10, PARENT, HEAP, COPY, 7), (11, PARENT, HEAP + P, COPY, 8)]))
+    frames = {tuple(w["frames"]): w["truncated"] for w in eng.summary_sections()["writers"]}
+    assert frames == {("f_400100 (prog)",): True, ("[unknown]", "f_400000 (prog)"): False}
+
+
 def test_exit_window_counts_only_the_last_moments() -> None:
     resolver = FakeResolver({3: [CODE + 0x40]})
     eng = engine(resolver=resolver, exit_window_s=0.5)

@@ -178,3 +178,26 @@ def test_sections_split_whole_pages_only() -> None:
         (0x1000, 0x4000, ".data"),
         (0x4000, 0x5000, None),
     ]
+
+
+def test_the_map_of_an_exiting_process_is_unknown_not_empty() -> None:
+    """A zombie's /proc/PID/maps reads empty.  Taken as a known empty map, it was copied to
+    the children forked before, and every frame of their stacks was then "in no executable
+    mapping": writer stacks came out empty."""
+    import os
+    import time
+    from pathlib import Path
+
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert read_proc_maps(child) is None
+    finally:
+        os.waitpid(child, 0)
+    assert read_proc_maps(child) is None  # gone
+    assert read_proc_maps(os.getpid())  # alive: its mappings
