@@ -729,16 +729,23 @@ class AttributionEngine:
         }
 
     def exit_writers(self, pid: int) -> list[tuple[Stack, int]]:
-        """The writer stacks of a process' exit-time copies, most copies first."""
+        """The writer stacks of a process' exit-time copies, most copies first.
+
+        Merged by frames: stack ids that resolve to the same frames (two addresses in one
+        function, or one walk cut short and one not) are one writer here, as in the summary's
+        `exit_writers`, which shows frames only (a stack is truncated if any of its ids was)."""
         recent = self._recent.get(pid)
         if recent is None:
             return []
-        merged: dict[Stack, int] = {}
+        merged: dict[tuple[str, ...], list[Any]] = {}
         for sid, n in recent.writers.items():
             stack = self._writer_stack(sid) if sid >= 0 else NO_STACK
-            merged[stack] = merged.get(stack, 0) + n
+            entry = merged.setdefault(stack.frames, [0, False])
+            entry[0] += n
+            entry[1] = entry[1] or stack.truncated
         return sorted(
-            merged.items(), key=lambda item: (-item[1], not item[0].frames, item[0].frames)
+            ((Stack(frames, truncated), n) for frames, (n, truncated) in merged.items()),
+            key=lambda item: (-item[1], not item[0].frames, item[0].frames),
         )
 
     def process_fields(self, pid: int) -> dict[str, Any]:

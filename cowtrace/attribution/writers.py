@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cowtrace.attribution.sink import StackResolver
+from cowtrace.kernel.stacks import UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,19 @@ class StackCache:
                 break
             # The first address is the instruction that wrote: real code whatever the map we
             # hold says (it may be stale: an exec'd process gone before its map was read).
-            if index > 0 and self.is_code(pid, addr) is False:
+            is_code = True if index == 0 else self.is_code(pid, addr)
+            if is_code is False:
                 truncated = True
                 break
             assert self.resolver is not None
             try:
-                frames.append(self.resolver.symbolize(pid, addr))
+                name = self.resolver.symbolize(pid, addr)
             except Exception:  # noqa: BLE001 - a symbolizer failure must not end tracing
-                frames.append(f"0x{addr:x} (?)")
+                name = f"0x{addr:x} (?)"
+            if is_code is None and frames and name == UNKNOWN:
+                # The map is unknown (the process exited before it was read), but no object
+                # the symbolizer knows holds this return address either: in no mapping.
+                truncated = True
+                break
+            frames.append(name)
         return Stack(tuple(frames), truncated)

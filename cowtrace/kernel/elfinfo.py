@@ -59,7 +59,10 @@ def _dynamic_entries(path: str) -> tuple[list[str], list[str]]:
                 start = strtab_offset + value
                 text = data[start : data.index(b"\0", start)].decode(errors="replace")
                 (needed if tag == DT_NEEDED else paths).append(text)
-    origin = os.path.dirname(os.path.realpath(path))
+    try:
+        origin = os.path.dirname(os.path.realpath(path))
+    except OSError:  # /proc/PID/exe of a process exiting meanwhile: its link reads ENOENT
+        origin = os.path.dirname(path)
     dirs = [
         d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
         for entry in paths

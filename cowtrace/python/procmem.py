@@ -47,7 +47,7 @@ def read(pid: int, addr: int, size: int) -> bytes | None:
         return None
     try:
         data = os.pread(fd, size, addr)  # callers drain the LRU batches (remote_reads.py)
-    except (OSError, OverflowError):
+    except (OSError, OverflowError):  # OverflowError: a garbage pointer >= 2**63 (no user page)
         return None
     finally:
         os.close(fd)

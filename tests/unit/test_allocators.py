@@ -28,3 +28,15 @@ def test_needed_libraries_of_something_that_is_not_elf(tmp_path):
     script.write_text("#!/bin/sh\n")
     assert needed_libraries(str(script)) == []
     assert needed_libraries(str(tmp_path / "missing")) == []
+
+
+def test_needed_libraries_of_a_program_that_exits_meanwhile(monkeypatch):
+    """/proc/PID/exe read, then the process exits: following the link fails (ENOENT). That
+    raised out of the session ("internal error"); the libraries found stay found."""
+
+    def gone(path, *args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    expected = needed_libraries("/bin/sh")
+    monkeypatch.setattr(os.path, "realpath", gone)
+    assert needed_libraries("/bin/sh") == expected

@@ -219,6 +219,22 @@ def test_writers_resolved_once_and_truncated_at_a_non_code_frame() -> None:
     assert resolver.lookups == 2  # once per stack id; reuses (id 9) are not writers
 
 
+def test_unknown_map_cuts_the_stack_at_a_frame_no_object_holds() -> None:
+    """A process whose map was never read (it exited first): frames are believed, except a
+    return address that no object the symbolizer knows holds ("[unknown]", no module); the
+    leaf, the faulting instruction itself, is always kept."""
+
+    class Unmapped(FakeResolver):
+        def symbolize(self, pid: int, addr: int) -> str:
+            return "[unknown]" if addr < CODE else super().symbolize(pid, addr)
+
+    resolver = Unmapped({7: [CODE + 0x100, 0x1234, CODE + 0x300], 8: [0x10, CODE]})
+    eng = engine(resolver=resolver)  # no map for PARENT: unknown
+    eng.on_fault_events(faults([(10, PARENT, HEAP, COPY, 7), (11, PARENT, HEAP + P, COPY, 8)]))
+    frames = {tuple(w["frames"]): w["truncated"] for w in eng.summary_sections()["writers"]}
+    assert frames == {("f_400100 (prog)",): True, ("[unknown]", "f_400000 (prog)"): False}
+
+
 def test_exit_window_counts_only_the_last_moments() -> None:
     resolver = FakeResolver({3: [CODE + 0x40]})
     eng = engine(resolver=resolver, exit_window_s=0.5)
@@ -244,6 +260,30 @@ def test_exit_window_counts_only_the_last_moments() -> None:
     view = eng.view()
     assert view is not None and view.exit_copies == {PARENT: 2}
     assert eng.process_fields(CHILD) == {"exit_copies": 0, "exit_writers": []}
+
+
+def test_exit_writers_merge_stacks_with_the_same_frames() -> None:
+    """Two stack ids, one cut short by a frame in no executable mapping, name the same
+    function: one exit writer, not two entries with equal frames."""
+    resolver = FakeResolver({3: [CODE + 0x40], 4: [CODE + 0x40, 0x10]})
+    eng = engine(resolver=resolver, exit_window_s=0.5)
+    seed(eng)
+    eng.on_fault_events(
+        faults(
+            [
+                (100 * MS, PARENT, HEAP, COPY, 3),
+                (101 * MS, PARENT, HEAP + P, COPY, 4),
+                (102 * MS, PARENT, HEAP + 2 * P, COPY, 4),
+            ]
+        )
+    )
+    eng.on_exit(200 * MS, PARENT)
+    assert eng.process_fields(PARENT) == {
+        "exit_copies": 3,
+        "exit_writers": [{"frames": ["f_400040 (prog)"], "copies": 3}],
+    }
+    ((stack, copies),) = eng.exit_writers(PARENT)
+    assert stack.truncated and copies == 3
 
 
 def test_summary_schema() -> None:
