@@ -15,8 +15,19 @@ import time
 from dataclasses import dataclass, field
 
 from cowtrace import procfs
+from cowtrace.attribution.engine import AttributionEngine
+from cowtrace.attribution.view import AttributionView
 from cowtrace.family import Family
-from cowtrace.kernel.tracer import KernelTracer, MemberState, TracerConfig
+from cowtrace.kernel.stacks import KernelStackResolver
+from cowtrace.kernel.tracer import (
+    PE_EXEC,
+    PE_EXIT,
+    PE_FORK,
+    KernelTracer,
+    MemberState,
+    ProcRecord,
+    TracerConfig,
+)
 from cowtrace.model import Snapshot
 
 ADOPTION_ROUNDS = 5  # /proc rescans to catch forks racing with the attach (as Session does)
@@ -44,10 +55,18 @@ class Fleet:
         self.events_drained = 0
         self.lost_events = 0
         self._own_pid = os.getpid()
+        # One attribution engine for every family (it keys everything by pid): mappings and
+        # writer stacks, for the metrics by mapping kind and the exit-time copies.  No
+        # allocator probes and no heap walks: an agent stays cheap for the traced servers.
+        self.resolver: KernelStackResolver | None = None
+        self.engine: AttributionEngine | None = None
+        self._view: AttributionView | None = None
 
     # ---- set-up ----------------------------------------------------------------------------
     def open(self) -> None:
         self.tracer.open()
+        self.resolver = KernelStackResolver(self.tracer.bpf, entries=self.tracer.stack_entries)
+        self.engine = AttributionEngine(self.resolver)
 
     def close(self) -> None:
         self.tracer.close()
@@ -71,6 +90,7 @@ class Fleet:
         family = Family(stat.pid)
         self.tracer.add_member(stat.pid, stat.pid)
         family.adopt(stat, adopted=True)
+        self._adopt_attribution(stat.pid, None)
         self.families[stat.pid] = Tracked(family, now, now)
         for _ in range(ADOPTION_ROUNDS):
             found = [
@@ -83,16 +103,44 @@ class Fleet:
             for child in found:
                 self.tracer.add_member(child.pid, stat.pid)
                 family.adopt(child, adopted=True)
+                self._adopt_attribution(child.pid, child.ppid)
         return True
+
+    def _adopt_attribution(self, pid: int, parent: int | None) -> None:
+        if self.engine is None or self.resolver is None:
+            return
+        self.engine.adopt(pid, parent, recover_heap=False)
+        self.resolver.note_image(pid)
 
     # ---- the loop --------------------------------------------------------------------------
     def step(self, timeout_s: float) -> None:
         """Fold in lifecycle records (waiting up to `timeout_s`) and drain detail records."""
-        for record in self.tracer.poll_proc_records(int(timeout_s * 1000)):
+        records = self.tracer.poll_proc_records(int(timeout_s * 1000))
+        faults = self.tracer.drain_events()  # first: see cowtrace/attribution/sink.py
+        for record in [*records, *self.tracer.poll_proc_records(0)]:
             tracked = self.families.get(record.root)
             if tracked is not None:
                 tracked.family.apply(record)
-        self.events_drained += len(self.tracer.drain_events())
+            self._lifecycle_attribution(record)
+        self.events_drained += len(faults)
+        if self.engine is not None:
+            maps = self.tracer.drain_map_events()
+            if len(maps):
+                self.engine.on_map_events(maps)
+            if len(faults):
+                self.engine.on_fault_events(faults)
+
+    def _lifecycle_attribution(self, record: ProcRecord) -> None:
+        if self.engine is None or self.resolver is None:
+            return
+        if record.type == PE_FORK:
+            self.resolver.note_fork(record.ppid, record.pid)
+            self.engine.on_fork(record.ts_ns, record.ppid, record.pid)
+        elif record.type == PE_EXEC:
+            self.resolver.note_image(record.pid)
+            self.engine.on_exec(record.ts_ns, record.pid)
+        elif record.type == PE_EXIT:
+            self.engine.on_exit(record.ts_ns, record.pid)
 
     def refresh(self) -> list[Snapshot]:
         """Read the kernel's counters, retire what is done, and snapshot every family."""
@@ -130,6 +178,7 @@ class Fleet:
                 forget += [pid for pid, state in states.items() if state.exited]
         self.tracer.forget(forget)
         self.lost_events = self.tracer.stats()["lost_events"]
+        self._view = self.engine.view() if self.engine is not None else None
         return [self._snapshot(t, now) for t in self.families.values()]
 
     def _prune(self, root: int, tracked: Tracked, now: float) -> None:
@@ -160,6 +209,7 @@ class Fleet:
             lost_events=self.lost_events,
             copy_rate=tracked.copy_rate,
             events_drained=self.events_drained,
+            attribution=self._view,  # for every family: the exporter picks each member's pid
         )
 
     def root_alive(self, root: int) -> bool:

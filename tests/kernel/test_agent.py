@@ -111,6 +111,14 @@ def run_one_family(binary, url: str, listener: taskstats.ExitListener) -> list[i
     for expect in facts.expects:  # the buffer's known answer is part of each count
         assert member_values(samples, "cowtrace_copies_total", expect.pid) >= expect.copies
         assert member_values(samples, "cowtrace_reuses_total", expect.pid) >= expect.reuses
+        # Attribution runs in the agent too: the copies by mapping kind include the buffer's.
+        by_kind = sum(
+            value
+            for (metric, labels), value in samples.items()
+            if metric == "cowtrace_mapping_copies_total"
+            and dict(labels).get("pid") == str(expect.pid)
+        )
+        assert by_kind >= expect.copies, f"pid {expect.pid}: {by_kind} by mapping kind"
     return pids
 
 
