@@ -195,6 +195,8 @@ class Fleet:
                 del family.members[pid]
                 family.final.discard(pid)
                 tracked.forgotten.discard(pid)
+                if self.engine is not None:
+                    self.engine.forget(pid)
         if not family.members:
             del self.families[root]
 

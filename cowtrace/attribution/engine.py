@@ -216,6 +216,14 @@ class AttributionEngine:
                 uids = self.blocks.add_many(found.addrs, found.sizes, site)
                 table.add_many(found.addrs, uids)
 
+    def forget(self, pid: int) -> None:
+        """Drop what is kept for a process long gone (the agent, after its grace period):
+        a tracer that runs for weeks must not grow with every pid it ever saw.  Aggregates
+        (regions, writers, allocation sites) keep its copies."""
+        self.maps.pop(pid, None)
+        self.tables.pop(pid, None)
+        self._recent.pop(pid, None)
+
     def on_fork(self, ts_ns: int, parent: int, child: int) -> None:
         recent = self._recent.get(child)
         if recent is not None and recent.exit_ts is not None and recent.exit_ts < ts_ns:
