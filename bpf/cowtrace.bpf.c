@@ -294,11 +294,13 @@ static __always_inline s32 walk_fault_stack(void *regs)
     struct stack_frames *frames = stack_scratch.lookup(&zero);
     if (!frames)
         return -1;
+    /* Frames end at the first 0 (user space reads no further), so the scratch's stale tail
+     * past it needs no clearing. */
     frames->ip[0] = ip;
     u64 hash = (0xcbf29ce484222325ULL ^ ip) * 0x100000001b3ULL;
-    int depth = 1;
 #pragma clang loop unroll(disable)
     for (int i = 1; i < STACK_DEPTH; i++) {
+        frames->ip[i] = 0;
         if (fp < sp || fp - sp > USER_STACK_SPAN || (fp & 7))
             break;
         u64 frame[2];               /* saved frame pointer, return address */
@@ -306,15 +308,12 @@ static __always_inline s32 walk_fault_stack(void *regs)
             break;
         frames->ip[i] = frame[1];
         hash = (hash ^ frame[1]) * 0x100000001b3ULL;
-        depth = i + 1;
-        if (frame[0] <= fp)
+        if (frame[0] <= fp) {
+            if (i + 1 < STACK_DEPTH)
+                frames->ip[i + 1] = 0;
             break;
+        }
         fp = frame[0];
-    }
-#pragma clang loop unroll(disable)
-    for (int i = 1; i < STACK_DEPTH; i++) {
-        if (i >= depth)
-            frames->ip[i] = 0;      /* the rest of the scratch is stale */
     }
     u32 id = STACK_ENTRIES + ((u32)(hash ^ (hash >> 32)) & (STACK_ENTRIES - 1));
     struct stack_frames *known = fault_stacks.lookup(&id);

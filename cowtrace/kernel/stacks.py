@@ -24,6 +24,16 @@ from typing import Any
 UNKNOWN = "[unknown]"
 
 
+def _frames(ips: Sequence[int]) -> tuple[int, ...]:
+    """A stack's frames: up to the first 0 (the walk's end; what follows it is stale)."""
+    frames = []
+    for addr in ips:
+        if not addr:
+            break
+        frames.append(addr)
+    return tuple(frames)
+
+
 class KernelStackResolver:
     """StackResolver (cowtrace/attribution/sink.py) over the loaded program's user_stacks."""
 
@@ -57,7 +67,7 @@ class KernelStackResolver:
             leaf = table[table.Key(stack_id)]
         except KeyError:
             return ()
-        frames = tuple(addr for addr in leaf.ip if addr)
+        frames = _frames(leaf.ip)
         self._stacks[stack_id] = frames
         return frames
 
@@ -67,7 +77,7 @@ class KernelStackResolver:
             if table is None:
                 continue
             for key, leaf in table.items():
-                self._stacks.setdefault(key.value, tuple(addr for addr in leaf.ip if addr))
+                self._stacks.setdefault(key.value, _frames(leaf.ip))
         self._table = self._fault_table = None
 
     # ---- symbols ---------------------------------------------------------------------------
