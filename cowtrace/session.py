@@ -17,7 +17,7 @@ import numpy as np
 
 from cowtrace import procfs
 from cowtrace.attribution.engine import AttributionEngine
-from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver
+from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver, feed_lifecycle
 from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
@@ -29,7 +29,6 @@ from cowtrace.kernel.tracer import (
     KIND_COPY,
     KIND_REUSE,
     PE_EXEC,
-    PE_EXIT,
     PE_FORK,
     KernelTracer,
     ProcRecord,
@@ -209,18 +208,9 @@ class Session:
             self._python_lifecycle(record)
             if record.pid == self.root_pid and record.type in (3, 4):
                 self._root_exit_seen = self._root_exit_seen or time.monotonic()
-            if record.type == PE_FORK:
-                if self.resolver is not None:
-                    self.resolver.note_fork(record.ppid, record.pid)
-                self.sink.on_fork(record.ts_ns, record.ppid, record.pid)
-            elif record.type == PE_EXEC:
-                if self.resolver is not None:
-                    self.resolver.note_image(record.pid)
-                if self.allocators is not None:
-                    self.allocators.cover_process(record.pid)
-                self.sink.on_exec(record.ts_ns, record.pid)
-            elif record.type == PE_EXIT:
-                self.sink.on_exit(record.ts_ns, record.pid)
+            if record.type == PE_EXEC and self.allocators is not None:
+                self.allocators.cover_process(record.pid)  # before the sink sees the exec
+            feed_lifecycle(record, self.sink, self.resolver)
 
     def _drain(self, lifecycle: list[ProcRecord] | None = None) -> None:
         faults = self.tracer.drain_events()

@@ -16,18 +16,11 @@ from dataclasses import dataclass, field
 
 from cowtrace import procfs
 from cowtrace.attribution.engine import AttributionEngine
+from cowtrace.attribution.sink import feed_lifecycle
 from cowtrace.attribution.view import AttributionView
 from cowtrace.family import Family
 from cowtrace.kernel.stacks import KernelStackResolver
-from cowtrace.kernel.tracer import (
-    PE_EXEC,
-    PE_EXIT,
-    PE_FORK,
-    KernelTracer,
-    MemberState,
-    ProcRecord,
-    TracerConfig,
-)
+from cowtrace.kernel.tracer import KernelTracer, MemberState, TracerConfig
 from cowtrace.model import Snapshot
 
 ADOPTION_ROUNDS = 5  # /proc rescans to catch forks racing with the attach (as Session does)
@@ -121,7 +114,8 @@ class Fleet:
             tracked = self.families.get(record.root)
             if tracked is not None:
                 tracked.family.apply(record)
-            self._lifecycle_attribution(record)
+            if self.engine is not None:
+                feed_lifecycle(record, self.engine, self.resolver)
         self.events_drained += len(faults)
         if self.engine is not None:
             maps = self.tracer.drain_map_events()
@@ -129,18 +123,6 @@ class Fleet:
                 self.engine.on_map_events(maps)
             if len(faults):
                 self.engine.on_fault_events(faults)
-
-    def _lifecycle_attribution(self, record: ProcRecord) -> None:
-        if self.engine is None or self.resolver is None:
-            return
-        if record.type == PE_FORK:
-            self.resolver.note_fork(record.ppid, record.pid)
-            self.engine.on_fork(record.ts_ns, record.ppid, record.pid)
-        elif record.type == PE_EXEC:
-            self.resolver.note_image(record.pid)
-            self.engine.on_exec(record.ts_ns, record.pid)
-        elif record.type == PE_EXIT:
-            self.engine.on_exit(record.ts_ns, record.pid)
 
     def refresh(self) -> list[Snapshot]:
         """Read the kernel's counters, retire what is done, and snapshot every family."""

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from cowtrace.attribution.view import AttributionView
+from cowtrace.kernel.tracer import PE_EXEC, PE_EXIT, PE_FORK
 
 
 class StackResolver(Protocol):
@@ -65,6 +66,41 @@ class AttributionSink(Protocol):
     def process_fields(self, pid: int) -> dict[str, Any]:
         """Extra --json fields of one process ("exit_copies", "exit_writers")."""
         ...
+
+
+class LifecycleRecord(Protocol):
+    """What feed_lifecycle reads of a kernel lifecycle record (kernel/tracer.py ProcRecord)."""
+
+    type: int
+    ts_ns: int
+    pid: int
+    ppid: int
+
+
+class ImageTracker(Protocol):
+    """The part of the stack resolver that follows program images (kernel/stacks.py)."""
+
+    def note_fork(self, parent: int, child: int) -> None: ...
+
+    def note_image(self, pid: int) -> None: ...
+
+
+def feed_lifecycle(
+    record: LifecycleRecord, sink: AttributionSink, images: ImageTracker | None
+) -> None:
+    """Hand a fork, exec or exit record to the sink, and tell the stack resolver which program
+    image a process runs (a child shares its parent's until it execs).  One place for the
+    session and the agent's fleet."""
+    if record.type == PE_FORK:
+        if images is not None:
+            images.note_fork(record.ppid, record.pid)
+        sink.on_fork(record.ts_ns, record.ppid, record.pid)
+    elif record.type == PE_EXEC:
+        if images is not None:
+            images.note_image(record.pid)
+        sink.on_exec(record.ts_ns, record.pid)
+    elif record.type == PE_EXIT:
+        sink.on_exit(record.ts_ns, record.pid)
 
 
 class NullSink:
