@@ -130,3 +130,14 @@ def run_cowtrace(
 def read_jsonl(path: Path) -> list[dict]:
     with open(path) as lines:
         return [json.loads(line) for line in lines if line.strip()]
+
+
+# `run` counts its root from the exec on (the held child first ran cowtrace's own code), while
+# delay accounting counts from the fork: under this shell every process of the command is
+# counted from its first instruction by both.
+UNDER_A_SHELL = ("/bin/sh", "-c", '"$@"; exit $?', "sh")
+
+
+def run_args(summary: Path, events: Path, *command: str) -> list[str]:
+    """`run --quiet --json SUMMARY --events EVENTS -- COMMAND...`: how tests trace a command."""
+    return ["run", "--quiet", "--json", str(summary), "--events", str(events), "--", *command]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fixtures.conftest_helpers import load_build
-from tests.helpers import COWTRACE, read_jsonl, run_cowtrace
+from tests.helpers import COWTRACE, read_jsonl, run_args, run_cowtrace
 from tests.kernel.test_attach_and_lifecycle import wait_attached
 
 build = load_build()
@@ -87,20 +87,7 @@ def _copies_in(events: list[dict], pid: int, lo: int, hi: int) -> list[dict]:
 def _run(binary: Path, args: list[str], tmp_path: Path) -> tuple[Any, dict, list[dict]]:
     """`cowtrace run --quiet --json S --events E -- binary args`: facts, summary, events."""
     summary_path, events_path = tmp_path / "s.json", tmp_path / "e.jsonl"
-    result = run_cowtrace(
-        [
-            "run",
-            "--quiet",
-            "--json",
-            str(summary_path),
-            "--events",
-            str(events_path),
-            "--",
-            str(binary),
-            *args,
-        ],
-        timeout=90,
-    )
+    result = run_cowtrace(run_args(summary_path, events_path, str(binary), *args), timeout=90)
     assert result.returncode == 0, result.stderr
     facts = build.parse_lines(result.stdout)
     return facts, json.loads(summary_path.read_text()), read_jsonl(events_path)

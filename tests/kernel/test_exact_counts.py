@@ -16,7 +16,7 @@ import pytest
 
 from cowtrace import taskstats
 from tests.fixtures.conftest_helpers import load_build
-from tests.helpers import read_jsonl, run_cowtrace
+from tests.helpers import UNDER_A_SHELL, read_jsonl, run_args, run_cowtrace
 
 build = load_build()
 
@@ -37,25 +37,7 @@ def trace_fixture(binary: Path, args: tuple[str, ...], tmp_path: Path):
     events_path = tmp_path / "events.jsonl"
     with taskstats.ExitListener() as listener:
         result = run_cowtrace(
-            [
-                "run",
-                "--quiet",
-                "--json",
-                str(summary_path),
-                "--events",
-                str(events_path),
-                "--",
-                # A shell that forks the fixture: `run` counts its root from the exec on (the
-                # held child first ran cowtrace's own code), while delay accounting counts from
-                # the fork; under a shell every fixture process is counted from its first
-                # instruction by both.
-                "/bin/sh",
-                "-c",
-                '"$@"; exit $?',
-                "sh",
-                str(binary),
-                *args,
-            ]
+            run_args(summary_path, events_path, *UNDER_A_SHELL, str(binary), *args)
         )
         assert result.returncode == 0, result.stderr
         facts = build.parse_lines(result.stdout)

@@ -19,7 +19,7 @@ from collections import Counter
 
 from cowtrace import smaps, taskstats
 from tests.e2e import EXAMPLES, PAGE, out_dir, python_frame, share
-from tests.helpers import COWTRACE, read_jsonl
+from tests.helpers import COWTRACE, UNDER_A_SHELL, read_jsonl, run_args
 
 EXAMPLE = EXAMPLES / "multiprocessing" / "shared_array.py"
 MIB = 64
@@ -93,19 +93,10 @@ def attribution_checks(
 
 def test_shared_array_copies_exactly_the_written_slice(tmp_path, delayacct_on, reaper):
     summary_path, events_path = tmp_path / "s.json", tmp_path / "e.jsonl"
-    argv = [
-        "run",
-        "--quiet",
-        "--json",
-        str(summary_path),
-        "--events",
-        str(events_path),
-        "--",
-        # Under a shell, delay accounting and cowtrace both count the example from its fork.
-        "/bin/sh",
-        "-c",
-        '"$@"; exit $?',
-        "sh",
+    argv = run_args(
+        summary_path,
+        events_path,
+        *UNDER_A_SHELL,  # delay accounting and cowtrace both count the example from its fork
         sys.executable,
         str(EXAMPLE),
         "--mib",
@@ -117,7 +108,7 @@ def test_shared_array_copies_exactly_the_written_slice(tmp_path, delayacct_on, r
         "--write-count",
         str(WRITE_COUNT),
         "--hold",
-    ]
+    )
     started = time.monotonic()
     listener = reaper(taskstats.ExitListener())
     listener.open()

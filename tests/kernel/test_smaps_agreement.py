@@ -16,7 +16,7 @@ import pytest
 
 from cowtrace import smaps
 from tests.fixtures.conftest_helpers import load_oracle
-from tests.helpers import COWTRACE, read_jsonl
+from tests.helpers import COWTRACE, read_jsonl, run_args
 
 PAGE = 4096
 # Pages the process dirties outside its buffers between mark and hold (its stack, libc's
@@ -47,16 +47,7 @@ def test_child_copies_equal_its_private_dirty_growth(
     binary = fixture_binaries(name)
     summary_path = tmp_path / "summary.json"
     events_path = tmp_path / "events.jsonl"
-    prefix = (
-        *COWTRACE,
-        "run",
-        "--quiet",
-        "--json",
-        str(summary_path),
-        "--events",
-        str(events_path),
-        "--",
-    )
+    prefix = (*COWTRACE, *run_args(summary_path, events_path))
     run = oracle.run_under_oracle(name, binary, args, hold=True, command_prefix=prefix)
     summary = json.loads(summary_path.read_text())
     events = read_jsonl(events_path)
