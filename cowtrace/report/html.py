@@ -180,10 +180,17 @@ def _regions(data: ReportData, top: int, whole: int) -> str:
         f"{_n(count(r.reuses))}{_n(count(r.zero_fills))}{_n(count(r.processes))}</tr>"
         for r in data.regions[:top]
     ]
+    return _table_section(head, columns, rows, top, len(data.regions))
+
+
+def _table_section(
+    head: str, columns: list[tuple[str, bool]], rows: list[str], top: int, total: int
+) -> str:
+    """The end every table section shares: the table, "N more" when cut, the close."""
     return (
         head
         + f"<table>{_head(columns)}<tbody>{''.join(rows)}</tbody></table>"
-        + _more(top, len(data.regions))
+        + _more(top, total)
         + "</section>"
     )
 
@@ -211,12 +218,7 @@ def _allocations(data: ReportData, top: int, whole: int) -> str:
             f"{_n(human_bytes(a.copied_bytes))}{_share_cell(a.copied_bytes, whole)}"
             f'<td class="frames">{blocks}</td></tr>'
         )
-    return (
-        head
-        + f"<table>{_head(columns)}<tbody>{''.join(rows)}</tbody></table>"
-        + _more(top, len(data.allocations))
-        + "</section>"
-    )
+    return _table_section(head, columns, rows, top, len(data.allocations))
 
 
 def _writers(data: ReportData, top: int, whole: int) -> str:
@@ -234,12 +236,7 @@ def _writers(data: ReportData, top: int, whole: int) -> str:
         f"{_n('-' if w.processes is None else count(w.processes))}</tr>"
         for w in data.writers[:top]
     ]
-    return (
-        head
-        + f"<table>{_head(columns)}<tbody>{''.join(rows)}</tbody></table>"
-        + _more(top, len(data.writers))
-        + "</section>"
-    )
+    return _table_section(head, columns, rows, top, len(data.writers))
 
 
 def _python(data: ReportData, top: int, whole: int) -> str:
@@ -258,12 +255,7 @@ def _python(data: ReportData, top: int, whole: int) -> str:
         f"{_n(human_bytes(p.copied_bytes))}{_share_cell(p.copied_bytes, whole)}</tr>"
         for p in data.python_writers[:top]
     ]
-    return (
-        head
-        + f"<table>{_head(columns)}<tbody>{''.join(rows)}</tbody></table>"
-        + _more(top, len(data.python_writers))
-        + "</section>"
-    )
+    return _table_section(head, columns, rows, top, len(data.python_writers))
 
 
 def _processes(data: ReportData, whole: int) -> str:
