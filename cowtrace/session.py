@@ -205,12 +205,16 @@ class Session:
     def _apply_lifecycle(self, records: list[ProcRecord]) -> None:
         for record in records:
             self.family.apply(record)
+            # The stack resolver first: at an exec it makes the new image's symbol cache, which
+            # only a live process can give, and a short program may be done within
+            # milliseconds.  The Python detection below can wait for the loader, and the
+            # allocator probes read ELF files: both come after.
+            feed_lifecycle(record, self.sink, self.resolver)
             self._python_lifecycle(record)
             if record.pid == self.root_pid and record.type in (3, 4):
                 self._root_exit_seen = self._root_exit_seen or time.monotonic()
             if record.type == PE_EXEC and self.allocators is not None:
-                self.allocators.cover_process(record.pid)  # before the sink sees the exec
-            feed_lifecycle(record, self.sink, self.resolver)
+                self.allocators.cover_process(record.pid)
 
     def _drain(self, lifecycle: list[ProcRecord] | None = None) -> None:
         faults = self.tracer.drain_events()
@@ -218,6 +222,8 @@ class Session:
         maps = self.tracer.drain_map_events()
         allocs = self.tracer.drain_alloc_events()
         if len(maps):
+            if self.resolver is not None:
+                self.resolver.note_map_events(maps)
             self.sink.on_map_events(maps)
         if len(allocs):
             self.sink.on_alloc_events(allocs)

@@ -120,6 +120,7 @@ class Fleet:
         if self.engine is not None:
             maps = self.tracer.drain_map_events()
             if len(maps):
+                self.resolver.note_map_events(maps)
                 self.engine.on_map_events(maps)
             if len(faults):
                 self.engine.on_fault_events(faults)

@@ -12,7 +12,11 @@ cache reads /proc/PID/maps when it is created and opens each object when first a
 working after the process has exited; created for a process that is already gone it knows
 nothing.  So the session `warm`s a cache for every member as soon as it learns of it (adopt,
 exec, first record), and a writer that exited before that is resolved through its parent or
-the root: a forked child shares its parent's mappings until it execs.
+the root: a forked child shares its parent's mappings until it execs.  A cache made right
+after an exec knows the executable and the loader, not the libraries the loader maps next:
+a process whose map changes bring a new executable file mapping gets a newer cache while it
+lives (`note_map_events`).  The older ones are kept behind it: a process can exit between the
+check and the read, and a cache made from a zombie's empty maps file knows nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
+from cowtrace.kernel.records import MAP_OP_MMAP
+
 UNKNOWN = "[unknown]"
+PROT_EXEC = 0x4
+CACHES_PER_IMAGE = 3  # a process' newest symbol caches, newest first (see note_map_events)
 
 
 def _frames(ips: Sequence[int]) -> tuple[int, ...]:
@@ -50,7 +60,7 @@ class KernelStackResolver:
         self._fault_table = None if bpf is None else bpf["fault_stacks"]
         self._root = root
         self._stacks: dict[int, tuple[int, ...]] = {}
-        self._caches: dict[int, Any] = {}
+        self._caches: dict[int, list[Any]] = {}  # pid -> its symbol caches, newest first
         self._image_of: dict[int, int] = {}  # pid -> the pid whose cache covers its program
         self._names: dict[tuple[int, int], str] = {}
 
@@ -93,13 +103,30 @@ class KernelStackResolver:
         """A forked child shares its parent's program image until it execs."""
         self._image_of[child] = self._image_of.get(parent, parent)
 
-    def _warm(self, pid: int) -> Any:
-        cache = self._caches.get(pid)
-        if cache is None and pid > 0 and os.path.exists(f"/proc/{pid}/maps"):
+    def note_map_events(self, records: np.ndarray) -> None:
+        """Refresh the symbol cache of each process that mapped an executable file (the loader
+        mapping the libraries after an exec, dlopen) while it still lives: objects mapped
+        after its cache was made are unknown to it.  Rare after start-up."""
+        if not len(records):
+            return
+        file_mmap = (records["op"] == MAP_OP_MMAP) & (records["fd"] >= 0)
+        new_code = file_mmap & ((records["prot"] & PROT_EXEC) != 0)
+        for pid in np.unique(records["pid"][new_code]).tolist():
+            caches = self._caches.get(pid)
+            if caches and _has_memory(pid):
+                from bcc import SymbolCache
+
+                caches.insert(0, SymbolCache(pid))
+                del caches[CACHES_PER_IMAGE:]
+                self._names = {key: name for key, name in self._names.items() if key[0] != pid}
+
+    def _warm(self, pid: int) -> list[Any]:
+        caches = self._caches.get(pid)
+        if caches is None and pid > 0 and _has_memory(pid):
             from bcc import SymbolCache
 
-            cache = self._caches[pid] = SymbolCache(pid)
-        return cache
+            caches = self._caches[pid] = [SymbolCache(pid)]
+        return caches or []
 
     def symbolize(self, pid: int, addr: int) -> str:
         """`function (module)` for an address in `pid`'s memory; `[unknown] (module)` when the
@@ -120,17 +147,22 @@ class KernelStackResolver:
         return chain
 
     def _resolve(self, pid: int, addr: int) -> str:
-        best = UNKNOWN
         for candidate in self._candidates(pid):
-            cache = self._warm(candidate)
-            if cache is None:
-                continue
-            name, _offset, module = cache.resolve(addr, True)
-            if module is None:
-                continue
-            module_name = os.path.basename(module.decode(errors="replace"))
-            if name is not None:
-                return f"{name.decode(errors='replace')} ({module_name})"
-            best = f"{UNKNOWN} ({module_name})"
-            break  # the mapping is known, the object just has no symbol there
-        return best
+            for cache in self._warm(candidate):
+                name, _offset, module = cache.resolve(addr, True)
+                if module is None:
+                    continue
+                module_name = os.path.basename(module.decode(errors="replace"))
+                if name is not None:
+                    return f"{name.decode(errors='replace')} ({module_name})"
+                return f"{UNKNOWN} ({module_name})"  # mapped, but no symbol there
+        return UNKNOWN
+
+
+def _has_memory(pid: int) -> bool:
+    """The process exists and has a memory map (a zombie's maps file is empty)."""
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as handle:
+            return bool(handle.read(1))
+    except OSError:
+        return False
