@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cowtrace.errors import CowtraceError
 from cowtrace.kernel.bpfsource import compile_program
 from cowtrace.kernel.calibrate import load_or_calibrate
 from cowtrace.kernel.kallsyms import KernelSymbols
@@ -33,6 +34,8 @@ STAT_LOST_EVENTS, STAT_LOST_PROC_EVENTS, STAT_MEMBERS_FULL, STAT_THREADS_FULL = 
 STAT_STACK_ERRORS, STAT_LOST_MAP_EVENTS = 4, 5
 STAT_LOST_ALLOC_EVENTS, STAT_ALLOC_STACK_ERRORS = 6, 7
 
+# Tail-call targets of the fault programs, by their index in writer_stack_progs.
+WRITER_STACK_PROGRAMS = ("writer_stacks_user", "writer_stacks_kernel")
 # Every hook of cowtrace.bpf.c, so that they can be detached before the final read.
 RAW_TRACEPOINTS = ("page_fault_user", "page_fault_kernel", "mm_page_alloc", "rss_stat")
 TRACEPOINTS = (
@@ -144,6 +147,8 @@ class KernelTracer:
             cflags.append("-DNO_STACKS")
         self._bpf = compile_program("cowtrace.bpf.c", cflags)
         self._attached = True
+        if self.config.stacks or self.config.python_stacks:
+            self._install_writer_stack_programs()
         page = mmap.PAGESIZE
         self._ring = FixedRecordRing(self._bpf["fault_events"].map_fd, ring_pages * page)
         self._map_ring = FixedRecordRing(
@@ -153,6 +158,22 @@ class KernelTracer:
             self._bpf["alloc_events"].map_fd, alloc_pages * page, dtype=ALLOC_EVENT_DTYPE
         )
         self._bpf["proc_events"].open_ring_buffer(self._on_proc_event)
+
+    def _install_writer_stack_programs(self) -> None:
+        """Load the tail-call targets that take a fault's writer stacks (WRITER_STACK_PROGRAMS,
+        in writer_stack_progs' order) and put them in the program array the fault programs
+        call.  The array holds its own references: the programs live as long as it does."""
+        from bcc import BPF
+
+        table = self._bpf["writer_stack_progs"]
+        for index, name in enumerate(WRITER_STACK_PROGRAMS):
+            try:
+                function = self._bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
+            except Exception as error:  # bcc raises a bare Exception when loading fails
+                raise CowtraceError(
+                    f"could not load the BPF program {name}: {error}", hint="cowtrace doctor"
+                ) from error
+            table[ctypes.c_int(index)] = ctypes.c_int(function.fd)
 
     def detach(self) -> None:
         """Stop every hook; the maps stay readable for the final accounting."""
