@@ -18,8 +18,6 @@ options, e.g. --no-stacks], or with several traced variants in the same rotation
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
 import statistics
 import subprocess
@@ -29,8 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracing import AttachedTracer
+
 HERE = Path(__file__).resolve().parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -56,27 +55,8 @@ def run_untraced(binary: Path, pages: int) -> ChildTimes:
     return parse_child(out.stdout.strip().splitlines()[-1])
 
 
-def process_cpu_s(pid: int) -> float:
-    """utime + stime of a live process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mib(pid: int) -> tuple[float, float]:
-    """Resident memory of a live process now: (anonymous, file-backed), from /proc/PID/status.
-
-    The file-backed part is mostly libbcc's and LLVM's code, shared with every other user of
-    those libraries; the anonymous part is cowtrace's own."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("RssAnon:", "RssFile:")):
-            values[line.split(":")[0]] = int(line.split()[1]) / 1024
-    return values.get("RssAnon", 0.0), values.get("RssFile", 0.0)
-
-
 def run_traced(binary: Path, pages: int, workdir: Path, extra: list[str]) -> dict:
     """The storm's parent waits on stdin; cowtrace attaches; then the parent forks."""
-    summary_path = workdir / "summary.json"
     storm = subprocess.Popen(
         [str(binary), str(pages), "wait"],
         stdin=subprocess.PIPE,
@@ -85,48 +65,22 @@ def run_traced(binary: Path, pages: int, workdir: Path, extra: list[str]) -> dic
     )
     ready = storm.stdout.readline().split()
     assert ready[:1] == ["ready"], ready
-    tracer = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cowtrace",
-            ready[1],
-            "--plain",
-            "--interval",
-            "0.5",
-            "--json",
-            str(summary_path),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    first = tracer.stdout.readline()  # the first periodic line: attached and counting
-    assert first, tracer.stderr.read()
-    cpu_at_attach = process_cpu_s(tracer.pid)
+    tracer = AttachedTracer(int(ready[1]), extra, workdir / "summary.json")
     storm.stdin.write("go\n")
     storm.stdin.flush()
     child = parse_child(storm.stdout.readline())
-    steady_rss = rss_mib(tracer.pid)  # after the storm, before the root exits
+    steady_rss = tracer.rss_now()  # after the storm, before the root exits
     assert storm.wait(timeout=120) == 0
-    tracer.stdout.read()  # keep the pipe drained until it ends on the root's exit
-    _, status, usage = os.wait4(tracer.pid, 0)
-    tracer.returncode = os.waitstatus_to_exitcode(status)
-    assert tracer.returncode == 0, tracer.stderr.read()
-    summary = json.loads(summary_path.read_text())
-    totals = summary["totals"]
-    events = totals["copies"] + totals["reuses"] + totals["zero_fills"]
-    copier = max(summary["processes"], key=lambda p: p["copies"])
+    result = tracer.finish()
     return {
         "child": child,
-        "lost": totals["lost_events"],
-        "child_copies": copier["copies"],
-        "events": events,
-        "cpu_after_attach_s": usage.ru_utime + usage.ru_stime - cpu_at_attach,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "lost": result.lost,
+        "child_copies": result.top_copies,
+        "events": result.events,
+        "cpu_after_attach_s": result.cpu_after_attach_s,
+        "peak_rss_mib": result.peak_rss_mib,
         "rss_after_storm_mib": steady_rss,
-        "attach_s": summary["tracer"]["attach_s"],
+        "attach_s": result.attach_s,
     }
 
 

@@ -1,0 +1,82 @@
+/*
+ * storm_chunks.c: the copy-on-write storm, written in chunks on command (bench/interleaved.py).
+ *
+ * The parent dirties PAGES pages of a private anonymous buffer, prints "ready PID" and waits for
+ * a line on stdin before forking, so that a tracer can attach to it first.  The child then
+ * reads one command per line from stdin:
+ *   "w"  write one byte into each of the next CHUNK pages (each write copies a shared page) and
+ *        print "<cpu ns> <wall ns>" for that chunk: the thread's own CPU time
+ *        (CLOCK_THREAD_CPUTIME_ID: user + system, where the BPF programs run) and wall time;
+ *   "q"  exit.
+ * Two of these, one traced and one not, written chunk by chunk in alternation, see the same
+ * machine at the same moments: what differs between their chunk times is the tracing.
+ *
+ * Usage: storm_chunks PAGES CHUNK
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096L
+
+static long long now_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int child_loop(volatile char *buffer, long pages, long chunk)
+{
+    char line[16];
+    long next = 0;
+    while (fgets(line, sizeof(line), stdin)) {
+        if (line[0] != 'w')
+            return 0;
+        long end = next + chunk > pages ? pages : next + chunk;
+        long long cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID), wall0 = now_ns(CLOCK_MONOTONIC);
+        for (long i = next; i < end; i++)
+            buffer[i * PAGE] = 2;
+        long long wall1 = now_ns(CLOCK_MONOTONIC), cpu1 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+        next = end;
+        printf("%lld %lld\n", cpu1 - cpu0, wall1 - wall0);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: storm_chunks PAGES CHUNK\n");
+        return 2;
+    }
+    long pages = atol(argv[1]), chunk = atol(argv[2]);
+    volatile char *buffer = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE,
+                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buffer == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    for (long i = 0; i < pages; i++)
+        buffer[i * PAGE] = 1;
+    char line[16];
+    printf("ready %d\n", getpid());
+    fflush(stdout);
+    if (!fgets(line, sizeof(line), stdin))
+        return 1;
+    pid_t child = fork();
+    if (child < 0) {
+        perror("fork");
+        return 1;
+    }
+    if (child == 0)
+        _exit(child_loop(buffer, pages, chunk));
+    int status;
+    waitpid(child, &status, 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+}
