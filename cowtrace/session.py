@@ -303,16 +303,17 @@ class Session:
         return final
 
     def _close_open_episodes(self) -> dict[int, Counts]:
-        """An episode still open at the end is a reuse (a fault that got no copy) or a copy
-        whose record was waiting for its source: account for both, as the kernel would have
-        at the thread's next fault.  Returns the reuses to add, by member."""
+        """An episode still open at the end is a reuse (a fault that got no copy) or a copy or
+        zero-fill whose record was waiting for the thread's next fault: account for them, as
+        the kernel would have at that fault.  Returns the reuses to add, by member (copies
+        and zero-fills are counted already)."""
         extra: dict[int, Counts] = {}
         open_episodes = self.tracer.open_episodes()
         if not open_episodes:
             return extra
         records = np.zeros(len(open_episodes), dtype=EVENT_DTYPE)
         for index, (tid, episode) in enumerate(open_episodes):
-            kind = KIND_REUSE if episode.state == EP_WP_FAULT else KIND_COPY
+            kind = KIND_REUSE if episode.state == EP_WP_FAULT else episode.kind
             if episode.state == EP_WP_FAULT:
                 extra[episode.tgid] = extra.get(episode.tgid, Counts()) + Counts(reuses=1)
             elif episode.state != EP_COPIED:

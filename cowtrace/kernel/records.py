@@ -12,21 +12,46 @@ import numpy as np
 _RING_HEADER = [("header_len", "<u4"), ("header_pgoff", "<u4")]
 
 # struct cow_event: one classified fault (copy, reuse, zero-fill).
-EVENT_DTYPE = np.dtype(
+_EVENT_FIELDS = [
+    ("ts", "<u8"),  # bpf_ktime_get_ns() (CLOCK_MONOTONIC)
+    ("addr", "<u8"),  # page-aligned user address; 0 when none (get_user_pages)
+    ("pid", "<u4"),  # writer tgid
+    ("tid", "<u4"),  # writer thread
+    ("stack_id", "<i4"),  # native user stack in the user_stacks map, -1 if none
+    ("pystack_id", "<i4"),  # Python stack id, -1 if none
+    ("kind", "u1"),  # 1 copy, 2 reuse, 3 zero-fill
+    ("source", "u1"),  # 0 anon, 1 file
+    ("via", "u1"),  # 0 user, 1 kernel, 2 get_user_pages
+    ("pad", "V5"),
+]
+EVENT_PAYLOAD_DTYPE = np.dtype(_EVENT_FIELDS)
+# A record of the fault_singles ring, and what the tracer hands out for every detail record.
+EVENT_DTYPE = np.dtype([*_RING_HEADER, *_EVENT_FIELDS])
+
+# struct fault_batch: the fault path's records, FAULT_BATCH at a time (the fault_events ring).
+FAULT_BATCH = 16
+BATCH_DTYPE = np.dtype(
     [
         *_RING_HEADER,
-        ("ts", "<u8"),  # bpf_ktime_get_ns() (CLOCK_MONOTONIC)
-        ("addr", "<u8"),  # page-aligned user address; 0 when none (get_user_pages)
-        ("pid", "<u4"),  # writer tgid
-        ("tid", "<u4"),  # writer thread
-        ("stack_id", "<i4"),  # native user stack in the user_stacks map, -1 if none
-        ("pystack_id", "<i4"),  # Python stack id, -1 if none
-        ("kind", "u1"),  # 1 copy, 2 reuse, 3 zero-fill
-        ("source", "u1"),  # 0 anon, 1 file
-        ("via", "u1"),  # 0 user, 1 kernel, 2 get_user_pages
-        ("pad", "V5"),
+        ("count", "<u4"),  # records in use, from the start; the rest is stale
+        ("pad_batch", "<u4"),
+        ("events", EVENT_PAYLOAD_DTYPE, (FAULT_BATCH,)),
     ]
 )
+
+
+def detail_records(batches: np.ndarray, singles: np.ndarray) -> np.ndarray:
+    """The records in use of BATCH_DTYPE `batches`, then EVENT_DTYPE `singles`, as one
+    EVENT_DTYPE array (ring headers zeroed)."""
+    if not len(batches):
+        return singles
+    used = np.arange(FAULT_BATCH) < batches["count"][:, None]
+    payload = batches["events"][used]
+    records = np.zeros(len(payload) + len(singles), dtype=EVENT_DTYPE)
+    for name in EVENT_PAYLOAD_DTYPE.names:
+        records[name][: len(payload)] = payload[name]
+    records[len(payload) :] = singles
+    return records
 
 # struct map_event: a change to a member's memory map, as the syscall returned it.
 MAP_OP_MMAP, MAP_OP_MUNMAP, MAP_OP_MREMAP, MAP_OP_BRK, MAP_OP_MPROTECT = 1, 2, 3, 4, 5

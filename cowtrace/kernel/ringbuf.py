@@ -1,6 +1,7 @@
-"""Bulk reader of the fault_events BPF ring buffer.
+"""Bulk reader of the BPF ring buffers whose records all have one size.
 
-Every record in that ring has the same size (an 8-byte ring header and a 40-byte cow_event),
+Every record in such a ring has the same size (an 8-byte ring header and one struct of
+bpf/cowtrace.bpf.c: a batch of detail records, a single one, a map change, an allocator call),
 so a whole stretch of the ring is one numpy structured array: user space pays per drain, not
 per event.  (bcc's own consumer calls a Python function per record, which took a whole core
 and slowed the traced program 4x in the prototype.)

@@ -20,8 +20,15 @@ from cowtrace.errors import CowtraceError
 from cowtrace.kernel.bpfsource import compile_program
 from cowtrace.kernel.calibrate import load_or_calibrate
 from cowtrace.kernel.kallsyms import KernelSymbols
-from cowtrace.kernel.records import ALLOC_EVENT_DTYPE, MAP_EVENT_DTYPE
-from cowtrace.kernel.ringbuf import EVENT_DTYPE, FixedRecordRing
+from cowtrace.kernel.progrun import online_cpus, run_on_cpu
+from cowtrace.kernel.records import (
+    ALLOC_EVENT_DTYPE,
+    BATCH_DTYPE,
+    EVENT_DTYPE,
+    MAP_EVENT_DTYPE,
+    detail_records,
+)
+from cowtrace.kernel.ringbuf import FixedRecordRing
 from cowtrace.model import Counts
 
 PE_FORK, PE_EXEC, PE_EXIT, PE_FREE = 1, 2, 3, 4
@@ -56,10 +63,13 @@ TRACEPOINTS = (
 
 @dataclass
 class TracerConfig:
-    """Table sizes.  The fault ring holds 48 bytes per event: 16 MiB is ~350k events, a few
-    seconds of the worst copy storm, so a consumer that falls behind briefly loses nothing."""
+    """Table sizes.  The fault ring holds 41 bytes per event (batches of 16 records of 40
+    bytes, and a header): 16 MiB is ~400k events, a few seconds of the worst copy storm, so a
+    consumer that falls behind briefly loses nothing.  The singles ring takes the records made
+    outside the fault path (exec, exit, get_user_pages copies), 48 bytes each."""
 
     ring_bytes: int = 16 << 20
+    single_ring_bytes: int = 2 << 20
     max_members: int = 16384
     max_threads: int = 65536
     stacks: bool = True  # native user stacks of copies and allocations (--no-stacks: off)
@@ -120,6 +130,9 @@ class KernelTracer:
         self.config = config or TracerConfig()
         self._bpf = None
         self._ring: FixedRecordRing | None = None
+        self._singles: FixedRecordRing | None = None
+        self._flush_fd: int | None = None
+        self._cpus = online_cpus()
         self._map_ring: FixedRecordRing | None = None
         self._alloc_ring: FixedRecordRing | None = None
         self._proc_records: list[ProcRecord] = []
@@ -131,12 +144,14 @@ class KernelTracer:
         symbols = KernelSymbols.load()
         calibration = load_or_calibrate(symbols)
         ring_pages = _power_of_two_pages(self.config.ring_bytes)
+        single_pages = _power_of_two_pages(self.config.single_ring_bytes)
         map_pages = _power_of_two_pages(self.config.map_ring_bytes)
         alloc_pages = _power_of_two_pages(self.config.alloc_ring_bytes)
         cflags = calibration.cflags(symbols) + [
             f"-DMAX_MEMBERS={self.config.max_members}",
             f"-DMAX_THREADS={self.config.max_threads}",
             f"-DFAULT_RING_PAGES={ring_pages}",
+            f"-DSINGLE_RING_PAGES={single_pages}",
             "-DPROC_RING_PAGES=64",
             f"-DMAP_RING_PAGES={map_pages}",
             f"-DALLOC_RING_PAGES={alloc_pages}",
@@ -150,7 +165,11 @@ class KernelTracer:
         if self.config.stacks or self.config.python_stacks:
             self._install_writer_stack_programs()
         page = mmap.PAGESIZE
-        self._ring = FixedRecordRing(self._bpf["fault_events"].map_fd, ring_pages * page)
+        self._ring = FixedRecordRing(
+            self._bpf["fault_events"].map_fd, ring_pages * page, dtype=BATCH_DTYPE
+        )
+        self._singles = FixedRecordRing(self._bpf["fault_singles"].map_fd, single_pages * page)
+        self._flush_fd = self._load_helper("flush_fault_batch")
         self._map_ring = FixedRecordRing(
             self._bpf["map_events"].map_fd, map_pages * page, dtype=MAP_EVENT_DTYPE
         )
@@ -159,21 +178,25 @@ class KernelTracer:
         )
         self._bpf["proc_events"].open_ring_buffer(self._on_proc_event)
 
+    def _load_helper(self, name: str) -> int:
+        """Load one of the program's functions that is attached nowhere (a tail-call target,
+        the batch flush); its fd."""
+        from bcc import BPF
+
+        try:
+            return self._bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT).fd
+        except Exception as error:  # bcc raises a bare Exception when loading fails
+            raise CowtraceError(
+                f"could not load the BPF program {name}: {error}", hint="cowtrace doctor"
+            ) from error
+
     def _install_writer_stack_programs(self) -> None:
         """Load the tail-call targets that take a fault's writer stacks (WRITER_STACK_PROGRAMS,
         in writer_stack_progs' order) and put them in the program array the fault programs
         call.  The array holds its own references: the programs live as long as it does."""
-        from bcc import BPF
-
         table = self._bpf["writer_stack_progs"]
         for index, name in enumerate(WRITER_STACK_PROGRAMS):
-            try:
-                function = self._bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
-            except Exception as error:  # bcc raises a bare Exception when loading fails
-                raise CowtraceError(
-                    f"could not load the BPF program {name}: {error}", hint="cowtrace doctor"
-                ) from error
-            table[ctypes.c_int(index)] = ctypes.c_int(function.fd)
+            table[ctypes.c_int(index)] = ctypes.c_int(self._load_helper(name))
 
     def detach(self) -> None:
         """Stop every hook; the maps stay readable for the final accounting."""
@@ -194,10 +217,11 @@ class KernelTracer:
     def close(self) -> None:
         """Detach and unload everything; safe to call twice."""
         self.detach()
-        for ring in (self._ring, self._map_ring, self._alloc_ring):
+        for ring in (self._ring, self._singles, self._map_ring, self._alloc_ring):
             if ring is not None:
                 ring.close()
-        self._ring = self._map_ring = self._alloc_ring = None
+        self._ring = self._singles = self._map_ring = self._alloc_ring = None
+        self._flush_fd = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -288,10 +312,15 @@ class KernelTracer:
         return records
 
     def drain_events(self) -> np.ndarray:
-        """Detail records written since the last drain (EVENT_DTYPE array)."""
-        if self._ring is None:
+        """Detail records written since the last drain (EVENT_DTYPE array, not in time order:
+        each CPU's batches come out as a whole).  Every CPU's partly filled batch is flushed
+        first, so every record the kernel made before this call is in it."""
+        if self._ring is None or self._singles is None:
             return np.empty(0, dtype=EVENT_DTYPE)
-        return self._ring.drain()
+        if self._flush_fd is not None:
+            for cpu in self._cpus:
+                run_on_cpu(self._flush_fd, cpu)
+        return detail_records(self._ring.drain(), self._singles.drain())
 
     def drain_map_events(self) -> np.ndarray:
         """Map changes of members since the last drain (MAP_EVENT_DTYPE array)."""
