@@ -54,9 +54,9 @@ def build(outdir: Path) -> Path:
 class Storm:
     """One storm_chunks parent (then its child), driven line by line."""
 
-    def __init__(self, binary: Path, pages: int, chunk: int) -> None:
+    def __init__(self, binary: Path, pages: int, chunk: int, warm: int = 0) -> None:
         self.process = subprocess.Popen(
-            ["taskset", "-c", str(STORM_CPU), str(binary), str(pages), str(chunk)],
+            ["taskset", "-c", str(STORM_CPU), str(binary), str(pages), str(chunk), str(warm)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -6,12 +6,14 @@
  * reads one command per line from stdin:
  *   "w"  write one byte into each of the next CHUNK pages (each write copies a shared page) and
  *        print "<cpu ns> <wall ns>" for that chunk: the thread's own CPU time
- *        (CLOCK_THREAD_CPUTIME_ID: user + system, where the BPF programs run) and wall time;
+ *        (CLOCK_THREAD_CPUTIME_ID: user + system, where the BPF programs run) and wall time,
+ *        leaving out the chunk's first WARM pages (a chunk that follows a change of the kernel's
+ *        tracepoints starts with cold caches: see bench/toggled.py);
  *   "q"  exit.
  * Two of these, one traced and one not, written chunk by chunk in alternation, see the same
  * machine at the same moments: what differs between their chunk times is the tracing.
  *
- * Usage: storm_chunks PAGES CHUNK
+ * Usage: storm_chunks PAGES CHUNK [WARM]
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -30,7 +32,7 @@ static long long now_ns(clockid_t clock)
     return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static int child_loop(volatile char *buffer, long pages, long chunk)
+static int child_loop(volatile char *buffer, long pages, long chunk, long warm)
 {
     char line[16];
     long next = 0;
@@ -38,6 +40,9 @@ static int child_loop(volatile char *buffer, long pages, long chunk)
         if (line[0] != 'w')
             return 0;
         long end = next + chunk > pages ? pages : next + chunk;
+        for (long i = next; i < end && i < next + warm; i++)
+            buffer[i * PAGE] = 2;
+        next = next + warm < end ? next + warm : end;
         long long cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID), wall0 = now_ns(CLOCK_MONOTONIC);
         for (long i = next; i < end; i++)
             buffer[i * PAGE] = 2;
@@ -51,11 +56,11 @@ static int child_loop(volatile char *buffer, long pages, long chunk)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: storm_chunks PAGES CHUNK\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: storm_chunks PAGES CHUNK [WARM]\n");
         return 2;
     }
-    long pages = atol(argv[1]), chunk = atol(argv[2]);
+    long pages = atol(argv[1]), chunk = atol(argv[2]), warm = argc == 4 ? atol(argv[3]) : 0;
     volatile char *buffer = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE,
                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (buffer == MAP_FAILED) {
@@ -75,7 +80,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (child == 0)
-        _exit(child_loop(buffer, pages, chunk));
+        _exit(child_loop(buffer, pages, chunk, warm));
     int status;
     waitpid(child, &status, 0);
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;

@@ -3,19 +3,25 @@
 The other half of bench/interleaved.py.  That one runs the real CLI and compares a traced child
 with a non-member next to it; but while cowtrace is loaded every process's faults and page
 allocations enter its programs, the non-member's too.  Here one storm child writes its buffer
-in chunks, and between chunks this script attaches or detaches the programs on the hot
-tracepoints (page_fault_user, page_fault_kernel, mm_page_alloc, rss_stat) of cowtrace's own
-BPF program, loaded through cowtrace.kernel.tracer with the default configuration (native and
-Python writer stacks): chunks alternate traced and untraced, A B B A ..., in one child.
+in chunks, and between chunks this script attaches the hot tracepoint programs
+(page_fault_user, page_fault_kernel, mm_page_alloc, rss_stat) of one of several loaded copies
+of cowtrace's BPF program (cowtrace.kernel.tracer), or none: each "arm" is one such copy.  A
+cycle writes one chunk untraced and one under each arm, in an order that rotates from cycle to
+cycle, so every arm meets the same machine as the untraced chunks of its cycle.
 
-  member      the child is a member: traced vs. nothing attached at all, the bar's figure for
-              the kernel side (bench/interleaved.py adds user space: the CLI's consumer);
-  non-member  the child is not a member: what running next to cowtrace costs any process.
+Arms (`--arm NAME=SPEC`, SPEC a comma-separated list, empty for the defaults):
+  member (default) / non-member   the child is a member of that copy, or not: non-member is
+                                  what running next to cowtrace costs any other process;
+  no-stacks, no-python-stacks     the CLI options of the same names.
+The default arms: default (member, native and Python stacks, as `cowtrace PID`), core
+(--no-stacks --no-python-stacks) and non-member.
 
-Nothing drains the fault ring here: 16 MiB holds ~350k records, more than a storm writes, so no
-detail record is lost (checked).  Counts are only made during traced chunks.
+Slowdown of an arm: the median over cycles of its chunk's CPU time over the untraced chunk's.
+Nothing drains the fault rings: 16 MiB holds ~350k records, more than a storm writes (checked:
+lost 0).  Counts are made only while an arm's hooks are attached.
 
-Usage (root): .venv/bin/python bench/toggled.py [--rounds 5] [--pages 262144] [--chunk 2048]
+Usage (root): .venv/bin/python bench/toggled.py [--rounds 3] [--pages 262144] [--chunk 2048]
+    [--arm NAME=SPEC]...
 """
 
 from __future__ import annotations
@@ -24,82 +30,121 @@ import argparse
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from interleaved import Storm, build
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cowtrace.kernel.tracer import RAW_TRACEPOINTS, KernelTracer  # noqa: E402
+from cowtrace.kernel.tracer import RAW_TRACEPOINTS, KernelTracer, TracerConfig  # noqa: E402
+
+DEFAULT_ARMS = ("default=", "core=no-stacks,no-python-stacks", "non-member=non-member")
 
 
-class HotHooks:
-    """Attach and detach the hot raw tracepoint programs of a loaded KernelTracer."""
+@dataclass
+class Arm:
+    name: str
+    config: TracerConfig
+    member: bool
+    tracer: KernelTracer | None = None
 
-    def __init__(self, tracer: KernelTracer) -> None:
-        self.bpf = tracer.bpf
-        self.attached = True
+    @classmethod
+    def parse(cls, text: str) -> Arm:
+        name, _, spec = text.partition("=")
+        words = {word for word in spec.split(",") if word}
+        unknown = words - {"member", "non-member", "no-stacks", "no-python-stacks"}
+        if unknown:
+            raise SystemExit(f"toggled.py: unknown arm words {sorted(unknown)}")
+        config = TracerConfig(
+            stacks="no-stacks" not in words, python_stacks="no-python-stacks" not in words
+        )
+        return cls(name, config, member="non-member" not in words)
 
-    def set(self, attached: bool) -> None:
-        if attached == self.attached:
-            return
+    def attach(self, attached: bool) -> None:
+        bpf = self.tracer.bpf
         for name in RAW_TRACEPOINTS:
             if attached:
-                self.bpf.attach_raw_tracepoint(
+                bpf.attach_raw_tracepoint(
                     tp=name.encode(), fn_name=f"raw_tracepoint__{name}".encode()
                 )
             else:
-                self.bpf.detach_raw_tracepoint(tp=name.encode())
-        self.attached = attached
+                bpf.detach_raw_tracepoint(tp=name.encode())
 
 
-def run_round(binary: Path, pages: int, chunk: int, member: bool) -> tuple[float, int, int]:
-    """(median traced/untraced chunk ratio, copies counted, detail records lost)."""
-    storm = Storm(binary, pages, chunk)
-    tracer = KernelTracer()
-    tracer.open()
+def run_round(
+    binary: Path, pages: int, chunk: int, warm: int, arms: list[Arm]
+) -> dict[str, list[float]]:
+    """Per arm, the ratio of its chunk over the untraced chunk of each cycle."""
+    storm = Storm(binary, pages, chunk, warm)
     try:
-        if member:
-            tracer.add_member(storm.pid, storm.pid)
-        hooks = HotHooks(tracer)
+        for arm in arms:  # each copy attaches on load; only one at a time from here on
+            arm.tracer = KernelTracer(arm.config)
+            arm.tracer.open()
+            arm.attach(False)
+            if arm.member:
+                arm.tracer.add_member(storm.pid, storm.pid)
+        slots: list[Arm | None] = [None, *arms]
+        ratios: dict[str, list[float]] = {arm.name: [] for arm in arms}
+        active: Arm | None = None
         storm.send("fork")
-        traced, untraced = [], []
-        for index in range((pages + chunk - 1) // chunk):
-            for attached in ((True, False) if index % 2 == 0 else (False, True)):
-                hooks.set(attached)
-                (traced if attached else untraced).append(storm.chunk())
-        hooks.set(False)
+        for cycle in range((pages // chunk) // len(slots)):
+            order = slots[cycle % len(slots):] + slots[: cycle % len(slots)]
+            if cycle % 2:
+                order.reverse()
+            times: dict[str | None, float] = {}
+            for arm in order:
+                if arm is not active:
+                    if active is not None:
+                        active.attach(False)
+                    if arm is not None:
+                        arm.attach(True)
+                    active = arm
+                times[arm.name if arm else None] = storm.chunk()
+            for arm in arms:
+                ratios[arm.name].append(times[arm.name] / times[None])
+        if active is not None:
+            active.attach(False)
         storm.close()
-        copies = sum(state.counts.copies for state in tracer.members().values())
-        lost = tracer.stats()["lost_events"]
+        for arm in arms:
+            lost = arm.tracer.stats()["lost_events"]
+            assert lost == 0, f"{arm.name}: {lost} detail records lost"
     finally:
-        tracer.close()
-    ratio = statistics.median(a / b for a, b in zip(traced, untraced, strict=True))
-    return ratio, copies, lost
+        for arm in arms:
+            if arm.tracer is not None:
+                arm.tracer.close()
+                arm.tracer = None
+    return ratios
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pages", type=int, default=262144)
     parser.add_argument("--chunk", type=int, default=2048, help="pages per chunk (8 MiB)")
+    parser.add_argument(
+        "--warm", type=int, default=256,
+        help="pages at the start of each chunk left out of its time (caches are cold after"
+        " the tracepoints change)",
+    )
+    parser.add_argument("--arm", action="append", default=[], metavar="NAME=SPEC")
     args = parser.parse_args()
-    results: dict[str, list[tuple[float, int, int]]] = {"member": [], "non-member": []}
+    arms = [Arm.parse(text) for text in (args.arm or DEFAULT_ARMS)]
+    per_round: dict[str, list[float]] = {arm.name: [] for arm in arms}
     with tempfile.TemporaryDirectory() as tmp:
         binary = build(Path(tmp))
         for index in range(args.rounds):
-            line = []
-            for mode in results:
-                results[mode].append(run_round(binary, args.pages, args.chunk, mode == "member"))
-                ratio, copies, lost = results[mode][-1]
-                line.append(f"{mode} {ratio:.3f} ({copies} copies, {lost} lost)")
-            print(f"round {index + 1}: " + ", ".join(line), flush=True)
-    pairs = (args.pages + args.chunk - 1) // args.chunk
-    print(f"== traced/untraced per chunk of {args.chunk} pages, {pairs} pairs a round,"
-          f" {args.rounds} rounds")
-    for mode, rows in results.items():
-        ratios = [row[0] for row in rows]
-        print(f"{mode:10} slowdown: median {statistics.median(ratios):.3f}x"
-              f" (rounds {min(ratios):.3f}-{max(ratios):.3f}); lost {max(r[2] for r in rows)}")
+            ratios = run_round(binary, args.pages, args.chunk, args.warm, arms)
+            for name, values in ratios.items():
+                per_round[name].append(statistics.median(values))
+            print(f"round {index + 1}: "
+                  + ", ".join(f"{name} {values[-1]:.3f}" for name, values in per_round.items()),
+                  flush=True)
+    cycles = (args.pages // args.chunk) // (len(arms) + 1)
+    print(f"== traced/untraced in one child, chunks of {args.chunk} pages, {cycles} cycles a"
+          f" round, {args.rounds} rounds, lost 0")
+    for name, values in per_round.items():
+        print(f"{name:12} slowdown: median {statistics.median(values):.3f}x"
+              f" (rounds {min(values):.3f}-{max(values):.3f})")
     return 0
 
 
