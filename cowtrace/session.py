@@ -21,6 +21,7 @@ from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver, 
 from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
+from cowtrace.kernel.records import processes_mapping_code
 from cowtrace.kernel.ringbuf import EVENT_DTYPE
 from cowtrace.kernel.stacks import KernelStackResolver
 from cowtrace.kernel.tracer import (
@@ -224,6 +225,9 @@ class Session:
         if len(maps):
             if self.resolver is not None:
                 self.resolver.note_map_events(maps)
+            if self.allocators is not None:  # an allocator a process dlopen()ed just now
+                for pid in processes_mapping_code(maps):
+                    self.allocators.cover_process(pid)
             self.sink.on_map_events(maps)
         if len(allocs):
             self.sink.on_alloc_events(allocs)

@@ -73,6 +73,20 @@ MAP_EVENT_DTYPE = np.dtype(
     ]
 )
 
+PROT_EXEC = 0x4
+
+
+def processes_mapping_code(records: np.ndarray) -> list[int]:
+    """Members that mapped an executable file in these MAP_EVENT_DTYPE records: the loader
+    mapping the libraries after an exec, or a dlopen.  What is known of a process' objects
+    (symbol caches, allocator probes) must be looked at again while it lives."""
+    if not len(records):
+        return []
+    file_mmap = (records["op"] == MAP_OP_MMAP) & (records["fd"] >= 0)
+    code = file_mmap & ((records["prot"] & PROT_EXEC) != 0)
+    return np.unique(records["pid"][code]).tolist()
+
+
 # struct alloc_event: an allocator call that returned (uprobes on malloc & co.).
 ALLOC_OP_ALLOC, ALLOC_OP_FREE, ALLOC_OP_REALLOC = 1, 2, 3
 ALLOCATOR_GLIBC, ALLOCATOR_JEMALLOC, ALLOCATOR_TCMALLOC = 0, 1, 2

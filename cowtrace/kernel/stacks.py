@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from cowtrace.kernel.records import MAP_OP_MMAP
+from cowtrace.kernel.records import processes_mapping_code
 
 UNKNOWN = "[unknown]"
-PROT_EXEC = 0x4
 CACHES_PER_IMAGE = 3  # a process' newest symbol caches, newest first (see note_map_events)
 
 
@@ -107,11 +106,7 @@ class KernelStackResolver:
         """Refresh the symbol cache of each process that mapped an executable file (the loader
         mapping the libraries after an exec, dlopen) while it still lives: objects mapped
         after its cache was made are unknown to it.  Rare after start-up."""
-        if not len(records):
-            return
-        file_mmap = (records["op"] == MAP_OP_MMAP) & (records["fd"] >= 0)
-        new_code = file_mmap & ((records["prot"] & PROT_EXEC) != 0)
-        for pid in np.unique(records["pid"][new_code]).tolist():
+        for pid in processes_mapping_code(records):
             caches = self._caches.get(pid)
             if caches and _has_memory(pid):
                 from bcc import SymbolCache

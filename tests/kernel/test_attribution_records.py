@@ -183,6 +183,28 @@ def test_jemalloc_is_found_and_probed(fixture_binaries, tmp_path):
     check_allocations(facts, sink, allocs, ALLOCATOR_JEMALLOC)
 
 
+def test_an_allocator_loaded_with_dlopen_is_probed(fixture_binaries, tmp_path):
+    """libjemalloc.so.2 dlopen()ed after start: probed once its code is mapped, every call
+    of the fixture's after that recorded exactly, as jemalloc's, with the calling function."""
+    binary = fixture_binaries("alloc_dlopen")
+    facts, sink, _maps, allocs, _faults = trace_fixture(
+        binary, ["20", "1500"], tmp_path / "out.jsonl", via_shell=False
+    )
+    parent = facts.pid_of("parent")
+    mine = allocs[(allocs["pid"] == parent) & (allocs["allocator"] == ALLOCATOR_JEMALLOC)]
+    expected = _other(facts, "alloc")
+    assert len(expected) == 21
+    for call in expected:
+        rows = mine[(mine["addr"] == call["addr"]) & (mine["op"] == call["op"])]
+        rows = rows[rows["size"] == call["size"]]
+        assert len(rows) == 1, call
+        caller = sink.resolver.symbolize(parent, int(rows[0]["caller"]))
+        assert caller.startswith("make_blocks ("), caller
+        if call["op"] == ALLOC_OP_ALLOC:
+            frames = sink.stack(parent, int(rows[0]["stack_id"]))
+            assert frames and frames[0].startswith("make_blocks ("), frames
+
+
 def test_copies_carry_the_writing_function(traced):
     facts, sink, _maps, _allocs, faults = traced
     child = facts.pid_of("child")
