@@ -223,10 +223,11 @@ class Session:
         maps = self.tracer.drain_map_events()
         allocs = self.tracer.drain_alloc_events()
         if len(maps):
+            mapped_code = processes_mapping_code(maps)
             if self.resolver is not None:
-                self.resolver.note_map_events(maps)
+                self.resolver.note_code_mapped(mapped_code)
             if self.allocators is not None:  # an allocator a process dlopen()ed just now
-                for pid in processes_mapping_code(maps):
+                for pid in mapped_code:
                     self.allocators.cover_process(pid)
             self.sink.on_map_events(maps)
         if len(allocs):

@@ -19,6 +19,7 @@ from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.sink import feed_lifecycle
 from cowtrace.attribution.view import AttributionView
 from cowtrace.family import Family
+from cowtrace.kernel.records import processes_mapping_code
 from cowtrace.kernel.stacks import KernelStackResolver
 from cowtrace.kernel.tracer import KernelTracer, MemberState, TracerConfig
 from cowtrace.model import Snapshot
@@ -120,7 +121,7 @@ class Fleet:
         if self.engine is not None:
             maps = self.tracer.drain_map_events()
             if len(maps):
-                self.resolver.note_map_events(maps)
+                self.resolver.note_code_mapped(processes_mapping_code(maps))
                 self.engine.on_map_events(maps)
             if len(faults):
                 self.engine.on_fault_events(faults)

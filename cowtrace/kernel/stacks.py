@@ -15,22 +15,18 @@ exec, first record), and a writer that exited before that is resolved through it
 the root: a forked child shares its parent's mappings until it execs.  A cache made right
 after an exec knows the executable and the loader, not the libraries the loader maps next:
 a process whose map changes bring a new executable file mapping gets a newer cache while it
-lives (`note_map_events`).  The older ones are kept behind it: a process can exit between the
-check and the read, and a cache made from a zombie's empty maps file knows nothing.
+lives (`note_code_mapped`).  The older ones are kept behind it: a process can exit between
+the check and the read, and a cache made from a zombie's empty maps file knows nothing.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
-
-from cowtrace.kernel.records import processes_mapping_code
-
 UNKNOWN = "[unknown]"
-CACHES_PER_IMAGE = 3  # a process' newest symbol caches, newest first (see note_map_events)
+CACHES_PER_IMAGE = 3  # a process' newest symbol caches, newest first (see note_code_mapped)
 
 
 def _frames(ips: Sequence[int]) -> tuple[int, ...]:
@@ -102,11 +98,12 @@ class KernelStackResolver:
         """A forked child shares its parent's program image until it execs."""
         self._image_of[child] = self._image_of.get(parent, parent)
 
-    def note_map_events(self, records: np.ndarray) -> None:
-        """Refresh the symbol cache of each process that mapped an executable file (the loader
-        mapping the libraries after an exec, dlopen) while it still lives: objects mapped
-        after its cache was made are unknown to it.  Rare after start-up."""
-        for pid in processes_mapping_code(records):
+    def note_code_mapped(self, pids: Iterable[int]) -> None:
+        """These processes mapped an executable file (the loader mapping the libraries after
+        an exec, dlopen; records.processes_mapping_code): give each a newer symbol cache while
+        it still lives, since objects mapped after its cache was made are unknown to it.  Rare
+        after start-up."""
+        for pid in pids:
             caches = self._caches.get(pid)
             if caches and _has_memory(pid):
                 from bcc import SymbolCache

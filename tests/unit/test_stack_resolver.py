@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cowtrace.kernel import stacks
-from cowtrace.kernel.records import MAP_EVENT_DTYPE, MAP_OP_MMAP
+from cowtrace.kernel.records import MAP_EVENT_DTYPE, MAP_OP_MMAP, processes_mapping_code
 from cowtrace.kernel.stacks import CACHES_PER_IMAGE, KernelStackResolver
 
 PID = 4242
@@ -49,6 +49,7 @@ def fake_bcc(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def mmaps(*prots_and_fds: tuple[int, int]) -> np.ndarray:
+    """MAP_EVENT_DTYPE mmap records of PID with these (prot, fd)."""
     records = np.zeros(len(prots_and_fds), dtype=MAP_EVENT_DTYPE)
     records["op"] = MAP_OP_MMAP
     records["pid"] = PID
@@ -56,6 +57,11 @@ def mmaps(*prots_and_fds: tuple[int, int]) -> np.ndarray:
         records["prot"][index] = prot
         records["fd"][index] = fd
     return records
+
+
+def mapped(*prots_and_fds: tuple[int, int]) -> list[int]:
+    """The processes these mmap records say mapped code (what the session hands over)."""
+    return processes_mapping_code(mmaps(*prots_and_fds))
 
 
 def exec_then_loader() -> KernelStackResolver:
@@ -76,23 +82,24 @@ def test_a_cache_made_at_exec_does_not_know_the_libraries_mapped_after_it() -> N
 def test_an_executable_file_mapping_brings_a_newer_cache() -> None:
     resolver = exec_then_loader()
     resolver.symbolize(PID, LIBC_TEXT)  # an earlier answer is not kept past the new mapping
-    resolver.note_map_events(mmaps((PROT_READ | PROT_EXEC, 3)))
+    resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, 3)))
     assert resolver.symbolize(PID, LIBC_TEXT) == "fork (libc.so.6)"
     assert resolver.symbolize(PID, EXE_TEXT) == "main (server)"
 
 
 def test_mappings_that_hold_no_code_make_no_cache() -> None:
     resolver = exec_then_loader()
-    resolver.note_map_events(mmaps((PROT_READ, 3), (PROT_READ | PROT_EXEC, -1)))
+    assert mapped((PROT_READ, 3), (PROT_READ | PROT_EXEC, -1)) == []
+    resolver.note_code_mapped(mapped((PROT_READ, 3), (PROT_READ | PROT_EXEC, -1)))
     assert len(made) == 1
 
 
 def test_a_cache_made_from_a_zombie_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     resolver = exec_then_loader()
-    resolver.note_map_events(mmaps((PROT_READ | PROT_EXEC, 3)))
+    resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, 3)))
     world.clear()  # it exited; a cache made now would know nothing
     monkeypatch.setattr(stacks, "_has_memory", lambda pid: True)  # it died after the check
-    resolver.note_map_events(mmaps((PROT_READ | PROT_EXEC, 4)))
+    resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, 4)))
     assert len(made) == 3
     assert resolver.symbolize(PID, LIBC_TEXT) == "fork (libc.so.6)"
     assert resolver.symbolize(PID, EXE_TEXT) == "main (server)"
@@ -101,6 +108,6 @@ def test_a_cache_made_from_a_zombie_loses_nothing(monkeypatch: pytest.MonkeyPatc
 def test_a_process_keeps_its_newest_caches_only() -> None:
     resolver = exec_then_loader()
     for fd in range(CACHES_PER_IMAGE + 2):
-        resolver.note_map_events(mmaps((PROT_READ | PROT_EXEC, fd)))
+        resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, fd)))
     assert len(resolver._caches[PID]) == CACHES_PER_IMAGE
     assert resolver._caches[PID][0] is made[-1]
