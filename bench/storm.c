@@ -16,13 +16,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define PAGE 4096L
+#include "storm_buffer.h"
+
 
 static double ms_between(struct timespec a, struct timespec b)
 {
@@ -41,14 +41,9 @@ int main(int argc, char **argv)
 {
     long pages = argc > 1 ? atol(argv[1]) : 262144;
     int wait_for_tracer = argc > 2 && strcmp(argv[2], "wait") == 0;
-    volatile char *buffer = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE,
-                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (buffer == MAP_FAILED) {
-        perror("mmap");
+    volatile char *buffer = dirtied_buffer(pages);
+    if (!buffer)
         return 1;
-    }
-    for (long i = 0; i < pages; i++)
-        buffer[i * PAGE] = 1;
     if (wait_for_tracer) {
         char line[16];
         printf("ready %d\n", getpid());

@@ -18,12 +18,12 @@
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define PAGE 4096L
+#include "storm_buffer.h"
+
 
 static long long now_ns(clockid_t clock)
 {
@@ -61,14 +61,9 @@ int main(int argc, char **argv)
         return 2;
     }
     long pages = atol(argv[1]), chunk = atol(argv[2]), warm = argc == 4 ? atol(argv[3]) : 0;
-    volatile char *buffer = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE,
-                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (buffer == MAP_FAILED) {
-        perror("mmap");
+    volatile char *buffer = dirtied_buffer(pages);
+    if (!buffer)
         return 1;
-    }
-    for (long i = 0; i < pages; i++)
-        buffer[i * PAGE] = 1;
     char line[16];
     printf("ready %d\n", getpid());
     fflush(stdout);
