@@ -205,11 +205,17 @@ BPF_HASH(alloc_calls, u32, struct alloc_pending, MAX_THREADS);  /* tid -> call i
 BPF_PERCPU_ARRAY(stats, u64, NSTATS);
 
 /* ---- helpers -------------------------------------------------------------------------------- */
-static __always_inline void stat_inc(int index)
+/* Health counters are per CPU: plain adds, no atomics. */
+static __always_inline void stat_add(int index, u64 amount)
 {
     u64 *v = stats.lookup(&index);
     if (v)
-        (*v)++;
+        *v += amount;
+}
+
+static __always_inline void stat_inc(int index)
+{
+    stat_add(index, 1);
 }
 
 /* The member whose counters a write by this process goes to (the vfork parent for a vfork
@@ -230,13 +236,6 @@ static __always_inline u64 stack_word(void *ctx, int slot)
     u64 word = 0;
     bpf_probe_read_kernel(&word, sizeof(word), (char *)ctx + slot * 8);
     return word;
-}
-
-static __always_inline void stat_add(int index, u64 amount)
-{
-    u64 *v = stats.lookup(&index);
-    if (v)
-        *v += amount;
 }
 
 /* ---- detail records ---------------------------------------------------------------------------
