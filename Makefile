@@ -127,7 +127,7 @@ test: setup
 # shipped table from the headers of the interpreters installed here (pyenv's and Debian's).
 PYTHON_OFFSETS_FROM ?= /usr/bin/python3.11 $(wildcard /root/.pyenv/versions/3.1[123].*/bin/python3.1[123])
 python-offsets: $(INSTALL_STAMP)
-	$(VENV)/bin/python -m cowtrace.python.gen_offsets $(PYTHON_OFFSETS_FROM) \
+	$(VENV)/bin/python tools/gen_offsets.py $(PYTHON_OFFSETS_FROM) \
 	  > cowtrace/python/offsets_table.json
 
 lint: $(INSTALL_STAMP)

@@ -1,7 +1,7 @@
 """CPython struct offsets the kernel's frame walk and the user-space resolver need.
 
 3.11 and 3.12 publish nothing, so their offsets come from offsets_table.json, generated at build
-time from each version's own headers by gen_offsets.py.  3.13 publishes them itself in
+time from each version's own headers by tools/gen_offsets.py.  3.13 publishes them itself in
 `_Py_DebugOffsets`, the first member of `_PyRuntime`: those are read from the traced process,
 so a 3.13 build with a different layout (another patch release, a custom build) still works.
 """

@@ -6,8 +6,9 @@ ones, with Py_BUILD_CORE), so the numbers are the compiler's, not transcribed.  
 too: its process publishes the same facts in _Py_DebugOffsets, and the table lets a test check
 the two agree.
 
-Usage: python -m cowtrace.python.gen_offsets PYTHON... > cowtrace/python/offsets_table.json
-(each PYTHON an interpreter binary with its headers installed: pyenv builds, python3.X-dev).
+Usage: python tools/gen_offsets.py PYTHON... > cowtrace/python/offsets_table.json
+(each PYTHON an interpreter binary with its headers installed: pyenv builds, python3.X-dev);
+`make python-offsets` runs it.  A build-time tool: it is not part of the installed package.
 """
 
 from __future__ import annotations
