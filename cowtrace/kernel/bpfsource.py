@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import os
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from cowtrace.errors import CowtraceError
@@ -20,13 +19,19 @@ from cowtrace.errors import CowtraceError
 def program_text(name: str) -> str:
     """The source of one of the programs shipped in the cowtrace.bpf package.
 
-    Run from a source checkout (not installed), the package is the top-level bpf/ folder.
+    pyproject's package-dir maps the top-level bpf/ folder to the package cowtrace.bpf: a wheel
+    ships it as cowtrace/bpf/, and a checkout's editable install (`make setup`) maps it to bpf/
+    itself, so both are found the same way.  A checkout that was never installed has no such
+    package.
     """
     try:
-        return (resources.files("cowtrace.bpf") / name).read_text()
+        package = resources.files("cowtrace.bpf")
     except ModuleNotFoundError:
-        checkout = Path(__file__).resolve().parents[2] / "bpf" / name
-        return checkout.read_text()
+        raise CowtraceError(
+            "cowtrace's BPF programs (the package cowtrace.bpf) are not installed",
+            hint="make setup, or pip install -e . in the checkout",
+        ) from None
+    return (package / name).read_text()
 
 
 @contextlib.contextmanager
