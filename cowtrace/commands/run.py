@@ -12,19 +12,51 @@ import contextlib
 import os
 import shutil
 import signal
+from typing import TYPE_CHECKING, Annotated
+
+import typer
 
 from cowtrace import procfs
 from cowtrace.checks import require_tracing_ready
-from cowtrace.commands.common import (
-    OutputOptions,
-    Reporter,
-    StopSignals,
-    start_metrics,
-    trace_until_stopped,
-    view_stream,
-)
+from cowtrace.commands.options import TracingOptions, with_tracing_options
 from cowtrace.errors import CowtraceError
-from cowtrace.session import Session, SessionOptions
+
+if TYPE_CHECKING:
+    from cowtrace.commands.common import OutputOptions
+    from cowtrace.session import SessionOptions
+
+# Everything after the command's name is the command's, options included.
+CONTEXT_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
+
+
+@with_tracing_options
+def command(
+    argv: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="-- COMMAND [ARGS]...",
+            help="The command to start, after --.",
+            show_default=False,
+        ),
+    ],
+    *,
+    tracing: TracingOptions,
+) -> None:
+    """Start COMMAND with tracing active before its first fork.
+
+    Its stdin, stdout and stderr pass through untouched (cowtrace's view goes to stderr);
+    cowtrace exits with the command's exit status.
+
+    Examples:
+
+      sudo cowtrace run -- python3 -m gunicorn --preload -w 4 app:app
+
+      sudo cowtrace run --quiet --json - -- ./prefork-server --workers 8
+
+      sudo cowtrace run --no-malloc --exit-window 1 -- redis-server
+    """
+    options = tracing.output_options()
+    raise typer.Exit(run(argv, options, tracing.session_options(malloc_by_default=True)))
 
 
 def resolve_command(argv: list[str]) -> str:
@@ -107,6 +139,16 @@ class HeldCommand:
 
 
 def run(argv: list[str], options: OutputOptions, session_options: SessionOptions) -> int:
+    # Imported here, not at the top: `--help` and shell completion import this module.
+    from cowtrace.commands.common import (
+        Reporter,
+        StopSignals,
+        start_metrics,
+        trace_until_stopped,
+        view_stream,
+    )
+    from cowtrace.session import Session
+
     executable = resolve_command(argv)
     require_tracing_ready()
     session = Session(0, session_options)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Annotated
 
-from cowtrace.checks import require_tracing_ready
-from cowtrace.commands.common import (
-    OutputOptions,
-    Reporter,
-    StopSignals,
-    start_metrics,
-    trace_until_stopped,
-    view_stream,
-)
-from cowtrace.session import Session, SessionOptions, validate_target
+import typer
+
+from cowtrace.commands.options import TracingOptions, with_tracing_options
+
+if TYPE_CHECKING:
+    from cowtrace.commands.common import OutputOptions
+    from cowtrace.session import SessionOptions
 
 MALLOC_WARNING = (
     "cowtrace: warning: --malloc puts a uprobe on malloc and free: each call of every process "
@@ -21,8 +19,45 @@ MALLOC_WARNING = (
 )
 
 
+@with_tracing_options
+def command(
+    pid: Annotated[int, typer.Argument(help="The root process: a pre-fork server's master.")],
+    *,
+    tracing: TracingOptions,
+) -> None:
+    """Attach to a running process and trace it and every process it forks.
+
+    Workers that already exist are adopted; new ones are tracked from their first
+    instruction. Ctrl-C, SIGTERM, --duration or the root's exit end it with a summary.
+
+    Examples:
+
+      sudo cowtrace 1234
+
+      sudo cowtrace trace 1234 --duration 30 --plain
+
+      sudo cowtrace 1234 --quiet --duration 60 --json out.json --events events.jsonl
+
+      sudo cowtrace 1234 --malloc --duration 30   # also attribute copies to malloc'd blocks
+    """
+    raise typer.Exit(
+        trace(pid, tracing.output_options(), tracing.session_options(malloc_by_default=False))
+    )
+
+
 def trace(pid: int, options: OutputOptions, session_options: SessionOptions) -> int:
     """Trace until Ctrl-C, SIGTERM, --duration or the root's exit; 0 on a clean end."""
+    # Imported here, not at the top: `--help` and shell completion import this module.
+    from cowtrace.checks import require_tracing_ready
+    from cowtrace.commands.common import (
+        Reporter,
+        StopSignals,
+        start_metrics,
+        trace_until_stopped,
+        view_stream,
+    )
+    from cowtrace.session import Session, validate_target
+
     stat = validate_target(pid)
     require_tracing_ready()
     if session_options.malloc:  # on stderr even with --quiet: it is about the target's cost

@@ -1,7 +1,8 @@
-"""The `cowtrace agent` loop: scan for roots, trace, export, until SIGTERM or SIGINT.
+"""The `cowtrace agent` loop: scan for new roots, refresh the metrics, drain the tracer.
 
 A target exiting never ends the agent; only a signal or --duration does.  Everything it says
-goes to stderr, one line per event (journald and `kubectl logs` keep them).
+goes to stderr, one line per event (journald and `kubectl logs` keep them).  The command itself
+(its options, set-up and tear-down) is cowtrace/commands/agent.py.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from dataclasses import dataclass
 from cowtrace import procfs
 from cowtrace.agent.discovery import RootMatcher, new_roots
 from cowtrace.agent.fleet import Fleet
-from cowtrace.checks import require_tracing_ready
 from cowtrace.commands.common import StopSignals
-from cowtrace.errors import CowtraceError
 from cowtrace.metrics.exporter import MetricsExporter, MetricsOptions, tracer_health
 
 
 @dataclass
 class AgentOptions:
+    """What `cowtrace agent` was asked for (cowtrace/commands/agent.py declares the options)."""
+
     comm: str | None
     pids: list[int]
     metrics: MetricsOptions | None
@@ -31,7 +32,8 @@ class AgentOptions:
     ring_bytes: int = 16 << 20
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
+    """One line on stderr, flushed: the agent's log is journald's or the container's."""
     print(f"cowtrace agent: {message}", file=sys.stderr, flush=True)
 
 
@@ -44,7 +46,7 @@ def attach_new_roots(fleet: Fleet, matcher: RootMatcher) -> None:
             continue
         if fleet.add_root(fresh):
             members = len(fleet.families[fresh.pid].family.members)
-            _log(f"tracing {fresh.comm} (pid {fresh.pid}) and {members - 1} descendants")
+            log(f"tracing {fresh.comm} (pid {fresh.pid}) and {members - 1} descendants")
 
 
 def describe(matcher: RootMatcher) -> str:
@@ -53,36 +55,14 @@ def describe(matcher: RootMatcher) -> str:
     return ", ".join(parts)
 
 
-def agent(options: AgentOptions) -> int:
-    matcher = RootMatcher.from_options(options.comm, options.pids)
-    if options.metrics is None:
-        raise CowtraceError("the agent needs --metrics-addr")
-    for pid in options.pids:
-        if procfs.read_stat(pid) is None:
-            _log(f"no process with pid {pid} yet: it will be traced if it appears")
-    require_tracing_ready()
-    fleet = Fleet(ring_bytes=options.ring_bytes, grace_s=options.metrics.pid_label_grace_s)
-    exporter = MetricsExporter(options.metrics, log=_log)
-    try:
-        with StopSignals() as stops:
-            exporter.open()
-            fleet.open()
-            _log(f"ready: tracing families of {describe(matcher)}")
-            reason = _loop(fleet, exporter, matcher, options, stops)
-        _log(f"stopping: {reason}")
-    finally:
-        fleet.close()
-        exporter.close()
-    return 0
-
-
-def _loop(
+def serve(
     fleet: Fleet,
     exporter: MetricsExporter,
     matcher: RootMatcher,
     options: AgentOptions,
     stops: StopSignals,
 ) -> str:
+    """Run until a signal or --duration; the reason it stopped."""
     started = time.monotonic()
     deadline = None if options.duration is None else started + options.duration
     next_scan = started
@@ -103,7 +83,7 @@ def _loop(
             exporter.update(snapshots, tracer_health(fleet.tracer, fleet.events_drained))
             roots = set(fleet.families)
             for root in sorted(known - roots):
-                _log(f"family of pid {root} ended")
+                log(f"family of pid {root} ended")
             known = roots
             next_refresh = now + options.interval
         wait = min(next_scan, next_refresh) - time.monotonic()
