@@ -1,8 +1,9 @@
 """The `cowtrace` command line: the app, its commands and its error handling.
 
 Each command is a module under cowtrace/commands/ that declares its options and body; this
-module registers them.  `cowtrace PID` is short for `cowtrace trace PID`.  Every error the user
-can act on is one line on stderr and a non-zero exit, never a traceback.
+module registers them.  `cowtrace PID` and `cowtrace -p PID` are short for `cowtrace trace PID`.
+Every error the user can act on, usage errors included, is one line on stderr and a non-zero
+exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import re
 import sys
 import traceback
+from typing import Annotated
 
 import typer
 
@@ -24,16 +26,40 @@ app = typer.Typer(
         "sharing, whether the kernel copied the page or reused it, and how much.\n\n"
         "Examples:\n\n"
         "  sudo cowtrace 1234                      # attach to a running master and its workers\n\n"
+        "  sudo cowtrace -p 1234                   # the same (cowtrace trace 1234)\n\n"
         "  sudo cowtrace run -- gunicorn --preload app:app\n\n"
         "  sudo cowtrace 1234 --duration 60 --json summary.json --events events.jsonl\n\n"
         "  sudo cowtrace doctor                    # can this host trace?\n\n"
         "x86-64 Linux only; needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)."
     ),
     no_args_is_help=True,
-    add_completion=False,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        from cowtrace import __version__
+
+        print(f"cowtrace {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _top_level(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print cowtrace's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """The options that come before the command."""
+
 
 app.command("trace")(trace.command)
 app.command("run", context_settings=run.CONTEXT_SETTINGS)(run.command)
@@ -43,12 +69,26 @@ app.command("demo")(demo.command)
 app.command("report")(report.command)
 app.command("version")(version.command)
 
+_PID = re.compile(r"-?\d+")
+_PID_OPTION = re.compile(r"-p.*|--pid(=.*)?")
+
 
 def _argv_with_default_command(argv: list[str]) -> list[str]:
-    """`cowtrace PID ...` means `cowtrace trace PID ...`."""
-    if argv and re.fullmatch(r"-?\d+", argv[0]):
+    """`cowtrace PID ...` and `cowtrace -p PID ...` mean `cowtrace trace PID ...`."""
+    if argv and _PID.fullmatch(argv[0]):
         return ["trace", *argv[1:], "--", argv[0]]
+    if argv and _PID_OPTION.fullmatch(argv[0]):
+        return ["trace", *argv]
     return argv
+
+
+def _usage_error_line(error: Exception) -> str:
+    """A click error (bad option, missing argument) as one line, naming the command's --help."""
+    message = " ".join(str(error.format_message()).split()).rstrip(".")  # type: ignore[attr-defined]
+    context = getattr(error, "ctx", None)
+    if context is not None:
+        message += f" (see {context.command_path} --help)"
+    return f"cowtrace: error: {message}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         # Usage errors come from click, which typer may ship as its own private copy: match
         # them by their interface rather than import a module that may not exist.
         if hasattr(error, "show") and isinstance(getattr(error, "exit_code", None), int):
-            error.show()
+            if type(error).__name__ == "NoArgsIsHelpError":  # bare `cowtrace`: the help
+                error.show()
+            else:
+                print(_usage_error_line(error), file=sys.stderr)
             return error.exit_code
         if type(error).__name__ == "Abort":
             return 130

@@ -29,7 +29,7 @@ def command(
     pids: Annotated[
         list[int] | None,
         typer.Option(
-            "--pid", metavar="PID", help="Trace this process' family (repeatable)."
+            "--pid", "-p", metavar="PID", help="Trace this process' family (repeatable)."
         ),
     ] = None,
     metrics_addr: Annotated[

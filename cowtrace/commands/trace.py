@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cowtrace.commands.options import TracingOptions, with_tracing_options
+from cowtrace.errors import CowtraceError
 
 if TYPE_CHECKING:
     from cowtrace.commands.common import OutputOptions
@@ -21,7 +22,18 @@ MALLOC_WARNING = (
 
 @with_tracing_options
 def command(
-    pid: Annotated[int, typer.Argument(help="The root process: a pre-fork server's master.")],
+    pid: Annotated[
+        int | None,
+        typer.Argument(
+            metavar="PID",
+            help="The root process: a pre-fork server's master.",
+            show_default=False,
+        ),
+    ] = None,
+    pid_option: Annotated[
+        int | None,
+        typer.Option("--pid", "-p", metavar="PID", help="The root process, given as an option."),
+    ] = None,
     *,
     tracing: TracingOptions,
 ) -> None:
@@ -36,13 +48,24 @@ def command(
 
       sudo cowtrace trace 1234 --duration 30 --plain
 
-      sudo cowtrace 1234 --quiet --duration 60 --json out.json --events events.jsonl
+      sudo cowtrace -p 1234 --quiet --duration 60 --json out.json --events events.jsonl
 
       sudo cowtrace 1234 --malloc --duration 30   # also attribute copies to malloc'd blocks
     """
+    root = root_pid(pid, pid_option)
     raise typer.Exit(
-        trace(pid, tracing.output_options(), tracing.session_options(malloc_by_default=False))
+        trace(root, tracing.output_options(), tracing.session_options(malloc_by_default=False))
     )
+
+
+def root_pid(argument: int | None, option: int | None) -> int:
+    """The PID given as the argument or with -p/--pid: exactly one of them (or both alike)."""
+    if argument is None and option is None:
+        hint = "cowtrace trace PID, or cowtrace -p PID"
+        raise CowtraceError("no PID given", hint=hint, exit_code=2)
+    if argument is not None and option is not None and argument != option:
+        raise CowtraceError(f"two different PIDs given: {argument} and -p {option}", exit_code=2)
+    return argument if argument is not None else option  # type: ignore[return-value]
 
 
 def trace(pid: int, options: OutputOptions, session_options: SessionOptions) -> int:

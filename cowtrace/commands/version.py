@@ -1,10 +1,10 @@
-"""`cowtrace version`: print the version."""
+"""`cowtrace version` and `cowtrace --version`: the installed package's version."""
 
 from __future__ import annotations
-
-from cowtrace import __version__
 
 
 def command() -> None:
     """Print cowtrace's version."""
+    from cowtrace import __version__
+
     print(__version__)
