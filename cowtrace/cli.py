@@ -390,19 +390,37 @@ def report_cmd(
     file: str = typer.Argument(
         ..., metavar="FILE", help="A --json summary or --events log ('-': stdin)."
     ),
+    fmt: str | None = typer.Option(
+        None,
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        help="text (default), html, folded, speedscope or pprof.",
+    ),
+    output: str | None = typer.Option(
+        None, "--output", "-o", metavar="OUT", help="Write to OUT instead of stdout."
+    ),
+    diff: str | None = typer.Option(
+        None,
+        "--diff",
+        metavar="BEFORE",
+        help="Compare FILE with BEFORE, an earlier run: what grew and what shrank (text, folded).",
+    ),
     html: str | None = typer.Option(
-        None, "--html", metavar="OUT", help="Write one self-contained HTML page ('-': stdout)."
+        None, "--html", metavar="OUT", help="Same as --format html -o OUT."
     ),
     top: int | None = typer.Option(
-        None, "--top", min=1, metavar="N", help="Rows per ranked table (default 10; 50 in --html)."
+        None, "--top", min=1, metavar="N", help="Rows per ranked table (default 10; 50 in html)."
     ),
 ) -> None:
-    """Render a summary (--json) or event log (--events) as a text report or an HTML page.
+    """Render a summary (--json) or event log (--events) as a report or a profile.
 
-    The text report goes to stdout: totals, processes, top mappings, allocation sites and
-    writer stacks. --html OUT writes one page with no network resources: a flame graph of
-    copied bytes by writer stack, the same breakdowns and the per-process table. An event
-    log is aggregated here (streamed). Needs no root.
+    text (the default) goes to stdout: totals, processes, top mappings, allocation sites and
+    writer stacks. html writes one page with no network resources: a flame graph of copied
+    bytes by writer stack, the same breakdowns and the per-process table. folded (flamegraph.pl,
+    inferno), speedscope and pprof (go tool pprof, Pyroscope) carry the writer stacks weighted
+    by copied bytes. --diff BEFORE FILE compares two runs. An event log is aggregated here
+    (streamed). Needs no root.
 
     Examples:
 
@@ -412,11 +430,17 @@ def report_cmd(
 
       cowtrace report summary.json --html report.html
 
+      cowtrace report summary.json --format folded | flamegraph.pl > copies.svg
+
+      cowtrace report summary.json --format pprof -o copies.pb.gz
+
+      cowtrace report --diff before.json after.json
+
       sudo cowtrace run --quiet --json - -- ./server | cowtrace report -
     """
     from cowtrace.commands.report import report
 
-    raise typer.Exit(report(file, html, top))
+    raise typer.Exit(report(file, html, top, fmt=fmt, out=output, diff=diff))
 
 
 @app.command("version")
