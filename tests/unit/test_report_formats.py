@@ -166,7 +166,7 @@ def test_speedscope_schema_rejects_what_it_should(full: Path) -> None:
 
     document = speedscope_document(load_report(str(full)))
     del document["profiles"][0]["weights"]
-    with pytest.raises(jsonschema.ValidationError, match="is not valid under any of the given schemas"):
+    with pytest.raises(jsonschema.ValidationError, match="not valid under any of the given"):
         validate(document)
 
 
