@@ -15,10 +15,10 @@ these once for the formats that have fields for them.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from cowtrace.report.flame import NO_STACK, PYTHON, SYNTHETIC, FlameNode, Frame, build_tree
+from cowtrace.report.frames import split_native, split_python
 from cowtrace.report.model import PAGE_SIZE, ReportData
 
 
@@ -71,23 +71,15 @@ class FrameSource:
     module: str | None = None
 
 
-# The qualname is the shortest prefix: a file path may hold " (", a qualname never does.
-_PYTHON_FRAME = re.compile(r"(?P<function>.*?) \((?P<file>.*):(?P<line>\d+)\)")
-_NATIVE_FRAME = re.compile(r"(?P<function>.*) \((?P<module>[^()]*)\)")
-
-
 def frame_source(frame: Frame) -> FrameSource:
     """Split ``qualname (file:line)`` / ``function (module)``; a name in neither form (a
     synthetic frame, a bare address) is all function."""
     name, kind = frame
     if kind == PYTHON:
-        match = _PYTHON_FRAME.fullmatch(name)
-        if match:
-            return FrameSource(match["function"], match["file"], int(match["line"]))
-        return FrameSource(name)
+        parts = split_python(name)
+        return FrameSource(*parts) if parts else FrameSource(name)
     if kind != SYNTHETIC:
-        match = _NATIVE_FRAME.fullmatch(name)
-        if match and match["function"]:
-            function = name if match["function"].startswith("[") else match["function"]
-            return FrameSource(function, module=match["module"])
+        function, module = split_native(name)
+        if module is not None:
+            return FrameSource(name if function.startswith("[") else function, module=module)
     return FrameSource(name)
