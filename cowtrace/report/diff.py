@@ -117,9 +117,10 @@ def _role_section(before: ReportData, after: ReportData) -> DiffSection:
     return section
 
 
-def _rank(row: DiffRow) -> tuple[int, int, str]:
-    """Largest change first; growth before an equal shrink; then by name (stable output)."""
-    return (-abs(row.change), -row.change, row.label)
+def _rank(row: DiffRow) -> tuple[int, int, str, tuple[str, ...]]:
+    """Largest change first; growth before an equal shrink; then by name and frames, so the
+    output does not depend on set order (string hashes differ from run to run)."""
+    return (-abs(row.change), -row.change, row.label, row.frames or ())
 
 
 def _section(
