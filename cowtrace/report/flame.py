@@ -11,12 +11,17 @@ How native and Python stacks combine (one tree, so every copied byte appears onc
   above it are the Python code that was running, down to the innermost line. Read upwards as
   "``visit_decref`` wrote, while ``gc.collect`` ran under ``handle (app.py:42)``".
 - From an event log the pairing is exact: each copy line carries both stacks.
-- A summary lists native and Python writers separately, joined only by ``native_leaf``. When one
-  native stack ends in that leaf, the Python stacks go above it exactly. When several do, the
-  Python bytes are split across them in proportion to their bytes (largest remainder, in whole
-  pages) and :attr:`FlameTree.approximate` names the leaf, so the page can say so. Python bytes
-  beyond what the native stacks ending in the leaf hold, or with no native stack at all, stand
-  on ``[native callers unknown]`` → leaf.
+- A summary lists native and Python writers separately, joined only by ``native_leaf``, the
+  function the native stack's leaf frame names (``PyType_Ready`` is ``PyType_Ready
+  (python3.11)``; ``python3.11+0x1ad23f``, code without a symbol, is ``[unknown]
+  (python3.11)``: frames.leaf_key). When one native stack ends in that leaf, the Python stacks
+  go above it exactly. When several do, the Python bytes are split across them in proportion
+  to their bytes (largest remainder, in whole pages) and :attr:`FlameTree.approximate` names
+  the leaf, so the page can say so. Python bytes beyond what the native stacks ending in the
+  leaf hold, or with no native stack at all, stand on ``[native callers unknown]`` → leaf, but
+  only as many as the copies no native stack holds: beyond those they are copies a native
+  stack already counts (whose leaf the two walks named differently), so drawing them again
+  would count them twice; they are left out and :attr:`FlameTree.unplaced` says how much.
 - Copies with no stack at all are one ``[no stack]`` bar, so shares are of all copied bytes.
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from cowtrace.report.frames import leaf_key
 from cowtrace.report.model import PAGE_SIZE, PythonWriterRow, ReportData, WriterRow
 
 NATIVE, PYTHON, SYNTHETIC = "native", "python", "synthetic"
@@ -64,6 +70,7 @@ class FlameNode:
 class FlameTree:
     root: FlameNode
     approximate: list[str] = field(default_factory=list)  # native leaves split in proportion
+    unplaced: int = 0  # Python bytes left out: no native stack to stand on (see above)
 
     def add(self, path: list[Frame], value: int) -> None:
         if value <= 0:
@@ -103,7 +110,9 @@ def build_tree(data: ReportData) -> FlameTree | None:
     if data.samples is not None:
         tree = _from_samples(data)
     elif data.writers or data.python_writers:
-        tree = _from_summary(data.writers or [], data.python_writers or [])
+        tree = _from_summary(
+            data.writers or [], data.python_writers or [], data.totals.copied_bytes
+        )
     else:
         return None
     if tree.root.value == 0:
@@ -128,24 +137,29 @@ def _from_samples(data: ReportData) -> FlameTree:
     return tree
 
 
-def _from_summary(writers: list[WriterRow], python_writers: list[PythonWriterRow]) -> FlameTree:
+def _from_summary(
+    writers: list[WriterRow], python_writers: list[PythonWriterRow], total_bytes: int
+) -> FlameTree:
     tree = FlameTree(FlameNode(ROOT, SYNTHETIC))
-    by_leaf: dict[str, list[PythonWriterRow]] = defaultdict(list)
+    by_leaf: dict[tuple[str, str] | None, list[PythonWriterRow]] = defaultdict(list)
     for pw in python_writers:
-        by_leaf[pw.native_leaf or ""].append(pw)
-    native_by_leaf: dict[str, list[WriterRow]] = defaultdict(list)
+        by_leaf[leaf_key(pw.native_leaf) if pw.native_leaf else None].append(pw)
+    native_by_leaf: dict[tuple[str, str], list[WriterRow]] = defaultdict(list)
     for w in writers:
         if w.frames:
-            native_by_leaf[w.frames[0]].append(w)
+            native_by_leaf[leaf_key(w.frames[0])].append(w)
+    # Copies outside every native stack: the only ones Python bytes that no native stack can
+    # take may stand for (the others are copies some native stack already counts).
+    room = max(0, total_bytes - sum(w.copied_bytes for w in writers)) // PAGE_SIZE
     # Pages of each native stack that Python stacks will sit on, and what goes above each.
     above: dict[int, list[tuple[PythonWriterRow, int]]] = defaultdict(list)
-    for leaf, pws in by_leaf.items():
-        targets = native_by_leaf.get(leaf, []) if leaf else []
+    for key, pws in by_leaf.items():
+        targets = native_by_leaf.get(key, []) if key else []
         py_pages = [pw.copied_bytes // PAGE_SIZE for pw in pws]
         capacity = sum(w.copied_bytes // PAGE_SIZE for w in targets)
         placed = min(sum(py_pages), capacity)
         if len(targets) > 1 and placed:
-            tree.approximate.append(leaf)
+            tree.approximate.append(targets[0].frames[0])
         per_target = split(placed, [w.copied_bytes // PAGE_SIZE for w in targets])
         left = list(py_pages)
         for target, pages in zip(targets, per_target, strict=True):
@@ -153,8 +167,12 @@ def _from_summary(writers: list[WriterRow], python_writers: list[PythonWriterRow
             above[id(target)] = [(pws[i], n) for i, n in enumerate(taken) if n]
             left = [have - got for have, got in zip(left, taken, strict=True)]
         for pw, pages in zip(pws, left, strict=True):
+            kept = min(pages, room)
+            room -= kept
+            tree.unplaced += (pages - kept) * PAGE_SIZE
+            leaf = pw.native_leaf
             base = [(NO_NATIVE, SYNTHETIC)] + ([(leaf, NATIVE)] if leaf else [])
-            tree.add(base + python_path(pw.frames), pages * PAGE_SIZE)
+            tree.add(base + python_path(pw.frames), kept * PAGE_SIZE)
     for w in writers:
         path = native_path(w.frames, w.truncated) if w.frames else [(NO_STACK, SYNTHETIC)]
         rest = w.copied_bytes

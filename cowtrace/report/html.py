@@ -152,6 +152,12 @@ def _flame(data: ReportData) -> str:
             f"{leaves} the Python bytes are split in proportion to the native stacks' bytes "
             "(an --events log gives the exact picture)."
         )
+    if tree.unplaced:
+        notes.append(
+            f"Python stacks of {human_bytes(tree.unplaced)} name a native leaf no native "
+            "stack of this summary ends in: those copies are drawn under their native stacks "
+            "only (an --events log gives the exact picture)."
+        )
     if dropped:
         notes.append(f"{dropped} bars too thin to draw are left out.")
     return (

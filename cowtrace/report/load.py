@@ -21,6 +21,7 @@ from cowtrace.report.model import (
     AllocationRow,
     BlockRow,
     ProcessRow,
+    PythonTypeRow,
     PythonWriterRow,
     RegionRow,
     ReportData,
@@ -221,6 +222,7 @@ def summary_report(document: Any, path: str) -> ReportData:
         writers=section("writers", _writer),
         python_writers=section("python_writers", _python_writer),
         why=why,
+        python_types=section("python_types", _python_type),
     )
 
 
@@ -308,4 +310,14 @@ def _python_writer(obj: Any, where: str, path: str) -> PythonWriterRow:
         category=f.str("category"),
         copies=copies,
         copied_bytes=f.bytes_of(copies),
+    )
+
+
+def _python_type(obj: Any, where: str, path: str) -> PythonTypeRow:
+    f = _Fields(obj, where, path)
+    return PythonTypeRow(
+        type=f.str("type") or "?",
+        objects=f.int("objects"),
+        copied_bytes=f.count("copied_bytes"),
+        pages=f.int("pages"),
     )

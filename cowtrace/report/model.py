@@ -123,6 +123,16 @@ class PythonWriterRow:
 
 
 @dataclass
+class PythonTypeRow:
+    """Copied bytes apportioned to the Python objects of one type (summary ``python_types``)."""
+
+    type: str
+    objects: int | None
+    copied_bytes: int
+    pages: int | None
+
+
+@dataclass
 class StackSample:
     """Copied bytes under one exact (native stack, Python stack) pair: only an event log has
     these, since it records both stacks of each copy on one line."""
@@ -149,5 +159,6 @@ class ReportData:
     writers: list[WriterRow] | None = None
     python_writers: list[PythonWriterRow] | None = None
     why: list[str] | None = None
+    python_types: list[PythonTypeRow] | None = None
     samples: list[StackSample] | None = None  # event logs only: the exact stack pairs
     events: int | None = None  # lines read, for an event log

@@ -24,8 +24,11 @@ import pytest
 
 from cowtrace import procfs
 from cowtrace.output.summary import summary_dict
+from cowtrace.report.load import load_report
+from cowtrace.report.pprof import render_pprof
 from cowtrace.session import Session, SessionOptions
 from tests.helpers import read_jsonl, run_cowtrace
+from tests.pprof_reader import read_pprof, stacks
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_writers.py"
 PYENV = Path("/root/.pyenv/versions")
@@ -201,6 +204,16 @@ def test_run_detects_python_at_exec_and_c_programs_get_no_stack(fixture_binaries
         w["copies"] for w in writers if w["frames"] and w["frames"][0].startswith("touch_in_child")
     )
     assert 50 <= touched <= 50 + SLACK
+
+    # Its pprof profile, read back through profile.proto, holds every copy once: each Python
+    # stack stands on the native stack whose leaf names the same code (a Python writer's leaf
+    # has no module, the native frame has one), none counted twice.
+    summary = load_report(str(summary_path))
+    assert summary.writers, "the run captured no native stacks"
+    samples = stacks(read_pprof(render_pprof(summary)))
+    assert sum(values[0] for _, values in samples) == summary.totals.copies
+    assert sum(values[1] for _, values in samples) == summary.totals.copied_bytes
+    assert "touch_in_child" in {frames[0].function for frames, _ in samples}
 
     events_path = tmp_path / "events.jsonl"
     binary = fixture_binaries("child_writes")

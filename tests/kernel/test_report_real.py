@@ -13,6 +13,7 @@ import re
 from cowtrace.report.load import load_report
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import run_cowtrace
+from tests.pprof_reader import read_pprof, stacks
 
 build = load_build()
 
@@ -59,3 +60,19 @@ def test_report_of_a_traced_fixture(fixture_binaries, tmp_path) -> None:
     assert "No writer stacks in this file" not in page
     leaf = next(w.frames[0] for w in log.writers or [] if w.frames)  # [no stack] may lead
     assert leaf.endswith(" (workers)") and leaf in page, leaf
+
+    # The profiler formats carry the same bytes: the folded stacks of the log add up to its
+    # copied bytes, and the pprof samples of the summary to its copies and copied bytes, read
+    # back through profile.proto; the fixture's writer leaf is a function of its module.
+    folded = run_cowtrace(["report", str(events_path), "--format", "folded"])
+    assert folded.returncode == 0, folded.stderr
+    weights = [int(line.rsplit(" ", 1)[1]) for line in folded.stdout.splitlines()]
+    assert sum(weights) == log.totals.copied_bytes
+    pprof_path = tmp_path / "copies.pb.gz"
+    pprof = run_cowtrace(["report", str(summary_path), "-f", "pprof", "-o", str(pprof_path)])
+    assert pprof.returncode == 0, pprof.stderr
+    samples = stacks(read_pprof(pprof_path.read_bytes()))
+    assert sum(values[0] for _, values in samples) == summary.totals.copies
+    assert sum(values[1] for _, values in samples) == summary.totals.copied_bytes
+    leaves = {(frames[0].function, frames[0].mapping) for frames, _ in samples}
+    assert (leaf.removesuffix(" (workers)"), "workers") in leaves, leaves

@@ -24,8 +24,10 @@ from tests.unit.report_samples import (
     EVENTS,
     core_summary,
     full_summary,
+    python_writer,
     write_json,
     write_lines,
+    writer,
 )
 
 PAGE = 4096
@@ -173,3 +175,64 @@ def test_truncated_stacks_stand_on_their_own_node(tmp_path: Path, truncated: boo
     assert tree is not None
     expected = {TRUNCATED: (100, {"leaf (x)": (100, {})})} if truncated else {"leaf (x)": (100, {})}
     assert pages(tree.root) == expected
+
+
+def test_leaf_key_joins_the_two_walks_names() -> None:
+    from cowtrace.report.frames import leaf_key
+
+    assert (
+        leaf_key("PyType_Ready (python3.11)")
+        == leaf_key("PyType_Ready")
+        == (
+            "function",
+            "PyType_Ready",
+        )
+    )
+    assert (
+        leaf_key("[unknown] (python3.11)")
+        == leaf_key("python3.11+0x1ad23f")
+        == (
+            "unknown",
+            "python3.11",
+        )
+    )
+    assert leaf_key("python3.11+0x10 (python3.11)") == ("unknown", "python3.11")
+    assert leaf_key("[unknown] (libc.so.6)") != leaf_key("python3.11+0x1ad23f")
+    assert leaf_key("leaf (app)") == leaf_key("leaf") != leaf_key("leaf2")
+
+
+def test_summary_join_as_the_tracer_names_leaves(tmp_path: Path) -> None:
+    """As a real summary has them: native frames carry their module, a Python writer's
+    native_leaf does not (and is module+0xOFFSET where the object has no symbol). Every copy
+    has a native stack, so Python bytes no native stack takes are left out, not counted twice.
+
+    Native: eval (30 pages), [unknown] in python3.11 (10), _dl_relocate (5): 45 = all copies.
+    Python: h over eval (20), g over python3.11+0x10 (4), l over ld.so+0x70 (3: no native stack
+    ends in unknown ld.so code, and no copy lacks a native stack, so they are left out).
+    """
+    summary = core_summary()
+    summary["totals"].update(copies=45, copied_bytes=45 * PAGE)
+    summary["writers"] = [
+        writer(["_PyEval_EvalFrameDefault (python3.11)"], 30),
+        writer(["[unknown] (python3.11)"], 10),
+        writer(["_dl_relocate_object (ld.so)", "dl_main (ld.so)"], 5),
+    ]
+    summary["python_writers"] = [
+        python_writer(["h (a.py:1)"], "_PyEval_EvalFrameDefault", 20),
+        python_writer(["g (a.py:2)"], "python3.11+0x10", 4),
+        python_writer(["l (a.py:3)"], "ld.so+0x70", 3),
+    ]
+    tree = build_tree(load_report(str(write_json(tmp_path / "s.json", summary))))
+    assert tree is not None
+    assert tree.root.value == 45 * PAGE and tree.unplaced == 3 * PAGE
+    assert pages(tree.root) == {
+        "_PyEval_EvalFrameDefault (python3.11)": (30, {"h (a.py:1)": (20, {})}),
+        "[unknown] (python3.11)": (10, {"g (a.py:2)": (4, {})}),
+        "dl_main (ld.so)": (5, {"_dl_relocate_object (ld.so)": (5, {})}),
+    }
+    # With 2 copies no native stack holds, 2 of l's 3 pages stand on [native callers unknown].
+    summary["totals"].update(copies=47, copied_bytes=47 * PAGE)
+    tree = build_tree(load_report(str(write_json(tmp_path / "s.json", summary))))
+    assert tree is not None and tree.unplaced == 1 * PAGE
+    assert pages(tree.root)[NO_NATIVE] == (2, {"ld.so+0x70": (2, {"l (a.py:3)": (2, {})})})
+    assert NO_STACK not in pages(tree.root)
