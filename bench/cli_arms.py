@@ -26,26 +26,6 @@ sys.path.insert(0, str(REPO))
 from tests.e2e import family_of, kill_tree  # noqa: E402
 
 COWTRACE = [sys.executable, "-m", "cowtrace"]
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ticks(pids: list[int]) -> int:
-    """utime + stime of live processes (every thread), in clock ticks, from /proc/PID/stat."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total
-
-
-def family_cpu_s(root: int) -> float:
-    """CPU seconds of a process and all its live descendants."""
-    return cpu_ticks(family_of(root)) / CLOCK_TICKS
-
-
 def children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -189,18 +169,22 @@ def idle_process(reaper: Reaper) -> Iterator[subprocess.Popen]:
         reaper.kill(proc)
 
 
-def family_cpu_ns(root: int) -> int:
-    """CPU time of a process family, every thread, in ns (schedstat: no tick rounding)."""
+def process_cpu_ns(pid: int) -> int:
+    """CPU time of one process, every thread, in ns (schedstat: no tick rounding)."""
     total = 0
-    for pid in family_of(root):
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
     return total
+
+
+def family_cpu_ns(root: int) -> int:
+    """CPU time of a process family, every thread, in ns."""
+    return sum(process_cpu_ns(pid) for pid in family_of(root))
 
 
 def pin_family(root: int, cpu: int) -> None:
@@ -238,6 +222,8 @@ def machine_note() -> str:
                 if b"cowtrace" in cmdline[1:3] or cmdline[0].endswith(b"/cowtrace"):
                     others.append(entry.name)
     syscalls, uprobes = attached_hooks()
-    return (f"machine: load average {' '.join(load)}; {len(others)} other cowtrace processes;"
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
+    return (f"machine: load average {' '.join(load)}; bpf_stats_enabled={stats};"
+            f" {len(others)} other cowtrace processes;"
             f" attached by others: {syscalls} syscall tracepoints, {uprobes} uprobes"
             " (these tax this benchmark's processes too)")
