@@ -25,6 +25,8 @@ APT_PACKAGES += chromium
 APT_PACKAGES += prometheus
 # Real servers of the end-to-end examples (tests/kernel/test_examples_*.py).
 APT_PACKAGES += redis-server nginx
+# wrk, the HTTP load of bench/servers.py (production cost benchmarks).
+APT_PACKAGES += wrk
 # jemalloc, for the fixture that checks allocator probes on a jemalloc program.
 APT_PACKAGES += libjemalloc2
 # pyelftools (ELF symbols of CPython) and Debian's CPython 3.11 internal headers (python-offsets).

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cowtrace.attribution.view import AttributionView
+    from cowtrace.metrics.cost import TracerCost
 
 PAGE_SIZE = 4096
 
@@ -122,6 +123,7 @@ class Snapshot:
     attach_s: float = 0.0  # from cowtrace's start to the family being traced (compile included)
     attribution: AttributionView | None = None  # mappings, allocations, writers (when enabled)
     events_drained: int = 0  # detail records drained from the kernel so far (tracer health)
+    cost: TracerCost | None = None  # what tracing cost: in the final snapshot of a session
 
     @property
     def duration(self) -> float:

@@ -36,6 +36,8 @@ from cowtrace.kernel.tracer import (
     TracerConfig,
 )
 from cowtrace.kernel.uprobes import AllocatorProbes
+from cowtrace.metrics.cost import OwnUsage, TracerCost, own_usage
+from cowtrace.metrics.samplers import bpf_stats_enabled, program_run_ns
 from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
 from cowtrace.python.tracker import PythonStacks
@@ -118,6 +120,9 @@ class Session:
         self.resolver: KernelStackResolver | None = None
         self.allocators: AllocatorProbes | None = None
         self.tracer_stats: dict[str, int] = {}
+        self._usage_at_start = OwnUsage()
+        self._bpf_stats_at_start = False
+        self.cost: TracerCost | None = None  # read in finish(), before the program is unloaded
         self._recover_heap = False  # attach mode: adopted members' heaps predate tracing
         self.python = PythonStacks() if self.options.python_stacks else None
 
@@ -140,6 +145,8 @@ class Session:
         if self.python is not None:
             self.python.bind(self.tracer.bpf)
         self.started = time.monotonic()
+        self._usage_at_start = own_usage()  # the cost is counted over the same span as duration
+        self._bpf_stats_at_start = bpf_stats_enabled()
         self._last_update = self.started
         self._hold_until = self.started + self.options.hold_events_s
 
@@ -290,6 +297,7 @@ class Session:
             attach_s=self.attach_s,
             events_drained=self.events_drained,
             attribution=self._python_view(self.sink.view()),
+            cost=self.cost if ended else None,
         )
 
     # ---- the end ---------------------------------------------------------------------------
@@ -301,11 +309,21 @@ class Session:
         snapshot = self.refresh()
         for pid, counts in extra.items():
             self.family.add_counts(pid, counts)
+        self.cost = self._read_cost()
         if self.resolver is not None:
             self.resolver.freeze()  # the summary may resolve stacks after the unload
         final = self._snapshot(snapshot.now, ended=True, reason=reason)
         self.close()
         return final
+
+    def _read_cost(self) -> TracerCost:
+        """cowtrace's own CPU and memory, and its programs' run time (while still loaded)."""
+        return TracerCost(
+            start=self._usage_at_start,
+            end=own_usage(),
+            bpf=program_run_ns(self.tracer.program_fds()) if bpf_stats_enabled() else None,
+            bpf_stats_at_start=self._bpf_stats_at_start,
+        )
 
     def _close_open_episodes(self) -> dict[int, Counts]:
         """An episode still open at the end is a reuse (a fault that got no copy) or a copy or

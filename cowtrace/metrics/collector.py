@@ -3,6 +3,12 @@
 The collector reads the last Exposition the exporter prepared (an immutable object swapped
 in whole), so a scrape never sees half an update and never waits for the tracer.
 Names follow Prometheus conventions: base units (bytes, seconds), `_total` on counters.
+
+What tracing costs: cowtrace's CPU (`cowtrace_process_cpu_seconds_total`) and resident memory
+(`cowtrace_process_resident_memory_bytes`) come from prometheus_client's process collector;
+this one adds the peak, the events per second and the BPF programs' run time per event over
+the last refresh (the counters `cowtrace_events_total` and `cowtrace_bpf_run_time_seconds_total`
+give any other window in PromQL).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from cowtrace import __version__
+from cowtrace.metrics.cost import BPF_STATS_ON
 from cowtrace.metrics.series import GROUP_LABELS, MEMBER_LABELS, Series, ValueKey
 
 
@@ -113,6 +120,9 @@ class Exposition:
     bpf_stats: dict[str, tuple[float, int]] | None = None  # None: kernel.bpf_stats_enabled=0
     delayacct: bool = False
     attribution: bool = False
+    peak_rss_bytes: int | None = None  # cowtrace's own VmHWM
+    events_per_second: float | None = None  # over the last refresh; None on the first
+    bpf_seconds_per_event: float | None = None  # same span; None: no events or stats off
 
 
 def _member_families(
@@ -142,6 +152,34 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
 
 def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, help_text, value=value)
+
+
+def _cost_families(exp: Exposition) -> Iterator[Metric]:
+    """Figures that are absent until known (never NaN)."""
+    peak = GaugeMetricFamily(
+        "cowtrace_process_peak_resident_memory_bytes",
+        "Peak resident memory of cowtrace's own process (VmHWM; bcc compiles at start-up).",
+    )
+    if exp.peak_rss_bytes is not None:
+        peak.add_metric([], exp.peak_rss_bytes)
+    yield peak
+    rate = GaugeMetricFamily(
+        "cowtrace_events_per_second",
+        "Classified events (copies, reuses, zero-fills: records drained plus records lost) "
+        "per second over the last refresh interval.",
+    )
+    if exp.events_per_second is not None:
+        rate.add_metric([], exp.events_per_second)
+    yield rate
+    per_event = GaugeMetricFamily(
+        "cowtrace_bpf_run_time_seconds_per_event",
+        "Run time of cowtrace's BPF programs per classified event over the last refresh "
+        "interval (the programs run for every process's faults, so this is what an event "
+        f"cost the host); absent while kernel.bpf_stats_enabled=0 (`{BPF_STATS_ON}`).",
+    )
+    if exp.bpf_seconds_per_event is not None:
+        per_event.add_metric([], exp.bpf_seconds_per_event)
+    yield per_event
 
 
 class SnapshotCollector(Collector):
@@ -192,7 +230,8 @@ class SnapshotCollector(Collector):
 
         yield _gauge(
             "cowtrace_bpf_stats_enabled",
-            "1 when kernel.bpf_stats_enabled=1, so the BPF run-time metrics are counted.",
+            "1 when kernel.bpf_stats_enabled=1, so the BPF run-time metrics are counted "
+            f"(`{BPF_STATS_ON}` turns it on).",
             0 if exp.bpf_stats is None else 1,
         )
         run_time = CounterMetricFamily(
@@ -212,6 +251,7 @@ class SnapshotCollector(Collector):
             runs.add_metric([program], count)
         yield run_time
         yield runs
+        yield from _cost_families(exp)
 
         yield _gauge(
             "cowtrace_delayacct_enabled",

@@ -18,6 +18,7 @@ from cowtrace.errors import CowtraceError
 from cowtrace.kernel.tracer import KernelTracer
 from cowtrace.metrics.address import ListenAddress, parse_listen_address
 from cowtrace.metrics.collector import Exposition, Health, SnapshotCollector
+from cowtrace.metrics.cost import BPF_STATS_ON, own_usage
 from cowtrace.metrics.samplers import DelayBook, bpf_stats_enabled, program_run_stats, rollup_gauges
 from cowtrace.metrics.series import MemberRow, SeriesBook
 from cowtrace.model import Member, Snapshot
@@ -94,6 +95,9 @@ class MetricsExporter:
         self._server = None
         self._thread = None
         self._delayacct_before: bool | None = None
+        # (time, events, BPF run seconds or None) at the previous update: the cost gauges are
+        # figures over the last refresh interval.
+        self._previous: tuple[float, int, float | None] | None = None
 
     # ---- life ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -117,6 +121,8 @@ class MetricsExporter:
             ) from error
         self.port = self._server.server_port
         self.log(f"serving metrics on {address.url(self.port)}")
+        if not bpf_stats_enabled():
+            self.log(f"BPF programs' run time is not counted: {BPF_STATS_ON} to count it")
 
     def close(self) -> None:
         """Stop serving; restore delay accounting as it was.  Safe to call twice."""
@@ -170,16 +176,36 @@ class MetricsExporter:
         live_roots = {s.root_pid for s in snapshots}
         for root in {r for r, _ in shown_before} - live_roots:
             self.book.forget_root(root)
+        bpf_stats = program_run_stats(health.program_fds) if bpf_stats_enabled() else None
+        events_per_second, bpf_per_event = self._interval_cost(now, health, bpf_stats)
         self.collector.exposition = Exposition(
             label_names=self.book.label_names,
             counters=self.book.counters(),
             gauges=self.book.gauges(),
             families=tuple(families),
             health=health,
-            bpf_stats=program_run_stats(health.program_fds) if bpf_stats_enabled() else None,
+            bpf_stats=bpf_stats,
             delayacct=self.delays is not None,
             attribution=any(s.attribution is not None for s in snapshots),
+            peak_rss_bytes=own_usage().peak_rss_bytes,
+            events_per_second=events_per_second,
+            bpf_seconds_per_event=bpf_per_event,
         )
+
+    def _interval_cost(
+        self, now: float, health: Health, bpf_stats: dict[str, tuple[float, int]] | None
+    ) -> tuple[float | None, float | None]:
+        """Events per second and BPF run seconds per event since the previous update."""
+        events = health.events + health.lost_events
+        bpf_s = None if bpf_stats is None else sum(s for s, _ in bpf_stats.values())
+        previous, self._previous = self._previous, (now, events, bpf_s)
+        if previous is None or now <= previous[0]:
+            return None, None
+        new_events = events - previous[1]
+        rate = max(0, new_events) / (now - previous[0])
+        if bpf_s is None or previous[2] is None or new_events <= 0:
+            return rate, None
+        return rate, max(0.0, bpf_s - previous[2]) / new_events
 
     def _add_delays(self, rows: list[MemberRow]) -> None:
         assert self.delays is not None

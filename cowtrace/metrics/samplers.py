@@ -98,11 +98,11 @@ def bpf_stats_enabled() -> bool:
 _FDINFO_FIELD = re.compile(r"^(run_time_ns|run_cnt):\s+(\d+)$", re.MULTILINE)
 
 
-def program_run_stats(fds: dict[str, int]) -> dict[str, tuple[float, int]]:
-    """Per program: (seconds spent running, runs), from /proc/self/fdinfo of its fd.
+def program_run_ns(fds: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Per program: (nanoseconds spent running, runs), from /proc/self/fdinfo of its fd.
 
     The kernel counts these only while kernel.bpf_stats_enabled=1."""
-    out: dict[str, tuple[float, int]] = {}
+    out: dict[str, tuple[int, int]] = {}
     for name, fd in fds.items():
         try:
             text = Path(f"/proc/self/fdinfo/{fd}").read_text()
@@ -110,5 +110,10 @@ def program_run_stats(fds: dict[str, int]) -> dict[str, tuple[float, int]]:
             continue
         fields = dict(_FDINFO_FIELD.findall(text))
         if "run_time_ns" in fields:
-            out[name] = (int(fields["run_time_ns"]) / 1e9, int(fields.get("run_cnt", 0)))
+            out[name] = (int(fields["run_time_ns"]), int(fields.get("run_cnt", 0)))
     return out
+
+
+def program_run_stats(fds: dict[str, int]) -> dict[str, tuple[float, int]]:
+    """Per program: (seconds spent running, runs); see program_run_ns."""
+    return {name: (ns / 1e9, runs) for name, (ns, runs) in program_run_ns(fds).items()}

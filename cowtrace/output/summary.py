@@ -27,6 +27,19 @@ string `"function (module)"`, stacks are innermost frame first:
   "copied_bytes", "processes", "truncated"}]`; `truncated` means the stack walk hit an
   address in no executable mapping (no frame pointers): only the frames shown are real.
 
+`"tracer"` says how the tracer fared and what it cost: `"attach_s"` (cowtrace's start to the
+family traced), the kernel's health counters (`"lost_events"`, `"stack_errors"`, ...) and, in
+the final summary of a session (cowtrace/metrics/cost.py):
+`"cpu_s"` (cowtrace's user + system CPU since it started, every thread, compile included),
+`"tracing_cpu_s"` (the part spent over `duration_s`) and `"tracing_cpu_percent"` (of one core,
+over `duration_s`), `"rss_bytes"` and `"peak_rss_bytes"` (cowtrace's resident memory at the end
+and at its peak), `"events"` (copies + reuses + zero-fills, the totals' sum) and
+`"events_per_second"` (events / duration_s), `"bpf_stats"` ("on", "off" or "partial": whether
+kernel.bpf_stats_enabled counted the programs' run time for the whole session), `"bpf_run_ns"`
+and `"bpf_runs"` (all of cowtrace's programs; null when off), `"bpf_ns_per_event"`
+(bpf_run_ns / events, only when "on": the programs also run for other processes' faults, so
+this is what one event cost the host) and `"bpf_programs"` ({name: {"run_ns", "runs"}}).
+
 Each process gains `"exit_copies"` (copies in the last exit window before it exited, waste:
 the memory is freed right after) and `"exit_writers": [{"frames", "copies"}]`, their stacks.
 """
@@ -38,6 +51,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from cowtrace.attribution.sink import AttributionSink
+from cowtrace.metrics.cost import cost_figures
 from cowtrace.model import Counts, Member, Snapshot
 
 if TYPE_CHECKING:
@@ -86,19 +100,32 @@ def summary_dict(
     if sink is not None:
         for process in processes:
             process.update(sink.process_fields(process["pid"]))
+    duration_s = round(snapshot.duration, 6)
     summary = {
         "schema": SCHEMA_VERSION,
         "root_pid": snapshot.root_pid,
-        "duration_s": round(snapshot.duration, 6),
+        "duration_s": duration_s,
         "end_reason": snapshot.end_reason,
         "totals": totals,
         "processes": processes,
-        "tracer": {"attach_s": round(snapshot.attach_s, 3), **(tracer_stats or {})},
+        "tracer": _tracer(snapshot, duration_s, tracer_stats),
         **_python_sections(snapshot),
     }
     if sink is not None:
         summary.update(sink.summary_sections())
     return summary
+
+
+def _tracer(
+    snapshot: Snapshot, duration_s: float, tracer_stats: dict[str, int] | None
+) -> dict[str, Any]:
+    """Health counters and, once tracing has ended, what it cost."""
+    tracer: dict[str, Any] = {"attach_s": round(snapshot.attach_s, 3), **(tracer_stats or {})}
+    if snapshot.cost is not None:
+        t = snapshot.totals
+        events = t.copies + t.reuses + t.zero_fills
+        tracer.update(cost_figures(snapshot.cost, duration_s, events).as_dict())
+    return tracer
 
 
 def _python_sections(snapshot: Snapshot) -> dict[str, Any]:
