@@ -81,6 +81,19 @@ def test_query_missing_pid() -> None:
         taskstats.query_pid(2**22 + 12345)  # above pid_max's hard limit: never a task
 
 
+def test_listener_refuses_a_struct_version_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the kernel spoke a newer version: the listener refuses at once, in one line."""
+    version = taskstats.query_pid(os.getpid()).version
+    monkeypatch.setattr(taskstats, "MAX_VERSION", version - 1)
+    taskstats.layout.cache_clear()
+    try:
+        with pytest.raises(taskstats.TaskstatsVersionError, match=f"version {version}"):
+            taskstats.ExitListener().open()
+    finally:
+        monkeypatch.undo()
+        taskstats.layout.cache_clear()
+
+
 def test_child_copies_counted_live_and_at_exit() -> None:
     """A child writing N inherited pages: wpcopy_count >= N, plus the interpreter's few."""
     n = 2048
