@@ -16,13 +16,14 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from cowtrace import smaps, taskstats
+from cowtrace import launcher, smaps, taskstats
 from tests.fixtures.conftest_helpers import load_oracle
 
 PAGE = 4096
@@ -92,6 +93,20 @@ def test_listener_refuses_a_struct_version_it_cannot_read(monkeypatch: pytest.Mo
     finally:
         monkeypatch.undo()
         taskstats.layout.cache_clear()
+
+
+def test_held_launcher_has_made_no_copy() -> None:
+    """`run`'s launcher, held before the command: its pid owes the kernel nothing yet."""
+    if not launcher.supported():
+        pytest.skip("the launcher is x86-64 only")
+    command = launcher.LaunchedCommand("/bin/true", ["true"])
+    try:
+        time.sleep(0.1)  # well past its exec: it waits on the release pipe
+        held = taskstats.query_pid(command.pid)
+        assert held.comm.isdigit()  # /proc/self/fd/N: still the launcher
+        assert held.wpcopy_count == 0
+    finally:
+        command.abandon()
 
 
 def test_child_copies_counted_live_and_at_exit() -> None:
