@@ -36,9 +36,16 @@ class OutputOptions:
     metrics: MetricsOptions | None = None  # --metrics-addr and friends
 
 
+STOP_REASONS = {
+    signal.SIGINT: "interrupted",
+    signal.SIGTERM: "terminated",
+    signal.SIGHUP: "hung up",
+}
+
+
 @dataclass
 class StopSignals:
-    """Turns SIGINT and SIGTERM into a stop reason the loop reads between steps.
+    """Turns SIGINT, SIGTERM and SIGHUP into a stop reason the loop reads between steps.
 
     `on_signal` lets `run` forward a signal to its command instead of stopping at once.
     """
@@ -50,15 +57,12 @@ class StopSignals:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self.received.append(signum)
-        if self.on_signal is not None:
-            reason = self.on_signal(signum)
-        else:
-            reason = "interrupted" if signum == signal.SIGINT else "terminated"
+        reason = self.on_signal(signum) if self.on_signal is not None else STOP_REASONS[signum]
         if reason and not self.reason:
             self.reason = reason
 
     def __enter__(self) -> StopSignals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_REASONS:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

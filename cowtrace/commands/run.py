@@ -1,14 +1,20 @@
 """`cowtrace run -- COMMAND ARGS...`: start a command with tracing active from its start.
 
-The command is forked, held before exec until its pid is in the kernel's member table, then
-released: nothing it does, its first fork included, escapes the tracer.  Its stdin, stdout and
-stderr are ours, untouched; our own view goes to stderr.  We exit with its exit status (128+N
-when a signal N killed it, as shells do).
+The command is started through a launcher (launcher.py) held before exec until its pid is in
+the kernel's member table, then released: nothing it does, its first fork included, escapes
+the tracer, and nothing cowtrace does is counted on it.  Its stdin, stdout and stderr are
+ours, untouched; our own view goes to stderr.  We exit with its exit status (128+N when a
+signal N killed it, as shells do).
+
+Signals: before the release, SIGINT aborts (the command never starts) and SIGTERM or SIGHUP
+end cowtrace at once (the launcher then reads EOF and exits, or dies of its death signal);
+once the handlers are in place a stop signal that arrives before the release abandons the
+command, and after it SIGTERM, SIGHUP and repeated SIGINTs are passed on to the command.
+Whatever kills cowtrace kills the command too (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -76,68 +82,6 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-class HeldCommand:
-    """The command, forked and held before exec until released.
-
-    subprocess.Popen cannot do this: it waits for the exec before returning, and the exec must
-    wait for the tracer.  So: fork, block the child on a pipe, exec when released.
-    """
-
-    def __init__(self, executable: str, argv: list[str]) -> None:
-        release_read, release_write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: wait, restore what Python changed, become the command
-            try:
-                os.close(release_write)
-                if os.read(release_read, 1) != b"x":
-                    os._exit(1)
-                os.close(release_read)
-                for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
-                    signal.signal(signum, signal.SIG_DFL)
-                os.execv(executable, [argv[0], *argv[1:]])
-            except OSError as error:
-                os.write(2, f"cowtrace: cannot execute {argv[0]}: {error.strerror}\n".encode())
-            os._exit(127)
-        os.close(release_read)
-        self.pid = pid
-        self._release = release_write
-        self.returncode: int | None = None
-
-    def release(self) -> None:
-        os.write(self._release, b"x")
-        os.close(self._release)
-        self._release = -1
-
-    def poll(self) -> int | None:
-        """The exit status once it has exited (reaping it), else None."""
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self) -> int:
-        while self.returncode is None:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-                self.returncode = os.waitstatus_to_exitcode(status)
-            except InterruptedError:
-                continue
-        return self.returncode
-
-    def send_signal(self, signum: int) -> None:
-        if self.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
-
-    def abandon(self) -> None:
-        """Tracing failed before the command started: it must not run untraced."""
-        if self._release >= 0:
-            os.close(self._release)  # the child reads EOF and exits 1
-            self._release = -1
-        self.wait()
-
-
 def run(argv: list[str], options: OutputOptions, session_options: SessionOptions) -> int:
     # Imported here, not at the top: `--help` and shell completion import this module.
     from cowtrace.commands.common import (
@@ -147,29 +91,32 @@ def run(argv: list[str], options: OutputOptions, session_options: SessionOptions
         trace_until_stopped,
         view_stream,
     )
+    from cowtrace.launcher import ExecError, LaunchedCommand
     from cowtrace.session import Session
 
     executable = resolve_command(argv)
     require_tracing_ready()
     session = Session(0, session_options)
-    command: HeldCommand | None = None
+    command: LaunchedCommand | None = None
     exporter = start_metrics(options)
     try:
         session.open()
-        command = HeldCommand(executable, argv)
+        command = LaunchedCommand(executable, argv)
         stat = procfs.read_stat(command.pid)
         if stat is None:
             raise CowtraceError("the command vanished before it started")
         session.set_root(command.pid)
         session.attach_root(stat, adopted=False, await_exec=True)
         session.cover_program(executable)
-        command.release()
         child = command
+        held_signals: list[int] = []
 
         def forward(signum: int) -> str | None:
-            """SIGINT from a terminal reached the command too; SIGTERM and repeated SIGINTs
-            are passed on.  Tracing ends when the command does."""
-            if signum == signal.SIGTERM or stops.received.count(signal.SIGINT) > 1:
+            """SIGINT from a terminal reached the command too; SIGTERM, SIGHUP and repeated
+            SIGINTs are passed on.  Tracing ends when the command does."""
+            if child.held:  # the command has not started: see the release below
+                held_signals.append(signum)
+            elif signum != signal.SIGINT or stops.received.count(signal.SIGINT) > 1:
                 child.send_signal(signum)
             return None
 
@@ -180,6 +127,17 @@ def run(argv: list[str], options: OutputOptions, session_options: SessionOptions
             return None
 
         with StopSignals(on_signal=forward) as stops:
+            if held_signals:  # stopped before it started: it never does
+                command.abandon()
+                return 128 + held_signals[0]
+            try:
+                command.release()
+            except ExecError as error:
+                raise CowtraceError(
+                    f"cannot execute {argv[0]}: {error.strerror}", exit_code=126
+                ) from None
+            while held_signals:  # arrived during the release: the command runs now
+                forward(held_signals.pop(0))
             reporter = Reporter(options, view_stream(options, command_owns_stdout=True))
             trace_until_stopped(
                 session, options, stops, reporter, extra_stop=reap_command, exporter=exporter
@@ -191,7 +149,7 @@ def run(argv: list[str], options: OutputOptions, session_options: SessionOptions
         if exporter is not None:
             exporter.close()
         if command is not None and command.returncode is None:
-            if command._release >= 0:
+            if command.held:
                 command.abandon()
             else:
                 command.wait()

@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cowtrace.deathsig import die_with_parent
 from cowtrace.errors import CowtraceError
 from cowtrace.kernel.bpfsource import compile_program
 from cowtrace.kernel.kallsyms import FunctionRange, KernelSymbols
@@ -105,16 +106,23 @@ def load_or_calibrate(symbols: KernelSymbols, *, use_cache: bool = True) -> Cali
     return calibration
 
 
-def _calibration_workload(go_read: int) -> None:
-    """Runs in a forked child: copies, zero-fills and file copies through do_wp_page."""
-    os.read(go_read, 1)
+def _calibration_workload(go_read: int, parent: int) -> None:
+    """Runs in a forked child: copies, zero-fills and file copies through do_wp_page.
+
+    Only once cowtrace says go (EOF: it died or gave up), and never after it has exited."""
+    die_with_parent(parent)
+    if os.read(go_read, 1) != b"x":
+        return
     size = CALIBRATION_PAGES * PAGE
     anon = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     for offset in range(0, size, PAGE):
         anon[offset] = 1
     hold_read, hold_write = os.pipe()
+    child = os.getpid()
     sibling = os.fork()
     if sibling == 0:  # keeps the pages shared until released
+        os.close(hold_write)
+        die_with_parent(child)
         os.read(hold_read, 1)
         os._exit(0)
     for offset in range(0, size, PAGE):  # copy: the sibling still maps every page
@@ -140,11 +148,13 @@ def _calibration_workload(go_read: int) -> None:
 def calibrate(symbols: KernelSymbols) -> Calibration:
     """Measure the slots now."""
     go_read, go_write = os.pipe()
+    parent = os.getpid()
     child = os.fork()
     if child == 0:
         status = 0
         try:
-            _calibration_workload(go_read)
+            os.close(go_write)
+            _calibration_workload(go_read, parent)
         except BaseException:  # noqa: BLE001 - a child must never return into the caller
             status = 1
         os._exit(status)

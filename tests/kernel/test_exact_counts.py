@@ -41,10 +41,10 @@ def trace_fixture(binary: Path, args: tuple[str, ...], tmp_path: Path):
         )
         assert result.returncode == 0, result.stderr
         facts = build.parse_lines(result.stdout)
-        for pid in facts.processes:
+        summary = json.loads(summary_path.read_text())
+        for pid in [summary["root_pid"], *facts.processes]:
             listener.wait_for(pid, timeout=5.0)
         exits = dict(listener.records)
-    summary = json.loads(summary_path.read_text())
     events = read_jsonl(events_path)
     return facts, summary, events, exits
 
@@ -105,8 +105,9 @@ def test_fixture_counts_are_exact(name, fixture_binaries, tmp_path, delayacct):
     assert kinds["reuse"] == summary["totals"]["reuses"]
     assert kinds["zero_fill"] == summary["totals"]["zero_fills"]
 
-    # 4. The kernel's own count: copies + zero-fills == wpcopy_count, for every process.
-    for pid in facts.processes:
+    # 4. The kernel's own count: copies + zero-fills == wpcopy_count, for every process, the
+    # root (the shell `run` started) included: nothing cowtrace did to start it is on its pid.
+    for pid in [summary["root_pid"], *facts.processes]:
         threads = [r for r in exits.values() if (r.tgid or r.pid) == pid]
         assert threads, f"{name}: no exit record for {pid}"
         kernel = sum(r.wpcopy_count or 0 for r in threads)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from cowtrace import smaps, taskstats
+from cowtrace import launcher, smaps, taskstats
 from tests.fixtures.conftest_helpers import load_oracle
 
 PAGE = 4096
@@ -79,6 +80,33 @@ def test_query_self() -> None:
 def test_query_missing_pid() -> None:
     with pytest.raises(taskstats.TaskstatsError):
         taskstats.query_pid(2**22 + 12345)  # above pid_max's hard limit: never a task
+
+
+def test_listener_refuses_a_struct_version_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the kernel spoke a newer version: the listener refuses at once, in one line."""
+    version = taskstats.query_pid(os.getpid()).version
+    monkeypatch.setattr(taskstats, "MAX_VERSION", version - 1)
+    taskstats.layout.cache_clear()
+    try:
+        with pytest.raises(taskstats.TaskstatsVersionError, match=f"version {version}"):
+            taskstats.ExitListener().open()
+    finally:
+        monkeypatch.undo()
+        taskstats.layout.cache_clear()
+
+
+def test_held_launcher_has_made_no_copy() -> None:
+    """`run`'s launcher, held before the command: its pid owes the kernel nothing yet."""
+    if not launcher.supported():
+        pytest.skip("the launcher is x86-64 only")
+    command = launcher.LaunchedCommand("/bin/true", ["true"])
+    try:
+        time.sleep(0.1)  # well past its exec: it waits on the release pipe
+        held = taskstats.query_pid(command.pid)
+        assert held.comm.isdigit()  # /proc/self/fd/N: still the launcher
+        assert held.wpcopy_count == 0
+    finally:
+        command.abandon()
 
 
 def test_child_copies_counted_live_and_at_exit() -> None:
