@@ -143,7 +143,13 @@ class ProcessMap:
     `previous`: the map this snapshot replaced, for addresses this one does not hold (one
     level only, so maps do not chain up)."""
 
-    def __init__(self, registry: RegionRegistry, intervals: list[Interval] | None = None):
+    def __init__(
+        self,
+        registry: RegionRegistry,
+        intervals: list[Interval] | None = None,
+        *,
+        annotated: dict[tuple[Interval, Interval | None], list[Interval]] | None = None,
+    ):
         self.registry = registry
         self._items: list[Interval] = []
         self._starts: list[int] = []
@@ -151,12 +157,31 @@ class ProcessMap:
         self._exec: tuple[np.ndarray, np.ndarray] | None = None
         self.known = intervals is not None
         self.previous: ProcessMap | None = None
+        # The pieces each interval of `intervals` was annotated into, keyed by the interval and
+        # the one right before it (a .bss tail depends on it): a snapshot re-read after a
+        # change is mostly the same intervals, and annotating costs more than everything else.
+        self._annotated: dict[tuple[Interval, Interval | None], list[Interval]] = {}
+        before: Interval | None = None
         for interval in intervals or ():
-            self.insert(interval)
+            adjacent = before if before is not None and before.end == interval.start else None
+            key = (interval, adjacent)
+            pieces = annotated.get(key) if annotated is not None else None
+            in_order = not self._items or self._items[-1].end <= interval.start
+            if not in_order:
+                self.remove(interval.start, interval.end)
+            if pieces is None:
+                pieces = self._annotate(interval)
+            if in_order:  # /proc lists them in address order: append
+                self._items.extend(pieces)
+                self._starts.extend(piece.start for piece in pieces)
+            else:
+                self._place(pieces)
+            self._annotated[key] = pieces
+            before = interval
 
     def replaced_by(self, intervals: list[Interval]) -> ProcessMap:
         """The map after a change: `intervals` (a /proc snapshot), falling back to this one."""
-        new = ProcessMap(self.registry, intervals)
+        new = ProcessMap(self.registry, intervals, annotated=self._annotated)
         if self.known:
             new.previous = self.copy()
             new.previous.previous = None
@@ -169,6 +194,7 @@ class ProcessMap:
         clone._starts = list(self._starts)
         clone._arrays, clone._exec, clone.known = self._arrays, self._exec, self.known
         clone.previous = self.previous
+        clone._annotated = self._annotated  # never changed after construction: shared
         return clone
 
     @property
@@ -207,7 +233,11 @@ class ProcessMap:
     def insert(self, interval: Interval) -> None:
         """Map `interval` (replacing what was there), annotated with sections and region."""
         self.remove(interval.start, interval.end)
-        for piece in self._annotate(interval):
+        self._place(self._annotate(interval))
+
+    def _place(self, pieces: list[Interval]) -> None:
+        """Put annotated pieces where nothing is mapped."""
+        for piece in pieces:
             index = bisect.bisect_left(self._starts, piece.start)
             self._items.insert(index, piece)
             self._starts.insert(index, piece.start)
