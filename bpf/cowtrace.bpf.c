@@ -74,8 +74,9 @@ enum via { VIA_USER = 0, VIA_KERNEL = 1, VIA_GUP = 2 };
  * page_fault_kernel in this thread, and must not be taken for the thread's next fault. */
 enum episode { EP_NONE = 0, EP_WP_FAULT = 1, EP_COPIED = 2, EP_CAPTURING = 3 };
 enum proc_event_type { PE_FORK = 1, PE_EXEC = 2, PE_EXIT = 3, PE_FREE = 4, PE_MAPS = 5 };
+/* STAT_LOST_MAP_EVENTS: PE_MAPS records lost (proc_events full). */
 enum stat { STAT_LOST_EVENTS = 0, STAT_LOST_PROC_EVENTS = 1, STAT_MEMBERS_FULL = 2,
-            STAT_THREADS_FULL = 3, STAT_STACK_ERRORS = 4, STAT_LOST_MAP_EVENTS = 5,  /* PE_MAPS records lost */
+            STAT_THREADS_FULL = 3, STAT_STACK_ERRORS = 4, STAT_LOST_MAP_EVENTS = 5,
             STAT_LOST_ALLOC_EVENTS = 6, STAT_ALLOC_STACK_ERRORS = 7, NSTATS = 8 };
 /* MF_AWAIT_EXEC: `cowtrace run` holds its command between fork and exec; what that child writes
  * is cowtrace's own memory, so counting starts at the exec. */

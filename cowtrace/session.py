@@ -136,9 +136,11 @@ class Session:
             self.tracer.bpf, root=lambda: self.root_pid, entries=self.tracer.stack_entries
         )
         self.sink = self.options.sink_factory(self.resolver, self.options)
-        self.maps_watch.read_proc = not isinstance(self.sink, NullSink)
         if self.options.malloc:
             self.allocators = AllocatorProbes(self.tracer.bpf)
+        # Maps are re-read after a change only for those who use them.
+        uses_maps = not isinstance(self.sink, NullSink) or self.allocators is not None
+        self.maps_watch.read_proc = uses_maps
         if self.python is not None:
             self.python.bind(self.tracer.bpf)
         self.started = time.monotonic()
