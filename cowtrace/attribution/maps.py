@@ -400,6 +400,11 @@ class MapWatcher:
                     self._code[record.pid] = known
             elif record.type == PE_EXEC:
                 self._code[record.pid] = frozenset()  # what the loader maps next is new code
+                # The kernel sets up the new image's stack and binary before the exec record:
+                # a change marked then is read after the exec, so it is the new image's map,
+                # applied with the exec (which would otherwise reset it to unknown).
+                if record.pid in self._pending:
+                    self._pending[record.pid] = max(self._pending[record.pid], record.ts_ns)
             elif record.type == PE_FREE:
                 self._code.pop(record.pid, None)
                 self._pending.pop(record.pid, None)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cowtrace.attribution import maps as maps_module
+from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.maps import (
     UNKNOWN_REGION,
     MapWatcher,
@@ -184,6 +185,22 @@ def test_watcher_rereads_each_changed_map_once_and_rearms_first(monkeypatch) -> 
     snapshots, mapped_code = watcher.read()
     assert sorted(mapped_code) == [10, 13]  # dlopen in 10, the loader in 13; 12: the same libc
     assert [s.ts_ns for s in snapshots] == [80, 81, 82]
+
+
+def test_a_change_marked_during_an_exec_is_the_new_images_map(monkeypatch) -> None:
+    """exec sets up the new stack and binary under the mmap lock before its exec record: the
+    snapshot read after it is applied with the exec, not before it (where the exec would
+    reset it)."""
+    monkeypatch.setattr(maps_module, "read_proc_maps", lambda pid: parse_maps(MAPS_TEXT))
+    watcher = MapWatcher(lambda pid: None)
+    watcher.on_records([rec(PE_MAPS, 10, 7), rec(PE_EXEC, 12, 7)])
+    snapshots, _ = watcher.read()
+    assert [(s.ts_ns, s.pid) for s in snapshots] == [(12, 7)]
+    engine = AttributionEngine(read_proc=False)
+    engine.on_exec(12, 7)
+    engine.on_map_snapshots(snapshots)
+    engine.flush()
+    assert engine.maps[7].known and engine.maps[7].executable(0x55D000001800)
 
 
 def test_watcher_without_attribution_reads_nothing(monkeypatch) -> None:
