@@ -18,19 +18,17 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any
 
 import numpy as np
 
 from cowtrace.attribution.engine import AttributionEngine
-from cowtrace.attribution.maps import Interval, read_proc_maps
+from cowtrace.attribution.maps import Interval, MapSnapshot, read_proc_maps
 from cowtrace.kernel.records import (
     ALLOC_EVENT_DTYPE,
     ALLOC_OP_ALLOC,
     ALLOC_OP_FREE,
     EVENT_DTYPE,
-    MAP_EVENT_DTYPE,
-    MAP_OP_MMAP,
-    MAP_OP_MUNMAP,
 )
 from cowtrace.output.events import EventLog
 
@@ -57,7 +55,7 @@ class Resolver:
         return f"func_{addr & 0xFFFF:x} (libfoo.so)"
 
 
-def build(engine: AttributionEngine, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def build(engine: AttributionEngine, rng: np.random.Generator) -> dict[str, Any]:
     """Seed the master (this process' map, a synthetic heap), fork the workers."""
     intervals = read_proc_maps(os.getpid()) or []
     from cowtrace.attribution.allocs import BlockTable, Site
@@ -94,6 +92,7 @@ def build(engine: AttributionEngine, rng: np.random.Generator) -> dict[str, np.n
         "anon": pages(anon, 1 << 16) if anon else pages([heap], 1 << 16),
         "data": pages(data, 1 << 16) if data else pages([heap], 1 << 16),
         "free": addrs,
+        "map": sorted([i for i in intervals if i.kind != "heap"] + [heap], key=lambda i: i.start),
     }
 
 
@@ -121,15 +120,15 @@ def batches(n_events: int, batch: int, pools: dict[str, np.ndarray], rng: np.ran
         allocs["addr"] = pools["free"][rng.integers(0, len(pools["free"]), 200)]
         allocs["size"] = np.where(allocs["op"] == ALLOC_OP_ALLOC, 64, 0)
         allocs["stack_id"] = rng.integers(0, STACKS, 200)
-        maps = np.zeros(10, MAP_EVENT_DTYPE)
-        maps["ts"] = ts + np.sort(rng.integers(0, 10_000_000, 10))
-        maps["pid"] = rng.choice(WORKERS, 10)
-        maps["op"] = np.where(np.arange(10) % 2 == 0, MAP_OP_MMAP, MAP_OP_MUNMAP)
-        maps["start"] = 0x10000000000 + np.arange(10) // 2 * 0x100000
-        maps["length"] = 0x100000
-        maps["fd"] = -1
-        maps["flags"] = 0x22
-        maps["prot"] = 3
+        # map changes: each a whole /proc snapshot (the master's map, with or without one more
+        # anonymous mapping), as the map watcher hands them over
+        when = ts + np.sort(rng.integers(0, 10_000_000, 10))
+        pids = rng.choice(WORKERS, 10).tolist()
+        maps = []
+        for index, (at, pid) in enumerate(zip(when.tolist(), pids, strict=True)):
+            lo = 0x10000000000 + index // 2 * 0x100000
+            extra = [Interval(lo, lo + 0x100000, "anon", "", -1, False)] if index % 2 == 0 else []
+            maps.append(MapSnapshot(at, pid, pools["map"] + extra))
         ts += 10_000_000
         yield records, allocs, maps
 
@@ -144,7 +143,7 @@ def run(n_events: int, batch: int, *, fields: bool, log: bool) -> float:
     events = EventLog(os.devnull) if log else None
     started = time.process_time()
     for records, allocs, maps in work:
-        engine.on_map_events(maps)
+        engine.on_map_snapshots(maps)
         engine.on_alloc_events(allocs)
         extra = engine.on_fault_events(records)
         if events is not None:

@@ -47,13 +47,10 @@
  * SLOT_RSS_WP: for rss_stat, the return address into do_wp_page.
  * VMA_ALLOC_LO/HI, DO_WP_PAGE_LO/HI, EXC_PF_LO/HI: the functions' text ranges (kallsyms).
  * MAX_MEMBERS, MAX_THREADS, FAULT_RING_PAGES, PROC_RING_PAGES: table sizes.
- * STACK_ENTRIES, MAP_RING_PAGES, ALLOC_RING_PAGES: attribution table sizes; NO_STACKS: no
+ * STACK_ENTRIES, ALLOC_RING_PAGES: attribution table sizes; NO_STACKS: no
  * native stacks at all (--no-stacks). */
 #ifndef STACK_ENTRIES
 #define STACK_ENTRIES 32768
-#endif
-#ifndef MAP_RING_PAGES
-#define MAP_RING_PAGES 256
 #endif
 #ifndef ALLOC_RING_PAGES
 #define ALLOC_RING_PAGES 1
@@ -76,7 +73,8 @@ enum via { VIA_USER = 0, VIA_KERNEL = 1, VIA_GUP = 2 };
  * read with page faults disabled: a frame pointer into an unmapped page) enters
  * page_fault_kernel in this thread, and must not be taken for the thread's next fault. */
 enum episode { EP_NONE = 0, EP_WP_FAULT = 1, EP_COPIED = 2, EP_CAPTURING = 3 };
-enum proc_event_type { PE_FORK = 1, PE_EXEC = 2, PE_EXIT = 3, PE_FREE = 4 };
+enum proc_event_type { PE_FORK = 1, PE_EXEC = 2, PE_EXIT = 3, PE_FREE = 4, PE_MAPS = 5 };
+/* STAT_LOST_MAP_EVENTS: PE_MAPS records lost (proc_events full). */
 enum stat { STAT_LOST_EVENTS = 0, STAT_LOST_PROC_EVENTS = 1, STAT_MEMBERS_FULL = 2,
             STAT_THREADS_FULL = 3, STAT_STACK_ERRORS = 4, STAT_LOST_MAP_EVENTS = 5,
             STAT_LOST_ALLOC_EVENTS = 6, STAT_ALLOC_STACK_ERRORS = 7, NSTATS = 8 };
@@ -90,7 +88,7 @@ struct member {
     u32 owner;      /* tgid the writes are counted on: itself, or the vfork parent */
     u32 root;       /* tgid of the family's root (one BPF instance can trace several) */
     u32 flags;      /* enum member_flags */
-    s32 exit_code;  /* from exit_group(); -1 until known */
+    s32 exit_code;  /* from the SIGCHLD sent at exit (see signal_generate); -1 until known */
     u32 exit_signal;/* the fatal signal delivered with the default action, 0 if none */
     u32 sent_signal;/* the last possibly fatal signal sent to it (see signal_generate) */
     u64 copies;     /* all copies, file_copies and gup_copies included */
@@ -172,24 +170,9 @@ struct stack_frames {
     u64 ip[STACK_DEPTH];
 };
 BPF_TABLE("stacktrace", int, struct stack_frames, user_stacks, STACK_ENTRIES);
-/* Map changes (see "map changes" below): the record, the call in progress per thread, and
- * the last break seen per member (brk returns only the new one). */
-struct map_event {
-    u64 ts;
-    u64 start;      /* mmap: returned address; munmap/mprotect: addr; mremap: old; brk: old */
-    u64 length;     /* mmap/munmap/mprotect: len; mremap: old_len; brk: 0 */
-    u64 new_start;  /* mremap: returned address; brk: the new break */
-    u64 new_length; /* mremap: new_len */
-    u64 pgoff;      /* mmap: file offset in bytes */
-    u32 pid;        /* tgid whose memory map changed (the vfork parent for a vfork child) */
-    s32 fd;
-    u32 prot;
-    u32 flags;
-    u8 op;
-    u8 pad[7];
-};
-BPF_HASH(map_calls, u32, struct map_event, MAX_THREADS);  /* tid -> arguments of the call */
-BPF_HASH(brk_now, u32, u64, MAX_MEMBERS);                 /* tgid -> last break seen */
+/* Members whose memory map changed since user space last read it: tgid -> time of the first
+ * change (see "map changes" below). */
+BPF_HASH(map_dirty, u32, u64, MAX_MEMBERS);
 /* Allocator calls in progress, per thread (see "allocator calls" below). */
 struct alloc_pending {
     u64 size;
@@ -895,11 +878,6 @@ TRACEPOINT_PROBE(task, task_newtask)
     if (!(flags & CLONE_VM_FLAG)) {
         py_inherit(parent, child);
         emit_proc(PE_FORK, child, parent, &cm);
-        u64 *brk = brk_now.lookup(&parent);   /* the child inherits its parent's break */
-        if (brk) {
-            u64 value = *brk;
-            brk_now.update(&child, &value);
-        }
     }
     return 0;
 }
@@ -926,19 +904,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         emit_proc(PE_FORK, tgid, parent, m);
     }
     m->flags &= ~MF_AWAIT_EXEC;
-    brk_now.delete(&tgid);                  /* a new program, a new heap */
     py_forget(tgid);
     emit_proc(PE_EXEC, tgid, 0, m);
-    return 0;
-}
-
-/* exit_group(code): remember the code for the exit record. */
-TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
-{
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    struct member *m = members.lookup(&tgid);
-    if (m)
-        m->exit_code = (s32)args->error_code;
     return 0;
 }
 
@@ -959,6 +926,46 @@ TRACEPOINT_PROBE(signal, signal_generate)
     struct member *m = members.lookup(&target);
     if (m)
         m->sent_signal = sig;
+    return 0;
+}
+
+#define SIGCHLD_SIGNAL 17
+#define CLD_EXITED 1
+#define CLD_KILLED 2
+#define CLD_DUMPED 3
+#define SIGINFO_CODE 8      /* struct kernel_siginfo: UAPI siginfo layout, x86-64 */
+#define SIGINFO_STATUS 24   /* _sifields._sigchld._status (after _pid at 16, _uid at 20) */
+
+/* The exit status, without a syscall tracepoint on exit_group (any syscall tracepoint puts every
+ * task on the host on the slow syscall path).  At exit the kernel tells the parent with SIGCHLD
+ * from the exiting process' own context (exit_notify's do_notify_parent, or the last thread's
+ * release_task for a leader that exited first), after sched_process_exit: si_code CLD_EXITED
+ * with the exit code in si_status, or CLD_KILLED/CLD_DUMPED with the signal.  The tracepoint
+ * fires whatever the parent's handler, but not at all when the parent set SIGCHLD to SIG_IGN or
+ * SA_NOCLDWAIT (the kernel then reaps without a signal): the code stays unknown (-1), and the
+ * status falls back to the fatal signal seen at delivery, else "exit 0".  The PE_FREE record
+ * and the members map carry the code; the earlier PE_EXIT record cannot.
+ * TP_PROTO(int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+ * int result); nothing is read from the task. */
+RAW_TRACEPOINT_PROBE(signal_generate)
+{
+    if ((int)ctx->args[0] != SIGCHLD_SIGNAL)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct member *m = members.lookup(&tgid);
+    if (!m || !(m->flags & MF_EXITED))
+        return 0;                       /* not a member's exit notification */
+    u64 info = ctx->args[1];
+    if (info < 4096)
+        return 0;                       /* SEND_SIG_NOINFO / SEND_SIG_PRIV: no siginfo */
+    s32 code = 0, status = 0;
+    if (bpf_probe_read_kernel(&code, sizeof(code), (void *)(info + SIGINFO_CODE)) != 0 ||
+        bpf_probe_read_kernel(&status, sizeof(status), (void *)(info + SIGINFO_STATUS)) != 0)
+        return 0;
+    if (code == CLD_EXITED)
+        m->exit_code = status & 0xff;
+    else if ((code == CLD_KILLED || code == CLD_DUMPED) && status > 0 && status < 64)
+        m->exit_signal = status;
     return 0;
 }
 
@@ -1005,7 +1012,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         return 0;
     }
     m->flags |= MF_EXITED;
-    brk_now.delete(&tgid);
     py_forget(tgid);
     emit_proc(PE_EXIT, tgid, 0, m);
     return 0;
@@ -1021,7 +1027,7 @@ TRACEPOINT_PROBE(sched, sched_process_free)
         close_episode(ep, tid, false);
         episodes.delete(&tid);
     }
-    map_calls.delete(&tid);
+    map_dirty.delete(&tid);
     alloc_calls.delete(&tid);
     struct member *m = members.lookup(&tid);
     if (m && (m->flags & MF_EXITED)) {
@@ -1039,143 +1045,48 @@ TRACEPOINT_PROBE(sched, sched_process_free)
 }
 
 /* ---- map changes (attribution) ---------------------------------------------------------------
- * mmap, munmap, mremap, brk and mprotect of members, as the syscall returned them: the enter
- * tracepoint stashes the arguments per thread, the exit one adds the result and emits one
- * map_event; failed calls emit nothing.  Records are fixed-size and drained in bulk. */
-enum map_op { MAP_OP_MMAP = 1, MAP_OP_MUNMAP = 2, MAP_OP_MREMAP = 3, MAP_OP_BRK = 4,
-              MAP_OP_MPROTECT = 5 };
-
-
-BPF_RINGBUF_OUTPUT(map_events, MAP_RING_PAGES);
-
-/* The member whose memory map a syscall of the current process changes, or 0. */
-static __always_inline u32 map_owner(void)
+ * A process' memory map changes only under its mmap_lock held for writing: mmap, munmap, mremap,
+ * brk, mprotect, the loader after an exec (and fork's dup_mmap and exit_mmap, which cost a
+ * needless re-read at most).  So the lock's write acquisitions by a member mark its map as
+ * changed, once until user space has re-read /proc/PID/maps (map_dirty, deleted by user space
+ * just before the read), with one PE_MAPS record that wakes user space.  The acquisition, not
+ * the release: munmap and a shrinking brk or mremap downgrade the lock and release it as a
+ * reader; and the acquisition precedes the change, so faults older than the record were made
+ * against the map before it.  This hook is off the syscall path: syscall tracepoints would put
+ * every task on the host on the slow syscall path.  A read acquisition (a page fault that missed
+ * the per-VMA lock, a /proc read) returns after one compare; a non-member's write acquisition
+ * after one members lookup.
+ * TP_PROTO(struct mm_struct *mm, bool write, bool success); the mm is not read. */
+RAW_TRACEPOINT_PROBE(mmap_lock_acquire_returned)
 {
+    if (!(ctx->args[1] & 0xff) || !(ctx->args[2] & 0xff))
+        return 0;                       /* a reader, or a failed trylock */
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct member *m = members.lookup(&tgid);
     if (!m || (m->flags & MF_AWAIT_EXEC))
-        return 0;
-    return m->owner;
-}
-
-static __always_inline int map_enter(u8 op, u64 start, u64 length, u64 new_length, u64 pgoff,
-                                     s32 fd, u32 prot, u32 flags)
-{
-    u32 owner = map_owner();
-    if (!owner)
-        return 0;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct map_event ev = {.start = start, .length = length, .new_length = new_length,
-                           .pgoff = pgoff, .pid = owner, .fd = fd, .prot = prot,
-                           .flags = flags, .op = op};
-    map_calls.update(&tid, &ev);
-    return 0;
-}
-
-static __always_inline int map_exit(s64 ret)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct map_event *call = map_calls.lookup(&tid);
-    if (!call)
-        return 0;
-    struct map_event ev = *call;
-    map_calls.delete(&tid);
-    bool failed = ret < 0 && ret >= -4095;
-    switch (ev.op) {
-    case MAP_OP_MMAP:
-        if (failed)
-            return 0;
-        ev.start = (u64)ret;
-        break;
-    case MAP_OP_MREMAP:
-        if (failed)
-            return 0;
-        ev.new_start = (u64)ret;
-        break;
-    case MAP_OP_BRK: {
-        /* brk returns the new break, or the old one when it refused: a refused call (or a
-         * query, brk(0)) that leaves the break where it was emits nothing. */
-        u64 asked = ev.start;
-        u64 *last = brk_now.lookup(&ev.pid);
-        u64 old = last ? *last : 0;
-        if ((asked != 0 && (u64)ret != asked) || (u64)ret == old)
-            return 0;
-        u64 now = (u64)ret;
-        brk_now.update(&ev.pid, &now);
-        ev.start = old;     /* 0: the first break this tracer saw (no earlier value known) */
-        ev.new_start = now;
-        break;
-    }
-    default:                /* munmap, mprotect: 0 or -errno */
-        if (ret != 0)
+        return 0;                       /* awaiting exec: still cowtrace's own memory */
+    u32 owner = m->owner;               /* a vfork child changes its parent's map */
+    if (map_dirty.lookup(&owner))
+        return 0;                       /* already marked: user space will re-read */
+    u64 ts = bpf_ktime_get_ns();
+    if (map_dirty.insert(&owner, &ts) != 0)
+        return 0;                       /* another thread marked it first (or table full) */
+    if (owner != tgid) {
+        m = members.lookup(&owner);
+        if (!m)
             return 0;
     }
-    ev.ts = bpf_ktime_get_ns();
-    if (map_events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP) != 0)
+    struct proc_event ev = {};
+    ev.ts = ts;
+    ev.type = PE_MAPS;
+    ev.pid = owner;
+    ev.root = m->root;
+    ev.exit_code = -1;
+    if (proc_events.ringbuf_output(&ev, sizeof(ev), 0) != 0) {
         stat_inc(STAT_LOST_MAP_EVENTS);
+        map_dirty.delete(&owner);       /* lost: let the next change try again */
+    }
     return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_mmap)
-{
-    return map_enter(MAP_OP_MMAP, args->addr, args->len, 0, args->off, (s32)args->fd,
-                     (u32)args->prot, (u32)args->flags);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_mmap)
-{
-    return map_exit(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_munmap)
-{
-    return map_enter(MAP_OP_MUNMAP, args->addr, args->len, 0, 0, -1, 0, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_munmap)
-{
-    return map_exit(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_mremap)
-{
-    return map_enter(MAP_OP_MREMAP, args->addr, args->old_len, args->new_len, 0, -1, 0,
-                     (u32)args->flags);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_mremap)
-{
-    return map_exit(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_brk)
-{
-    return map_enter(MAP_OP_BRK, args->brk, 0, 0, 0, -1, 0, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_brk)
-{
-    return map_exit(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_mprotect)
-{
-    return map_enter(MAP_OP_MPROTECT, args->start, args->len, 0, 0, -1, (u32)args->prot, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_mprotect)
-{
-    return map_exit(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_pkey_mprotect)
-{
-    return map_enter(MAP_OP_MPROTECT, args->start, args->len, 0, 0, -1, (u32)args->prot, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_pkey_mprotect)
-{
-    return map_exit(args->ret);
 }
 
 /* ---- allocator calls (attribution) -----------------------------------------------------------

@@ -21,17 +21,19 @@ from pathlib import Path
 
 from cowtrace.errors import CowtraceError
 
-#: Every tracepoint cowtrace attaches to, as ``group/name`` under tracefs' ``events/``.
+#: Every tracepoint cowtrace attaches to (perf-style or raw), as ``group/name`` under tracefs'
+#: ``events/``.  No ``syscalls/*``: one would put every task on the host on the slow syscall
+#: path.
 TRACEPOINTS: tuple[str, ...] = (
     "exceptions/page_fault_user",
     "exceptions/page_fault_kernel",
     "kmem/mm_page_alloc",
     "kmem/rss_stat",
-    "sched/sched_process_fork",
     "sched/sched_process_exec",
     "sched/sched_process_exit",
+    "sched/sched_process_free",
     "task/task_newtask",
-    "syscalls/sys_enter_exit_group",
+    "mmap_lock/mmap_lock_acquire_returned",
     "signal/signal_generate",
     "signal/signal_deliver",
 )

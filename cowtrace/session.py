@@ -17,11 +17,11 @@ import numpy as np
 
 from cowtrace import procfs
 from cowtrace.attribution.engine import AttributionEngine
+from cowtrace.attribution.maps import MapWatcher
 from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver, feed_lifecycle
 from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
-from cowtrace.kernel.records import processes_mapping_code
 from cowtrace.kernel.ringbuf import EVENT_DTYPE
 from cowtrace.kernel.stacks import KernelStackResolver
 from cowtrace.kernel.tracer import (
@@ -125,6 +125,7 @@ class Session:
         self.cost: TracerCost | None = None  # read in finish(), before the program is unloaded
         self._recover_heap = False  # attach mode: adopted members' heaps predate tracing
         self.python = PythonStacks() if self.options.python_stacks else None
+        self.maps_watch = MapWatcher(lambda pid: self.tracer.clear_map_changed(pid))
 
     # ---- set-up ----------------------------------------------------------------------------
     def set_root(self, root_pid: int) -> None:
@@ -142,6 +143,9 @@ class Session:
         self.sink = self.options.sink_factory(self.resolver, self.options)
         if self.options.malloc:
             self.allocators = AllocatorProbes(self.tracer.bpf)
+        # Maps are re-read after a change only for those who use them.
+        uses_maps = not isinstance(self.sink, NullSink) or self.allocators is not None
+        self.maps_watch.read_proc = uses_maps
         if self.python is not None:
             self.python.bind(self.tracer.bpf)
         self.started = time.monotonic()
@@ -211,6 +215,7 @@ class Session:
             self._apply_lifecycle(records)
 
     def _apply_lifecycle(self, records: list[ProcRecord]) -> None:
+        self.maps_watch.on_records(records)
         for record in records:
             self.family.apply(record)
             # The stack resolver first: at an exec it makes the new image's symbol cache, which
@@ -227,16 +232,16 @@ class Session:
     def _drain(self, lifecycle: list[ProcRecord] | None = None) -> None:
         faults = self.tracer.drain_events()
         self._apply_lifecycle([*(lifecycle or []), *self.tracer.poll_proc_records(0)])
-        maps = self.tracer.drain_map_events()
+        snapshots, mapped_code = self.maps_watch.read()  # after the faults: see sink.py
         allocs = self.tracer.drain_alloc_events()
-        if len(maps):
-            mapped_code = processes_mapping_code(maps)
+        if mapped_code:
             if self.resolver is not None:
                 self.resolver.note_code_mapped(mapped_code)
             if self.allocators is not None:  # an allocator a process dlopen()ed just now
                 for pid in mapped_code:
                     self.allocators.cover_process(pid)
-            self.sink.on_map_events(maps)
+        if snapshots:
+            self.sink.on_map_snapshots(snapshots)
         if len(allocs):
             self.sink.on_alloc_events(allocs)
         self._feed_faults(faults)

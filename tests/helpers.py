@@ -18,18 +18,14 @@ PROGRAM_NAMES = (
     "rss_stat",
     "raw_tracepoint__page_fault_kernel",
     "raw_tracepoint__page_fault_user",
+    "raw_tracepoint__mmap_lock_acquire_returned",
+    "raw_tracepoint__signal_generate",
     "tracepoint__sched__sched_process_exec",
     "tracepoint__sched__sched_process_exit",
     "tracepoint__sched__sched_process_free",
     "tracepoint__signal__signal_generate",
     "tracepoint__signal__signal_deliver",
-    "tracepoint__syscalls__sys_enter_exit_group",
     "tracepoint__task__task_newtask",
-    *(
-        f"tracepoint__syscalls__sys_{edge}_{call}"
-        for call in ("mmap", "munmap", "mremap", "brk", "mprotect", "pkey_mprotect")
-        for edge in ("enter", "exit")
-    ),
     "cowalloc_",  # allocator uprobes: cowalloc_return, cowalloc_<allocator>_<function>
 )
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from cowtrace import procfs
 from cowtrace.attribution.engine import AttributionEngine
+from cowtrace.attribution.maps import MapWatcher
 from cowtrace.attribution.sink import feed_lifecycle
 from cowtrace.attribution.view import AttributionView
 from cowtrace.family import Family
-from cowtrace.kernel.records import processes_mapping_code
 from cowtrace.kernel.stacks import KernelStackResolver
 from cowtrace.kernel.tracer import KernelTracer, MemberState, TracerConfig
 from cowtrace.model import Snapshot
@@ -44,6 +44,7 @@ class Fleet:
 
     def __init__(self, *, ring_bytes: int = 16 << 20, grace_s: float = 300.0) -> None:
         self.tracer = KernelTracer(TracerConfig(ring_bytes=ring_bytes))
+        self.maps_watch = MapWatcher(lambda pid: self.tracer.clear_map_changed(pid))
         self.grace_s = grace_s
         self.families: dict[int, Tracked] = {}
         self.events_drained = 0
@@ -111,7 +112,9 @@ class Fleet:
         """Fold in lifecycle records (waiting up to `timeout_s`) and drain detail records."""
         records = self.tracer.poll_proc_records(int(timeout_s * 1000))
         faults = self.tracer.drain_events()  # first: see cowtrace/attribution/sink.py
-        for record in [*records, *self.tracer.poll_proc_records(0)]:
+        records = [*records, *self.tracer.poll_proc_records(0)]
+        self.maps_watch.on_records(records)
+        for record in records:
             tracked = self.families.get(record.root)
             if tracked is not None:
                 tracked.family.apply(record)
@@ -119,10 +122,11 @@ class Fleet:
                 feed_lifecycle(record, self.engine, self.resolver)
         self.events_drained += len(faults)
         if self.engine is not None:
-            maps = self.tracer.drain_map_events()
-            if len(maps):
-                self.resolver.note_code_mapped(processes_mapping_code(maps))
-                self.engine.on_map_events(maps)
+            snapshots, mapped_code = self.maps_watch.read()
+            if mapped_code:
+                self.resolver.note_code_mapped(mapped_code)
+            if snapshots:
+                self.engine.on_map_snapshots(snapshots)
             if len(faults):
                 self.engine.on_fault_events(faults)
 

@@ -3,7 +3,8 @@
 For every fault it answers: in which mapping (maps.py), in which malloc'd block (allocs.py),
 written by which native stack (writers.py), and was it an exit-time copy.
 
-Ordering.  Map changes, allocator calls, forks and execs change what a later fault resolves
+Ordering.  Map snapshots (taken after a change, applied at the change's timestamp, see
+maps.py), allocator calls, forks and execs change what a later fault resolves
 to, so they are queued with their kernel timestamps and applied in ts order, interleaved with
 the faults of each process: a fault of pid P is resolved after every change of P older than it
 and before every newer one.  Resolving never changes state, so faults are resolved per pid in
@@ -20,7 +21,7 @@ How the session uses it (see sink.py for the call order):
                              event_fields=options.events_path is not None)
     sink.adopt(pid, parent, recover_heap=attach_mode_without_malloc_uprobes)  # each adoptee
     sink.on_fork / on_exec / on_exit(ts_ns, ...)        # lifecycle records
-    sink.on_map_events(map_records); sink.on_alloc_events(alloc_records)
+    sink.on_map_snapshots(snapshots); sink.on_alloc_events(alloc_records)  # maps.MapWatcher
     extra = sink.on_fault_events(fault_records)         # every drained fault batch
     events.write(fault_records, extra)                  # --events: one JSON suffix per record
     snapshot.attribution = sink.view()                  # each refresh
@@ -48,9 +49,9 @@ from cowtrace.attribution.allocs import (
 from cowtrace.attribution.maps import (
     PAGE,
     UNKNOWN_REGION,
+    MapSnapshot,
     ProcessMap,
     RegionRegistry,
-    mapped_path,
     read_proc_maps,
 )
 from cowtrace.attribution.sink import StackResolver
@@ -62,7 +63,7 @@ from cowtrace.attribution.view import (
     WriterStat,
 )
 from cowtrace.attribution.writers import NO_STACK, Stack, StackCache
-from cowtrace.kernel.records import ALLOC_EVENT_DTYPE, ALLOC_OP_FREE, MAP_OP_MMAP
+from cowtrace.kernel.records import ALLOC_EVENT_DTYPE, ALLOC_OP_FREE
 
 KIND_COPY, KIND_REUSE, KIND_ZERO = 1, 2, 3
 TOP_N = 50
@@ -242,14 +243,10 @@ class AttributionEngine:
             recent.count(ts, stacks, lo, ts_ns)
         recent.chunks.clear()
 
-    def on_map_events(self, records: np.ndarray) -> None:
-        for record in records:
-            path = None
-            if int(record["op"]) == MAP_OP_MMAP and int(record["fd"]) >= 0 and self.read_proc:
-                start = int(record["start"])
-                end = start + ((int(record["length"]) + PAGE - 1) & ~(PAGE - 1))
-                path = mapped_path(int(record["pid"]), start, end)  # now, while it is mapped
-            self._push(int(record["ts"]), _MAP, (int(record["pid"]), record.copy(), path))
+    def on_map_snapshots(self, snapshots: list[MapSnapshot]) -> None:
+        """Each replaces its process' map at the timestamp of the change that began it."""
+        for snapshot in snapshots:
+            self._push(snapshot.ts_ns, _MAP, (snapshot.pid, snapshot.intervals))
 
     def on_alloc_events(self, records: np.ndarray) -> None:
         """Kept as arrays (a malloc-heavy process sends hundreds of thousands a second) and
@@ -281,11 +278,12 @@ class AttributionEngine:
 
     def _apply(self, kind: int, data: tuple[Any, ...]) -> None:
         if kind == _MAP:
-            pid, record, path = data
+            pid, intervals = data
             pmap = self.maps.get(pid)
             if pmap is None:
-                pmap = self._map(pid)
-            pmap.apply(record, path)
+                self.maps[pid] = ProcessMap(self.regions, intervals)
+            else:
+                self.maps[pid] = pmap.replaced_by(intervals)
         elif kind == _FORK:
             parent, child = data
             self.maps[child] = self._map(parent).copy()

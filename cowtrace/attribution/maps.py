@@ -1,9 +1,17 @@
 """Each member's memory map as it was at each moment, and vectorised address resolution.
 
-A map is seeded from /proc/PID/maps (attach, or lazily after exec), copied at fork and then
-kept up to date from the kernel's map-change records (mmap, munmap, mremap, brk, mprotect)
-applied in timestamp order, so a copy is resolved against the map as it stood when it
-happened, not as /proc shows it later.
+A map is seeded from /proc/PID/maps (attach, or lazily after exec) and copied at fork.  The
+kernel does not say what changed (that would need syscall tracepoints, which tax every task on
+the host): it sends one PE_MAPS record when a member's map starts changing (a write acquisition
+of its mmap_lock, see the BPF program), and MapWatcher re-reads /proc/PID/maps at the next
+drain.  The engine applies that snapshot at the timestamp of the change record, in order with
+the faults, forks and execs, so a copy made before the change resolves against the map before
+it.  An address the snapshot does not hold resolves against the map before it (a mapping
+unmapped between the change and the re-read).
+
+Limits: a mapping made and unmapped between two re-reads is never seen (its copies are
+[unknown]); an address range unmapped and mapped again with something else in that window is
+attributed to the newer mapping, for faults after the change record.
 
 Intervals are kept as a sorted Python list (map changes are rare next to faults); lookups use
 numpy arrays rebuilt only when the map changed, and resolve a whole batch of addresses with one
@@ -14,29 +22,17 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
 from cowtrace.attribution import elf
-from cowtrace.kernel.records import (
-    MAP_OP_BRK,
-    MAP_OP_MMAP,
-    MAP_OP_MPROTECT,
-    MAP_OP_MREMAP,
-    MAP_OP_MUNMAP,
-)
+from cowtrace.kernel.tracer import PE_EXEC, PE_FORK, PE_FREE, PE_MAPS
 
 PAGE = 4096
-PROT_WRITE, PROT_EXEC = 0x2, 0x4
-MAP_SHARED, MAP_ANONYMOUS = 0x01, 0x20
-ERROR_FLOOR = (1 << 64) - 4095  # a syscall return value at or above this is -errno
 UNKNOWN_REGION = 0  # an address in no known mapping
-
-
-def page_up(value: int) -> int:
-    return (value + PAGE - 1) & ~(PAGE - 1)
 
 
 @dataclass(frozen=True)
@@ -141,30 +137,55 @@ def read_proc_maps(pid: int) -> list[Interval] | None:
         return None
 
 
-def mapped_path(pid: int, start: int, end: int) -> str | None:
-    """The file behind a mapping now, via /proc/PID/map_files (root only) or /proc/PID/maps."""
-    try:
-        return os.readlink(f"/proc/{pid}/map_files/{start:x}-{end:x}")
-    except OSError:
-        pass
-    for interval in read_proc_maps(pid) or ():
-        if interval.start <= start < interval.end and interval.name.startswith("/"):
-            return interval.name
-    return None
-
-
 class ProcessMap:
-    """One member's map: sorted, non-overlapping intervals with region ids."""
+    """One member's map: sorted, non-overlapping intervals with region ids.
 
-    def __init__(self, registry: RegionRegistry, intervals: list[Interval] | None = None):
+    `previous`: the map this snapshot replaced, for addresses this one does not hold (one
+    level only, so maps do not chain up)."""
+
+    def __init__(
+        self,
+        registry: RegionRegistry,
+        intervals: list[Interval] | None = None,
+        *,
+        annotated: dict[tuple[Interval, Interval | None], list[Interval]] | None = None,
+    ):
         self.registry = registry
         self._items: list[Interval] = []
         self._starts: list[int] = []
         self._arrays: tuple[np.ndarray, ...] | None = None
         self._exec: tuple[np.ndarray, np.ndarray] | None = None
         self.known = intervals is not None
+        self.previous: ProcessMap | None = None
+        # The pieces each interval of `intervals` was annotated into, keyed by the interval and
+        # the one right before it (a .bss tail depends on it): a snapshot re-read after a
+        # change is mostly the same intervals, and annotating costs more than everything else.
+        self._annotated: dict[tuple[Interval, Interval | None], list[Interval]] = {}
+        before: Interval | None = None
         for interval in intervals or ():
-            self.insert(interval)
+            adjacent = before if before is not None and before.end == interval.start else None
+            key = (interval, adjacent)
+            pieces = annotated.get(key) if annotated is not None else None
+            in_order = not self._items or self._items[-1].end <= interval.start
+            if not in_order:
+                self.remove(interval.start, interval.end)
+            if pieces is None:
+                pieces = self._annotate(interval)
+            if in_order:  # /proc lists them in address order: append
+                self._items.extend(pieces)
+                self._starts.extend(piece.start for piece in pieces)
+            else:
+                self._place(pieces)
+            self._annotated[key] = pieces
+            before = interval
+
+    def replaced_by(self, intervals: list[Interval]) -> ProcessMap:
+        """The map after a change: `intervals` (a /proc snapshot), falling back to this one."""
+        new = ProcessMap(self.registry, intervals, annotated=self._annotated)
+        if self.known:
+            new.previous = self.copy()
+            new.previous.previous = None
+        return new
 
     def copy(self) -> ProcessMap:
         """The child's map at fork: the same intervals (immutable, so shared safely)."""
@@ -172,6 +193,8 @@ class ProcessMap:
         clone._items = list(self._items)
         clone._starts = list(self._starts)
         clone._arrays, clone._exec, clone.known = self._arrays, self._exec, self.known
+        clone.previous = self.previous
+        clone._annotated = self._annotated  # never changed after construction: shared
         return clone
 
     @property
@@ -210,7 +233,11 @@ class ProcessMap:
     def insert(self, interval: Interval) -> None:
         """Map `interval` (replacing what was there), annotated with sections and region."""
         self.remove(interval.start, interval.end)
-        for piece in self._annotate(interval):
+        self._place(self._annotate(interval))
+
+    def _place(self, pieces: list[Interval]) -> None:
+        """Put annotated pieces where nothing is mapped."""
+        for piece in pieces:
             index = bisect.bisect_left(self._starts, piece.start)
             self._items.insert(index, piece)
             self._starts.insert(index, piece.start)
@@ -241,77 +268,6 @@ class ProcessMap:
             out.append(replace(base.cut(lo, hi), region=region))
         return out
 
-    def apply(self, record: np.void, path: str | None = None) -> None:
-        """One MAP_EVENT_DTYPE record; `path` is the file of a file mmap, if known."""
-        op = int(record["op"])
-        start, length = int(record["start"]), int(record["length"])
-        if op == MAP_OP_MMAP:
-            if start >= ERROR_FLOOR or length == 0:
-                return
-            flags, prot = int(record["flags"]), int(record["prot"])
-            executable = bool(prot & PROT_EXEC)
-            end = start + page_up(length)
-            if int(record["fd"]) < 0 or flags & MAP_ANONYMOUS:
-                kind, name = classify("", bool(flags & MAP_SHARED))
-                self.insert(Interval(start, end, kind, name, -1, executable))
-            else:
-                kind, name = classify(path or "file", bool(flags & MAP_SHARED))
-                offset = int(record["pgoff"]) if kind == "file" else -1
-                self.insert(Interval(start, end, kind, name, offset, executable))
-        elif op == MAP_OP_MUNMAP:
-            self.remove(start, start + page_up(length))
-        elif op == MAP_OP_MREMAP:
-            new_start, new_length = int(record["new_start"]), int(record["new_length"])
-            if new_start >= ERROR_FLOOR:
-                return
-            self.move(start, page_up(length), new_start, page_up(new_length))
-        elif op == MAP_OP_BRK:
-            old, new = page_up(start), page_up(int(record["new_start"]))
-            if start == 0:
-                # The first break the tracer saw (attach, or the first brk after an exec): the
-                # old break is unknown.  Taking 0 would map [0, new) as heap and wipe the
-                # program's own mappings below it (seen: nginx's text, so every writer stack
-                # in it was cut at its leaf).  The heap known from /proc ends at the old break;
-                # with no heap known, it is still empty: nothing to map.
-                heap = [i.end for i in self._items if i.kind == "heap"]
-                if not heap:
-                    return
-                old = max(heap)
-            if int(record["new_start"]) >= ERROR_FLOOR or new == old:
-                return
-            if new > old:
-                self.insert(Interval(old, new, "heap", "[heap]", -1, False))
-            else:
-                self.remove(new, old)
-        elif op == MAP_OP_MPROTECT:
-            executable = bool(int(record["prot"]) & PROT_EXEC)
-            parts = self.remove(start, start + page_up(length))
-            for part in parts:
-                self.insert(replace(part, executable=executable))
-
-    def move(self, old: int, old_len: int, new: int, new_len: int) -> None:
-        """mremap: the old range's intervals, shifted to `new`, cut or grown to `new_len`."""
-        parts = self.remove(old, old + old_len)
-        self.remove(new, new + new_len)
-        if not parts:
-            return
-        delta = new - old
-        end = new + new_len
-        moved = []
-        for part in parts:
-            if part.start + delta >= end:
-                break
-            shifted = replace(part, start=part.start + delta, end=min(part.end + delta, end))
-            moved.append(shifted)
-        last = moved[-1]
-        if new_len > old_len and last.end == parts[-1].end + delta:
-            moved[-1] = replace(last, end=end)
-        for part in moved:
-            index = bisect.bisect_left(self._starts, part.start)
-            self._items.insert(index, part)
-            self._starts.insert(index, part.start)
-        self._changed()
-
     # ---- lookups ---------------------------------------------------------------------------
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """starts, ends, region ids, offsets (uint64, uint64, int32, int64)."""
@@ -326,7 +282,16 @@ class ProcessMap:
         return self._arrays
 
     def resolve(self, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Region id (UNKNOWN_REGION if unmapped) and file offset (-1) of each address."""
+        """Region id (UNKNOWN_REGION if unmapped) and file offset (-1) of each address; an
+        address this map does not hold is looked up in the previous one."""
+        region, offset = self._resolve_here(addrs)
+        if self.previous is not None:
+            missing = region == UNKNOWN_REGION
+            if missing.any():
+                region[missing], offset[missing] = self.previous._resolve_here(addrs[missing])
+        return region, offset
+
+    def _resolve_here(self, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         starts, ends, regions, offsets = self.arrays()
         if len(starts) == 0:
             return np.zeros(len(addrs), np.int32), np.full(len(addrs), -1, np.int64)
@@ -339,8 +304,16 @@ class ProcessMap:
         offset = np.where(inside & (base >= 0), base + delta, -1)
         return region, offset
 
+    def holds(self, addr: int) -> bool:
+        """Whether some mapping of this map (not the previous one) covers `addr`."""
+        index = bisect.bisect_right(self._starts, addr) - 1
+        return index >= 0 and addr < self._items[index].end
+
     def executable(self, addr: int) -> bool:
-        """Whether `addr` lies in an executable mapping (a believable return address)."""
+        """Whether `addr` lies in an executable mapping (a believable return address); an
+        address this map does not hold is looked up in the previous one."""
+        if self.previous is not None and not self.holds(addr):
+            return self.previous.executable(addr)
         if self._exec is None:
             spans = [(i.start, i.end) for i in self._items if i.executable]
             self._exec = (
@@ -375,3 +348,88 @@ def _carve(
         if end > hi:
             out.append((hi, end, None))
     return out
+
+
+@dataclass(frozen=True)
+class MapSnapshot:
+    """A member's map as /proc showed it after a change that began at `ts_ns`."""
+
+    ts_ns: int
+    pid: int
+    intervals: list[Interval]
+
+
+class MapRecord(Protocol):
+    """What MapWatcher reads of a kernel lifecycle record (kernel/tracer.py ProcRecord)."""
+
+    type: int
+    ts_ns: int
+    pid: int
+    ppid: int
+
+
+def _code_files(intervals: Iterable[Interval]) -> frozenset[tuple[int, int, str]]:
+    return frozenset(
+        (i.start, i.end, i.name) for i in intervals if i.executable and i.kind == "file"
+    )
+
+
+class MapWatcher:
+    """Turns the kernel's PE_MAPS records into /proc/PID/maps snapshots.
+
+    `rearm(pid)` (the tracer's clear_map_changed) is called just before each read, so a change
+    made while reading sends a new record.  Also tells which processes mapped new code (an
+    executable file mapping the previous snapshot did not have: the loader after an exec, a
+    dlopen), for the stack resolver and the allocator probes."""
+
+    def __init__(self, rearm: Callable[[int], None], *, read: bool = True) -> None:
+        self._rearm = rearm
+        self.read_proc = read  # False (attribution off): no re-read, and no re-arming either
+        self._pending: dict[int, int] = {}  # pid -> ts of its first change not read yet
+        self._code: dict[int, frozenset[tuple[int, int, str]]] = {}
+
+    def on_records(self, records: Iterable[MapRecord]) -> None:
+        """Fold lifecycle records in: PE_MAPS marks a map to re-read; forks, execs and frees
+        keep the code each process is known to map."""
+        for record in records:
+            if record.type == PE_MAPS:
+                self._pending.setdefault(record.pid, record.ts_ns)
+            elif record.type == PE_FORK:
+                known = self._code.get(record.ppid)
+                if known is not None:
+                    self._code[record.pid] = known
+            elif record.type == PE_EXEC:
+                self._code[record.pid] = frozenset()  # what the loader maps next is new code
+                # The kernel sets up the new image's stack and binary before the exec record:
+                # a change marked then is read after the exec, so it is the new image's map,
+                # applied with the exec (which would otherwise reset it to unknown).
+                if record.pid in self._pending:
+                    self._pending[record.pid] = max(self._pending[record.pid], record.ts_ns)
+            elif record.type == PE_FREE:
+                self._code.pop(record.pid, None)
+                self._pending.pop(record.pid, None)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def read(self) -> tuple[list[MapSnapshot], list[int]]:
+        """Snapshots of the maps that changed, and the pids that mapped new code.  A process
+        gone or a zombie (empty maps) gives no snapshot: its last known map stays."""
+        pending, self._pending = self._pending, {}
+        snapshots: list[MapSnapshot] = []
+        mapped_code: list[int] = []
+        if not self.read_proc:
+            return snapshots, mapped_code
+        for pid, ts in sorted(pending.items(), key=lambda item: item[1]):
+            self._rearm(pid)
+            intervals = read_proc_maps(pid)
+            if intervals is None:
+                continue
+            snapshots.append(MapSnapshot(ts, pid, intervals))
+            code = _code_files(intervals)
+            known = self._code.get(pid)
+            if known is not None and not code <= known:
+                mapped_code.append(pid)
+            self._code[pid] = code
+        return snapshots, mapped_code

@@ -1,9 +1,10 @@
 """The seam between the tracer (kernel records, session) and the attribution engine.
 
 The session hands every record it drains to an AttributionSink, in one order per drain cycle:
-lifecycle (fork, exec, exit), then map changes, then allocator calls, then the classified
+lifecycle (fork, exec, exit), then map snapshots, then allocator calls, then the classified
 faults.  The fault ring is drained FIRST, so that every map change or allocation that happened
-before the last fault of the batch has been drained too; the sink orders what it is given by
+before the last fault of the batch has been drained too (a map changed before it is re-read
+after it); the sink orders what it is given by
 `ts` (CLOCK_MONOTONIC ns, the kernel's clock for every record).
 
 The engine (engine.py) is the real sink; NullSink keeps the core tracer's behaviour when
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cowtrace.attribution.maps import MapSnapshot
 from cowtrace.attribution.view import AttributionView
 from cowtrace.kernel.tracer import PE_EXEC, PE_EXIT, PE_FORK
 
@@ -44,8 +46,8 @@ class AttributionSink(Protocol):
 
     def on_exit(self, ts_ns: int, pid: int) -> None: ...
 
-    def on_map_events(self, records: np.ndarray) -> None:
-        """MAP_EVENT_DTYPE records (cowtrace/kernel/records.py)."""
+    def on_map_snapshots(self, snapshots: list[MapSnapshot]) -> None:
+        """Maps re-read after a change (attribution/maps.py MapWatcher)."""
         ...
 
     def on_alloc_events(self, records: np.ndarray) -> None:
@@ -118,7 +120,7 @@ class NullSink:
     def on_exit(self, ts_ns: int, pid: int) -> None:
         return None
 
-    def on_map_events(self, records: np.ndarray) -> None:
+    def on_map_snapshots(self, snapshots: list[MapSnapshot]) -> None:
         return None
 
     def on_alloc_events(self, records: np.ndarray) -> None:

@@ -53,39 +53,6 @@ def detail_records(batches: np.ndarray, singles: np.ndarray) -> np.ndarray:
     records[len(payload) :] = singles
     return records
 
-# struct map_event: a change to a member's memory map, as the syscall returned it.
-MAP_OP_MMAP, MAP_OP_MUNMAP, MAP_OP_MREMAP, MAP_OP_BRK, MAP_OP_MPROTECT = 1, 2, 3, 4, 5
-MAP_EVENT_DTYPE = np.dtype(
-    [
-        *_RING_HEADER,
-        ("ts", "<u8"),
-        ("start", "<u8"),  # mmap: returned address; munmap/mprotect: addr; mremap: old; brk: old
-        ("length", "<u8"),  # mmap/munmap/mprotect: len; mremap: old_len; brk: 0
-        ("new_start", "<u8"),  # mremap: returned address; brk: the new break
-        ("new_length", "<u8"),  # mremap: new_len
-        ("pgoff", "<u8"),  # mmap: file offset in bytes
-        ("pid", "<u4"),  # tgid
-        ("fd", "<i4"),  # mmap: fd (-1 for anonymous)
-        ("prot", "<u4"),  # mmap/mprotect: PROT_*
-        ("flags", "<u4"),  # mmap: MAP_*; mremap: MREMAP_*
-        ("op", "u1"),  # MAP_OP_*
-        ("pad", "V7"),
-    ]
-)
-
-PROT_EXEC = 0x4
-
-
-def processes_mapping_code(records: np.ndarray) -> list[int]:
-    """Members that mapped an executable file in these MAP_EVENT_DTYPE records: the loader
-    mapping the libraries after an exec, or a dlopen.  What is known of a process' objects
-    (symbol caches, allocator probes) must be looked at again while it lives."""
-    if not len(records):
-        return []
-    file_mmap = (records["op"] == MAP_OP_MMAP) & (records["fd"] >= 0)
-    code = file_mmap & ((records["prot"] & PROT_EXEC) != 0)
-    return np.unique(records["pid"][code]).tolist()
-
 
 # struct alloc_event: an allocator call that returned (uprobes on malloc & co.).
 ALLOC_OP_ALLOC, ALLOC_OP_FREE, ALLOC_OP_REALLOC = 1, 2, 3
@@ -107,5 +74,5 @@ ALLOC_EVENT_DTYPE = np.dtype(
     ]
 )
 
-for _dtype in (EVENT_DTYPE, MAP_EVENT_DTYPE, ALLOC_EVENT_DTYPE):
+for _dtype in (EVENT_DTYPE, ALLOC_EVENT_DTYPE):
     assert _dtype.itemsize % 8 == 0, "ring records are 8-byte aligned"

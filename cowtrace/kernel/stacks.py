@@ -100,7 +100,7 @@ class KernelStackResolver:
 
     def note_code_mapped(self, pids: Iterable[int]) -> None:
         """These processes mapped an executable file (the loader mapping the libraries after
-        an exec, dlopen; records.processes_mapping_code): give each a newer symbol cache while
+        an exec, dlopen; attribution/maps.py MapWatcher): give each a newer symbol cache while
         it still lives, since objects mapped after its cache was made are unknown to it.  Rare
         after start-up."""
         for pid in pids:

@@ -25,13 +25,13 @@ from cowtrace.kernel.records import (
     ALLOC_EVENT_DTYPE,
     BATCH_DTYPE,
     EVENT_DTYPE,
-    MAP_EVENT_DTYPE,
     detail_records,
 )
 from cowtrace.kernel.ringbuf import FixedRecordRing
 from cowtrace.model import Counts
 
 PE_FORK, PE_EXEC, PE_EXIT, PE_FREE = 1, 2, 3, 4
+PE_MAPS = 5  # a member's memory map changed: re-read /proc/PID/maps (attribution/maps.py)
 KIND_COPY, KIND_REUSE, KIND_ZERO_FILL = 1, 2, 3
 SOURCE_ANON, SOURCE_FILE = 0, 1
 VIA_USER, VIA_KERNEL, VIA_GUP = 0, 1, 2
@@ -44,20 +44,22 @@ STAT_LOST_ALLOC_EVENTS, STAT_ALLOC_STACK_ERRORS = 6, 7
 # Tail-call targets of the fault programs, by their index in writer_stack_progs.
 WRITER_STACK_PROGRAMS = ("writer_stacks_user", "writer_stacks_kernel")
 # Every hook of cowtrace.bpf.c, so that they can be detached before the final read.
-RAW_TRACEPOINTS = ("page_fault_user", "page_fault_kernel", "mm_page_alloc", "rss_stat")
+# No syscalls:* tracepoint, ever: one puts every task on the host on the slow syscall path.
+RAW_TRACEPOINTS = (
+    "page_fault_user",
+    "page_fault_kernel",
+    "mm_page_alloc",
+    "rss_stat",
+    "mmap_lock_acquire_returned",
+    "signal_generate",
+)
 TRACEPOINTS = (
     "task:task_newtask",
     "sched:sched_process_exec",
-    "syscalls:sys_enter_exit_group",
     "signal:signal_generate",
     "signal:signal_deliver",
     "sched:sched_process_exit",
     "sched:sched_process_free",
-    *(
-        f"syscalls:sys_{edge}_{call}"
-        for call in ("mmap", "munmap", "mremap", "brk", "mprotect", "pkey_mprotect")
-        for edge in ("enter", "exit")
-    ),
 )
 
 
@@ -74,7 +76,6 @@ class TracerConfig:
     max_threads: int = 65536
     stacks: bool = True  # native user stacks of copies and allocations (--no-stacks: off)
     stack_entries: int = 32768  # stacks per map (32 frames each); a power of two
-    map_ring_bytes: int = 1 << 20  # 80 bytes per map change
     alloc_ring_bytes: int = 0  # 64 bytes per allocator call; 0: no allocator probes planned
     python_stacks: bool = True  # the CPython frame walk at each copy (cowtrace/python/)
 
@@ -133,7 +134,6 @@ class KernelTracer:
         self._singles: FixedRecordRing | None = None
         self._flush_fd: int | None = None
         self._cpus = online_cpus()
-        self._map_ring: FixedRecordRing | None = None
         self._alloc_ring: FixedRecordRing | None = None
         self._proc_records: list[ProcRecord] = []
         self._attached = False
@@ -145,7 +145,6 @@ class KernelTracer:
         calibration = load_or_calibrate(symbols)
         ring_pages = _power_of_two_pages(self.config.ring_bytes)
         single_pages = _power_of_two_pages(self.config.single_ring_bytes)
-        map_pages = _power_of_two_pages(self.config.map_ring_bytes)
         alloc_pages = _power_of_two_pages(self.config.alloc_ring_bytes)
         cflags = calibration.cflags(symbols) + [
             f"-DMAX_MEMBERS={self.config.max_members}",
@@ -153,7 +152,6 @@ class KernelTracer:
             f"-DFAULT_RING_PAGES={ring_pages}",
             f"-DSINGLE_RING_PAGES={single_pages}",
             "-DPROC_RING_PAGES=64",
-            f"-DMAP_RING_PAGES={map_pages}",
             f"-DALLOC_RING_PAGES={alloc_pages}",
             f"-DSTACK_ENTRIES={self.config.stack_entries if self.config.stacks else 1}",
             f"-DPYTHON_STACKS={int(self.config.python_stacks)}",
@@ -170,9 +168,6 @@ class KernelTracer:
         )
         self._singles = FixedRecordRing(self._bpf["fault_singles"].map_fd, single_pages * page)
         self._flush_fd = self._load_helper("flush_fault_batch")
-        self._map_ring = FixedRecordRing(
-            self._bpf["map_events"].map_fd, map_pages * page, dtype=MAP_EVENT_DTYPE
-        )
         self._alloc_ring = FixedRecordRing(
             self._bpf["alloc_events"].map_fd, alloc_pages * page, dtype=ALLOC_EVENT_DTYPE
         )
@@ -217,10 +212,10 @@ class KernelTracer:
     def close(self) -> None:
         """Detach and unload everything; safe to call twice."""
         self.detach()
-        for ring in (self._ring, self._singles, self._map_ring, self._alloc_ring):
+        for ring in (self._ring, self._singles, self._alloc_ring):
             if ring is not None:
                 ring.close()
-        self._ring = self._singles = self._map_ring = self._alloc_ring = None
+        self._ring = self._singles = self._alloc_ring = None
         self._flush_fd = None
         if self._bpf is not None:
             self._bpf.cleanup()
@@ -289,6 +284,9 @@ class KernelTracer:
     # ---- records ---------------------------------------------------------------------------
     def _on_proc_event(self, _ctx: object, data: int, _size: int) -> None:
         raw = ctypes.cast(data, ctypes.POINTER(_ProcEvent)).contents
+        exit_code, exit_signal = raw.exit_code, raw.exit_signal
+        if raw.type == PE_EXIT:
+            exit_code, exit_signal = self._exit_status(raw.pid, exit_code, exit_signal)
         self._proc_records.append(
             ProcRecord(
                 type=raw.type,
@@ -296,11 +294,23 @@ class KernelTracer:
                 pid=raw.pid,
                 ppid=raw.ppid,
                 root=raw.root,
-                exit_code=raw.exit_code,
-                exit_signal=raw.exit_signal,
+                exit_code=exit_code,
+                exit_signal=exit_signal,
                 comm=raw.comm.decode(errors="replace"),
             )
         )
+
+    def _exit_status(self, pid: int, code: int, signal: int) -> tuple[int, int]:
+        """The exit status as the members map has it now.  The PE_EXIT record is made before
+        the kernel sends the parent its SIGCHLD, which is where the code is learnt (see
+        signal_generate in the BPF program); by the time user space reads the record, the
+        code is usually known.  The PE_FREE record always carries it."""
+        table = self._bpf["members"]
+        try:
+            leaf = table[table.Key(pid)]
+        except KeyError:
+            return code, signal
+        return leaf.exit_code, leaf.exit_signal
 
     def poll_proc_records(self, timeout_ms: int) -> list[ProcRecord]:
         """Lifecycle records, waiting up to `timeout_ms` for the first one."""
@@ -322,11 +332,13 @@ class KernelTracer:
                 run_on_cpu(self._flush_fd, cpu)
         return detail_records(self._ring.drain(), self._singles.drain())
 
-    def drain_map_events(self) -> np.ndarray:
-        """Map changes of members since the last drain (MAP_EVENT_DTYPE array)."""
-        if self._map_ring is None:
-            return np.empty(0, dtype=MAP_EVENT_DTYPE)
-        return self._map_ring.drain()
+    def clear_map_changed(self, pid: int) -> None:
+        """Re-arm `pid`'s PE_MAPS record: called just before its /proc/PID/maps is read, so
+        that a change made after this call sends a new record (see "map changes" in the BPF
+        program)."""
+        table = self._bpf["map_dirty"]
+        with contextlib.suppress(KeyError):
+            del table[table.Key(pid)]
 
     def drain_alloc_events(self) -> np.ndarray:
         """Allocator calls of members since the last drain (ALLOC_EVENT_DTYPE array)."""

@@ -1,6 +1,6 @@
 """The records attribution is built on, against a fixture whose answer is known: allocator
 calls (sizes, addresses, allocating function in the stack), copies (writing function in the
-writer stack), map changes, and the allocator uprobes gone afterwards.
+writer stack), map snapshots re-read after changes, and the allocator uprobes gone afterwards.
 
 `alloc_writes` (tests/fixtures/alloc_writes.c) is run in-process under `cowtrace run`'s code
 with a sink that keeps every record it is given, as the attribution engine would get them.
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cowtrace.attribution.maps import MapSnapshot
 from cowtrace.commands.common import OutputOptions
 from cowtrace.commands.run import run
 from cowtrace.kernel.records import (
@@ -27,11 +28,6 @@ from cowtrace.kernel.records import (
     ALLOCATOR_GLIBC,
     ALLOCATOR_JEMALLOC,
     EVENT_DTYPE,
-    MAP_EVENT_DTYPE,
-    MAP_OP_BRK,
-    MAP_OP_MMAP,
-    MAP_OP_MPROTECT,
-    MAP_OP_MUNMAP,
 )
 from cowtrace.session import SessionOptions
 from tests.fixtures.conftest_helpers import load_build
@@ -47,7 +43,7 @@ class RecordingSink:
     def __init__(self, resolver: Any) -> None:
         self.resolver = resolver
         self.calls: list[tuple] = []
-        self.maps: list[np.ndarray] = [np.empty(0, MAP_EVENT_DTYPE)]
+        self.maps: list[MapSnapshot] = []
         self.allocs: list[np.ndarray] = [np.empty(0, ALLOC_EVENT_DTYPE)]
         self.faults: list[np.ndarray] = [np.empty(0, EVENT_DTYPE)]
 
@@ -63,9 +59,9 @@ class RecordingSink:
     def on_exit(self, ts_ns: int, pid: int) -> None:
         self.calls.append(("exit", pid))
 
-    def on_map_events(self, records: np.ndarray) -> None:
-        self.calls.append(("maps", len(records)))
-        self.maps.append(records)
+    def on_map_snapshots(self, snapshots: list[MapSnapshot]) -> None:
+        self.calls.append(("maps", len(snapshots)))
+        self.maps.extend(snapshots)
 
     def on_alloc_events(self, records: np.ndarray) -> None:
         self.calls.append(("allocs", len(records)))
@@ -121,7 +117,7 @@ def trace_fixture(binary: Path, args: list[str], out: Path, *, via_shell: bool):
     return (
         facts,
         sink,
-        np.concatenate(sink.maps),
+        sink.maps,
         np.concatenate(sink.allocs),
         np.concatenate(sink.faults),
     )
@@ -222,22 +218,32 @@ def test_copies_carry_the_writing_function(traced):
             assert frames[0].endswith("(alloc_writes)"), frames
 
 
-def test_map_changes_are_recorded(traced):
-    facts, _sink, maps, _allocs, _faults = traced
+def test_changed_maps_are_read_again(traced):
+    """The parent's map changes (malloc's mmap of the big block, the brk heap of the small ones,
+    change_maps' mmap, mprotect, munmap and brk up and down) are seen as /proc snapshots: taken
+    after the exec, in time order, and the last one is the map as it ended up."""
+    facts, sink, maps, _allocs, _faults = traced
     parent = facts.pid_of("parent")
-    mine = maps[maps["pid"] == parent]
-    for expected in _other(facts, "map"):
-        rows = mine[(mine["op"] == expected["op"]) & (mine["start"] == expected["start"])]
-        if expected["op"] == MAP_OP_BRK:
-            rows = rows[rows["new_start"] == expected["new_start"]]
-        else:
-            rows = rows[rows["length"] == expected["length"]]
-        assert len(rows) == 1, expected
-        if expected["op"] == MAP_OP_MMAP:
-            assert rows[0]["fd"] == -1 and rows[0]["prot"] == 3
-        if expected["op"] == MAP_OP_MPROTECT:
-            assert rows[0]["prot"] == 1
-    assert (mine["op"] == MAP_OP_MUNMAP).sum() >= 1
+    mine = [snapshot for snapshot in maps if snapshot.pid == parent]
+    assert mine
+    exec_at = next(i for i, call in enumerate(sink.calls) if call == ("exec", parent))
+    first_maps = next(i for i, call in enumerate(sink.calls) if call[0] == "maps")
+    assert first_maps > exec_at
+    stamps = [snapshot.ts_ns for snapshot in mine]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    last = mine[-1].intervals
+
+    def holding(addr: int) -> list:
+        return [i for i in last if i.start <= addr < i.end]
+
+    big, small = facts.buffers["big"], facts.buffers["small"]
+    (big_map,) = holding(big.start)
+    assert big_map.kind == "anon" and big_map.end >= big.end
+    assert {i.kind for addr in range(small.start, small.end, 4096) for i in holding(addr)} == {
+        "heap"
+    }
+    (mapped,) = [line["map"] for line in facts.other if line.get("map", {}).get("op") == 1]
+    assert holding(mapped["start"]) == []  # unmapped by change_maps
 
 
 def test_sink_sees_lifecycle_and_batches_in_order(traced):

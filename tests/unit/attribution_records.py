@@ -6,16 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cowtrace.kernel.records import (
-    ALLOC_EVENT_DTYPE,
-    EVENT_DTYPE,
-    MAP_EVENT_DTYPE,
-    MAP_OP_MMAP,
-)
-
-PROT_RW, PROT_RX = 0x3, 0x5
-MAP_PRIVATE_ANON = 0x22
-MAP_PRIVATE = 0x02
+from cowtrace.attribution.maps import MapSnapshot, parse_maps
+from cowtrace.kernel.records import ALLOC_EVENT_DTYPE, EVENT_DTYPE
 
 
 def faults(rows: Sequence[tuple[int, int, int, int, int]]) -> np.ndarray:
@@ -28,20 +20,14 @@ def faults(rows: Sequence[tuple[int, int, int, int, int]]) -> np.ndarray:
     return out
 
 
-def map_events(rows: Sequence[dict[str, int]]) -> np.ndarray:
-    """Dicts of MAP_EVENT_DTYPE fields (missing ones: 0, fd -1) -> records."""
-    out = np.zeros(len(rows), MAP_EVENT_DTYPE)
-    for i, row in enumerate(rows):
-        out[i]["fd"] = -1
-        for key, value in row.items():
-            out[i][key] = value
-    return out
-
-
-def mmap(ts: int, pid: int, start: int, length: int, *, prot: int = PROT_RW, **kw: int) -> dict:
-    flags = kw.pop("flags", MAP_PRIVATE_ANON)
-    return dict(ts=ts, pid=pid, op=MAP_OP_MMAP, start=start, length=length, prot=prot,
-                flags=flags, **kw)  # fmt: skip
+def snapshot(ts: int, pid: int, spans: Sequence[tuple[int, int, str, str]]) -> MapSnapshot:
+    """A map as /proc would show it, from (start, length, perms, path) spans, taken after a
+    change that began at `ts`."""
+    text = "".join(
+        f"{start:x}-{start + length:x} {perms} 00000000 00:00 0 {path}\n"
+        for start, length, perms, path in sorted(spans)
+    )
+    return MapSnapshot(ts, pid, parse_maps(text))
 
 
 def alloc_events(rows: Sequence[tuple[int, int, int, int, int, int, int]]) -> np.ndarray:

@@ -12,16 +12,13 @@ from cowtrace.kernel.records import (
     ALLOC_OP_ALLOC,
     ALLOC_OP_FREE,
     ALLOC_OP_REALLOC,
-    MAP_OP_MUNMAP,
 )
 from cowtrace.output.events import EventLog
 from tests.unit.attribution_records import (
-    PROT_RX,
     FakeResolver,
     alloc_events,
     faults,
-    map_events,
-    mmap,
+    snapshot,
 )
 
 P = 4096
@@ -38,20 +35,25 @@ def engine(**kw) -> AttributionEngine:
     return AttributionEngine(resolver, read_proc=False, **kw)
 
 
-def seed(eng: AttributionEngine, pid: int = PARENT) -> None:
-    """A process with code, a 64-page heap and a 16-page anonymous mapping, at ts 1..3."""
-    from cowtrace.kernel.records import MAP_OP_BRK
+SEED = [
+    (CODE, 16 * P, "r-xp", ""),
+    (HEAP, 64 * P, "rw-p", "[heap]"),
+    (ANON, 16 * P, "rw-p", ""),
+]
+SHM = "/dev/shm/seg"
 
+
+def seed(eng: AttributionEngine, pid: int = PARENT) -> None:
+    """A process with code, a 64-page heap and a 16-page anonymous mapping, read at ts 3."""
     eng.maps[pid] = ProcessMap(eng.regions, [])  # known (as if read from /proc): empty
-    eng.on_map_events(
-        map_events(
-            [
-                mmap(1, pid, CODE, 16 * P, prot=PROT_RX),
-                dict(ts=2, pid=pid, op=MAP_OP_BRK, start=HEAP, new_start=HEAP + 64 * P),
-                mmap(3, pid, ANON, 16 * P),
-            ]
-        )
-    )
+    eng.on_map_snapshots([snapshot(3, pid, SEED)])
+
+
+def replaced(ts: int, pid: int, *extra: tuple[int, int, str, str]):
+    """The seeded map re-read at `ts` with ANON's first page mapped MAP_FIXED to a shm
+    segment (munmap then mmap), plus `extra` mappings."""
+    spans = [*SEED[:2], (ANON, P, "rw-s", SHM), (ANON + P, 15 * P, "rw-p", ""), *extra]
+    return snapshot(ts, pid, spans)
 
 
 def regions(eng: AttributionEngine) -> list[tuple[str, int, int, int, int]]:
@@ -88,23 +90,35 @@ def test_regions_count_each_kind_exactly() -> None:
 
 
 def test_changes_apply_in_timestamp_order_within_a_batch() -> None:
-    """A munmap drained with faults on both sides of it: the older fault sees the mapping."""
+    """A map change drained with faults on both sides of it: the older fault sees the mapping
+    before the change, the newer one the snapshot."""
     eng = engine()
     seed(eng)
-    eng.on_map_events(map_events([dict(ts=20, pid=PARENT, op=MAP_OP_MUNMAP, start=ANON, length=P)]))
+    eng.on_map_snapshots([replaced(20, PARENT)])
     eng.on_fault_events(
         faults([(25, PARENT, ANON, COPY, -1), (15, PARENT, ANON, COPY, -1)])  # out of order
     )
-    assert regions(eng) == [("anon", 1, 0, 0, 1), ("other", 1, 0, 0, 1)]
+    assert regions(eng) == [("anon", 1, 0, 0, 1), ("shm", 1, 0, 0, 1)]
 
 
 def test_change_newer_than_the_batch_waits_for_later_faults() -> None:
     eng = engine()
     seed(eng)
-    eng.on_map_events(map_events([dict(ts=50, pid=PARENT, op=MAP_OP_MUNMAP, start=ANON, length=P)]))
+    eng.on_map_snapshots([replaced(50, PARENT)])
     eng.on_fault_events(faults([(20, PARENT, ANON, COPY, -1)]))
     eng.on_fault_events(faults([(40, PARENT, ANON, COPY, -1), (60, PARENT, ANON, COPY, -1)]))
-    assert regions(eng) == [("anon", 2, 0, 0, 1), ("other", 1, 0, 0, 1)]
+    assert regions(eng) == [("anon", 2, 0, 0, 1), ("shm", 1, 0, 0, 1)]
+
+
+def test_an_address_unmapped_before_the_reread_resolves_against_the_map_before() -> None:
+    """A mapping written and then unmapped between the change record and the re-read is not in
+    the snapshot: its copies after the change still find it in the map before."""
+    eng = engine()
+    seed(eng)
+    gone = [*SEED[:2]]  # ANON unmapped
+    eng.on_map_snapshots([snapshot(20, PARENT, gone)])
+    eng.on_fault_events(faults([(25, PARENT, ANON + 3 * P, COPY, -1)]))
+    assert regions(eng) == [("anon", 1, 0, 0, 1)]
 
 
 def test_fork_inherits_the_map_as_it_stood_and_exec_resets_it() -> None:
@@ -112,25 +126,24 @@ def test_fork_inherits_the_map_as_it_stood_and_exec_resets_it() -> None:
     seed(eng)
     eng.on_fork(10, PARENT, CHILD)
     eng.on_exec(40, PARENT)
-    eng.on_map_events(
-        map_events(
-            [
-                dict(ts=20, pid=PARENT, op=MAP_OP_MUNMAP, start=ANON, length=16 * P),
-                mmap(5, PARENT, ANON + 64 * P, P),  # before the fork: the child has it too
-            ]
-        )
+    late = (ANON + 64 * P, P, "rw-p", "")
+    eng.on_map_snapshots(
+        [
+            replaced(20, PARENT, late),  # the parent replaced ANON's first page
+            snapshot(5, PARENT, [*SEED, late]),  # before the fork: the child has it too
+        ]
     )
     eng.on_fault_events(
         faults(
             [
-                (30, CHILD, ANON, COPY, -1),  # the child still maps it
+                (30, CHILD, ANON, COPY, -1),  # the child still maps the anonymous page
                 (31, CHILD, ANON + 64 * P, COPY, -1),
-                (32, PARENT, ANON, COPY, -1),  # the parent unmapped it
+                (32, PARENT, ANON, COPY, -1),  # the parent's is the shm segment now
                 (45, PARENT, HEAP, COPY, -1),  # after exec: the old heap is unknown
             ]
         )
     )
-    assert regions(eng) == [("anon", 2, 0, 0, 1), ("other", 2, 0, 0, 1)]
+    assert regions(eng) == [("anon", 2, 0, 0, 1), ("other", 1, 0, 0, 1), ("shm", 1, 0, 0, 1)]
 
 
 def test_blocks_small_and_large_and_fork_inheritance() -> None:

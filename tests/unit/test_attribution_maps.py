@@ -1,4 +1,4 @@
-"""Memory maps followed through map records: exact intervals after each change."""
+"""Memory maps followed through /proc snapshots taken after each change record."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
+from cowtrace.attribution import maps as maps_module
+from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.maps import (
     UNKNOWN_REGION,
+    MapWatcher,
     ProcessMap,
     RegionRegistry,
     classify,
     parse_maps,
     read_proc_maps,
 )
-from cowtrace.kernel.records import MAP_OP_BRK, MAP_OP_MPROTECT, MAP_OP_MREMAP, MAP_OP_MUNMAP
-from tests.unit.attribution_records import PROT_RX, map_events, mmap
+from cowtrace.kernel.tracer import PE_EXEC, PE_FORK, PE_MAPS, ProcRecord
 
 P = 4096
 BASE = 0x7F0000000000
@@ -40,9 +42,9 @@ def spans(pmap: ProcessMap) -> list[tuple[int, int, str, str, int]]:
     return [(i.start, i.end, i.kind, i.name, i.offset) for i in pmap.intervals]
 
 
-def apply(pmap: ProcessMap, *rows: dict) -> None:
-    for record in map_events(rows):
-        pmap.apply(record)
+def rec(kind: int, ts: int, pid: int, ppid: int = 0) -> ProcRecord:
+    return ProcRecord(type=kind, ts_ns=ts, pid=pid, ppid=ppid, root=1, exit_code=-1,
+                      exit_signal=0, comm="")  # fmt: skip
 
 
 def test_kinds_from_proc_maps() -> None:
@@ -80,101 +82,133 @@ def test_resolve_batch_with_offsets() -> None:
     assert region[3] == UNKNOWN_REGION
 
 
-def test_munmap_splits_and_mmap_replaces() -> None:
-    pmap = ProcessMap(RegionRegistry())
-    apply(pmap, mmap(1, 1, BASE, 16 * P))
-    apply(pmap, dict(ts=2, pid=1, op=MAP_OP_MUNMAP, start=BASE + 4 * P, length=2 * P))
-    assert spans(pmap) == [
-        (BASE, BASE + 4 * P, "anon", "", -1),
-        (BASE + 6 * P, BASE + 16 * P, "anon", "", -1),
-    ]
-    # MAP_FIXED over the middle of the second part, shared: three pieces
-    apply(pmap, mmap(3, 1, BASE + 8 * P, 2 * P, flags=0x11))
-    assert spans(pmap) == [
-        (BASE, BASE + 4 * P, "anon", "", -1),
-        (BASE + 6 * P, BASE + 8 * P, "anon", "", -1),
-        (BASE + 8 * P, BASE + 10 * P, "shm", "[shared anon]", -1),
-        (BASE + 10 * P, BASE + 16 * P, "anon", "", -1),
-    ]
-    # an unaligned length covers whole pages; a failed mmap (-ENOMEM) changes nothing
-    apply(pmap, dict(ts=4, pid=1, op=MAP_OP_MUNMAP, start=BASE, length=P + 1))
-    apply(pmap, mmap(5, 1, (1 << 64) - 12, P))
-    assert spans(pmap)[0] == (BASE + 2 * P, BASE + 4 * P, "anon", "", -1)
-
-
-def test_file_mmap_offsets_follow_mremap() -> None:
-    pmap = ProcessMap(RegionRegistry())
-    rows = [mmap(1, 1, BASE, 4 * P, fd=3, pgoff=0x10000, flags=0x02)]
-    for record in map_events(rows):
-        pmap.apply(record, "/data/file")
-    # move the last two pages elsewhere and grow them to four
-    target = BASE + 100 * P
-    apply(
-        pmap,
-        dict(
-            ts=2,
-            pid=1,
-            op=MAP_OP_MREMAP,
-            start=BASE + 2 * P,
-            length=2 * P,
-            new_start=target,
-            new_length=4 * P,
-        ),
+def maps_text(*lines: tuple[int, int, str, int, str]) -> str:
+    """/proc/PID/maps lines from (start, end, perms, offset, path)."""
+    return "".join(
+        f"{lo:x}-{hi:x} {perms} {off:08x} 00:00 0 {path}\n" for lo, hi, perms, off, path in lines
     )
-    assert spans(pmap) == [
-        (BASE, BASE + 2 * P, "file", "/data/file", 0x10000),
-        (target, target + 4 * P, "file", "/data/file", 0x12000),
+
+
+def names(registry: RegionRegistry, pmap: ProcessMap, addrs: list[int]) -> list[tuple]:
+    region, offset = pmap.resolve(np.array(addrs, np.uint64))
+    return [
+        (registry.regions[r].kind, registry.regions[r].name, o)
+        for r, o in zip(region.tolist(), offset.tolist(), strict=True)
     ]
-    _, offset = pmap.resolve(np.array([target + 3 * P], np.uint64))
-    assert offset.tolist() == [0x15000]
-    # shrink in place: the tail goes
-    apply(
-        pmap,
-        dict(ts=3, pid=1, op=MAP_OP_MREMAP, start=target, length=4 * P, new_start=target,
-             new_length=P),
-    )  # fmt: skip
-    assert spans(pmap)[1] == (target, target + P, "file", "/data/file", 0x12000)
 
 
-def test_brk_grows_and_shrinks_heap() -> None:
-    pmap = ProcessMap(RegionRegistry())
+def test_snapshot_replaces_the_map_and_falls_back_to_the_one_before() -> None:
+    """munmap, MAP_FIXED over a part, mremap of a file mapping, brk, mprotect: all seen as the
+    next /proc snapshot.  An address the snapshot no longer holds (unmapped between the change
+    and the re-read) resolves against the map before it."""
+    registry = RegionRegistry()
     heap = 0x55D000100000
-    apply(pmap, dict(ts=1, pid=1, op=MAP_OP_BRK, start=heap, new_start=heap + 0x21000))
-    apply(pmap, dict(ts=2, pid=1, op=MAP_OP_BRK, start=heap + 0x21000, new_start=heap + 0x42010))
-    assert [(s, e, k) for s, e, k, _, _ in spans(pmap)] == [
-        (heap, heap + 0x21000, "heap"),
-        (heap + 0x21000, heap + 0x43000, "heap"),
+    before = ProcessMap(registry, parse_maps(MAPS_TEXT))
+    target = BASE + 100 * P
+    after = before.replaced_by(
+        parse_maps(
+            maps_text(
+                (0x55D000000000, 0x55D000001000, "r--p", 0, "/usr/bin/prog"),
+                (0x55D000001000, 0x55D000002000, "r--p", 0x1000, "/usr/bin/prog"),  # mprotect
+                (heap, heap + 0x143000, "rw-p", 0, "[heap]"),  # brk grew it
+                (BASE, BASE + 4 * P, "rw-p", 0, ""),  # munmap cut the tail off
+                (BASE + 8 * P, BASE + 10 * P, "rw-s", 0, "/dev/zero (deleted)"),  # MAP_FIXED
+                (target, target + 4 * P, "rw-p", 0x12000, "/data/file"),  # moved by mremap
+            )
+        )
+    )
+    got = names(
+        registry,
+        after,
+        [heap + 0x142000, BASE + 2 * P, BASE + 9 * P, target + 3 * P, BASE + 12 * P,
+         0x7FFC00000000, 0x55D000004000, 0x7F0000040000],
+    )  # fmt: skip
+    assert got == [
+        ("heap", "[heap]", -1),
+        ("anon", "", -1),
+        ("shm", "/dev/zero (deleted)", -1),
+        ("file", "/data/file", 0x15000),
+        ("anon", "", -1),  # unmapped since: the map before says anon
+        ("stack", "[stack]", -1),  # gone from the snapshot: the map before
+        ("file", "/usr/bin/prog", 0x4000),
+        ("other", "[unknown]", -1),  # in neither
     ]
-    apply(pmap, dict(ts=3, pid=1, op=MAP_OP_BRK, start=heap + 0x42010, new_start=heap + 0x10000))
-    assert [(s, e) for s, e, *_ in spans(pmap)] == [(heap, heap + 0x10000)]
+    # mprotect(PROT_READ) over the text: the snapshot holds the range, so it is not code any
+    # more; a range only the map before holds keeps its answer (the vdso).
+    assert not after.executable(0x55D000001800)
+    assert after.executable(0x7FFC00031000)
+    assert not after.executable(BASE + 2 * P)
 
 
-def test_first_brk_seen_keeps_the_program_below_the_heap() -> None:
-    """The tracer's first brk of a process carries no old break (start=0): the heap grows from
-    the [heap] read at attach, and the program's mappings below it stay (nginx's text was
-    wiped by a heap mapped from 0)."""
-    pmap = ProcessMap(RegionRegistry(), parse_maps(MAPS_TEXT))
-    before = spans(pmap)
-    heap_end = 0x55D000200000
-    apply(pmap, dict(ts=1, pid=1, op=MAP_OP_BRK, start=0, new_start=heap_end + 0x1010))
-    after = spans(pmap)
-    assert after[: len(before)][:3] == before[:3]
-    assert pmap.executable(0x55D000001800)
-    heap = [(s, e) for s, e, k, _, _ in after if k == "heap"]
-    assert heap == [(0x55D000100000, heap_end), (heap_end, heap_end + 0x2000)]
-    # A process with no heap yet (the first brk after an exec): nothing is mapped.
-    empty = ProcessMap(RegionRegistry(), [])
-    apply(empty, dict(ts=1, pid=1, op=MAP_OP_BRK, start=0, new_start=0x55D000100000))
-    assert spans(empty) == []
+def test_the_fallback_is_one_map_deep() -> None:
+    registry = RegionRegistry()
+    first = ProcessMap(registry, parse_maps(maps_text((BASE, BASE + P, "rw-p", 0, ""))))
+    second = first.replaced_by(parse_maps(maps_text((BASE + P, BASE + 2 * P, "rw-p", 0, ""))))
+    third = second.replaced_by(parse_maps(maps_text((BASE + 2 * P, BASE + 3 * P, "rw-p", 0, ""))))
+    kinds = [k for k, _, _ in names(registry, third, [BASE, BASE + P, BASE + 2 * P])]
+    assert kinds == ["other", "anon", "anon"]
+    assert third.previous is not None and third.previous.previous is None
+    # an unknown map (after exec, not read yet) is no fallback
+    unknown = ProcessMap(registry)
+    assert unknown.replaced_by([]).previous is None
 
 
-def test_mprotect_tracks_executable_ranges() -> None:
-    pmap = ProcessMap(RegionRegistry())
-    apply(pmap, mmap(1, 1, BASE, 4 * P, prot=PROT_RX))
-    assert pmap.executable(BASE + P) and not pmap.executable(BASE + 4 * P)
-    apply(pmap, dict(ts=2, pid=1, op=MAP_OP_MPROTECT, start=BASE + P, length=P, prot=1))
-    assert pmap.executable(BASE) and not pmap.executable(BASE + P)
-    assert pmap.executable(BASE + 2 * P)
+def test_watcher_rereads_each_changed_map_once_and_rearms_first(monkeypatch) -> None:
+    calls: list[tuple[str, int]] = []
+    texts = {
+        10: maps_text((BASE, BASE + P, "r-xp", 0, "/usr/lib/libc.so.6")),
+        11: "",  # a zombie: no snapshot, its known map stays
+    }
+
+    def fake_read(pid: int):
+        calls.append(("read", pid))
+        return parse_maps(texts.get(pid, "")) or None
+
+    monkeypatch.setattr(maps_module, "read_proc_maps", fake_read)
+    watcher = MapWatcher(lambda pid: calls.append(("rearm", pid)))
+    watcher.on_records(
+        [rec(PE_MAPS, 50, 10), rec(PE_MAPS, 40, 11), rec(PE_MAPS, 60, 10)]  # 60: same batch
+    )
+    snapshots, mapped_code = watcher.read()
+    assert calls == [("rearm", 11), ("read", 11), ("rearm", 10), ("read", 10)]
+    assert [(s.ts_ns, s.pid, len(s.intervals)) for s in snapshots] == [(50, 10, 1)]
+    assert mapped_code == []  # nothing known of pid 10's code before: not "new"
+    assert watcher.read() == ([], [])
+    # After an exec, what the loader maps is new code; a fork inherits what its parent maps.
+    texts[12] = texts[10]
+    texts[10] = texts[10] + maps_text(
+        (BASE + P, BASE + 2 * P, "r-xp", 0, "/usr/lib/libjemalloc.so")
+    )
+    watcher.on_records([rec(PE_FORK, 70, 12, ppid=10), rec(PE_EXEC, 71, 13)])
+    watcher.on_records([rec(PE_MAPS, 80, 12), rec(PE_MAPS, 81, 13), rec(PE_MAPS, 82, 10)])
+    texts[13] = texts[10]
+    snapshots, mapped_code = watcher.read()
+    assert sorted(mapped_code) == [10, 13]  # dlopen in 10, the loader in 13; 12: the same libc
+    assert [s.ts_ns for s in snapshots] == [80, 81, 82]
+
+
+def test_a_change_marked_during_an_exec_is_the_new_images_map(monkeypatch) -> None:
+    """exec sets up the new stack and binary under the mmap lock before its exec record: the
+    snapshot read after it is applied with the exec, not before it (where the exec would
+    reset it)."""
+    monkeypatch.setattr(maps_module, "read_proc_maps", lambda pid: parse_maps(MAPS_TEXT))
+    watcher = MapWatcher(lambda pid: None)
+    watcher.on_records([rec(PE_MAPS, 10, 7), rec(PE_EXEC, 12, 7)])
+    snapshots, _ = watcher.read()
+    assert [(s.ts_ns, s.pid) for s in snapshots] == [(12, 7)]
+    engine = AttributionEngine(read_proc=False)
+    engine.on_exec(12, 7)
+    engine.on_map_snapshots(snapshots)
+    engine.flush()
+    assert engine.maps[7].known and engine.maps[7].executable(0x55D000001800)
+
+
+def test_watcher_without_attribution_reads_nothing(monkeypatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(maps_module, "read_proc_maps", lambda pid: calls.append(pid))
+    watcher = MapWatcher(calls.append, read=False)
+    watcher.on_records([rec(PE_MAPS, 1, 10)])
+    assert watcher.read() == ([], []) and calls == []
 
 
 def test_libc_sections_from_its_elf_headers() -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 import types
 
-import numpy as np
 import pytest
 
+from cowtrace.attribution import maps
 from cowtrace.kernel import stacks
-from cowtrace.kernel.records import MAP_EVENT_DTYPE, MAP_OP_MMAP, processes_mapping_code
 from cowtrace.kernel.stacks import CACHES_PER_IMAGE, KernelStackResolver
+from cowtrace.kernel.tracer import PE_EXEC, PE_MAPS, ProcRecord
 
 PID = 4242
 EXE_TEXT, LIBC_TEXT = 0x5555_0000_1000, 0x7F00_0000_1000
@@ -48,20 +48,30 @@ def fake_bcc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stacks, "_has_memory", lambda pid: pid == PID and bool(world))
 
 
-def mmaps(*prots_and_fds: tuple[int, int]) -> np.ndarray:
-    """MAP_EVENT_DTYPE mmap records of PID with these (prot, fd)."""
-    records = np.zeros(len(prots_and_fds), dtype=MAP_EVENT_DTYPE)
-    records["op"] = MAP_OP_MMAP
-    records["pid"] = PID
-    for index, (prot, fd) in enumerate(prots_and_fds):
-        records["prot"][index] = prot
-        records["fd"][index] = fd
-    return records
-
-
 def mapped(*prots_and_fds: tuple[int, int]) -> list[int]:
-    """The processes these mmap records say mapped code (what the session hands over)."""
-    return processes_mapping_code(mmaps(*prots_and_fds))
+    """The processes the map watcher says mapped code (what the session hands over), when PID
+    re-read after its exec shows one mapping per (prot, fd): a file (/lib/libFD.so) for fd >= 0,
+    anonymous memory for -1."""
+    lines = []
+    for index, (prot, fd) in enumerate(prots_and_fds):
+        start = 0x7F10_0000_0000 + index * 0x10000
+        perms = ("r" if prot & PROT_READ else "-") + "-" + ("x" if prot & PROT_EXEC else "-")
+        path = f"/lib/lib{fd}.so" if fd >= 0 else ""
+        lines.append(f"{start:x}-{start + 0x1000:x} {perms}p 00000000 00:00 0 {path}\n")
+    intervals = maps.parse_maps("".join(lines))
+    original = maps.read_proc_maps
+    maps.read_proc_maps = lambda pid: intervals
+    try:
+        watcher = maps.MapWatcher(lambda pid: None)
+        watcher.on_records(
+            [
+                ProcRecord(kind, ts, PID, 0, PID, -1, 0, "")
+                for ts, kind in ((1, PE_EXEC), (2, PE_MAPS))
+            ]
+        )
+        return watcher.read()[1]
+    finally:
+        maps.read_proc_maps = original
 
 
 def exec_then_loader() -> KernelStackResolver:
