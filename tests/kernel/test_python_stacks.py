@@ -18,6 +18,7 @@ callers the lines calling (found in the fixture by their marker comments).
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 from collections import Counter
@@ -271,3 +272,64 @@ def test_run_detects_python_at_exec_and_c_programs_get_no_stack(fixture_binaries
     events = read_jsonl(events_path)
     assert sum(1 for event in events if event["kind"] == "copy") >= 64
     assert all(event["pystack"] is None for event in events)
+
+
+RUN_SCRIPT = """\
+import os, time
+def build():
+    return [bytes(5000) + bytes([i % 7]) for i in range(50)]
+def touch_in_child(objects):
+    for _o in objects:  # @loop
+        pass
+objects = build()
+time.sleep(0.5)
+pid = os.fork()
+if pid == 0:
+    touch_in_child(objects)  # @call
+    os._exit(0)
+os.waitpid(pid, 0)
+time.sleep(0.5)
+"""
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_run_mode_shows_executing_lines_everywhere(version, tmp_path):
+    """`cowtrace run` on a script: the child's writes carry the loop's line under the line
+    calling it, in the summary's python_writers, every --events pystack, the closing summary
+    printed on stderr (the live view's text form), `report` (text, from the summary) and the
+    HTML flame graph (from the event log)."""
+    script = tmp_path / "script.py"
+    script.write_text(RUN_SCRIPT)
+    lines = RUN_SCRIPT.splitlines()
+    loop = next(i for i, line in enumerate(lines, 1) if line.endswith("@loop"))
+    call = next(i for i, line in enumerate(lines, 1) if line.endswith("@call"))
+    stack = [f"touch_in_child ({script}:{loop})", f"<module> ({script}:{call})"]
+    summary_path, events_path = tmp_path / "summary.json", tmp_path / "events.jsonl"
+    result = run_cowtrace(
+        ["run", "--json", str(summary_path), "--events", str(events_path), "--"]
+        + [str(INTERPRETERS[version]), str(script)]
+    )
+    assert result.returncode == 0, result.stderr
+
+    writers = json.loads(summary_path.read_text())["python_writers"]
+    in_child = [w for w in writers if w["frames"][:1] == stack[:1]]
+    assert sum(w["copies"] for w in in_child) >= 50, writers
+    assert all(w["frames"] == stack for w in in_child), in_child
+    # Every event under touch_in_child: the same two lines.
+    pystacks = [e["pystack"] for e in read_jsonl(events_path) if e.get("pystack")]
+    under = [p for p in pystacks if p[0].startswith("touch_in_child (")]
+    assert len(under) >= 50 and all(p == stack for p in under), under[:3]
+    # The closing summary's writer rows (wrapped at the terminal's width: compared unwrapped).
+    closing = "".join((result.stdout + result.stderr).split())
+    assert "".join(" ← ".join(stack).split()) in closing
+
+    text = run_cowtrace(["report", str(summary_path)])
+    assert text.returncode == 0, text.stderr
+    unwrapped = "".join(text.stdout.split())
+    assert all("".join(frame_name.split()) in unwrapped for frame_name in stack), text.stdout
+    page_path = tmp_path / "report.html"
+    page = run_cowtrace(["report", str(events_path), "--html", str(page_path)])
+    assert page.returncode == 0, page.stderr
+    flame = page_path.read_text().split('<svg id="flame"', 1)[1].split("</svg>", 1)[0]
+    for frame_name in stack:
+        assert f"<title>{html.escape(frame_name)}\n" in flame, frame_name
