@@ -1,8 +1,10 @@
 """Cost of Python writer stacks (issue 5), A/B alternating in one run.
 
 Wall-clock times on this shared 2-core VM swing by 2x from run to run, so the figure that
-decides is the kernel's own: the run time of the mm_page_alloc program (bpf_stats, bpftool's
-`run_time_ns`) over a storm, divided by the copies made.  The session runs in this process
+decides is the kernel's own: the run time of the fault and mm_page_alloc programs (bpf_stats,
+bpftool's `run_time_ns`; the stack walks run in a program tail-called from the fault program,
+and the kernel counts a tail call's time in its caller's) over a storm, divided by the copies
+made.  The session runs in this process
 (`Session`, as `cowtrace PID` does), so its program's counters are read from its own fd.
 
 1. Non-Python: bench/storm.c (a child writes P shared pages) with Python stacks compiled out
@@ -14,11 +16,13 @@ decides is the kernel's own: the run time of the mm_page_alloc program (bpf_stat
 The child's wall-clock write time is printed too (median), for the storm ratio.
 
 Usage (root): .venv/bin/python bench/python_stacks.py [--runs 5] [--python PATH]
+(the kernel's BPF run-time stats are turned on for the run, through a BPF_ENABLE_STATS fd)
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import subprocess
 import sys
@@ -34,14 +38,36 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_PYTHON = "/root/.pyenv/versions/3.12.1/bin/python3.12"
 
 
+MEASURED = (b"mm_page_alloc", b"page_fault_user", b"page_fault_kernel")
+
+
 def program_time_ns(session: Session) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) of the session's mm_page_alloc program, from its fd's fdinfo."""
+    """(run_time_ns, run_cnt) of the session's fault and mm_page_alloc programs, from their
+    fds' fdinfo."""
     funcs = session.tracer.bpf.funcs
-    fd = next(fn.fd for name, fn in funcs.items() if name.endswith(b"mm_page_alloc"))
-    fields = dict(
-        line.split(":\t", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
-    )
-    return int(fields["run_time_ns"]), int(fields["run_cnt"])
+    time_ns = count = 0
+    for name, fn in funcs.items():
+        if not name.endswith(MEASURED):
+            continue
+        fdinfo = Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines()
+        fields = dict(line.split(":\t", 1) for line in fdinfo if ":\t" in line)
+        time_ns += int(fields["run_time_ns"])
+        count += int(fields["run_cnt"])
+    return time_ns, count
+
+
+def enable_stats() -> int | None:
+    """Turns the kernel's BPF run-time stats on for as long as the returned fd is open
+    (BPF_ENABLE_STATS: counted, unlike the sysctl, so other users' settings are left alone);
+    None when the sysctl has them on already."""
+    if Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() == "1":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(8)  # union bpf_attr { enable_stats { u32 type } }
+    fd = libc.syscall(321, 32, attr, 8)  # SYS_bpf, BPF_ENABLE_STATS, BPF_STATS_RUN_TIME = 0
+    if fd < 0:
+        raise SystemExit(f"BPF_ENABLE_STATS failed: errno {ctypes.get_errno()}")
+    return fd
 
 
 def one_run(command: list[str], stacks: bool, go_line: bool) -> dict:
@@ -57,7 +83,8 @@ def one_run(command: list[str], stacks: bool, go_line: bool) -> dict:
         if go_line:
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        ms = next(float(line.split()[0]) for line in proc.stdout if line.endswith(" ms\n"))
+        # pystorm.py: "<ms> ms"; storm.c: "<wall ms> ms wall, <cpu ms> ms cpu"
+        ms = next(float(line.split()[0]) for line in proc.stdout if " ms" in line)
         proc.wait(timeout=120)
         after = program_time_ns(session)
         session.step(0.05)
@@ -92,14 +119,11 @@ def main() -> int:
     parser.add_argument("--objects", type=int, default=20000)
     parser.add_argument("--python", default=DEFAULT_PYTHON)
     args = parser.parse_args()
-    if Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() != "1":
-        raise SystemExit(
-            "enable the kernel's BPF run-time stats: sysctl kernel.bpf_stats_enabled=1"
-        )
+    _stats = enable_stats()  # the fd stays open until the process exits
     with tempfile.TemporaryDirectory() as tmp:
         storm = Path(tmp) / "storm"
         subprocess.run(["gcc", "-O2", "-o", str(storm), str(HERE / "storm.c")], check=True)
-        cases = [("C storm", [str(storm), str(args.pages), "1"], False)]
+        cases = [("C storm", [str(storm), str(args.pages), "wait"], True)]
         for depth in (3, 30):
             cases.append(
                 (

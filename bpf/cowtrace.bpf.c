@@ -408,9 +408,10 @@ static __always_inline s32 walk_fault_stack(void *regs)
  * states -> the thread's current _PyInterpreterFrame -> previous -> ... each with its code
  * object.  User space (cowtrace/python/) tells this program, per CPython member, where
  * _PyRuntime is and the struct offsets of that version (a generated table for 3.11/3.12, the
- * process' own _Py_DebugOffsets for 3.13).  Here we only collect code-object addresses, the
- * native leaf (user ip) and two interpreter flags; names are resolved in user space, once per
- * code object.
+ * process' own _Py_DebugOffsets for 3.13).  Here we only collect, per frame, the code object's
+ * address and where its instruction pointer stands in it (3.11/3.12 prev_instr, 3.13
+ * instr_ptr), plus the native leaf (user ip) and two interpreter flags; names and lines are
+ * resolved in user space, once per code object and instruction (the code object's line table).
  *
  * The writing thread's own thread state: the per-interpreter thread list is walked comparing
  * each PyThreadState.native_thread_id with the current tid (3.11-3.13 all keep it), and the
@@ -422,7 +423,15 @@ static __always_inline s32 walk_fault_stack(void *regs)
 #define PY_MAX_FRAMES 32          /* deeper stacks keep their innermost 32 frames */
 #define PY_MAX_THREADS 64         /* thread states compared (once per thread: cached) */
 #define PY_MAX_STACKS 16384
-#define PY_WINDOW 24              /* bytes of a frame read at once: code and previous */
+#define PY_WINDOW 64              /* most bytes of a frame read at once: code, previous, instr */
+/* A frame is stored in one word: the code object's address (user space: below 2^47) in the low
+ * 47 bits, and in the high 17 the instruction's distance from the code object's start in code
+ * units (the bytecode is inline in the code object), PY_NO_INSTR when it does not fit (a code
+ * object over 256 KiB, a frame not started): the stack entry is no bigger than with code
+ * addresses alone, and a stack is identified by its (code, instruction) pairs. */
+#define PY_CODE_BITS 47
+#define PY_CODE_MASK ((1ULL << PY_CODE_BITS) - 1)
+#define PY_NO_INSTR 0x1ffffULL
 enum py_flags { PYF_GC = 1, PYF_FINALIZING = 2, PYF_TRUNCATED = 4, PYF_GIL_HOLDER = 8 };
 
 /* Where things are in one CPython process; -1 = "not in this version". */
@@ -439,13 +448,16 @@ struct py_proc {
     s32 tstate_native_thread_id;
     s32 tstate_frame;             /* 3.11/3.12: cframe; 3.13: current_frame */
     s32 cframe_current_frame;     /* -1 when tstate_frame is the frame itself */
-    s32 frame_window;             /* start of the PY_WINDOW bytes read from each frame */
+    s32 frame_window;             /* start of the bytes read from each frame */
     s32 frame_code;               /* offsets below are relative to frame_window */
     s32 frame_previous;
+    s32 frame_instr;
+    s32 frame_window_size;        /* bytes read from each frame, at most PY_WINDOW */
 };
 
-/* One captured stack: code objects innermost first, the native leaf, flags (enum py_flags).
- * Slots from depth on are stale scratch contents: readers stop at depth. */
+/* One captured stack: frames innermost first (code | instruction << PY_CODE_BITS, above), the
+ * native leaf, flags (enum py_flags).  Slots from depth on are stale scratch contents: readers
+ * stop at depth. */
 struct py_stack {
     u64 leaf_ip;
     u32 depth;
@@ -545,9 +557,15 @@ static __always_inline s32 py_capture(struct py_proc *cfg, u32 tid)
     for (int i = 0; i < PY_MAX_FRAMES; i++) {
         if (!frame)
             break;
-        if (bpf_probe_read_user(scratch->window, PY_WINDOW, (void *)(frame + cfg->frame_window)))
+        u32 size = cfg->frame_window_size & (PY_WINDOW - 1 | PY_WINDOW);
+        if (bpf_probe_read_user(scratch->window, size, (void *)(frame + cfg->frame_window)))
             break;
-        u64 code = *(u64 *)(scratch->window + (cfg->frame_code & 0x78));
+        u64 code = *(u64 *)(scratch->window + (cfg->frame_code & 0x78)) & PY_CODE_MASK;
+        u64 instr = *(u64 *)(scratch->window + (cfg->frame_instr & 0x78));
+        u64 units = (instr - code) >> 1;
+        if (instr < code || units >= PY_NO_INSTR)
+            units = PY_NO_INSTR;
+        code |= units << PY_CODE_BITS;
         stack->code[i] = code;
         hash = (hash ^ code) * 0x100000001b3ULL;
         depth = i + 1;

@@ -378,13 +378,33 @@ def relative_gap(ours: int, kernel: int) -> float:
 # --- attribution ------------------------------------------------------------------------------
 
 
-def python_frame(path: Path, function: str) -> str:
-    """How cowtrace names the Python frame of ``function`` defined at module level in ``path``:
-    ``qualname (file:first line)``, the line read from the source."""
+def _function_node(path: Path, function: str) -> ast.FunctionDef:
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.FunctionDef) and node.name == function:
-            return f"{function} ({path}:{node.lineno})"
+            return node
     raise LookupError(f"no function {function} in {path}")
+
+
+def python_frame(path: Path, function: str, statement: str) -> str:
+    """How cowtrace names a Python frame of ``function`` (defined at module level in ``path``)
+    executing the line that contains ``statement`` (exactly one line of the function):
+    ``qualname (file:line)``, the line read from the source."""
+    node = _function_node(path, function)
+    source = path.read_text().splitlines()
+    lines = [n for n in range(node.lineno, node.end_lineno + 1) if statement in source[n - 1]]
+    if len(lines) != 1:
+        raise LookupError(f"{statement!r} is on {len(lines)} lines of {function} in {path}")
+    return f"{function} ({path}:{lines[0]})"
+
+
+def in_function(frame: str, path: Path, function: str) -> bool:
+    """Whether a frame cowtrace named is ``function`` of ``path``, at any line of its body."""
+    node = _function_node(path, function)
+    prefix = f"{function} ({path}:"
+    if not (frame.startswith(prefix) and frame.endswith(")")):
+        return False
+    line = frame[len(prefix) : -1]
+    return line.isdigit() and node.lineno <= int(line) <= node.end_lineno
 
 
 def share(part: int, whole: int) -> float:

@@ -55,16 +55,22 @@ int main(void) {
     F("tstate_frame", offsetof(PyThreadState, cframe));
     F("cframe_current_frame", offsetof(_PyCFrame, current_frame));
     F("frame_code", offsetof(_PyInterpreterFrame, f_code));
+    F("frame_instr", offsetof(_PyInterpreterFrame, prev_instr));
 #else
     F("tstate_frame", offsetof(PyThreadState, current_frame));
     F("cframe_current_frame", -1);
     F("frame_code", offsetof(_PyInterpreterFrame, f_executable));
+    F("frame_instr", offsetof(_PyInterpreterFrame, instr_ptr));
 #endif
     F("frame_previous", offsetof(_PyInterpreterFrame, previous));
     F("code_filename", offsetof(PyCodeObject, co_filename));
     F("code_name", offsetof(PyCodeObject, co_name));
     F("code_qualname", offsetof(PyCodeObject, co_qualname));
     F("code_firstlineno", offsetof(PyCodeObject, co_firstlineno));
+    F("code_linetable", offsetof(PyCodeObject, co_linetable));
+    F("code_code_adaptive", offsetof(PyCodeObject, co_code_adaptive));
+    F("bytes_size", offsetof(PyBytesObject, ob_base.ob_size));
+    F("bytes_sval", offsetof(PyBytesObject, ob_sval));
     F("unicode_state", offsetof(PyASCIIObject, state));
     F("unicode_length", offsetof(PyASCIIObject, length));
     F("unicode_ascii_size", sizeof(PyASCIIObject));

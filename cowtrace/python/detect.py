@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from cowtrace.python import procmem
 from cowtrace.python.elf import ElfSymbols, load_symbols
+from cowtrace.python.linetable import LineTable
 from cowtrace.python.offsets import (
     DEBUG_OFFSETS_SIZE,
     PyOffsets,
@@ -22,6 +23,20 @@ from cowtrace.python.offsets import (
 )
 
 _LIBPYTHON = re.compile(r"libpython3\.\d+")
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    """A code object read from the target: what names its frames.  `name` "" marks no code
+    object (or a C-stack shim): its frames are dropped."""
+
+    name: str  # co_qualname
+    filename: str
+    firstlineno: int
+    lines: LineTable | None  # co_linetable decoded; None: unreadable, frames show firstlineno
+
+    def frame(self, line: int) -> str:
+        return f"{self.name} ({self.filename}:{line})" if self.name else ""
 
 
 @dataclass
@@ -34,7 +49,8 @@ class PythonImage:
     offsets: PyOffsets
     runtime: int  # address of _PyRuntime
     path: str  # the file holding _PyRuntime
-    code_names: dict[int, str] = field(default_factory=dict)
+    code_infos: dict[int, CodeInfo] = field(default_factory=dict)
+    frame_names: dict[tuple[int, int | None], str] = field(default_factory=dict)
     leaf_names: dict[int, tuple[str, str]] = field(default_factory=dict)
     maps: list[procmem.Mapping] = field(default_factory=list)
 

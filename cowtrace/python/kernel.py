@@ -12,7 +12,9 @@ from typing import Any
 from cowtrace.python.detect import PythonImage
 
 PYF_GC, PYF_FINALIZING, PYF_TRUNCATED, PYF_GIL_HOLDER = 1, 2, 4, 8
-PY_WINDOW = 24  # bytes of each frame the kernel reads at once (code, previous)
+PY_WINDOW = 64  # most bytes of each frame the kernel reads at once (code, previous, instr)
+PY_CODE_BITS = 47  # a frame word: code address below, instruction (code units) above
+PY_NO_INSTR = 0x1FFFF  # the instruction did not fit (or the frame had none)
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,15 @@ class RawStack:
     leaf_ip: int
     flags: int
     codes: tuple[int, ...]  # code object addresses, innermost first (shims included)
+    # Per frame, the instruction pointer's distance from the code object's start in code
+    # units (3.11/3.12: the last instruction started; 3.13: the current one), None if unknown.
+    instrs: tuple[int | None, ...]
+
+
+def split_frame(word: int) -> tuple[int, int | None]:
+    """(code address, instruction in code units from the code object's start, or None)."""
+    units = word >> PY_CODE_BITS
+    return word & ((1 << PY_CODE_BITS) - 1), None if units == PY_NO_INSTR else units
 
 
 def set_layout(bpf: Any, pid: int, image: PythonImage) -> None:
@@ -28,8 +39,10 @@ def set_layout(bpf: Any, pid: int, image: PythonImage) -> None:
     table = bpf["py_procs"]
     leaf = table.Leaf()
     leaf.runtime = image.runtime
-    window = min(o.frame_code, o.frame_previous) & ~7
-    if max(o.frame_code, o.frame_previous) - window > PY_WINDOW - 8:
+    read = (o.frame_code, o.frame_previous, o.frame_instr)
+    window = min(read) & ~7
+    size = max(read) + 8 - window
+    if size > PY_WINDOW:
         raise ValueError(f"CPython {o.version}: frame fields too far apart for one read")
     values = {
         "runtime_interpreters_head": o.runtime_interpreters_head,
@@ -46,6 +59,8 @@ def set_layout(bpf: Any, pid: int, image: PythonImage) -> None:
         "frame_window": window,
         "frame_code": o.frame_code - window,
         "frame_previous": o.frame_previous - window,
+        "frame_instr": o.frame_instr - window,
+        "frame_window_size": size,
     }
     for name, value in values.items():
         setattr(leaf, name, value)
@@ -74,6 +89,10 @@ def read_stack(bpf: Any, stack_id: int) -> RawStack | None:
     except KeyError:
         return None
     depth = min(int(leaf.depth), len(leaf.code))
+    frames = [split_frame(int(word)) for word in leaf.code[:depth]]
     return RawStack(
-        leaf_ip=int(leaf.leaf_ip), flags=int(leaf.flags), codes=tuple(leaf.code[:depth])
+        leaf_ip=int(leaf.leaf_ip),
+        flags=int(leaf.flags),
+        codes=tuple(code for code, _ in frames),
+        instrs=tuple(instr for _, instr in frames),
     )

@@ -36,10 +36,15 @@ class PyOffsets:
     cframe_current_frame: int  # -1 when tstate_frame is the frame itself
     frame_code: int
     frame_previous: int
+    frame_instr: int  # 3.11/3.12: prev_instr (last started); 3.13: instr_ptr (current)
     code_filename: int
     code_name: int
     code_qualname: int
     code_firstlineno: int
+    code_linetable: int  # a bytes object: the 3.11+ location table (PEP 657)
+    code_code_adaptive: int  # the bytecode, inline in the code object
+    bytes_size: int
+    bytes_sval: int
     unicode_state: int
     unicode_length: int
     unicode_ascii_size: int
@@ -109,21 +114,23 @@ def parse_debug_offsets(blob: bytes) -> PyOffsets | None:
         _fr_size,
         fr_previous,
         fr_executable,
-        _fr_instr_ptr,
+        fr_instr_ptr,
         _fr_localsplus,
         _fr_owner,
         _co_size,
         co_filename,
         co_name,
         co_qualname,
-        _co_linetable,
+        co_linetable,
         co_firstlineno,
         *rest,
     ) = words
+    co_code_adaptive = rest[3]  # after argcount, localsplusnames, localspluskinds
     # rest: argcount .. co_code_adaptive (4), pyobject (2), type (4), tuple (3), list (3),
     # dict (3), float (2), long (3), bytes (3), unicode (4), gc (2)
     unicode = rest[4 + 2 + 4 + 3 + 3 + 3 + 2 + 3 + 3 :][:4]
     gc = rest[4 + 2 + 4 + 3 + 3 + 3 + 2 + 3 + 3 + 4 :][:2]
+    _b_size, b_ob_size, b_ob_sval = rest[4 + 2 + 4 + 3 + 3 + 3 + 2 + 3 :][:3]
     _u_size, u_state, u_length, u_ascii_size = unicode
     _gc_size, gc_collecting = gc
     return PyOffsets(
@@ -142,10 +149,15 @@ def parse_debug_offsets(blob: bytes) -> PyOffsets | None:
         cframe_current_frame=-1,
         frame_code=fr_executable,
         frame_previous=fr_previous,
+        frame_instr=fr_instr_ptr,
         code_filename=co_filename,
         code_name=co_name,
         code_qualname=co_qualname,
         code_firstlineno=co_firstlineno,
+        code_linetable=co_linetable,
+        code_code_adaptive=co_code_adaptive,
+        bytes_size=b_ob_size,
+        bytes_sval=b_ob_sval,
         unicode_state=u_state,
         unicode_length=u_length,
         unicode_ascii_size=u_ascii_size,

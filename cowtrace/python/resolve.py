@@ -1,5 +1,7 @@
-"""Names for what the kernel captured: code objects -> `function (file:line)`, leaf ip ->
-native function.  Each code object is read once per interpreter image (PythonImage caches).
+"""Names for what the kernel captured: (code object, instruction) -> `function (file:line)`,
+the line being executed; leaf ip -> native function.  Each code object is read once per
+interpreter image (PythonImage caches its name and line table), each line computed once per
+(code object, instruction).
 
 A code object is read from the writer if it is still alive, else from any other process of the
 same image (pre-fork code objects sit at the same address in the whole family).  What is read is
@@ -13,11 +15,13 @@ import os
 import struct
 
 from cowtrace.python import procmem
-from cowtrace.python.detect import PythonImage
+from cowtrace.python.detect import CodeInfo, PythonImage
 from cowtrace.python.elf import load_symbols
+from cowtrace.python.linetable import CODE_UNIT, LineTable
 
 OB_TYPE, TP_NAME = 8, 24  # PyObject.ob_type, PyTypeObject.tp_name: fixed on x86-64 3.11-3.13
 MAX_STRING = 1024
+MAX_LINETABLE = 4 << 20  # a location table larger than this is taken for garbage
 SHIM_FILENAMES = {"<shim>"}  # 3.12: "<interpreter trampoline>", the C-stack entry frames
 
 
@@ -39,27 +43,78 @@ def _unicode(reader: procmem.Reader, image: PythonImage, addr: int) -> str | Non
     return data.decode(encoding, errors="replace")
 
 
-def code_name(image: PythonImage, pids: list[int], addr: int) -> str | None:
-    """`qualname (file:firstline)` of the code object at `addr`; "" for no code object or a
-    C-stack shim (the frame is dropped); None when no process can be read any more.  Cached in
-    the image (None is not cached)."""
-    if addr in image.code_names:
-        return image.code_names[addr]
+def code_info(image: PythonImage, pids: list[int], addr: int) -> CodeInfo | None:
+    """The code object at `addr` (name, file, line table); CodeInfo.name "" for no code object
+    or a C-stack shim (the frame is dropped); None when no process can be read any more.
+    Cached in the image (None is not cached)."""
+    if addr in image.code_infos:
+        return image.code_infos[addr]
     reader = procmem.Reader(pids)
     o = image.offsets
     type_addr = reader.u64(addr + OB_TYPE)
     tp_name = reader.u64(type_addr + TP_NAME) if type_addr else None
     if tp_name is None:
         return None  # unreadable now (every process gone): not cached
-    name = ""
+    info = CodeInfo("", "", 0, None)
     if reader.cstring(tp_name, 16) == "code":
         qualname = _pointer_string(reader, image, addr + o.code_qualname)
         filename = _pointer_string(reader, image, addr + o.code_filename)
-        line = reader.i32(addr + o.code_firstlineno)
-        if qualname is not None and filename is not None and filename not in SHIM_FILENAMES:
-            name = f"{qualname} ({filename}:{line})"
-    image.code_names[addr] = name
+        first = reader.i32(addr + o.code_firstlineno)
+        if (
+            qualname is not None
+            and filename is not None
+            and first is not None
+            and filename not in SHIM_FILENAMES
+        ):
+            info = CodeInfo(qualname, filename, first, _line_table(reader, image, addr, first))
+    image.code_infos[addr] = info
+    return info
+
+
+def _line_table(
+    reader: procmem.Reader, image: PythonImage, addr: int, first: int
+) -> LineTable | None:
+    """The code object's co_linetable, decoded; None when unreadable or malformed (its frames
+    then show the first line)."""
+    o = image.offsets
+    table = reader.u64(addr + o.code_linetable)
+    size = reader.u64(table + o.bytes_size) if table else None
+    if size is None or not 0 <= size <= MAX_LINETABLE:
+        return None
+    data = reader.read(table + o.bytes_sval, size) if size else b""
+    if data is None:
+        return None
+    try:
+        return LineTable.parse(data, first)
+    except ValueError:
+        return None
+
+
+def frame_name(image: PythonImage, pids: list[int], addr: int, instr: int | None) -> str | None:
+    """`qualname (file:line)` of a frame running the code object at `addr`, `instr` code units
+    from the object's start (the kernel's capture), `line` the line of that instruction; the
+    first line when the instruction is unknown or has no line.  "" for a frame to drop, None
+    when nothing can be read any more.  Cached per (code object, instruction)."""
+    key = (addr, instr)
+    name = image.frame_names.get(key)
+    if name is not None:
+        return name
+    info = code_info(image, pids, addr)
+    if info is None:
+        return None
+    name = info.frame(line_of(info, image.offsets.code_code_adaptive, instr))
+    image.frame_names[key] = name
     return name
+
+
+def line_of(info: CodeInfo, code_adaptive: int, instr: int | None) -> int:
+    """The line being executed: the instruction's byte offset into the bytecode is its
+    distance from the code object's start less the bytecode's place in the object (negative
+    for a 3.11/3.12 frame whose first instruction has not started: the first line)."""
+    if instr is None or info.lines is None:
+        return info.firstlineno
+    line = info.lines.line_at(instr * CODE_UNIT - code_adaptive)
+    return info.firstlineno if line is None else line
 
 
 def _pointer_string(reader: procmem.Reader, image: PythonImage, field: int) -> str | None:

@@ -19,7 +19,7 @@ import numpy as np
 from cowtrace.python import kernel
 from cowtrace.python.detect import PythonImage, detect
 from cowtrace.python.kernel import PYF_TRUNCATED
-from cowtrace.python.resolve import code_name, leaf_name
+from cowtrace.python.resolve import frame_name, leaf_name
 from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize
 from cowtrace.remote_reads import drained_reads
 
@@ -70,8 +70,8 @@ class PythonStacks:
         self._raw[stack_id] = raw
         readers = [pid, *self._readers(image, pid)]
         with drained_reads():  # reads of the traced process' memory (see remote_reads.py)
-            for code in raw.codes:
-                code_name(image, readers, code)  # cached in the image
+            for code, instr in zip(raw.codes, raw.instrs, strict=True):
+                frame_name(image, readers, code, instr)  # cached in the image
             leaf_name(image, pid, raw.leaf_ip)
 
     def _readers(self, image: PythonImage, pid: int) -> list[int]:
@@ -171,8 +171,8 @@ class PythonStacks:
         readers = [pid, *self._readers(image, pid)]
         frames: list[str] = []
         complete = True
-        for code in raw.codes:
-            name = code_name(image, readers, code)
+        for code, instr in zip(raw.codes, raw.instrs, strict=True):
+            name = frame_name(image, readers, code, instr)
             if name is None:
                 complete = False
                 frames.append(f"<code 0x{code:x}>")

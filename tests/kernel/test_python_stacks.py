@@ -11,10 +11,14 @@ headers sit on pages of their own.  So, exactly:
   - every tuple's gc header page is copied with the collector running: category gc, under the
     Python frame that called gc.collect() (child), and the "why" lines name the collector.
 The threaded variant adds a thread whose 150 pages must carry the thread's own stack.
+
+Every frame shows the line being executed, exactly: the innermost one the loop that writes, its
+callers the lines calling (found in the fixture by their marker comments).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 from collections import Counter
@@ -40,6 +44,40 @@ INTERPRETERS = {
 }
 UNIT = 100
 SLACK = 4  # extra pages a function may copy besides its objects' headers (its list, frame)
+
+
+def fixture_line(marker: str) -> int:
+    """The line of the fixture ending in the marker comment `@marker` (exactly one)."""
+    found = [
+        number
+        for number, line in enumerate(FIXTURE.read_text().splitlines(), start=1)
+        if line.rstrip().endswith(f"@{marker}")
+    ]
+    assert len(found) == 1, (marker, found)
+    return found[0]
+
+
+def frame(function: str, marker: str) -> str:
+    """How cowtrace names a frame of the fixture running the line marked `@marker`."""
+    return f"{function} ({FIXTURE}:{fixture_line(marker)})"
+
+
+def fixture_stack(*innermost: str) -> list[str]:
+    """The Python stack in the fixture's child: `innermost` frames over child, main, <module>."""
+    return [
+        *innermost,
+        frame("main", "call child"),
+        frame("<module>", "call main"),
+    ]
+
+
+def stacks_by_page(events: list[dict], pid: int) -> dict[int, list[str] | None]:
+    """The whole Python stack of each page the child copied (first copy)."""
+    pages: dict[int, list[str] | None] = {}
+    for event in events:
+        if event["pid"] == pid and event["kind"] == "copy" and event["addr"] is not None:
+            pages.setdefault(event["addr"], event["pystack"])
+    return pages
 
 
 def trace_fixture(python: Path, tmp_path: Path, *args: str) -> tuple[dict, dict, list[dict]]:
@@ -94,30 +132,39 @@ def test_python_writers_and_collector(version, tmp_path):
         assert Counter(pages.get(page, "<not copied>") for page in expected) == {
             name: len(expected)
         }
-    # The collector's writes: every tuple's gc header page, under the caller of gc.collect().
+    # ... at the line executing: the loop, called from its line in child(), from main()...
+    stacks = stacks_by_page(events, facts["child"])
+    for name, expected in facts["pages"].items():
+        stack = fixture_stack(frame(name, name), frame("child", f"call {name}"))
+        assert [stacks[page] for page in expected] == [stack] * len(expected), name
+    # The collector's writes: every tuple's gc header page, under the caller of gc.collect(),
+    # at the line calling it.
     assert Counter(pages.get(page, "<not copied>") for page in facts["gc_pages"]) == {
         "child": len(facts["gc_pages"])
     }
+    gc_stack = fixture_stack(frame("child", "call gc.collect"))
+    assert [stacks[page] for page in facts["gc_pages"]] == [gc_stack] * len(facts["gc_pages"])
 
-    # The summary: the three functions are the top refcount writers, 1:2:3.
+    # The summary: the three functions' loops are the top refcount writers, 1:2:3.
     refcount: Counter[str] = Counter()
     gc_copies = 0
     for writer in summary["python_writers"]:
         assert writer["copied_bytes"] == writer["copies"] * 4096
-        innermost = writer["frames"][0].split(" (")[0] if writer["frames"] else ""
+        innermost = writer["frames"][0] if writer["frames"] else ""
         if writer["category"] == "refcount":
             refcount[innermost] += writer["copies"]
         if writer["category"] == "gc":
             gc_copies += writer["copies"]
-            assert innermost == "child", writer  # apart from the functions: its own rows
+            assert writer["frames"] == gc_stack, writer  # apart from the functions: own rows
+    loops = {name: frame(name, name) for name in ("touch_one", "touch_two", "touch_three")}
     top = [name for name, _ in refcount.most_common(3)]
-    assert top == ["touch_three", "touch_two", "touch_one"]
+    assert top == [loops["touch_three"], loops["touch_two"], loops["touch_one"]]
     for name, share in (("touch_one", 1), ("touch_two", 2), ("touch_three", 3)):
         # A copy or two may sit in a row of its own (another native leaf) below the listed rows.
-        assert abs(refcount[name] - UNIT * share) <= SLACK, refcount
+        assert abs(refcount[loops[name]] - UNIT * share) <= SLACK, refcount
     assert gc_copies >= len(facts["gc_pages"])
     assert any(line.startswith("garbage collection (") for line in summary["why"])
-    assert any("reached from touch_three (" in line for line in summary["why"])
+    assert any(f"reached from {loops['touch_three']} (" in line for line in summary["why"])
 
 
 @pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
@@ -128,6 +175,9 @@ def test_writer_thread_has_its_own_stack(version, tmp_path):
     assert Counter(pages.get(page, "<not copied>") for page in facts["thread_pages"]) == {
         "thread_toucher": 150
     }
+    loop = frame("thread_toucher", "thread_toucher")
+    stacks = stacks_by_page(events, facts["child"])
+    assert {stacks[page][0] for page in facts["thread_pages"]} == {loop}
     # The thread's stack goes down to threading's bootstrap, not to the main thread's child().
     stacks = [w["frames"] for w in summary["python_writers"] if w["frames"]]
     thread_stacks = [f for f in stacks if f[0].startswith("thread_toucher (")]
@@ -142,10 +192,13 @@ def test_freeze_spares_the_collector(version, tmp_path):
     pages, while the functions' copies stay as they were."""
     facts, summary, events = trace_fixture(INTERPRETERS[version], tmp_path, "freeze")
     pages = innermost_by_page(events, facts["child"])
+    stacks = stacks_by_page(events, facts["child"])
     for name, expected in facts["pages"].items():
         assert Counter(pages.get(page, "<not copied>") for page in expected) == {
             name: len(expected)
         }
+        stack = fixture_stack(frame(name, name), frame("child", f"call {name}"))
+        assert [stacks[page] for page in expected] == [stack] * len(expected), name
     assert Counter(pages.get(page, "<not copied>") for page in facts["gc_pages"]) == {
         "<not copied>": len(facts["gc_pages"])
     }
@@ -204,6 +257,16 @@ def test_run_detects_python_at_exec_and_c_programs_get_no_stack(fixture_binaries
         w["copies"] for w in writers if w["frames"] and w["frames"][0].startswith("touch_in_child")
     )
     assert 50 <= touched <= 50 + SLACK
+    # The lines executing: the loop (line 5 of the script), called from line 11.
+    lines = script.splitlines()
+    loop = lines.index("    for _o in objects:") + 1
+    call = lines.index("    touch_in_child(objects)") + 1
+    at_loop = sum(
+        w["copies"]
+        for w in writers
+        if w["frames"] == [f"touch_in_child (<string>:{loop})", f"<module> (<string>:{call})"]
+    )
+    assert 50 <= at_loop <= touched
 
     # Its pprof profile, read back through profile.proto, holds every copy once: each Python
     # stack stands on the native stack whose leaf names the same code (a Python writer's leaf
@@ -222,3 +285,64 @@ def test_run_detects_python_at_exec_and_c_programs_get_no_stack(fixture_binaries
     events = read_jsonl(events_path)
     assert sum(1 for event in events if event["kind"] == "copy") >= 64
     assert all(event["pystack"] is None for event in events)
+
+
+RUN_SCRIPT = """\
+import os, time
+def build():
+    return [bytes(5000) + bytes([i % 7]) for i in range(50)]
+def touch_in_child(objects):
+    for _o in objects:  # @loop
+        pass
+objects = build()
+time.sleep(0.5)
+pid = os.fork()
+if pid == 0:
+    touch_in_child(objects)  # @call
+    os._exit(0)
+os.waitpid(pid, 0)
+time.sleep(0.5)
+"""
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_run_mode_shows_executing_lines_everywhere(version, tmp_path):
+    """`cowtrace run` on a script: the child's writes carry the loop's line under the line
+    calling it, in the summary's python_writers, every --events pystack, the closing summary
+    printed on stderr (the live view's text form), `report` (text, from the summary) and the
+    HTML flame graph (from the event log)."""
+    script = tmp_path / "script.py"
+    script.write_text(RUN_SCRIPT)
+    lines = RUN_SCRIPT.splitlines()
+    loop = next(i for i, line in enumerate(lines, 1) if line.endswith("@loop"))
+    call = next(i for i, line in enumerate(lines, 1) if line.endswith("@call"))
+    stack = [f"touch_in_child ({script}:{loop})", f"<module> ({script}:{call})"]
+    summary_path, events_path = tmp_path / "summary.json", tmp_path / "events.jsonl"
+    result = run_cowtrace(
+        ["run", "--json", str(summary_path), "--events", str(events_path), "--"]
+        + [str(INTERPRETERS[version]), str(script)]
+    )
+    assert result.returncode == 0, result.stderr
+
+    writers = json.loads(summary_path.read_text())["python_writers"]
+    in_child = [w for w in writers if w["frames"][:1] == stack[:1]]
+    assert sum(w["copies"] for w in in_child) >= 50, writers
+    assert all(w["frames"] == stack for w in in_child), in_child
+    # Every event under touch_in_child: the same two lines.
+    pystacks = [e["pystack"] for e in read_jsonl(events_path) if e.get("pystack")]
+    under = [p for p in pystacks if p[0].startswith("touch_in_child (")]
+    assert len(under) >= 50 and all(p == stack for p in under), under[:3]
+    # The closing summary's writer rows (wrapped at the terminal's width: compared unwrapped).
+    closing = "".join((result.stdout + result.stderr).split())
+    assert "".join(" ← ".join(stack).split()) in closing
+
+    text = run_cowtrace(["report", str(summary_path)])
+    assert text.returncode == 0, text.stderr
+    unwrapped = "".join(text.stdout.split())
+    assert all("".join(frame_name.split()) in unwrapped for frame_name in stack), text.stdout
+    page_path = tmp_path / "report.html"
+    page = run_cowtrace(["report", str(events_path), "--html", str(page_path)])
+    assert page.returncode == 0, page.stderr
+    flame = page_path.read_text().split('<svg id="flame"', 1)[1].split("</svg>", 1)[0]
+    for frame_name in stack:
+        assert f"<title>{html.escape(frame_name)}\n" in flame, frame_name
