@@ -24,7 +24,7 @@ import numpy as np
 
 from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.maps import Interval, MapSnapshot, read_proc_maps
-from cowtrace.kernel.records import (
+from cowtrace.kernel.abi import (
     ALLOC_EVENT_DTYPE,
     ALLOC_OP_ALLOC,
     ALLOC_OP_FREE,

@@ -22,19 +22,10 @@ from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver, 
 from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
+from cowtrace.kernel.abi import EP_COPIED, EP_WP_FAULT, KIND_COPY, KIND_REUSE, PE_EXEC, PE_FORK
 from cowtrace.kernel.ringbuf import EVENT_DTYPE
 from cowtrace.kernel.stacks import KernelStackResolver
-from cowtrace.kernel.tracer import (
-    EP_COPIED,
-    EP_WP_FAULT,
-    KIND_COPY,
-    KIND_REUSE,
-    PE_EXEC,
-    PE_FORK,
-    KernelTracer,
-    ProcRecord,
-    TracerConfig,
-)
+from cowtrace.kernel.tracer import KernelTracer, ProcRecord, TracerConfig
 from cowtrace.kernel.uprobes import AllocatorProbes
 from cowtrace.metrics.cost import OwnUsage, TracerCost, own_usage
 from cowtrace.metrics.samplers import bpf_stats_enabled, program_run_ns

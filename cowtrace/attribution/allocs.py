@@ -16,22 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cowtrace.kernel.records import (
+from cowtrace.kernel.abi import (
     ALLOC_OP_ALLOC,
     ALLOC_OP_FREE,
     ALLOC_OP_REALLOC,
-    ALLOCATOR_GLIBC,
-    ALLOCATOR_JEMALLOC,
-    ALLOCATOR_TCMALLOC,
 )
 
 PAGE = 4096
 _MASK = np.uint64(~(PAGE - 1) & 0xFFFFFFFFFFFFFFFF)
-ALLOCATOR_NAMES = {
-    ALLOCATOR_GLIBC: "glibc",
-    ALLOCATOR_JEMALLOC: "jemalloc",
-    ALLOCATOR_TCMALLOC: "tcmalloc",
-}
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ import numpy as np
 
 from cowtrace.attribution import glibc_heap
 from cowtrace.attribution.allocs import (
-    ALLOCATOR_NAMES,
     BlockRegistry,
     BlockTable,
     PageBlocks,
@@ -63,9 +62,13 @@ from cowtrace.attribution.view import (
     WriterStat,
 )
 from cowtrace.attribution.writers import NO_STACK, Stack, StackCache
-from cowtrace.kernel.records import ALLOC_EVENT_DTYPE, ALLOC_OP_FREE
+from cowtrace.kernel.abi import (
+    ALLOC_EVENT_DTYPE,
+    ALLOC_OP_FREE,
+    ALLOCATOR_NAMES,
+    KIND_COPY,
+)
 
-KIND_COPY, KIND_REUSE, KIND_ZERO = 1, 2, 3
 TOP_N = 50
 QUEUE_LIMIT = 1 << 16  # queued changes before old ones are applied without waiting for faults
 QUEUE_HORIZON_NS = 1_000_000_000

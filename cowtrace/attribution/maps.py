@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from cowtrace.attribution import elf
-from cowtrace.kernel.tracer import PE_EXEC, PE_FORK, PE_FREE, PE_MAPS
+from cowtrace.kernel.abi import PE_EXEC, PE_FORK, PE_FREE, PE_MAPS
 
 PAGE = 4096
 UNKNOWN_REGION = 0  # an address in no known mapping

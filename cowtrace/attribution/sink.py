@@ -20,7 +20,7 @@ import numpy as np
 
 from cowtrace.attribution.maps import MapSnapshot
 from cowtrace.attribution.view import AttributionView
-from cowtrace.kernel.tracer import PE_EXEC, PE_EXIT, PE_FORK
+from cowtrace.kernel.abi import PE_EXEC, PE_EXIT, PE_FORK
 
 
 class StackResolver(Protocol):

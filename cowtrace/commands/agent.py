@@ -28,9 +28,7 @@ def command(
     ] = None,
     pids: Annotated[
         list[int] | None,
-        typer.Option(
-            "--pid", "-p", metavar="PID", help="Trace this process' family (repeatable)."
-        ),
+        typer.Option("--pid", "-p", metavar="PID", help="Trace this process' family (repeatable)."),
     ] = None,
     metrics_addr: Annotated[
         str,

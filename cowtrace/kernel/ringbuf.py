@@ -20,7 +20,7 @@ import struct
 
 import numpy as np
 
-from cowtrace.kernel.records import EVENT_DTYPE
+from cowtrace.kernel.abi import EVENT_DTYPE
 
 RINGBUF_BUSY_BIT = 1 << 31
 RINGBUF_DISCARD_BIT = 1 << 30

@@ -17,29 +17,33 @@ from typing import Any
 import numpy as np
 
 from cowtrace.errors import CowtraceError
+from cowtrace.kernel.abi import (
+    ALLOC_EVENT_DTYPE,
+    BATCH_DTYPE,
+    EP_NONE,
+    EVENT_DTYPE,
+    MF_AWAIT_EXEC,
+    MF_EXITED,
+    MF_VFORK_CHILD,
+    PE_EXIT,
+    PROC_EVENT_DTYPE,
+    STAT_ALLOC_STACK_ERRORS,
+    STAT_LOST_ALLOC_EVENTS,
+    STAT_LOST_EVENTS,
+    STAT_LOST_MAP_EVENTS,
+    STAT_LOST_PROC_EVENTS,
+    STAT_MEMBERS_FULL,
+    STAT_STACK_ERRORS,
+    STAT_THREADS_FULL,
+    detail_records,
+    read_record,
+)
 from cowtrace.kernel.bpfsource import compile_program
 from cowtrace.kernel.calibrate import load_or_calibrate
 from cowtrace.kernel.kallsyms import KernelSymbols
 from cowtrace.kernel.progrun import online_cpus, run_on_cpu
-from cowtrace.kernel.records import (
-    ALLOC_EVENT_DTYPE,
-    BATCH_DTYPE,
-    EVENT_DTYPE,
-    detail_records,
-)
 from cowtrace.kernel.ringbuf import FixedRecordRing
 from cowtrace.model import Counts
-
-PE_FORK, PE_EXEC, PE_EXIT, PE_FREE = 1, 2, 3, 4
-PE_MAPS = 5  # a member's memory map changed: re-read /proc/PID/maps (attribution/maps.py)
-KIND_COPY, KIND_REUSE, KIND_ZERO_FILL = 1, 2, 3
-SOURCE_ANON, SOURCE_FILE = 0, 1
-VIA_USER, VIA_KERNEL, VIA_GUP = 0, 1, 2
-EP_NONE, EP_WP_FAULT, EP_COPIED, EP_CAPTURING = 0, 1, 2, 3
-MF_VFORK_CHILD, MF_EXITED, MF_AWAIT_EXEC = 1, 2, 4
-STAT_LOST_EVENTS, STAT_LOST_PROC_EVENTS, STAT_MEMBERS_FULL, STAT_THREADS_FULL = 0, 1, 2, 3
-STAT_STACK_ERRORS, STAT_LOST_MAP_EVENTS = 4, 5
-STAT_LOST_ALLOC_EVENTS, STAT_ALLOC_STACK_ERRORS = 6, 7
 
 # Tail-call targets of the fault programs, by their index in writer_stack_progs.
 WRITER_STACK_PROGRAMS = ("writer_stacks_user", "writer_stacks_kernel")
@@ -104,19 +108,6 @@ class MemberState:
     exited: bool
     exit_code: int
     exit_signal: int
-
-
-class _ProcEvent(ctypes.Structure):
-    _fields_ = [
-        ("ts", ctypes.c_uint64),
-        ("type", ctypes.c_uint32),
-        ("pid", ctypes.c_uint32),
-        ("ppid", ctypes.c_uint32),
-        ("root", ctypes.c_uint32),
-        ("exit_code", ctypes.c_int32),
-        ("exit_signal", ctypes.c_uint32),
-        ("comm", ctypes.c_char * 16),
-    ]
 
 
 def _power_of_two_pages(size: int) -> int:
@@ -283,20 +274,20 @@ class KernelTracer:
 
     # ---- records ---------------------------------------------------------------------------
     def _on_proc_event(self, _ctx: object, data: int, _size: int) -> None:
-        raw = ctypes.cast(data, ctypes.POINTER(_ProcEvent)).contents
-        exit_code, exit_signal = raw.exit_code, raw.exit_signal
-        if raw.type == PE_EXIT:
-            exit_code, exit_signal = self._exit_status(raw.pid, exit_code, exit_signal)
+        raw = read_record(data, PROC_EVENT_DTYPE)
+        exit_code, exit_signal = int(raw["exit_code"]), int(raw["exit_signal"])
+        if int(raw["type"]) == PE_EXIT:
+            exit_code, exit_signal = self._exit_status(int(raw["pid"]), exit_code, exit_signal)
         self._proc_records.append(
             ProcRecord(
-                type=raw.type,
-                ts_ns=raw.ts,
-                pid=raw.pid,
-                ppid=raw.ppid,
-                root=raw.root,
+                type=int(raw["type"]),
+                ts_ns=int(raw["ts"]),
+                pid=int(raw["pid"]),
+                ppid=int(raw["ppid"]),
+                root=int(raw["root"]),
                 exit_code=exit_code,
                 exit_signal=exit_signal,
-                comm=raw.comm.decode(errors="replace"),
+                comm=bytes(raw["comm"]).split(b"\0", 1)[0].decode(errors="replace"),
             )
         )
 

@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cowtrace.kernel.abi import ALLOCATOR_GLIBC, ALLOCATOR_JEMALLOC, ALLOCATOR_TCMALLOC
 from cowtrace.kernel.elfinfo import needed_libraries
 from cowtrace.kernel.prologue import emulated_offset
-from cowtrace.kernel.records import ALLOCATOR_GLIBC, ALLOCATOR_JEMALLOC, ALLOCATOR_TCMALLOC
 
 FUNCTIONS = ("malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign", "free")
 # How many argument registers each entry program reads (rdi, rsi, rdx).

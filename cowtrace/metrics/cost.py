@@ -78,7 +78,7 @@ class TracerCost:
 
     @property
     def bpf_stats(self) -> str:
-        """"on" (counted for the whole session), "off", or "partial" (switched meanwhile)."""
+        """ "on" (counted for the whole session), "off", or "partial" (switched meanwhile)."""
         at_end = self.bpf is not None
         if at_end and self.bpf_stats_at_start:
             return "on"

@@ -30,9 +30,7 @@ from typing import IO
 
 import numpy as np
 
-KIND_NAMES = {1: "copy", 2: "reuse", 3: "zero_fill"}
-SOURCE_NAMES = {0: "anon", 1: "file"}
-VIA_NAMES = {0: "user", 1: "kernel", 2: "gup"}
+from cowtrace.kernel.abi import KIND_NAMES, SOURCE_NAMES, VIA_NAMES
 
 
 def monotonic_to_unix_offset() -> float:

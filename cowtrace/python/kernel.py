@@ -11,7 +11,6 @@ from typing import Any
 
 from cowtrace.python.detect import PythonImage
 
-PYF_GC, PYF_FINALIZING, PYF_TRUNCATED, PYF_GIL_HOLDER = 1, 2, 4, 8
 PY_WINDOW = 64  # most bytes of each frame the kernel reads at once (code, previous, instr)
 PY_CODE_BITS = 47  # a frame word: code address below, instruction (code units) above
 PY_NO_INSTR = 0x1FFFF  # the instruction did not fit (or the frame had none)

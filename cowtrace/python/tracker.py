@@ -8,7 +8,6 @@ parent's image (the kernel copied the layout at the fork, before the child ran).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import sys
 import time
@@ -16,25 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from cowtrace.kernel.abi import KIND_COPY, PY_NEW_STACK_DTYPE, PYF_TRUNCATED, read_record
 from cowtrace.python import kernel
 from cowtrace.python.detect import PythonImage, detect
-from cowtrace.python.kernel import PYF_TRUNCATED
 from cowtrace.python.resolve import frame_name, leaf_name
 from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize
 from cowtrace.remote_reads import drained_reads
-
-KIND_COPY = 1
-
-
-class _NewStack(ctypes.Structure):
-    """struct py_new_stack of bpf/cowtrace.bpf.c."""
-
-    _fields_ = [
-        ("runtime", ctypes.c_uint64),
-        ("pid", ctypes.c_uint32),
-        ("stack_id", ctypes.c_int32),
-    ]
-
 
 PENDING_S = 5.0  # how long an exec'd member may take to map libpython
 EXEC_WAIT_TRIES, EXEC_WAIT_S = 10, 0.002  # waited for it at once, at most
@@ -57,11 +43,13 @@ class PythonStacks:
         bpf["py_new_stacks"].open_ring_buffer(self._on_new_stack)
 
     def _on_new_stack(self, _ctx: object, data: int, _size: int) -> None:
-        note = ctypes.cast(data, ctypes.POINTER(_NewStack)).contents
-        pid, stack_id = int(note.pid), int(note.stack_id)
+        note = read_record(data, PY_NEW_STACK_DTYPE)
+        pid, stack_id = int(note["pid"]), int(note["stack_id"])
         image = self.images.get(pid)
         if image is None:  # a child whose fork record is not applied yet: its parent's image
-            image = next((i for i in self.images.values() if i.runtime == note.runtime), None)
+            image = next(
+                (i for i in self.images.values() if i.runtime == int(note["runtime"])), None
+            )
         if image is None:
             return
         raw = kernel.read_stack(self._bpf, stack_id)

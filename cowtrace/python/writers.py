@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from cowtrace.attribution.view import PythonWriterStat
-from cowtrace.python.kernel import PYF_FINALIZING, PYF_GC
+from cowtrace.kernel.abi import PYF_FINALIZING, PYF_GC
 
 CATEGORIES = ("gc", "refcount", "allocator", "teardown", "other")
 

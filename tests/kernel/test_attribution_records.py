@@ -20,7 +20,7 @@ import pytest
 from cowtrace.attribution.maps import MapSnapshot
 from cowtrace.commands.common import OutputOptions
 from cowtrace.commands.run import run
-from cowtrace.kernel.records import (
+from cowtrace.kernel.abi import (
     ALLOC_EVENT_DTYPE,
     ALLOC_OP_ALLOC,
     ALLOC_OP_FREE,
@@ -28,13 +28,13 @@ from cowtrace.kernel.records import (
     ALLOCATOR_GLIBC,
     ALLOCATOR_JEMALLOC,
     EVENT_DTYPE,
+    KIND_COPY,
 )
 from cowtrace.session import SessionOptions
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import run_cowtrace, wait_until_unloaded
 
 build = load_build()
-KIND_COPY = 1
 
 
 class RecordingSink:

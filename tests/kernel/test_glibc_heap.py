@@ -78,7 +78,7 @@ def test_walker_finds_exact_live_blocks(target, whole_read, monkeypatch) -> None
 
 def test_adopt_recovers_blocks_and_attributes_copies(target) -> None:
     """adopt(recover_heap=True) puts the recovered blocks in the table copies resolve to."""
-    from cowtrace.kernel.records import EVENT_DTYPE
+    from cowtrace.kernel.abi import EVENT_DTYPE
 
     pid, live, _ = target
     engine = AttributionEngine(None)
@@ -101,7 +101,7 @@ def test_adopt_recovers_blocks_and_attributes_copies(target) -> None:
 
 def test_adopted_map_resolves_real_regions(target) -> None:
     """Copies at real addresses of an adopted process: its [heap] block, its libc .data."""
-    from cowtrace.kernel.records import EVENT_DTYPE
+    from cowtrace.kernel.abi import EVENT_DTYPE
 
     pid, live, _ = target
     intervals = read_proc_maps(pid) or []

@@ -34,8 +34,15 @@ def test_summary_reports_what_tracing_cost(fixture_binaries, tmp_path: Path, bpf
     summary_path = tmp_path / "summary.json"
     binary = fixture_binaries("child_writes")
     result = run_cowtrace(
-        ["run", "--plain", "--json", str(summary_path), "--", str(binary),
-         *build.FIXTURES["child_writes"]]
+        [
+            "run",
+            "--plain",
+            "--json",
+            str(summary_path),
+            "--",
+            str(binary),
+            *build.FIXTURES["child_writes"],
+        ]
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(summary_path.read_text())
@@ -71,7 +78,9 @@ def test_summary_reports_what_tracing_cost(fixture_binaries, tmp_path: Path, bpf
     else:
         assert tracer["bpf_stats"] == "off"
         assert (tracer["bpf_run_ns"], tracer["bpf_runs"], tracer["bpf_ns_per_event"]) == (
-            None, None, None,
+            None,
+            None,
+            None,
         )
         assert programs == {}
         assert "sysctl -w kernel.bpf_stats_enabled=1" in result.stderr

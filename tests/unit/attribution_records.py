@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cowtrace.attribution.maps import MapSnapshot, parse_maps
-from cowtrace.kernel.records import ALLOC_EVENT_DTYPE, EVENT_DTYPE
+from cowtrace.kernel.abi import ALLOC_EVENT_DTYPE, EVENT_DTYPE
 
 
 def faults(rows: Sequence[tuple[int, int, int, int, int]]) -> np.ndarray:

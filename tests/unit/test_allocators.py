@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from cowtrace.kernel.abi import ALLOCATOR_GLIBC, ALLOCATOR_JEMALLOC, ALLOCATOR_TCMALLOC
 from cowtrace.kernel.elfinfo import needed_libraries
-from cowtrace.kernel.records import ALLOCATOR_GLIBC, ALLOCATOR_JEMALLOC, ALLOCATOR_TCMALLOC
 from cowtrace.kernel.uprobes import allocator_of
 
 

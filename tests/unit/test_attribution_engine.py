@@ -8,7 +8,7 @@ import numpy as np
 
 from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.maps import ProcessMap
-from cowtrace.kernel.records import (
+from cowtrace.kernel.abi import (
     ALLOC_OP_ALLOC,
     ALLOC_OP_FREE,
     ALLOC_OP_REALLOC,

@@ -19,7 +19,8 @@ from cowtrace.attribution.maps import (
     parse_maps,
     read_proc_maps,
 )
-from cowtrace.kernel.tracer import PE_EXEC, PE_FORK, PE_MAPS, ProcRecord
+from cowtrace.kernel.abi import PE_EXEC, PE_FORK, PE_MAPS
+from cowtrace.kernel.tracer import ProcRecord
 
 P = 4096
 BASE = 0x7F0000000000

@@ -67,8 +67,15 @@ def snapshot(with_cost=True) -> Snapshot:
     ]
     totals = Counts(copies=30, reuses=4, zero_fills=6)
     return Snapshot(
-        10, 100.0, 105.0, members, totals, ended=True, end_reason="root exited",
-        attach_s=1.5, cost=cost() if with_cost else None,
+        10,
+        100.0,
+        105.0,
+        members,
+        totals,
+        ended=True,
+        end_reason="root exited",
+        attach_s=1.5,
+        cost=cost() if with_cost else None,
     )
 
 
@@ -141,8 +148,6 @@ def scrape(exporter) -> dict[str, float]:
         for sample in family.samples
         if not sample.labels
     }
-
-
 
 
 def test_cost_metrics_over_the_last_refresh(monkeypatch):

@@ -1,4 +1,4 @@
-"""cowtrace/kernel/records.py: batches of detail records become one array, stale slots left out.
+"""cowtrace/kernel/abi.py: batches of detail records become one array, stale slots left out.
 
 A CPU's batch (struct fault_batch of bpf/cowtrace.bpf.c) is reused: past `count`, its slots
 still hold the records of an earlier batch.  Only the first `count` of each may come out.
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from cowtrace.kernel.records import BATCH_DTYPE, EVENT_DTYPE, FAULT_BATCH, detail_records
+from cowtrace.kernel.abi import BATCH_DTYPE, EVENT_DTYPE, FAULT_BATCH, detail_records
 
 
 def batch(count: int, first_ts: int, stale_ts: int = 999) -> np.void:
     record = np.zeros(1, dtype=BATCH_DTYPE)[0]
     record["count"] = count
     for slot in range(FAULT_BATCH):
-        event = record["events"][slot]
+        event = record["ev"][slot]
         event["ts"] = first_ts + slot if slot < count else stale_ts
         event["addr"] = 0x1000 * (first_ts + slot)
         event["pid"], event["tid"], event["kind"], event["stack_id"] = 7, 8, 1, 5

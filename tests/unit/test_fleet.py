@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from cowtrace.agent.fleet import Fleet
+from cowtrace.kernel.abi import PE_EXIT, PE_FORK, PE_FREE
 from cowtrace.kernel.ringbuf import EVENT_DTYPE
-from cowtrace.kernel.tracer import PE_EXIT, PE_FORK, PE_FREE, MemberState, ProcRecord
+from cowtrace.kernel.tracer import MemberState, ProcRecord
 from cowtrace.model import Counts
 from cowtrace.procfs import ProcStat
 

@@ -15,8 +15,9 @@ import pytest
 
 from cowtrace.attribution import maps
 from cowtrace.kernel import stacks
+from cowtrace.kernel.abi import PE_EXEC, PE_MAPS
 from cowtrace.kernel.stacks import CACHES_PER_IMAGE, KernelStackResolver
-from cowtrace.kernel.tracer import PE_EXEC, PE_MAPS, ProcRecord
+from cowtrace.kernel.tracer import ProcRecord
 
 PID = 4242
 EXE_TEXT, LIBC_TEXT = 0x5555_0000_1000, 0x7F00_0000_1000
