@@ -30,7 +30,9 @@ from cowtrace.kernel.tracer import (
     KIND_COPY,
     KIND_REUSE,
     PE_EXEC,
+    PE_EXIT,
     PE_FORK,
+    PE_FREE,
     KernelTracer,
     ProcRecord,
     TracerConfig,
@@ -173,7 +175,7 @@ class Session:
     def cover_program(self, executable: str) -> None:
         """`run`: probe the allocators the command will use, before it is released."""
         if self.allocators is not None:
-            self.allocators.cover_program(executable)
+            self.allocators.cover_program(self.root_pid, executable)
 
     def _adopt_attribution(self, pid: int, parent: int | None, *, image: bool = True) -> None:
         """A member that existed before tracing (or whose fork record was lost)."""
@@ -185,7 +187,7 @@ class Session:
                 self.resolver.note_fork(parent, pid)
             else:
                 self.resolver.note_image(pid)
-        if self.allocators is not None and (parent is None or self._recover_heap):
+        if self.allocators is not None and parent is None:  # the root only (uprobes.py)
             self.allocators.cover_process(pid)
 
     # ---- the loop --------------------------------------------------------------------------
@@ -214,8 +216,11 @@ class Session:
             self._python_lifecycle(record)
             if record.pid == self.root_pid and record.type in (3, 4):
                 self._root_exit_seen = self._root_exit_seen or time.monotonic()
-            if record.type == PE_EXEC and self.allocators is not None:
-                self.allocators.cover_process(record.pid)
+            if self.allocators is not None:
+                if record.type == PE_EXEC:  # a new program: probed as a root would be
+                    self.allocators.cover_process(record.pid)
+                elif record.type in (PE_EXIT, PE_FREE):
+                    self.allocators.release(record.pid)
 
     def _drain(self, lifecycle: list[ProcRecord] | None = None) -> None:
         faults = self.tracer.drain_events()
@@ -227,11 +232,13 @@ class Session:
             if self.resolver is not None:
                 self.resolver.note_code_mapped(mapped_code)
             if self.allocators is not None:  # an allocator a process dlopen()ed just now
-                for pid in mapped_code:
-                    self.allocators.cover_process(pid)
+                self.allocators.note_code_mapped(mapped_code)
             self.sink.on_map_events(maps)
         if len(allocs):
             self.sink.on_alloc_events(allocs)
+            if self.allocators is not None:
+                for pid in self.allocators.charge(allocs):
+                    self.sink.allocations_untracked(time.monotonic_ns(), pid)
         self._feed_faults(faults)
 
     def _feed_faults(self, faults: np.ndarray) -> None:
@@ -273,6 +280,8 @@ class Session:
         done = [pid for pid in self.family.final if pid in states and pid != self.root_pid]
         self.tracer.forget(done)
         self.tracer_stats = self.tracer.stats()
+        if self.allocators is not None:  # over their budget: tables unknown from then on
+            self.tracer_stats["alloc_probes_removed"] = len(self.allocators.given_up)
         self.lost_events = self.tracer_stats["lost_events"]
         return self._snapshot(now)
 
