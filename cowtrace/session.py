@@ -279,6 +279,9 @@ class Session:
         self._last_update = now
         done = [pid for pid in self.family.final if pid in states and pid != self.root_pid]
         self.tracer.forget(done)
+        if self.allocators is not None:  # in case their exit record was lost
+            for pid in done:
+                self.allocators.release(pid)
         self.tracer_stats = self.tracer.stats()
         if self.allocators is not None:  # over their budget: tables unknown from then on
             self.tracer_stats["alloc_probes_removed"] = len(self.allocators.given_up)

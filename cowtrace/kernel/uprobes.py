@@ -3,7 +3,7 @@
 Every probe is scoped to one process (a perf uprobe opened with that pid, bcc's
 `attach_uprobe(pid=...)`): the kernel writes the breakpoint into that process' memory only, so
 no other process on the host ever traps on it.  (A uprobe attached to the file without a pid
-would trap in every process that calls that malloc, the BPF side filtering afterwards: 2-40 µs
+would trap in every process that calls that malloc, the BPF side filtering afterwards: 2-30 µs
 a call, paid by the whole host.)  Measured here (bench/README.md): a probed process' forked
 child inherits the breakpoint bytes with its copy of the page, and the kernel removes them from
 the child at its first hit (the child is not in the probe's filter): the child pays one trap.
@@ -70,9 +70,10 @@ PROGRAM_PREFIX = "cowalloc_"  # every allocator program's name starts so (tests'
 # Processes probed at once: each holds up to 13 perf fds per allocator object, and bcc caps
 # open probes at 1000 (BCC_PROBE_LIMIT).  Only roots and exec'd members are probed.
 MAX_PROCESSES = 24
-# What a probed call costs the process here (bench/README.md): an allocation's entry and
-# return probes about 7.5 µs, an emulated free about 3 µs, jemalloc's single-stepped free 40.
-ALLOC_COST_S, FREE_COST_S, STEPPED_FREE_COST_S = 7.5e-6, 3e-6, 40e-6
+# What a probed call costs the process here (bench/README.md, 2026-12-04): an allocation's
+# entry and return probes about 3.3 µs, a free about 1.7 µs, jemalloc's free (single-stepped)
+# about 28 µs; each plus cowtrace's program (0.2-0.6 µs).
+ALLOC_COST_S, FREE_COST_S, STEPPED_FREE_COST_S = 4e-6, 2e-6, 30e-6
 # The budget: a process whose probes cost it more than BUDGET_FRACTION of the last
 # BUDGET_WINDOW_S loses them (a server serving requests: a preload is shorter, or cheaper).
 BUDGET_FRACTION, BUDGET_WINDOW_S = 0.25, 0.5
