@@ -19,6 +19,12 @@ at the fork (allocs.py), so the probes matter in processes that will fork:
     calls, are.  Adopted descendants (attach) get their glibc heap recovered instead.
 So a family of hundreds of workers holds one process' probes; MAX_PROCESSES bounds the rest.
 
+A probed call costs its process microseconds (bench/README.md), so the probes are kept only
+while affordable: a process that spends more than BUDGET_FRACTION of its time in them over
+BUDGET_WINDOW_S (a server that allocates while answering requests itself, as Redis does) loses
+them for good (`charge`), and its allocation table is dropped from then on.  A preloading
+master allocates in a burst and then waits while its workers serve: it keeps them.
+
 For each probed process, the objects that hold the malloc it will call: the system's libc, the
 allocator libraries the executable names in DT_NEEDED or LD_PRELOAD, the executable itself
 when it defines malloc (static programs) or je_malloc (a statically linked, prefixed jemalloc,
