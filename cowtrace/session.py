@@ -307,6 +307,8 @@ class Session:
     # ---- the end ---------------------------------------------------------------------------
     def finish(self, reason: str) -> Snapshot:
         """Detach, account for everything still in flight, and take the final snapshot."""
+        if self.allocators is not None:  # closes still running (uprobes.py): theirs first
+            self.allocators.wait()
         self.tracer.detach()
         self._drain(self.tracer.poll_proc_records(0))
         extra = self._close_open_episodes()
@@ -387,6 +389,8 @@ class Session:
         """Unload the BPF program and close the log; safe to call more than once."""
         if self.resolver is not None and self.tracer.bpf is not None:
             self.resolver.freeze()
+        if self.allocators is not None:
+            self.allocators.wait()
         self.tracer.close()
         if self.events is not None:
             self.events.close()

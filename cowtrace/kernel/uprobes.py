@@ -38,8 +38,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +85,10 @@ ALLOC_COST_S, FREE_COST_S, STEPPED_FREE_COST_S = 4e-6, 2e-6, 30e-6
 # The budget: a process whose probes cost it more than BUDGET_FRACTION of the last
 # BUDGET_WINDOW_S loses them (a server serving requests: a preload is shorter, or cheaper).
 BUDGET_FRACTION, BUDGET_WINDOW_S = 0.25, 0.5
+# Closing a perf uprobe waits for an RCU grace period in the kernel, one close at a time:
+# about 0.1 s each here, 1.5 s for a jemalloc process' 13.  So closes run off the loop, the
+# dearest first (the breakpoint leaves the process at the start of its close).
+CLOSE_ORDER = {"free": 0, "malloc": 1}
 
 
 def allocator_of(path: str) -> int | None:
@@ -184,12 +190,16 @@ class AllocatorProbes:
         self._bpf = bpf
         self._max_processes = max_processes
         self._resolved: dict[tuple[int, int, str], ProbedObject | None] = {}  # per file
-        self._attached: dict[int, dict[tuple[int, int, str], list[bytes]]] = {}  # pid -> events
+        # pid -> object -> (close order, bcc event name) of its perf uprobes
+        self._attached: dict[int, dict[tuple[int, int, str], list[tuple[int, bytes]]]] = {}
         self._checked: set[tuple[int, int, int]] = set()  # (pid, executable) looked into
         self.objects: list[ProbedObject] = []  # every object probed in some process
         self.errors: list[str] = []
         self._spent: dict[int, deque[tuple[float, float]]] = {}  # pid -> (drain time, cost)
         self.given_up: dict[int, float] = {}  # pid -> share of its time the probes took
+        self._lock = threading.Lock()  # bcc's uprobe_fds: attaches here, closes in _closer
+        self._closer: ThreadPoolExecutor | None = None
+        self._closing: list[Future[None]] = []
 
     @property
     def processes(self) -> set[int]:
@@ -272,13 +282,31 @@ class AllocatorProbes:
         return over
 
     def release(self, pid: int) -> None:
-        """Close `pid`'s probes (it exited): no per-process probe outlives its process."""
+        """Close `pid`'s probes (it exited, or over budget): no per-process probe outlives its
+        process.  The closes run in the background (CLOSE_ORDER); `wait()` for them."""
         self._spent.pop(pid, None)
-        for events in self._attached.pop(pid, {}).values():
-            for ev_name in events:
-                with contextlib.suppress(Exception):  # bcc: bare Exception if already gone
-                    self._bpf.detach_uprobe_event(ev_name)
         self._checked = {key for key in self._checked if key[0] != pid}
+        events = sorted(e for found in self._attached.pop(pid, {}).values() for e in found)
+        if not events:
+            return
+        if self._closer is None:
+            self._closer = ThreadPoolExecutor(1, thread_name_prefix="cowtrace-uprobe-close")
+        self._closing = [f for f in self._closing if not f.done()]
+        self._closing.append(self._closer.submit(self._close, [ev for _, ev in events]))
+
+    def _close(self, events: list[bytes]) -> None:
+        for ev_name in events:
+            with self._lock, contextlib.suppress(Exception):  # bcc: bare Exception if gone
+                self._bpf.detach_uprobe_event(ev_name)
+
+    def wait(self) -> None:
+        """Until every release has closed its probes (before the tracer detaches the rest)."""
+        for future in self._closing:
+            future.result()
+        self._closing = []
+        if self._closer is not None:
+            self._closer.shutdown(wait=True)
+            self._closer = None
 
     def _admit(self, pid: int) -> bool:
         if pid in self._attached:
@@ -329,6 +357,7 @@ class AllocatorProbes:
         for function, vaddr, offset in zip(
             found.functions, found.addresses, found.offsets, strict=True
         ):
+            self._lock.acquire()
             before = set(self._bpf.uprobe_fds)
             try:
                 self._bpf.attach_uprobe(
@@ -347,6 +376,8 @@ class AllocatorProbes:
             except Exception as error:  # bcc: bare Exception when an attach fails
                 self.errors.append(f"{shown or path}:{function} in {pid}: {error}")
             finally:
-                mine[key].extend(set(self._bpf.uprobe_fds) - before)
+                order = CLOSE_ORDER.get(function, len(CLOSE_ORDER))
+                mine[key].extend((order, ev) for ev in set(self._bpf.uprobe_fds) - before)
+                self._lock.release()
         if found not in self.objects:
             self.objects.append(found)

@@ -62,9 +62,12 @@ def test_probes_are_per_process_and_closed_at_exit() -> None:
     assert probes.probe_events(200) == one
     assert {pid for _, pid in bpf.calls} == {100, 200}
     probes.release(100)
-    assert probes.processes == {200} and len(bpf.uprobe_fds) == one
+    assert probes.processes == {200}
+    probes.wait()  # closes run in the background
+    assert len(bpf.uprobe_fds) == one
     probes.release(200)
     probes.release(200)  # twice: nothing left, no error
+    probes.wait()
     assert not bpf.uprobe_fds and not probes.processes
     assert [o.path for o in probes.objects] == [LIBC]  # read once
 
@@ -119,3 +122,37 @@ def test_a_process_over_budget_loses_its_probes_for_good() -> None:
     probes.cover_process(100)  # an exec later: not probed again
     assert probes.processes == {200}
     assert probes.charge(burst, now=20.0) == []  # records in flight: not charged twice
+    probes.wait()
+    assert len(bpf.uprobe_fds) == probes.probe_events(200)
+
+
+def test_the_dearest_probes_close_first() -> None:
+    """A breakpoint leaves the process when its close starts, and closes are slow (an RCU
+    grace period each): free's probe (single-stepped in jemalloc) goes first, then malloc's."""
+    bpf = FakeBPF()
+    closed: list[bytes] = []
+    detach = bpf.detach_uprobe_event
+
+    def record(ev_name: bytes) -> None:
+        closed.append(ev_name)
+        detach(ev_name)
+
+    bpf.detach_uprobe_event = record  # type: ignore[method-assign]
+    probes = AllocatorProbes(bpf)
+    probes.probe(100, LIBC, ALLOCATOR_GLIBC)
+    (found,) = probes.objects
+    addr = dict(zip(found.functions, found.addresses, strict=True))
+    offset = dict(zip(found.functions, found.offsets, strict=True))
+    probes.release(100)
+    probes.wait()
+    first = [int(ev.split(b"_0x")[1].split(b"_")[0], 16) for ev in closed[:3]]
+    assert first == [
+        addr["free"] + offset["free"],
+        addr["malloc"] + offset["malloc"],
+        addr["malloc"] + offset["malloc"],
+    ]
+    assert len(closed) == one_object_events(found)
+
+
+def one_object_events(found) -> int:
+    return 2 * len(found.functions) - 1  # entry and return each, free's entry alone
