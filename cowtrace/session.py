@@ -234,6 +234,10 @@ class Session:
             if self.allocators is not None:  # an allocator a process dlopen()ed just now
                 self.allocators.note_code_mapped(mapped_code)
             self.sink.on_map_events(maps)
+        if len(allocs) and self.allocators is not None and self.allocators.given_up:
+            # calls made while a given-up process' probes were being closed: its table is
+            # unknown from the moment it was given up
+            allocs = allocs[~np.isin(allocs["pid"], list(self.allocators.given_up))]
         if len(allocs):
             self.sink.on_alloc_events(allocs)
             if self.allocators is not None:
