@@ -1109,8 +1109,10 @@ RAW_TRACEPOINT_PROBE(mmap_lock_acquire_returned)
 
 /* ---- allocator calls (attribution) -----------------------------------------------------------
  * Uprobes on malloc & co. of the allocator(s) a member uses (glibc, jemalloc, tcmalloc: user
- * space picks the objects and attaches each allocator's entry programs).  A uprobe on a shared
- * library fires in EVERY process that maps it, so the members map filters first.  The entry
+ * space picks the objects and attaches each allocator's entry programs).  Each probe is a perf
+ * uprobe scoped to one member (kernel/uprobes.py): the kernel installs its breakpoint in that
+ * process alone.  The members map still filters: a vfork child shares its parent's memory,
+ * and a `run` command's held child runs cowtrace's code until its exec.  The entry
  * stashes the size (and realloc's old block, posix_memalign's out pointer) per thread and reads
  * the return address at [sp] (`caller`); the uretprobe, back in the caller, emits the block with
  * the allocation stack (a frame-pointer walk from the function's entry would skip the immediate

@@ -22,7 +22,16 @@ from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver, 
 from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
-from cowtrace.kernel.abi import EP_COPIED, EP_WP_FAULT, KIND_COPY, KIND_REUSE, PE_EXEC, PE_FORK
+from cowtrace.kernel.abi import (
+    EP_COPIED,
+    EP_WP_FAULT,
+    KIND_COPY,
+    KIND_REUSE,
+    PE_EXEC,
+    PE_EXIT,
+    PE_FORK,
+    PE_FREE,
+)
 from cowtrace.kernel.ringbuf import EVENT_DTYPE
 from cowtrace.kernel.stacks import KernelStackResolver
 from cowtrace.kernel.tracer import KernelTracer, ProcRecord, TracerConfig
@@ -175,7 +184,7 @@ class Session:
     def cover_program(self, executable: str) -> None:
         """`run`: probe the allocators the command will use, before it is released."""
         if self.allocators is not None:
-            self.allocators.cover_program(executable)
+            self.allocators.cover_program(self.root_pid, executable)
 
     def _adopt_attribution(self, pid: int, parent: int | None, *, image: bool = True) -> None:
         """A member that existed before tracing (or whose fork record was lost)."""
@@ -187,7 +196,7 @@ class Session:
                 self.resolver.note_fork(parent, pid)
             else:
                 self.resolver.note_image(pid)
-        if self.allocators is not None and (parent is None or self._recover_heap):
+        if self.allocators is not None and parent is None:  # the root only (uprobes.py)
             self.allocators.cover_process(pid)
 
     # ---- the loop --------------------------------------------------------------------------
@@ -217,8 +226,11 @@ class Session:
             self._python_lifecycle(record)
             if record.pid == self.root_pid and record.type in (3, 4):
                 self._root_exit_seen = self._root_exit_seen or time.monotonic()
-            if record.type == PE_EXEC and self.allocators is not None:
-                self.allocators.cover_process(record.pid)
+            if self.allocators is not None:
+                if record.type == PE_EXEC:  # a new program: probed as a root would be
+                    self.allocators.cover_process(record.pid)
+                elif record.type in (PE_EXIT, PE_FREE):
+                    self.allocators.release(record.pid)
 
     def _drain(self, lifecycle: list[ProcRecord] | None = None) -> None:
         faults = self.tracer.drain_events()
@@ -229,12 +241,18 @@ class Session:
             if self.resolver is not None:
                 self.resolver.note_code_mapped(mapped_code)
             if self.allocators is not None:  # an allocator a process dlopen()ed just now
-                for pid in mapped_code:
-                    self.allocators.cover_process(pid)
+                self.allocators.note_code_mapped(mapped_code)
         if snapshots:
             self.sink.on_map_snapshots(snapshots)
+        if len(allocs) and self.allocators is not None and self.allocators.given_up:
+            # calls made while a given-up process' probes were being closed: its table is
+            # unknown from the moment it was given up
+            allocs = allocs[~np.isin(allocs["pid"], list(self.allocators.given_up))]
         if len(allocs):
             self.sink.on_alloc_events(allocs)
+            if self.allocators is not None:
+                for pid in self.allocators.charge(allocs):
+                    self.sink.allocations_untracked(time.monotonic_ns(), pid)
         self._feed_faults(faults)
 
     def _feed_faults(self, faults: np.ndarray) -> None:
@@ -275,7 +293,12 @@ class Session:
         self._last_update = now
         done = [pid for pid in self.family.final if pid in states and pid != self.root_pid]
         self.tracer.forget(done)
+        if self.allocators is not None:  # in case their exit record was lost
+            for pid in done:
+                self.allocators.release(pid)
         self.tracer_stats = self.tracer.stats()
+        if self.allocators is not None:  # over their budget: tables unknown from then on
+            self.tracer_stats["alloc_probes_removed"] = len(self.allocators.given_up)
         self.lost_events = self.tracer_stats["lost_events"]
         return self._snapshot(now)
 
@@ -299,6 +322,8 @@ class Session:
     # ---- the end ---------------------------------------------------------------------------
     def finish(self, reason: str) -> Snapshot:
         """Detach, account for everything still in flight, and take the final snapshot."""
+        if self.allocators is not None:  # closes still running (uprobes.py): theirs first
+            self.allocators.wait()
         self.tracer.detach()
         self._drain(self.tracer.poll_proc_records(0))
         extra = self._close_open_episodes()
@@ -389,6 +414,8 @@ class Session:
         """Unload the BPF program and close the log; safe to call more than once."""
         if self.resolver is not None and self.tracer.bpf is not None:
             self.resolver.freeze()
+        if self.allocators is not None:
+            self.allocators.wait()
         self.tracer.close()
         if self.events is not None:
             self.events.close()

@@ -78,7 +78,7 @@ _PAGE_MASK = np.uint64(~(PAGE - 1) & 0xFFFFFFFFFFFFFFFF)
 _COLUMNS = ("ts", "addr", "kind", "stack_id")  # the EVENT_DTYPE fields attribution reads
 
 # Queued changes, in the order they sort at equal timestamps.
-_FORK, _EXEC, _MAP = 0, 1, 2
+_FORK, _EXEC, _MAP, _UNTRACKED = 0, 1, 2, 3
 _ALLOC_FIELDS = ["ts", "pid", "op", "addr", "old_addr", "size", "stack_id", "caller", "allocator"]
 _ALLOC_DTYPE = ALLOC_EVENT_DTYPE[_ALLOC_FIELDS]
 
@@ -246,6 +246,11 @@ class AttributionEngine:
             recent.count(ts, stacks, lo, ts_ns)
         recent.chunks.clear()
 
+    def allocations_untracked(self, ts_ns: int, pid: int) -> None:
+        """The probes of `pid` came off (their cost budget): from `ts_ns` on its table is
+        unknown, so its copies, and those of the children it forks later, match no block."""
+        self._push(ts_ns, _UNTRACKED, (pid,))
+
     def on_map_snapshots(self, snapshots: list[MapSnapshot]) -> None:
         """Each replaces its process' map at the timestamp of the change that began it."""
         for snapshot in snapshots:
@@ -294,6 +299,9 @@ class AttributionEngine:
         elif kind == _EXEC:
             (pid,) = data
             self.maps[pid] = ProcessMap(self.regions)  # unknown: /proc is read on first use
+            self.tables[pid] = BlockTable(self.blocks)
+        elif kind == _UNTRACKED:
+            (pid,) = data
             self.tables[pid] = BlockTable(self.blocks)
 
     @staticmethod
@@ -402,7 +410,7 @@ class AttributionEngine:
             done = self._apply_allocs(allocs, done, when)
             owner = self._owner(kind, data)
             group = groups.get(owner)
-            if group is not None and kind in (_EXEC, _MAP):
+            if group is not None and kind in (_EXEC, _MAP, _UNTRACKED):
                 start, stop = group
                 cut = start + int(np.searchsorted(sorted_ts[start:stop], when, side="left"))
                 if cut > start:

@@ -54,6 +54,11 @@ class AttributionSink(Protocol):
         """ALLOC_EVENT_DTYPE records."""
         ...
 
+    def allocations_untracked(self, ts_ns: int, pid: int) -> None:
+        """`pid`'s allocator probes came off at `ts_ns` (over their cost budget,
+        kernel/uprobes.py): its allocation table is unknown from then on."""
+        ...
+
     def on_fault_events(self, records: np.ndarray) -> Any:
         """EVENT_DTYPE records; returns what EventLog.write needs for the attribution fields
         of --events (None when there is nothing to add)."""
@@ -124,6 +129,9 @@ class NullSink:
         return None
 
     def on_alloc_events(self, records: np.ndarray) -> None:
+        return None
+
+    def allocations_untracked(self, ts_ns: int, pid: int) -> None:
         return None
 
     def on_fault_events(self, records: np.ndarray) -> Any:

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from cowtrace.session import SessionOptions
 
 MALLOC_WARNING = (
-    "cowtrace: warning: --malloc puts a uprobe on malloc and free: each call of every process "
-    "using that allocator costs about 2 us more while tracing"
+    "cowtrace: warning: --malloc puts uprobes on malloc and free in the traced root (and in "
+    "members that exec), in no other process: each of their calls costs 2-30 us more, and the "
+    "probes come off a process they take more than a quarter of the time of"
 )
 
 

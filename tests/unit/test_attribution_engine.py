@@ -458,3 +458,25 @@ def test_tally_processes_when_a_pid_flag_array_outgrew_the_counts() -> None:
     assert len(processes) == len(tally.counts)
     assert processes[:95].tolist() == [2] * 95
     assert processes[95:97].tolist() == [1, 1]
+
+
+def test_untracked_allocations_match_no_block_from_then_on() -> None:
+    """A process whose probes came off (their cost budget): its copies before that match its
+    blocks; after it, and in a child it forks later, nothing (the table is unknown)."""
+    resolver = FakeResolver({1: [CODE + 0x10]})
+    eng = engine(resolver=resolver)
+    seed(eng)
+    eng.on_alloc_events(alloc_events([(4, PARENT, ALLOC_OP_ALLOC, HEAP + 16, 8 * P, 0, 1)]))
+    eng.allocations_untracked(20, PARENT)
+    eng.on_fork(30, PARENT, CHILD)
+    eng.on_fault_events(
+        faults(
+            [
+                (10, PARENT, HEAP + P, COPY, -1),  # before: the block
+                (25, PARENT, HEAP + 2 * P, COPY, -1),  # after: none
+                (40, CHILD, HEAP + 3 * P, COPY, -1),  # forked after: none
+            ]
+        )
+    )
+    (site,) = eng.summary_sections()["allocations"]
+    assert (site["copies"], site["blocks"]) == (1, 1)
