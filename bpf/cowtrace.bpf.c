@@ -1118,6 +1118,7 @@ RAW_TRACEPOINT_PROBE(mmap_lock_acquire_returned)
  * the allocation stack (a frame-pointer walk from the function's entry would skip the immediate
  * caller; from the return it does not).  free() is emitted at its entry. */
 enum alloc_op { ALLOC_OP_ALLOC = 1, ALLOC_OP_FREE = 2, ALLOC_OP_REALLOC = 3 };
+enum allocator { ALLOCATOR_GLIBC = 0, ALLOCATOR_JEMALLOC = 1, ALLOCATOR_TCMALLOC = 2 };
 enum alloc_call { CALL_MALLOC = 1, CALL_CALLOC = 2, CALL_REALLOC = 3, CALL_POSIX_MEMALIGN = 4,
                   CALL_ALIGNED = 5 };
 
@@ -1131,7 +1132,7 @@ struct alloc_event {
     u32 tid;
     s32 stack_id;   /* allocation stack in user_stacks, -1 if none */
     u8 op;          /* enum alloc_op */
-    u8 allocator;   /* 0 glibc, 1 jemalloc, 2 tcmalloc */
+    u8 allocator;   /* enum allocator */
     u8 pad[2];
 };
 
@@ -1269,6 +1270,6 @@ int cowalloc_return(struct pt_regs *ctx)
     }                                                                                            \
     int cowalloc_##NAME##_free(struct pt_regs *ctx) { return free_enter(ctx, ID); }
 
-ALLOCATOR_ENTRIES(glibc, 0)
-ALLOCATOR_ENTRIES(jemalloc, 1)
-ALLOCATOR_ENTRIES(tcmalloc, 2)
+ALLOCATOR_ENTRIES(glibc, ALLOCATOR_GLIBC)
+ALLOCATOR_ENTRIES(jemalloc, ALLOCATOR_JEMALLOC)
+ALLOCATOR_ENTRIES(tcmalloc, ALLOCATOR_TCMALLOC)
