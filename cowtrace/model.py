@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from cowtrace.host.memory import PAGE_SIZE
+
 if TYPE_CHECKING:
     from cowtrace.attribution.view import AttributionView
     from cowtrace.metrics.cost import TracerCost
-
-PAGE_SIZE = 4096
 
 
 class Role(StrEnum):

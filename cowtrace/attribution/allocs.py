@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.kernel.abi import (
     ALLOC_OP_ALLOC,
     ALLOC_OP_FREE,
     ALLOC_OP_REALLOC,
 )
 
-PAGE = 4096
+PAGE = PAGE_SIZE
 _MASK = np.uint64(~(PAGE - 1) & 0xFFFFFFFFFFFFFFFF)
 
 

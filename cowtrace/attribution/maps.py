@@ -29,9 +29,11 @@ from typing import Protocol
 import numpy as np
 
 from cowtrace.attribution import elf
+from cowtrace.host import procmaps
+from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.kernel.abi import PE_EXEC, PE_FORK, PE_FREE, PE_MAPS
 
-PAGE = 4096
+PAGE = PAGE_SIZE
 UNKNOWN_REGION = 0  # an address in no known mapping
 
 
@@ -109,20 +111,19 @@ def classify(path: str, shared: bool) -> tuple[str, str]:
     return "file", path
 
 
-def parse_maps(text: str) -> list[Interval]:
-    """Intervals of a /proc/PID/maps text (unannotated: no sections, no region ids)."""
+def intervals_of(lines: list[procmaps.MapLine]) -> list[Interval]:
+    """Intervals of a process' maps lines (unannotated: no sections, no region ids)."""
     found = []
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) < 5:
-            continue
-        lo, _, hi = parts[0].partition("-")
-        perms = parts[1]
-        path = parts[5].strip() if len(parts) == 6 else ""
-        kind, name = classify(path, perms[3] == "s")
-        offset = int(parts[2], 16) if kind == "file" else -1
-        found.append(Interval(int(lo, 16), int(hi, 16), kind, name, offset, perms[2] == "x"))
+    for line in lines:
+        kind, name = classify(line.path, line.shared)
+        offset = line.offset if kind == "file" else -1
+        found.append(Interval(line.start, line.end, kind, name, offset, line.executable))
     return found
+
+
+def parse_maps(text: str) -> list[Interval]:
+    """Intervals of a /proc/PID/maps text."""
+    return intervals_of(procmaps.parse(text))
 
 
 def read_proc_maps(pid: int) -> list[Interval] | None:
@@ -130,11 +131,7 @@ def read_proc_maps(pid: int) -> list[Interval] | None:
     is a zombie, whose maps file is empty.  A live process always has a mapping (its stack):
     taking an exited worker's empty file for its map made every address of its program
     "not code" and cut its writer stacks to nothing (seen on the workers fixture)."""
-    try:
-        with open(f"/proc/{pid}/maps") as handle:
-            return parse_maps(handle.read()) or None
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
+    return intervals_of(procmaps.read(pid)) or None
 
 
 class ProcessMap:

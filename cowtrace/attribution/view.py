@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cowtrace.model import PAGE_SIZE
+from cowtrace.host.memory import PAGE_SIZE
 
 # Mapping kinds, as reported everywhere (JSON "kind", metric label "mapping").
 MAPPING_KINDS = ("heap", "stack", "anon", "anon_named", "file", "shm", "other")

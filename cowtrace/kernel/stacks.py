@@ -25,6 +25,8 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from cowtrace.host import procmaps
+
 UNKNOWN = "[unknown]"
 CACHES_PER_IMAGE = 3  # a process' newest symbol caches, newest first (see note_code_mapped)
 
@@ -105,7 +107,7 @@ class KernelStackResolver:
         after start-up."""
         for pid in pids:
             caches = self._caches.get(pid)
-            if caches and _has_memory(pid):
+            if caches and procmaps.has_memory(pid):
                 from bcc import SymbolCache
 
                 caches.insert(0, SymbolCache(pid))
@@ -114,7 +116,7 @@ class KernelStackResolver:
 
     def _warm(self, pid: int) -> list[Any]:
         caches = self._caches.get(pid)
-        if caches is None and pid > 0 and _has_memory(pid):
+        if caches is None and pid > 0 and procmaps.has_memory(pid):
             from bcc import SymbolCache
 
             caches = self._caches[pid] = [SymbolCache(pid)]
@@ -149,12 +151,3 @@ class KernelStackResolver:
                     return f"{name.decode(errors='replace')} ({module_name})"
                 return f"{UNKNOWN} ({module_name})"  # mapped, but no symbol there
         return UNKNOWN
-
-
-def _has_memory(pid: int) -> bool:
-    """The process exists and has a memory map (a zombie's maps file is empty)."""
-    try:
-        with open(f"/proc/{pid}/maps", "rb") as handle:
-            return bool(handle.read(1))
-    except OSError:
-        return False

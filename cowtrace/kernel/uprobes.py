@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from cowtrace.host import procmaps
 from cowtrace.kernel.abi import (
     ALLOC_OP_FREE,
     ALLOCATOR_GLIBC,
@@ -240,17 +241,11 @@ class AllocatorProbes:
             allocator = allocator_of(library)
             if allocator is not None:
                 self.probe(pid, f"/proc/{pid}/root{library}", allocator, shown=library)
-        try:
-            with open(f"/proc/{pid}/maps") as maps:
-                lines = maps.read().splitlines()
-        except OSError:
-            return
-        for line in lines:
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and "x" in fields[1] and fields[5].startswith("/"):
-                allocator = allocator_of(fields[5])
+        for line in procmaps.read(pid):
+            if line.executable and line.path.startswith("/"):
+                allocator = allocator_of(line.path)
                 if allocator is not None:
-                    self.probe(pid, f"/proc/{pid}/root{fields[5]}", allocator, shown=fields[5])
+                    self.probe(pid, f"/proc/{pid}/root{line.path}", allocator, shown=line.path)
 
     def note_code_mapped(self, pids: list[int]) -> None:
         """Processes that mapped new code: a probed one may have dlopen()ed an allocator."""

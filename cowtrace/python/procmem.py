@@ -4,36 +4,12 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 
+from cowtrace.host import procmaps
+from cowtrace.host.memory import USER_ADDRESS_END
 
-@dataclass(frozen=True)
-class Mapping:
-    start: int
-    end: int
-    offset: int
-    path: str  # "" for anonymous memory
-
-
-def read_maps(pid: int) -> list[Mapping]:
-    """The process' mappings, or [] when it is gone."""
-    try:
-        with open(f"/proc/{pid}/maps") as lines:
-            text = lines.read()
-    except OSError:
-        return []
-    maps = []
-    for line in text.splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) < 5:
-            continue
-        start, _, end = parts[0].partition("-")
-        path = parts[5] if len(parts) == 6 else ""
-        maps.append(Mapping(int(start, 16), int(end, 16), int(parts[2], 16), path))
-    return maps
-
-
-USER_ADDRESS_END = 0x800000000000  # x86-64: user space lies below
+Mapping = procmaps.MapLine
+read_maps = procmaps.read
 
 
 def read(pid: int, addr: int, size: int) -> bytes | None:

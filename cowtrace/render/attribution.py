@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cowtrace.attribution.view import AllocationStat, AttributionView, RegionStat
-from cowtrace.model import PAGE_SIZE, Snapshot
+from cowtrace.host.memory import PAGE_SIZE
+from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
 
 STACK_FRAMES = 3  # frames shown per stack in tables (innermost first)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cowtrace.errors import CowtraceError
+from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.report.model import (
-    PAGE_SIZE,
     AllocationRow,
     BlockRow,
     ProcessRow,

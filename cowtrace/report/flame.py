@@ -30,8 +30,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.report.frames import leaf_key
-from cowtrace.report.model import PAGE_SIZE, PythonWriterRow, ReportData, WriterRow
+from cowtrace.report.model import PythonWriterRow, ReportData, WriterRow
 
 NATIVE, PYTHON, SYNTHETIC = "native", "python", "synthetic"
 TRUNCATED = "[truncated stack]"

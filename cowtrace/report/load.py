@@ -15,9 +15,9 @@ import sys
 from typing import Any, TextIO
 
 from cowtrace.errors import CowtraceError
+from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.report.aggregate import aggregate_events
 from cowtrace.report.model import (
-    PAGE_SIZE,
     AllocationRow,
     BlockRow,
     ProcessRow,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PAGE_SIZE = 4096
-
 
 @dataclass
 class Totals:

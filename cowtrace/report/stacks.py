@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.report.flame import NO_STACK, PYTHON, SYNTHETIC, FlameNode, Frame, build_tree
 from cowtrace.report.frames import split_native, split_python
-from cowtrace.report.model import PAGE_SIZE, ReportData
+from cowtrace.report.model import ReportData
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import zlib
 from html import escape
 
+from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.render.format import count, human_bytes
 from cowtrace.report.flame import NATIVE, PYTHON, Bar, FlameTree, layout
-from cowtrace.report.model import PAGE_SIZE
 
 WIDTH = 1200  # viewBox units; the SVG scales to the page width
 ROW = 18

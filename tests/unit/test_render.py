@@ -9,7 +9,8 @@ import time
 import pytest
 from rich.console import Console
 
-from cowtrace.model import PAGE_SIZE, Counts, ExitStatus, Member, Role, Snapshot
+from cowtrace.host.memory import PAGE_SIZE
+from cowtrace.model import Counts, ExitStatus, Member, Role, Snapshot
 from cowtrace.render import LiveView, PlainReporter, render_summary, summary_lines
 from cowtrace.render import format as fmt
 

@@ -46,7 +46,7 @@ def fake_bcc(monkeypatch: pytest.MonkeyPatch) -> None:
     world.clear()
     made.clear()
     monkeypatch.setitem(sys.modules, "bcc", types.SimpleNamespace(SymbolCache=FakeSymbolCache))
-    monkeypatch.setattr(stacks, "_has_memory", lambda pid: pid == PID and bool(world))
+    monkeypatch.setattr(stacks.procmaps, "has_memory", lambda pid: pid == PID and bool(world))
 
 
 def mapped(*prots_and_fds: tuple[int, int]) -> list[int]:
@@ -109,7 +109,7 @@ def test_a_cache_made_from_a_zombie_loses_nothing(monkeypatch: pytest.MonkeyPatc
     resolver = exec_then_loader()
     resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, 3)))
     world.clear()  # it exited; a cache made now would know nothing
-    monkeypatch.setattr(stacks, "_has_memory", lambda pid: True)  # it died after the check
+    monkeypatch.setattr(stacks.procmaps, "has_memory", lambda pid: True)  # it died after the check
     resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, 4)))
     assert len(made) == 3
     assert resolver.symbolize(PID, LIBC_TEXT) == "fork (libc.so.6)"
