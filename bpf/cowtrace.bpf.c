@@ -903,8 +903,28 @@ TRACEPOINT_PROBE(task, task_newtask)
 /* A member that execs keeps its place (its later forks are traced); a vfork/posix_spawn child
  * that execs leaves its parent's memory and becomes a member of its own, so that what a shell
  * or a launcher starts is traced. */
+/* Every exec and comm change on the host, counted: only a new program or a new name can make
+ * a process match the agent's --comm, so the agent rescans /proc when this moved instead of
+ * reading every process' stat file each second.  One add per exec or rename: both are rare. */
+BPF_ARRAY(host_renames, u64, 1);
+
+static __always_inline void count_host_rename(void)
+{
+    int zero = 0;
+    u64 *renames = host_renames.lookup(&zero);
+    if (renames)
+        __sync_fetch_and_add(renames, 1);
+}
+
+RAW_TRACEPOINT_PROBE(task_rename)
+{
+    count_host_rename();
+    return 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
+    count_host_rename();
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
     struct member *m = members.lookup(&tgid);

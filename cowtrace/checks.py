@@ -33,6 +33,7 @@ TRACEPOINTS: tuple[str, ...] = (
     "sched/sched_process_exit",
     "sched/sched_process_free",
     "task/task_newtask",
+    "task/task_rename",
     "mmap_lock/mmap_lock_acquire_returned",
     "signal/signal_generate",
     "signal/signal_deliver",

@@ -20,6 +20,7 @@ PROGRAM_NAMES = (
     "raw_tracepoint__page_fault_user",
     "raw_tracepoint__mmap_lock_acquire_returned",
     "raw_tracepoint__signal_generate",
+    "raw_tracepoint__task_rename",
     "tracepoint__sched__sched_process_exec",
     "tracepoint__sched__sched_process_exit",
     "tracepoint__sched__sched_process_free",

@@ -37,6 +37,9 @@ def log(message: str) -> None:
     print(f"cowtrace agent: {message}", file=sys.stderr, flush=True)
 
 
+FULL_SCAN_S = 60.0  # /proc is rescanned at least this often, even with no exec or rename
+
+
 def attach_new_roots(fleet: Fleet, matcher: RootMatcher) -> None:
     """Start tracing every matching root not traced yet (oldest first)."""
     own = os.getpid()
@@ -66,6 +69,8 @@ def serve(
     started = time.monotonic()
     deadline = None if options.duration is None else started + options.duration
     next_scan = started
+    next_full_scan = started
+    scanned_at_renames = -1
     next_refresh = started
     known: set[int] = set()
     while True:
@@ -76,7 +81,13 @@ def serve(
         if deadline is not None and now >= deadline:
             return "duration reached"
         if now >= next_scan:
-            attach_new_roots(fleet, matcher)
+            # /proc is read again only when a process exec'd or was renamed somewhere (the
+            # only ways to start matching --comm), and as a safety net every FULL_SCAN_S.
+            renames = fleet.tracer.host_renames()
+            if renames != scanned_at_renames or now >= next_full_scan:
+                attach_new_roots(fleet, matcher)
+                scanned_at_renames = renames
+                next_full_scan = now + FULL_SCAN_S
             next_scan = now + options.scan_interval
         if now >= next_refresh:
             snapshots = fleet.refresh()

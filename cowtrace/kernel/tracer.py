@@ -56,6 +56,7 @@ RAW_TRACEPOINTS = (
     "rss_stat",
     "mmap_lock_acquire_returned",
     "signal_generate",
+    "task_rename",
 )
 TRACEPOINTS = (
     "task:task_newtask",
@@ -353,6 +354,12 @@ class KernelTracer:
             name.decode() if isinstance(name, bytes) else str(name): function.fd
             for name, function in self._bpf.funcs.items()
         }
+
+    def host_renames(self) -> int:
+        """Execs and comm changes on the whole host since the program was loaded: what can
+        bring a new process to match the agent's --comm (agent/loop.py)."""
+        table = self._bpf["host_renames"]
+        return int(table[table.Key(0)].value)
 
     def stats(self) -> dict[str, int]:
         table = self._bpf["stats"]
