@@ -28,8 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cowtrace.attribution import elf
-from cowtrace.host import procmaps
+from cowtrace.host import elf, procmaps
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.kernel.abi import PE_EXEC, PE_FORK, PE_FREE, PE_MAPS
 

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from cowtrace.host import procmaps
+from cowtrace.host.elf import needed_libraries
 from cowtrace.kernel.abi import (
     ALLOC_OP_FREE,
     ALLOCATOR_GLIBC,
@@ -55,7 +56,6 @@ from cowtrace.kernel.abi import (
     ALLOCATOR_NAMES,
     ALLOCATOR_TCMALLOC,
 )
-from cowtrace.kernel.elfinfo import needed_libraries
 from cowtrace.kernel.prologue import emulated_offset
 
 FUNCTIONS = ("malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign", "free")

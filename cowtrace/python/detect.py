@@ -11,8 +11,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from cowtrace.host.elf import ElfImage
+from cowtrace.host.elf import load as load_symbols
 from cowtrace.python import procmem
-from cowtrace.python.elf import ElfSymbols, load_symbols
 from cowtrace.python.linetable import LineTable
 from cowtrace.python.offsets import (
     DEBUG_OFFSETS_SIZE,
@@ -69,7 +70,7 @@ def _bias(maps: list[procmem.Mapping], path: str, min_vaddr: int, pie: bool) -> 
     return min(starts) - min_vaddr if starts else None
 
 
-def _version(symbols: ElfSymbols) -> str | None:
+def _version(symbols: ElfImage) -> str | None:
     """From the `Py_Version` constant (3.11+), read from the file."""
     value = symbols.objects.get("Py_Version")
     data = symbols.read(value, 4) if value is not None else None

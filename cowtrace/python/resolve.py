@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import struct
 
+from cowtrace.host.elf import load as load_symbols
 from cowtrace.python import procmem
 from cowtrace.python.detect import CodeInfo, PythonImage
-from cowtrace.python.elf import load_symbols
 from cowtrace.python.linetable import CODE_UNIT, LineTable
 
 OB_TYPE, TP_NAME = 8, 24  # PyObject.ob_type, PyTypeObject.tp_name: fixed on x86-64 3.11-3.13

@@ -1,11 +1,11 @@
-"""Finding the allocator a program uses: library names, DT_NEEDED (kernel/elfinfo.py)."""
+"""Finding the allocator a program uses: library names, DT_NEEDED (host/elf.py)."""
 
 from __future__ import annotations
 
 import os
 
+from cowtrace.host.elf import needed_libraries
 from cowtrace.kernel.abi import ALLOCATOR_GLIBC, ALLOCATOR_JEMALLOC, ALLOCATOR_TCMALLOC
-from cowtrace.kernel.elfinfo import needed_libraries
 from cowtrace.kernel.uprobes import allocator_of
 
 

@@ -14,12 +14,12 @@ import pytest
 from rich.console import Console
 
 from cowtrace.attribution.view import AttributionView
+from cowtrace.host.elf import load as load_symbols
 from cowtrace.kernel.abi import EVENT_DTYPE, PYF_FINALIZING, PYF_GC
 from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
 from cowtrace.output.summary import summary_dict
 from cowtrace.python.detect import detect
-from cowtrace.python.elf import load_symbols
 from cowtrace.python.offsets import (
     DEBUG_OFFSETS_SIZE,
     parse_debug_offsets,
