@@ -64,6 +64,8 @@ class Fleet:
 
     def close(self) -> None:
         self.tracer.close()
+        if self.resolver is not None:
+            self.resolver.close()
 
     def is_traced(self, pid: int) -> bool:
         """A live member of some family (an exited one's pid may already be reused)."""
@@ -180,7 +182,9 @@ class Fleet:
                 family.final.discard(pid)
                 tracked.forgotten.discard(pid)
                 if self.engine is not None:
-                    self.engine.forget(pid)
+                    self.engine.forget(pid)  # first: it resolves the pid's writer stacks
+                if self.resolver is not None:
+                    self.resolver.forget(pid)
         if not family.members:
             del self.families[root]
 

@@ -103,24 +103,26 @@ class _Recent:
 class _Tally:
     """Counts per small non-negative id (region, stack id), and which pids contributed.
 
-    Arrays indexed by id rather than dicts: a batch adds with one bincount, and "processes"
-    is a sum of per-pid flags at view time.
+    Arrays indexed by id rather than dicts: a batch adds with one bincount.  Which ids a pid
+    contributed to is kept sparse (its sorted distinct ids: stack ids reach 2 * STACK_ENTRIES,
+    and a dense flag array per pid cost an agent 64 KiB for every worker it ever saw); a pid
+    that `retire`s is folded into `retired`, a count per id, so that "processes" stays right
+    while memory stays bounded by the pids still kept.
     """
 
     def __init__(self) -> None:
         self.counts = np.zeros(64, np.int64)
         self.first_pid = np.full(64, -1, np.int64)
-        self.seen: dict[int, np.ndarray] = {}
+        self.retired = np.zeros(64, np.int64)  # per id: retired pids that contributed
+        self.seen: dict[int, np.ndarray] = {}  # pid -> sorted distinct ids it contributed
 
     def _fit(self, size: int) -> None:
         if size > len(self.counts):
             grown = max(size, 2 * len(self.counts))
-            self.counts = np.concatenate(
-                [self.counts, np.zeros(grown - len(self.counts), np.int64)]
-            )
-            self.first_pid = np.concatenate(
-                [self.first_pid, np.full(grown - len(self.first_pid), -1, np.int64)]
-            )
+            extra = grown - len(self.counts)
+            self.counts = np.concatenate([self.counts, np.zeros(extra, np.int64)])
+            self.first_pid = np.concatenate([self.first_pid, np.full(extra, -1, np.int64)])
+            self.retired = np.concatenate([self.retired, np.zeros(extra, np.int64)])
 
     def add(self, pid: int, ids: np.ndarray) -> None:
         if len(ids) == 0:
@@ -132,27 +134,29 @@ class _Tally:
         fresh = ids[self.first_pid[ids] < 0]
         self.first_pid[fresh] = pid
         seen = self.seen.get(pid)
-        if seen is None or len(seen) < top:
-            grown = np.zeros(max(top, 64 if seen is None else 2 * len(seen)), bool)
-            if seen is not None:
-                grown[: len(seen)] = seen
-            seen = self.seen[pid] = grown
-        seen[ids] = True
+        self.seen[pid] = np.unique(ids if seen is None else np.concatenate([seen, ids]))
+
+    def retire(self, pid: int) -> np.ndarray:
+        """Stop keeping which ids `pid` contributed to (counted in `retired`); its ids."""
+        seen = self.seen.pop(pid, None)
+        if seen is None:
+            return np.zeros(0, np.int64)
+        self.retired[seen] += 1
+        return seen
 
     def processes(self) -> np.ndarray:
-        """Per id, how many pids contributed (a pid's flags may be longer than the counts:
-        each array grows on its own)."""
-        size = max([len(self.counts), *(len(seen) for seen in self.seen.values())])
-        total = np.zeros(size, np.int64)
-        for seen in self.seen.values():
-            total[: len(seen)] += seen
-        return total[: len(self.counts)]
+        """Per id, how many pids contributed (kept ones and retired ones)."""
+        total = self.retired.copy()
+        if self.seen:
+            flat = np.concatenate(list(self.seen.values()))
+            total += np.bincount(flat, minlength=len(total))[: len(total)]
+        return total
 
 
 def _any(seen: np.ndarray, ids: np.ndarray) -> bool:
-    """Whether any id flagged in `ids` is flagged in `seen` (lengths may differ)."""
-    n = min(len(seen), len(ids))
-    return bool((seen[:n] & ids[:n]).any())
+    """Whether any of the sorted ids in `seen` is flagged in `ids` (a flag per id)."""
+    inside = seen[seen < len(ids)]
+    return bool(ids[inside].any())
 
 
 class AttributionEngine:
@@ -192,6 +196,7 @@ class AttributionEngine:
         self._region_pids = _Tally()  # copies per region; counts unused (kinds are in the matrix)
         self._by_kind: dict[tuple[int, str], int] = {}
         self._writers = _Tally()  # copies per native stack id
+        self._retired_writers: dict[Stack, int] = {}  # forgotten pids per writer (see forget)
         self._site_copies = np.zeros(16, np.int64)
         # Which pages of which blocks were copied (by anyone): blocks of a page or less span at
         # most two pages, kept as two flags per uid; bigger ones as uid << 32 | page index.
@@ -219,10 +224,18 @@ class AttributionEngine:
     def forget(self, pid: int) -> None:
         """Drop what is kept for a process long gone (the agent, after its grace period):
         a tracer that runs for weeks must not grow with every pid it ever saw.  Aggregates
-        (regions, writers, allocation sites) keep its copies."""
+        (regions, writers, allocation sites) keep its copies, and the number of processes
+        behind each row still counts it."""
         self.maps.pop(pid, None)
         self.tables.pop(pid, None)
         self._recent.pop(pid, None)
+        self._region_pids.retire(pid)
+        # Writers are merged by frames at view time: remember by frames which ones it wrote
+        # with (each once), resolved now while the stack ids still say what they were.
+        for stack in {self._writer_stack(sid) for sid in self._writers.retire(pid).tolist()}:
+            self._retired_writers[stack] = self._retired_writers.get(stack, 0) + 1
+        for key in [key for key in self._by_kind if key[0] == pid]:
+            del self._by_kind[key]
 
     def on_fork(self, ts_ns: int, parent: int, child: int) -> None:
         recent = self._recent.get(child)
@@ -605,6 +618,7 @@ class AttributionEngine:
         for stack, (copies, ids) in merged.items():
             # processes that wrote with any of the stack ids that resolve to these frames
             pids = sum(_any(seen, ids) for seen in tally.seen.values())
+            pids += self._retired_writers.get(stack, 0)
             stats.append(
                 WriterStat(
                     frames=stack.frames, copies=copies, processes=pids, truncated=stack.truncated

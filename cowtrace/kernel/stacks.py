@@ -57,7 +57,7 @@ class KernelStackResolver:
         self._stacks: dict[int, tuple[int, ...]] = {}
         self._caches: dict[int, list[Any]] = {}  # pid -> its symbol caches, newest first
         self._image_of: dict[int, int] = {}  # pid -> the pid whose cache covers its program
-        self._names: dict[tuple[int, int], str] = {}
+        self._names: dict[int, dict[int, str]] = {}  # pid -> addr -> name
 
     # ---- addresses -------------------------------------------------------------------------
     def addresses(self, stack_id: int) -> Sequence[int]:
@@ -90,8 +90,8 @@ class KernelStackResolver:
         """`pid` runs a program of its own (the root, an adopted member, an exec): make its
         symbol cache now, while it lives, replacing one made before an exec."""
         self._image_of[pid] = pid
-        self._caches.pop(pid, None)
-        self._names = {key: name for key, name in self._names.items() if key[0] != pid}
+        _free_caches(self._caches.pop(pid, []), pid)
+        self._names.pop(pid, None)
         self._warm(pid)
 
     def note_fork(self, parent: int, child: int) -> None:
@@ -109,8 +109,9 @@ class KernelStackResolver:
                 from bcc import SymbolCache
 
                 caches.insert(0, SymbolCache(pid))
+                _free_caches(caches[CACHES_PER_IMAGE:], pid)
                 del caches[CACHES_PER_IMAGE:]
-                self._names = {key: name for key, name in self._names.items() if key[0] != pid}
+                self._names.pop(pid, None)
 
     def _warm(self, pid: int) -> list[Any]:
         caches = self._caches.get(pid)
@@ -123,12 +124,26 @@ class KernelStackResolver:
     def symbolize(self, pid: int, addr: int) -> str:
         """`function (module)` for an address in `pid`'s memory; `[unknown] (module)` when the
         object has no symbol there, `[unknown]` when no mapping is known."""
-        key = (pid, addr)
-        name = self._names.get(key)
+        names = self._names.setdefault(pid, {})
+        name = names.get(addr)
         if name is None:
-            name = self._resolve(pid, addr)
-            self._names[key] = name
+            name = names[addr] = self._resolve(pid, addr)
         return name
+
+    def forget(self, pid: int) -> None:
+        """A process long gone (the agent, after its grace period): drop its symbol caches
+        (bcc's, in C memory: freed here, as bcc's Python class never frees them), its image
+        and its names, so that a tracer running for weeks does not grow with every worker."""
+        _free_caches(self._caches.pop(pid, []), pid)
+        self._image_of.pop(pid, None)
+        self._names.pop(pid, None)
+
+    def close(self) -> None:
+        """Free every symbol cache (C memory)."""
+        for pid, caches in self._caches.items():
+            _free_caches(caches, pid)
+        self._caches.clear()
+        self._names.clear()
 
     def _candidates(self, pid: int) -> list[int]:
         """The image pid runs, pid itself, then the root: each at most once."""
@@ -149,6 +164,21 @@ class KernelStackResolver:
                     return f"{name.decode(errors='replace')} ({module_name})"
                 return f"{UNKNOWN} ({module_name})"  # mapped, but no symbol there
         return UNKNOWN
+
+
+def _free_caches(caches: Iterable[Any], pid: int) -> None:
+    """Free bcc symbol caches: the C++ ProcSyms behind each (its modules' symbol tables)."""
+    for cache in caches:
+        handle = getattr(cache, "cache", None)
+        if handle:
+            _free_symcache(handle, pid)
+            cache.cache = None
+
+
+def _free_symcache(handle: int, pid: int) -> None:
+    from bcc.libbcc import lib
+
+    lib.bcc_free_symcache(handle, pid)
 
 
 def _has_memory(pid: int) -> bool:

@@ -445,3 +445,45 @@ def test_tally_processes_when_a_pid_flag_array_outgrew_the_counts() -> None:
     assert len(processes) == len(tally.counts)
     assert processes[:95].tolist() == [2] * 95
     assert processes[95:97].tolist() == [1, 1]
+
+
+def test_tally_retire_keeps_the_process_counts() -> None:
+    from cowtrace.attribution.engine import _Tally
+
+    tally = _Tally()
+    tally.add(1, np.array([3, 3, 40000]))
+    tally.add(2, np.array([3]))
+    before = tally.processes().tolist()
+    assert tally.retire(1).tolist() == [3, 40000]
+    assert tally.retire(1).tolist() == []  # twice: nothing more
+    assert list(tally.seen) == [2]
+    assert tally.processes().tolist() == before
+    assert before[3] == 2 and before[40000] == 1 and sum(before) == 3
+
+
+def test_forget_drops_every_per_pid_table_and_keeps_the_aggregates() -> None:
+    """The agent forgets each worker after its grace period: nothing of it may stay behind
+    (a week of churn is millions of pids), while the totals it contributed stay."""
+    resolver = FakeResolver({7: [CODE + 0x100], 8: [CODE + 0x100], 9: [CODE + 0x200]})
+    eng = engine(resolver=resolver)
+    seed(eng)
+    for child, ts in ((CHILD, 5), (CHILD + 1, 6)):
+        eng.on_fork(ts, PARENT, child)
+    eng.on_fault_events(
+        faults(
+            [(10, CHILD, HEAP, COPY, 7), (11, CHILD, ANON, COPY, 8), (12, CHILD, HEAP + P, COPY, 9)]
+            + [(13, CHILD + 1, HEAP + 2 * P, COPY, 8), (14, PARENT, HEAP + 3 * P, COPY, 9)]
+        )
+    )
+    eng.on_exit(20, CHILD)
+    before = eng.summary_sections()
+    for pid in (CHILD, CHILD + 1):
+        eng.forget(pid)
+    assert eng.summary_sections() == before  # copies and processes per row unchanged
+    assert set(eng.maps) == set(eng.tables) == {PARENT}
+    assert set(eng._recent) <= {PARENT}
+    assert set(eng._writers.seen) == set(eng._region_pids.seen) == {PARENT}
+    view = eng.view()
+    assert view is not None
+    assert view.copies_by_kind == {(PARENT, "heap"): 1}
+    assert view.exit_copies == {}

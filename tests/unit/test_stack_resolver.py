@@ -111,3 +111,31 @@ def test_a_process_keeps_its_newest_caches_only() -> None:
         resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, fd)))
     assert len(resolver._caches[PID]) == CACHES_PER_IMAGE
     assert resolver._caches[PID][0] is made[-1]
+
+
+def test_dropped_and_forgotten_caches_are_freed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bcc's Python SymbolCache never frees its C++ ProcSyms: the resolver must, for every
+    cache it drops (a newer one pushed the oldest out, an exec, the process forgotten)."""
+    freed: list[tuple[int, int]] = []
+    monkeypatch.setattr(stacks, "_free_symcache", lambda handle, pid: freed.append((handle, pid)))
+
+    class Handle(FakeSymbolCache):
+        def __init__(self, pid: int) -> None:
+            super().__init__(pid)
+            self.cache = len(made)  # bcc's C pointer
+
+    monkeypatch.setattr(sys.modules["bcc"], "SymbolCache", Handle)
+    resolver = exec_then_loader()
+    for fd in range(CACHES_PER_IMAGE + 1):
+        resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, fd)))
+    assert freed == [(1, PID), (2, PID)]  # the oldest, pushed out by newer ones
+    resolver.note_image(PID)  # an exec: every older cache goes
+    assert sorted(freed) == [(1, PID), (2, PID), (3, PID), (4, PID), (5, PID)]
+    resolver.note_fork(PID, PID + 1)
+    assert resolver.symbolize(PID, EXE_TEXT) == "main (server)"
+    resolver.forget(PID)
+    resolver.forget(PID + 1)
+    assert sorted(freed)[-1] == (6, PID)
+    assert resolver._caches == {} and resolver._image_of == {} and resolver._names == {}
+    resolver.close()
+    assert len(freed) == 6  # nothing freed twice
