@@ -163,6 +163,8 @@ class Fleet:
             if root not in self.families:
                 forget += [pid for pid, state in states.items() if state.exited]
         self.tracer.forget(forget)
+        if self.engine is not None and self.resolver is not None:
+            self.resolver.drop_stacks(self.engine.release_stacks())
         self.lost_events = self.tracer.stats()["lost_events"]
         self._view = self.engine.view() if self.engine is not None else None
         return [self._snapshot(t, now) for t in self.families.values()]

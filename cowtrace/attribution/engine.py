@@ -128,13 +128,13 @@ class _Tally:
         if len(ids) == 0:
             return
         ids = ids.astype(np.int64)
-        top = int(ids.max()) + 1
-        self._fit(top)
-        self.counts[:top] += np.bincount(ids, minlength=top)
+        self._fit(int(ids.max()) + 1)
+        distinct, counts = np.unique(ids, return_counts=True)
+        self.counts[distinct] += counts
         fresh = ids[self.first_pid[ids] < 0]
         self.first_pid[fresh] = pid
         seen = self.seen.get(pid)
-        self.seen[pid] = np.unique(ids if seen is None else np.concatenate([seen, ids]))
+        self.seen[pid] = distinct if seen is None else np.union1d(seen, distinct)
 
     def retire(self, pid: int) -> np.ndarray:
         """Stop keeping which ids `pid` contributed to (counted in `retired`); its ids."""
@@ -197,6 +197,8 @@ class AttributionEngine:
         self._by_kind: dict[tuple[int, str], int] = {}
         self._writers = _Tally()  # copies per native stack id
         self._retired_writers: dict[Stack, int] = {}  # forgotten pids per writer (see forget)
+        self._released_copies: dict[Stack, int] = {}  # copies of released stack ids
+        self._stack_users = _Tally()  # every stack id in any record, by pid (release_stacks)
         self._site_copies = np.zeros(16, np.int64)
         # Which pages of which blocks were copied (by anyone): blocks of a page or less span at
         # most two pages, kept as two flags per uid; bigger ones as uid << 32 | page index.
@@ -230,12 +232,42 @@ class AttributionEngine:
         self.tables.pop(pid, None)
         self._recent.pop(pid, None)
         self._region_pids.retire(pid)
+        self._stack_users.retire(pid)
         # Writers are merged by frames at view time: remember by frames which ones it wrote
         # with (each once), resolved now while the stack ids still say what they were.
         for stack in {self._writer_stack(sid) for sid in self._writers.retire(pid).tolist()}:
             self._retired_writers[stack] = self._retired_writers.get(stack, 0) + 1
         for key in [key for key in self._by_kind if key[0] == pid]:
             del self._by_kind[key]
+
+    def release_stacks(self) -> list[int]:
+        """Stack ids no kept process used (every user forgotten): their copies are folded
+        into the writers by frames, and the ids are dropped here; the caller deletes them from
+        the kernel's stack maps, which would otherwise fill up with the stacks of every family
+        that ever ran (a new program image, new addresses).  An id the kernel hands out again
+        later is then resolved afresh."""
+        users = self._stack_users
+        kept = [*users.seen.values(), [s.stack_id for s in self.blocks.sites]]
+        used = np.flatnonzero(users.counts)
+        released = np.setdiff1d(used, np.concatenate(kept).astype(np.int64))
+        if len(released) == 0:
+            return []
+        writers = self._writers
+        for sid in released[released < len(writers.counts)].tolist():
+            copies = int(writers.counts[sid])
+            if copies:
+                stack = self._writer_stack(sid)
+                self._released_copies[stack] = self._released_copies.get(stack, 0) + copies
+        for tally in (writers, users):
+            inside = released[released < len(tally.counts)]
+            tally.counts[inside] = 0
+            tally.first_pid[inside] = -1
+            tally.retired[inside] = 0
+        ids = released.tolist()
+        self.stacks.drop(ids)
+        for sid in ids:
+            self._stack_text.pop(sid, None)
+        return ids
 
     def on_fork(self, ts_ns: int, parent: int, child: int) -> None:
         recent = self._recent.get(child)
@@ -445,6 +477,8 @@ class AttributionEngine:
         has_addr = addrs != 0
         self._count_regions(pid, region[has_addr], kinds[has_addr])
 
+        stack_ids = batch["stack_id"]
+        self._stack_users.add(pid, stack_ids[stack_ids >= 0])
         is_copy = kinds == KIND_COPY
         copy_stacks = batch["stack_id"][is_copy]
         copy_ts = batch["ts"][is_copy]
@@ -615,10 +649,13 @@ class AttributionEngine:
             entry[0] += int(tally.counts[sid])
             entry[1][sid] = True
         stats = []
+        for stack in self._released_copies:  # writers whose every stack id was released
+            merged.setdefault(stack, [0, np.zeros(len(tally.counts), bool)])
         for stack, (copies, ids) in merged.items():
             # processes that wrote with any of the stack ids that resolve to these frames
             pids = sum(_any(seen, ids) for seen in tally.seen.values())
             pids += self._retired_writers.get(stack, 0)
+            copies += self._released_copies.get(stack, 0)
             stats.append(
                 WriterStat(
                     frames=stack.frames, copies=copies, processes=pids, truncated=stack.truncated

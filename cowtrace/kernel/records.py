@@ -53,6 +53,7 @@ def detail_records(batches: np.ndarray, singles: np.ndarray) -> np.ndarray:
     records[len(payload) :] = singles
     return records
 
+
 # struct map_event: a change to a member's memory map, as the syscall returned it.
 MAP_OP_MMAP, MAP_OP_MUNMAP, MAP_OP_MREMAP, MAP_OP_BRK, MAP_OP_MPROTECT = 1, 2, 3, 4, 5
 MAP_EVENT_DTYPE = np.dtype(

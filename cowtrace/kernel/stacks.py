@@ -21,6 +21,7 @@ the check and the read, and a cache made from a zombie's empty maps file knows n
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -84,6 +85,16 @@ class KernelStackResolver:
             for key, leaf in table.items():
                 self._stacks.setdefault(key.value, _frames(leaf.ip))
         self._table = self._fault_table = None
+
+    def drop_stacks(self, stack_ids: Iterable[int]) -> None:
+        """Delete released stack ids (AttributionEngine.release_stacks) from the kernel's maps
+        and from the cache: the maps keep each stack until deleted, and would fill up."""
+        for stack_id in stack_ids:
+            self._stacks.pop(stack_id, None)
+            table = self._fault_table if stack_id >= self._entries else self._table
+            if table is not None:
+                with contextlib.suppress(KeyError):
+                    del table[table.Key(stack_id)]
 
     # ---- symbols ---------------------------------------------------------------------------
     def note_image(self, pid: int) -> None:

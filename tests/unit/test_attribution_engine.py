@@ -487,3 +487,31 @@ def test_forget_drops_every_per_pid_table_and_keeps_the_aggregates() -> None:
     assert view is not None
     assert view.copies_by_kind == {(PARENT, "heap"): 1}
     assert view.exit_copies == {}
+
+
+def test_released_stack_ids_keep_their_writers_and_are_resolved_afresh() -> None:
+    """Stack ids that only forgotten processes used are released (the agent deletes them from
+    the kernel's stack maps, which would fill up); their copies stay with their frames, and an
+    id the kernel later gives to another stack names that stack."""
+    resolver = FakeResolver({7: [CODE + 0x100], 8: [CODE + 0x200], 9: [CODE + 0x100]})
+    eng = engine(resolver=resolver)
+    seed(eng)
+    eng.on_fork(5, PARENT, CHILD)
+    eng.on_fault_events(
+        faults(
+            [(10, CHILD, HEAP, COPY, 7), (11, CHILD, HEAP + P, COPY, 7)]
+            + [(12, CHILD, ANON, REUSE, 8), (13, PARENT, HEAP + 2 * P, COPY, 9)]
+        )
+    )
+    before = eng.summary_sections()["writers"]
+    assert eng.release_stacks() == []  # both still kept
+    eng.forget(CHILD)
+    assert eng.release_stacks() == [7, 8]  # 9 is the parent's
+    assert eng.release_stacks() == []
+    assert eng.summary_sections()["writers"] == before  # 2 + 1 copies, 2 processes, merged
+    resolver.stacks[7] = [CODE + 0x300]  # the id now names another stack
+    eng.on_fault_events(faults([(20, PARENT, HEAP + 3 * P, COPY, 7)]))
+    writers = {
+        tuple(w["frames"]): (w["copies"], w["processes"]) for w in eng.summary_sections()["writers"]
+    }
+    assert writers == {("f_400100 (prog)",): (3, 2), ("f_400300 (prog)",): (1, 1)}
