@@ -25,6 +25,7 @@ import ctypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -156,7 +157,7 @@ class SoakConfig:
     family_life_s: float = 30.0
     grace_s: float = 30.0  # --pid-label-grace
     interval_s: float = 5.0  # the agent's --interval
-    port: int = 19959
+    port: int = 0  # 0: a free port
     python: str = sys.executable
 
 
@@ -196,6 +197,12 @@ def _churn(config: SoakConfig, family_life_s: float = 0.0) -> subprocess.Popen:
     )
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -224,6 +231,8 @@ def run(config: SoakConfig, log_path: Path, log: bool = True) -> list[Sample]:
     The agent's own log (stderr) goes to `log_path`."""
     samples: list[Sample] = []
     agent_log = log_path.open("w")
+    if config.port == 0:
+        config.port = _free_port()
     procs: list[subprocess.Popen] = [_churn(config)]
     agent = subprocess.Popen(
         [
@@ -387,6 +396,10 @@ def write_svg(samples: list[Sample], path: Path, title: str) -> None:
     path.write_text("\n".join(parts) + "\n")
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # run() stops the agent and the workload
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3600.0, help="seconds (default 1 h)")
@@ -397,7 +410,7 @@ def main() -> int:
     parser.add_argument("--family-every", type=float, default=60.0)
     parser.add_argument("--family-life", type=float, default=30.0)
     parser.add_argument("--grace", type=float, default=30.0, help="agent --pid-label-grace")
-    parser.add_argument("--port", type=int, default=19959)
+    parser.add_argument("--port", type=int, default=0, help="the agent's (0: a free one)")
     parser.add_argument("--out", type=Path, default=Path("soak-out"))
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -415,6 +428,7 @@ def main() -> int:
         port=args.port,
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _interrupted)  # a background job ignores SIGINT
     samples = run(config, args.out / "agent.log")
     write_csv(samples, args.out / "soak.csv")
     verdict = judge(samples, config.warmup_s)
