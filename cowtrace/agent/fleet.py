@@ -166,7 +166,7 @@ class Fleet:
         if self.engine is not None and self.resolver is not None:
             self.resolver.drop_stacks(self.engine.release_stacks())
         self.lost_events = self.tracer.stats()["lost_events"]
-        self._view = self.engine.view() if self.engine is not None else None
+        self._view = self.engine.metrics_view() if self.engine is not None else None
         return [self._snapshot(t, now) for t in self.families.values()]
 
     def _prune(self, root: int, tracked: Tracked, now: float) -> None:

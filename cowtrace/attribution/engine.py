@@ -742,6 +742,14 @@ class AttributionEngine:
             exit_copies={pid: r.copies for pid, r in self._recent.items() if r.exit_ts is not None},
         )
 
+    def metrics_view(self) -> AttributionView:
+        """Only what the metrics read (copies by mapping kind, exit-time copies): the agent's
+        view at each refresh, without ranking every writer stack of every kept process."""
+        return AttributionView(
+            copies_by_kind=dict(self._by_kind),
+            exit_copies={pid: r.copies for pid, r in self._recent.items() if r.exit_ts is not None},
+        )
+
     def summary_sections(self) -> dict[str, Any]:
         """The --json sections (schema in cowtrace/output/summary.py)."""
         self.flush()
