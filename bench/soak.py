@@ -132,9 +132,10 @@ def open_fds(pid: int) -> int:
 _PID_LABEL = re.compile(r'pid="(\d+)"')
 
 
-def scrape(port: int) -> tuple[int, int, int]:
-    """(series, distinct pid labels, families) of the agent's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+def scrape(port: int, timeout: float = 60.0) -> tuple[int, int, int]:
+    """(series, distinct pid labels, families) of the agent's /metrics.  Patient: on a loaded
+    machine a scrape of thousands of series can take seconds."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as reply:
         text = reply.read().decode()
     samples = [line for line in text.splitlines() if line and not line.startswith("#")]
     pids = {m.group(1) for line in samples for m in [_PID_LABEL.search(line)] if m}
@@ -220,7 +221,7 @@ def _wait_ready(agent: subprocess.Popen, port: int, timeout: float = 120) -> Non
         if agent.poll() is not None:
             raise RuntimeError(f"the agent exited with {agent.returncode} before it was ready")
         with contextlib.suppress(OSError):
-            if scrape(port)[2] >= 1:  # the long-lived family is traced
+            if scrape(port, timeout=10)[2] >= 1:  # the long-lived family is traced
                 return
         time.sleep(0.5)
     raise RuntimeError("the agent did not start tracing in time")
