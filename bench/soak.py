@@ -159,6 +159,7 @@ class SoakConfig:
     grace_s: float = 30.0  # --pid-label-grace
     interval_s: float = 5.0  # the agent's --interval
     port: int = 0  # 0: a free port
+    name: str = COMM  # the workload's comm (the agent's --comm): distinct per concurrent soak
     python: str = sys.executable
 
 
@@ -189,7 +190,7 @@ def _churn(config: SoakConfig, family_life_s: float = 0.0) -> subprocess.Popen:
             "--records",
             str(config.records),
             "--name",
-            COMM,
+            config.name,
             "--family-life",
             str(family_life_s),
         ],
@@ -215,7 +216,7 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15
             proc.wait()
 
 
-def _wait_ready(agent: subprocess.Popen, port: int, timeout: float = 120) -> None:
+def _wait_ready(agent: subprocess.Popen, port: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if agent.poll() is not None:
@@ -237,11 +238,12 @@ def run(config: SoakConfig, log_path: Path, log: bool = True) -> list[Sample]:
     procs: list[subprocess.Popen] = [_churn(config)]
     agent = subprocess.Popen(
         [
-            config.python, "-m", "cowtrace", "agent", "--comm", f"^{COMM}$",
+            config.python, "-m", "cowtrace", "agent", "--comm", f"^{config.name}$",
             "--pid-label-grace", str(config.grace_s), "--interval", str(config.interval_s),
             "--metrics-addr", f"127.0.0.1:{config.port}",
         ],
         cwd=ROOT,
+        env={**os.environ, "COWTRACE_DEBUG": "1"},  # an internal error's traceback in the log
         stdout=subprocess.DEVNULL,
         stderr=agent_log,
     )  # fmt: skip
@@ -412,6 +414,7 @@ def main() -> int:
     parser.add_argument("--family-life", type=float, default=30.0)
     parser.add_argument("--grace", type=float, default=30.0, help="agent --pid-label-grace")
     parser.add_argument("--port", type=int, default=0, help="the agent's (0: a free one)")
+    parser.add_argument("--name", default=COMM, help="the workload's comm (--comm of the agent)")
     parser.add_argument("--out", type=Path, default=Path("soak-out"))
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -427,6 +430,7 @@ def main() -> int:
         family_life_s=args.family_life,
         grace_s=args.grace,
         port=args.port,
+        name=args.name,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupted)  # a background job ignores SIGINT

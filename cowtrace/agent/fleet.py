@@ -64,8 +64,6 @@ class Fleet:
 
     def close(self) -> None:
         self.tracer.close()
-        if self.resolver is not None:
-            self.resolver.close()
 
     def is_traced(self, pid: int) -> bool:
         """A live member of some family (an exited one's pid may already be reused)."""
