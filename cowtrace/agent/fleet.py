@@ -163,6 +163,7 @@ class Fleet:
         self.tracer.forget(forget)
         if self.engine is not None and self.resolver is not None:
             self.resolver.drop_stacks(self.engine.release_stacks())
+            self.resolver.sweep_orphans(self.engine.known_stacks().tolist())
         self.lost_events = self.tracer.stats()["lost_events"]
         self._view = self.engine.metrics_view() if self.engine is not None else None
         return [self._snapshot(t, now) for t in self.families.values()]

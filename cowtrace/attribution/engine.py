@@ -269,6 +269,11 @@ class AttributionEngine:
             self._stack_text.pop(sid, None)
         return ids
 
+    def known_stacks(self) -> np.ndarray:
+        """Every stack id a record named and that is not released (see release_stacks)."""
+        sites = np.array([s.stack_id for s in self.blocks.sites], np.int64)
+        return np.union1d(np.flatnonzero(self._stack_users.counts), sites[sites >= 0])
+
     def on_fork(self, ts_ns: int, parent: int, child: int) -> None:
         recent = self._recent.get(child)
         if recent is not None and recent.exit_ts is not None and recent.exit_ts < ts_ns:

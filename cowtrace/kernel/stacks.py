@@ -59,6 +59,7 @@ class KernelStackResolver:
         self._caches: dict[int, list[Any]] = {}  # pid -> its symbol caches, newest first
         self._image_of: dict[int, int] = {}  # pid -> the pid whose cache covers its program
         self._names: dict[int, dict[int, str]] = {}  # pid -> addr -> name
+        self._orphans: set[int] = set()  # stack ids no record named at the last sweep
 
     # ---- addresses -------------------------------------------------------------------------
     def addresses(self, stack_id: int) -> Sequence[int]:
@@ -95,6 +96,21 @@ class KernelStackResolver:
             if table is not None:
                 with contextlib.suppress(KeyError):
                     del table[table.Key(stack_id)]
+
+    def sweep_orphans(self, known: Iterable[int]) -> int:
+        """Delete stacks no record ever named: the kernel stores a stack at the fault, before
+        it knows whether the fault becomes a record (many do not), so such entries would stay
+        forever.  An id unknown to user space at two sweeps in a row (a drain or more apart:
+        its record, if any, would have been read) is deleted.  Returns how many."""
+        known = set(known)
+        orphans: set[int] = set()
+        for table in (self._table, self._fault_table):
+            if table is not None:
+                orphans.update(key.value for key in table if key.value not in known)
+        stale = orphans & self._orphans
+        self._orphans = orphans - stale
+        self.drop_stacks(stale)
+        return len(stale)
 
     # ---- symbols ---------------------------------------------------------------------------
     def note_image(self, pid: int) -> None:

@@ -139,3 +139,28 @@ def test_dropped_and_forgotten_caches_are_freed(monkeypatch: pytest.MonkeyPatch)
     assert resolver._caches == {} and resolver._image_of == {} and resolver._names == {}
     resolver.close()
     assert len(freed) == 6  # nothing freed twice
+
+
+def test_stacks_no_record_named_are_swept_at_the_second_look() -> None:
+    class StackKey:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+    class Table(dict):
+        Key = StackKey
+
+        def __iter__(self):  # noqa: ANN204 - bcc's tables yield Key objects
+            return iter([StackKey(k) for k in list(super().keys())])
+
+        def __delitem__(self, key: StackKey) -> None:
+            super().__delitem__(key.value)
+
+    resolver = KernelStackResolver(None, entries=4)
+    resolver._table, resolver._fault_table = Table({1: 0, 2: 0}), Table({5: 0, 6: 0})
+    assert resolver.sweep_orphans([1, 5]) == 0  # 2 and 6: maybe their records are in flight
+    resolver._fault_table[7] = 0  # a new stack since
+    assert resolver.sweep_orphans([1, 5, 6]) == 1  # 6 was named meanwhile; 2 never was
+    assert sorted(dict.keys(resolver._table)) == [1]
+    assert sorted(dict.keys(resolver._fault_table)) == [5, 6, 7]
+    assert resolver.sweep_orphans([1, 5, 6]) == 1
+    assert sorted(dict.keys(resolver._fault_table)) == [5, 6]
