@@ -159,8 +159,8 @@ class KernelStackResolver:
 
     def forget(self, pid: int) -> None:
         """A process long gone (the agent, after its grace period): drop its symbol caches
-        (bcc's, in C memory: freed here, as bcc's Python class never frees them), its image
-        and its names, so that a tracer running for weeks does not grow with every worker."""
+        (see _free_caches), its image and its names, so that a tracer running for weeks does
+        not grow with every worker."""
         _free_caches(self._caches.pop(pid, []), pid)
         self._image_of.pop(pid, None)
         self._names.pop(pid, None)
@@ -193,11 +193,20 @@ class KernelStackResolver:
         return UNKNOWN
 
 
+FREE_BCC_CACHES = False  # see _free_caches
+
+
 def _free_caches(caches: Iterable[Any], pid: int) -> None:
-    """Free bcc symbol caches: the C++ ProcSyms behind each (its modules' symbol tables)."""
+    """Let go of bcc symbol caches.  Freeing the C++ ProcSyms behind them (bcc_free_symcache;
+    bcc's Python class never does) is what would bound their memory, but with bcc 0.26 here
+    an agent that freed them under churn soon found other fds of its own closed (the metrics
+    socket: connection refused, then EBADF when it closed it), so a freed ProcSyms closes
+    descriptors that are not its own.  Until that is understood the caches of processes that
+    are gone are only dropped from the tables (their C memory stays: one cache per family root
+    and per exec, not per worker)."""
     for cache in caches:
         handle = getattr(cache, "cache", None)
-        if handle:
+        if handle and FREE_BCC_CACHES:
             _free_symcache(handle, pid)
             cache.cache = None
 

@@ -118,6 +118,7 @@ def test_dropped_and_forgotten_caches_are_freed(monkeypatch: pytest.MonkeyPatch)
     cache it drops (a newer one pushed the oldest out, an exec, the process forgotten)."""
     freed: list[tuple[int, int]] = []
     monkeypatch.setattr(stacks, "_free_symcache", lambda handle, pid: freed.append((handle, pid)))
+    monkeypatch.setattr(stacks, "FREE_BCC_CACHES", True)
 
     class Handle(FakeSymbolCache):
         def __init__(self, pid: int) -> None:
