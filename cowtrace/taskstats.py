@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cowtrace.errors import CowtraceError
+from cowtrace.switch_users import SharedSwitch
 
 # <linux/netlink.h>, <linux/genetlink.h>
 NETLINK_GENERIC = 16
@@ -715,7 +716,16 @@ def enable_delayacct() -> bool:
     """Turn delay accounting on; returns the previous state so a caller can restore it.
 
     Tasks count only what happens while it is on: enable it before the work to measure.
+    Shared by every cowtrace process at once (switch_users.py): the state returned is the one
+    before the first of them, and only the last one to restore puts it back.
     """
+    try:
+        return _DELAYACCT_USERS.acquire(_switch_delayacct_on)
+    except OSError:  # no registry (/run not writable): this process alone
+        return _switch_delayacct_on()
+
+
+def _switch_delayacct_on() -> bool:
     before = delayacct_enabled()
     if not before:
         try:
@@ -729,6 +739,19 @@ def enable_delayacct() -> bool:
 
 
 def restore_delayacct(previous: bool) -> None:
-    """Put the sysctl back to what :func:`enable_delayacct` returned."""
-    if not previous and delayacct_enabled():
+    """Put the sysctl back to what :func:`enable_delayacct` returned, once no other cowtrace
+    process uses it any more."""
+    try:
+        shared = _DELAYACCT_USERS.release(_switch_delayacct_off)
+    except OSError:
+        shared = False
+    if not shared and not previous:
+        _switch_delayacct_off()
+
+
+def _switch_delayacct_off() -> None:
+    if delayacct_enabled():
         DELAYACCT_SYSCTL.write_text("0\n")
+
+
+_DELAYACCT_USERS = SharedSwitch("delayacct")

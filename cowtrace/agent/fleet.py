@@ -165,8 +165,11 @@ class Fleet:
             if root not in self.families:
                 forget += [pid for pid, state in states.items() if state.exited]
         self.tracer.forget(forget)
+        if self.engine is not None and self.resolver is not None:
+            self.resolver.drop_stacks(self.engine.release_stacks())
+            self.resolver.sweep_orphans(self.engine.known_stacks().tolist())
         self.lost_events = self.tracer.stats()["lost_events"]
-        self._view = self.engine.view() if self.engine is not None else None
+        self._view = self.engine.metrics_view() if self.engine is not None else None
         return [self._snapshot(t, now) for t in self.families.values()]
 
     def _prune(self, root: int, tracked: Tracked, now: float) -> None:
@@ -184,7 +187,9 @@ class Fleet:
                 family.final.discard(pid)
                 tracked.forgotten.discard(pid)
                 if self.engine is not None:
-                    self.engine.forget(pid)
+                    self.engine.forget(pid)  # first: it resolves the pid's writer stacks
+                if self.resolver is not None:
+                    self.resolver.forget(pid)
         if not family.members:
             del self.families[root]
 

@@ -107,56 +107,60 @@ class _Recent:
 class _Tally:
     """Counts per small non-negative id (region, stack id), and which pids contributed.
 
-    Arrays indexed by id rather than dicts: a batch adds with one bincount, and "processes"
-    is a sum of per-pid flags at view time.
+    Arrays indexed by id rather than dicts: a batch adds with one bincount.  Which ids a pid
+    contributed to is kept sparse (its sorted distinct ids: stack ids reach 2 * STACK_ENTRIES,
+    and a dense flag array per pid cost an agent 64 KiB for every worker it ever saw); a pid
+    that `retire`s is folded into `retired`, a count per id, so that "processes" stays right
+    while memory stays bounded by the pids still kept.
     """
 
     def __init__(self) -> None:
         self.counts = np.zeros(64, np.int64)
         self.first_pid = np.full(64, -1, np.int64)
-        self.seen: dict[int, np.ndarray] = {}
+        self.retired = np.zeros(64, np.int64)  # per id: retired pids that contributed
+        self.seen: dict[int, np.ndarray] = {}  # pid -> sorted distinct ids it contributed
 
     def _fit(self, size: int) -> None:
         if size > len(self.counts):
             grown = max(size, 2 * len(self.counts))
-            self.counts = np.concatenate(
-                [self.counts, np.zeros(grown - len(self.counts), np.int64)]
-            )
-            self.first_pid = np.concatenate(
-                [self.first_pid, np.full(grown - len(self.first_pid), -1, np.int64)]
-            )
+            extra = grown - len(self.counts)
+            self.counts = np.concatenate([self.counts, np.zeros(extra, np.int64)])
+            self.first_pid = np.concatenate([self.first_pid, np.full(extra, -1, np.int64)])
+            self.retired = np.concatenate([self.retired, np.zeros(extra, np.int64)])
 
     def add(self, pid: int, ids: np.ndarray) -> None:
         if len(ids) == 0:
             return
         ids = ids.astype(np.int64)
-        top = int(ids.max()) + 1
-        self._fit(top)
-        self.counts[:top] += np.bincount(ids, minlength=top)
+        self._fit(int(ids.max()) + 1)
+        distinct, counts = np.unique(ids, return_counts=True)
+        self.counts[distinct] += counts
         fresh = ids[self.first_pid[ids] < 0]
         self.first_pid[fresh] = pid
         seen = self.seen.get(pid)
-        if seen is None or len(seen) < top:
-            grown = np.zeros(max(top, 64 if seen is None else 2 * len(seen)), bool)
-            if seen is not None:
-                grown[: len(seen)] = seen
-            seen = self.seen[pid] = grown
-        seen[ids] = True
+        self.seen[pid] = distinct if seen is None else np.union1d(seen, distinct)
+
+    def retire(self, pid: int) -> np.ndarray:
+        """Stop keeping which ids `pid` contributed to (counted in `retired`); its ids."""
+        seen = self.seen.pop(pid, None)
+        if seen is None:
+            return np.zeros(0, np.int64)
+        self.retired[seen] += 1
+        return seen
 
     def processes(self) -> np.ndarray:
-        """Per id, how many pids contributed (a pid's flags may be longer than the counts:
-        each array grows on its own)."""
-        size = max([len(self.counts), *(len(seen) for seen in self.seen.values())])
-        total = np.zeros(size, np.int64)
-        for seen in self.seen.values():
-            total[: len(seen)] += seen
-        return total[: len(self.counts)]
+        """Per id, how many pids contributed (kept ones and retired ones)."""
+        total = self.retired.copy()
+        if self.seen:
+            flat = np.concatenate(list(self.seen.values()))
+            total += np.bincount(flat, minlength=len(total))[: len(total)]
+        return total
 
 
 def _any(seen: np.ndarray, ids: np.ndarray) -> bool:
-    """Whether any id flagged in `ids` is flagged in `seen` (lengths may differ)."""
-    n = min(len(seen), len(ids))
-    return bool((seen[:n] & ids[:n]).any())
+    """Whether any of the sorted ids in `seen` is flagged in `ids` (a flag per id)."""
+    inside = seen[seen < len(ids)]
+    return bool(ids[inside].any())
 
 
 class AttributionEngine:
@@ -196,6 +200,9 @@ class AttributionEngine:
         self._region_pids = _Tally()  # copies per region; counts unused (kinds are in the matrix)
         self._by_kind: dict[tuple[int, str], int] = {}
         self._writers = _Tally()  # copies per native stack id
+        self._retired_writers: dict[Stack, int] = {}  # forgotten pids per writer (see forget)
+        self._released_copies: dict[Stack, int] = {}  # copies of released stack ids
+        self._stack_users = _Tally()  # every stack id in any record, by pid (release_stacks)
         self._site_copies = np.zeros(16, np.int64)
         # Which pages of which blocks were copied (by anyone): blocks of a page or less span at
         # most two pages, kept as two flags per uid; bigger ones as uid << 32 | page index.
@@ -223,10 +230,53 @@ class AttributionEngine:
     def forget(self, pid: int) -> None:
         """Drop what is kept for a process long gone (the agent, after its grace period):
         a tracer that runs for weeks must not grow with every pid it ever saw.  Aggregates
-        (regions, writers, allocation sites) keep its copies."""
+        (regions, writers, allocation sites) keep its copies, and the number of processes
+        behind each row still counts it."""
         self.maps.pop(pid, None)
         self.tables.pop(pid, None)
         self._recent.pop(pid, None)
+        self._region_pids.retire(pid)
+        self._stack_users.retire(pid)
+        # Writers are merged by frames at view time: remember by frames which ones it wrote
+        # with (each once), resolved now while the stack ids still say what they were.
+        for stack in {self._writer_stack(sid) for sid in self._writers.retire(pid).tolist()}:
+            self._retired_writers[stack] = self._retired_writers.get(stack, 0) + 1
+        for key in [key for key in self._by_kind if key[0] == pid]:
+            del self._by_kind[key]
+
+    def release_stacks(self) -> list[int]:
+        """Stack ids no kept process used (every user forgotten): their copies are folded
+        into the writers by frames, and the ids are dropped here; the caller deletes them from
+        the kernel's stack maps, which would otherwise fill up with the stacks of every family
+        that ever ran (a new program image, new addresses).  An id the kernel hands out again
+        later is then resolved afresh."""
+        users = self._stack_users
+        kept = [*users.seen.values(), [s.stack_id for s in self.blocks.sites]]
+        used = np.flatnonzero(users.counts)
+        released = np.setdiff1d(used, np.concatenate(kept).astype(np.int64))
+        if len(released) == 0:
+            return []
+        writers = self._writers
+        for sid in released[released < len(writers.counts)].tolist():
+            copies = int(writers.counts[sid])
+            if copies:
+                stack = self._writer_stack(sid)
+                self._released_copies[stack] = self._released_copies.get(stack, 0) + copies
+        for tally in (writers, users):
+            inside = released[released < len(tally.counts)]
+            tally.counts[inside] = 0
+            tally.first_pid[inside] = -1
+            tally.retired[inside] = 0
+        ids = released.tolist()
+        self.stacks.drop(ids)
+        for sid in ids:
+            self._stack_text.pop(sid, None)
+        return ids
+
+    def known_stacks(self) -> np.ndarray:
+        """Every stack id a record named and that is not released (see release_stacks)."""
+        sites = np.array([s.stack_id for s in self.blocks.sites], np.int64)
+        return np.union1d(np.flatnonzero(self._stack_users.counts), sites[sites >= 0])
 
     def on_fork(self, ts_ns: int, parent: int, child: int) -> None:
         recent = self._recent.get(child)
@@ -441,6 +491,8 @@ class AttributionEngine:
         has_addr = addrs != 0
         self._count_regions(pid, region[has_addr], kinds[has_addr])
 
+        stack_ids = batch["stack_id"]
+        self._stack_users.add(pid, stack_ids[stack_ids >= 0])
         is_copy = kinds == KIND_COPY
         copy_stacks = batch["stack_id"][is_copy]
         copy_ts = batch["ts"][is_copy]
@@ -611,9 +663,13 @@ class AttributionEngine:
             entry[0] += int(tally.counts[sid])
             entry[1][sid] = True
         stats = []
+        for stack in self._released_copies:  # writers whose every stack id was released
+            merged.setdefault(stack, [0, np.zeros(len(tally.counts), bool)])
         for stack, (copies, ids) in merged.items():
             # processes that wrote with any of the stack ids that resolve to these frames
             pids = sum(_any(seen, ids) for seen in tally.seen.values())
+            pids += self._retired_writers.get(stack, 0)
+            copies += self._released_copies.get(stack, 0)
             stats.append(
                 WriterStat(
                     frames=stack.frames, copies=copies, processes=pids, truncated=stack.truncated
@@ -696,6 +752,14 @@ class AttributionEngine:
             regions=tuple(regions),
             allocations=tuple(self._allocation_stats()),
             writers=tuple(self._writer_stats()),
+            copies_by_kind=dict(self._by_kind),
+            exit_copies={pid: r.copies for pid, r in self._recent.items() if r.exit_ts is not None},
+        )
+
+    def metrics_view(self) -> AttributionView:
+        """Only what the metrics read (copies by mapping kind, exit-time copies): the agent's
+        view at each refresh, without ranking every writer stack of every kept process."""
+        return AttributionView(
             copies_by_kind=dict(self._by_kind),
             exit_copies={pid: r.copies for pid, r in self._recent.items() if r.exit_ts is not None},
         )

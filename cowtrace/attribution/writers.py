@@ -60,6 +60,11 @@ class StackCache:
             found = self._stacks[stack_id] = self._resolve(addresses, pid)
         return found
 
+    def drop(self, stack_ids: list[int]) -> None:
+        """Forget these ids (released: the kernel may give them to other stacks later)."""
+        for stack_id in stack_ids:
+            self._stacks.pop(stack_id, None)
+
     def caller(self, addr: int, pid: int) -> Stack:
         """A one-frame stack for an allocation whose stack was not captured."""
         if addr == 0 or self.resolver is None:

@@ -21,6 +21,7 @@ the check and the read, and a cache made from a zombie's empty maps file knows n
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -59,7 +60,8 @@ class KernelStackResolver:
         self._stacks: dict[int, tuple[int, ...]] = {}
         self._caches: dict[int, list[Any]] = {}  # pid -> its symbol caches, newest first
         self._image_of: dict[int, int] = {}  # pid -> the pid whose cache covers its program
-        self._names: dict[tuple[int, int], str] = {}
+        self._names: dict[int, dict[int, str]] = {}  # pid -> addr -> name
+        self._orphans: set[int] = set()  # stack ids no record named at the last sweep
 
     # ---- addresses -------------------------------------------------------------------------
     def addresses(self, stack_id: int) -> Sequence[int]:
@@ -87,13 +89,38 @@ class KernelStackResolver:
                 self._stacks.setdefault(key.value, _frames(leaf.ip))
         self._table = self._fault_table = None
 
+    def drop_stacks(self, stack_ids: Iterable[int]) -> None:
+        """Delete released stack ids (AttributionEngine.release_stacks) from the kernel's maps
+        and from the cache: the maps keep each stack until deleted, and would fill up."""
+        for stack_id in stack_ids:
+            self._stacks.pop(stack_id, None)
+            table = self._fault_table if stack_id >= self._entries else self._table
+            if table is not None:
+                with contextlib.suppress(KeyError):
+                    del table[table.Key(stack_id)]
+
+    def sweep_orphans(self, known: Iterable[int]) -> int:
+        """Delete stacks no record ever named: the kernel stores a stack at the fault, before
+        it knows whether the fault becomes a record (many do not), so such entries would stay
+        forever.  An id unknown to user space at two sweeps in a row (a drain or more apart:
+        its record, if any, would have been read) is deleted.  Returns how many."""
+        known = set(known)
+        orphans: set[int] = set()
+        for table in (self._table, self._fault_table):
+            if table is not None:
+                orphans.update(key.value for key in table if key.value not in known)
+        stale = orphans & self._orphans
+        self._orphans = orphans - stale
+        self.drop_stacks(stale)
+        return len(stale)
+
     # ---- symbols ---------------------------------------------------------------------------
     def note_image(self, pid: int) -> None:
         """`pid` runs a program of its own (the root, an adopted member, an exec): make its
         symbol cache now, while it lives, replacing one made before an exec."""
         self._image_of[pid] = pid
-        self._caches.pop(pid, None)
-        self._names = {key: name for key, name in self._names.items() if key[0] != pid}
+        _free_caches(self._caches.pop(pid, []), pid)
+        self._names.pop(pid, None)
         self._warm(pid)
 
     def note_fork(self, parent: int, child: int) -> None:
@@ -111,8 +138,9 @@ class KernelStackResolver:
                 from bcc import SymbolCache
 
                 caches.insert(0, SymbolCache(pid))
+                _free_caches(caches[CACHES_PER_IMAGE:], pid)
                 del caches[CACHES_PER_IMAGE:]
-                self._names = {key: name for key, name in self._names.items() if key[0] != pid}
+                self._names.pop(pid, None)
 
     def _warm(self, pid: int) -> list[Any]:
         caches = self._caches.get(pid)
@@ -125,12 +153,26 @@ class KernelStackResolver:
     def symbolize(self, pid: int, addr: int) -> str:
         """`function (module)` for an address in `pid`'s memory; `[unknown] (module)` when the
         object has no symbol there, `[unknown]` when no mapping is known."""
-        key = (pid, addr)
-        name = self._names.get(key)
+        names = self._names.setdefault(pid, {})
+        name = names.get(addr)
         if name is None:
-            name = self._resolve(pid, addr)
-            self._names[key] = name
+            name = names[addr] = self._resolve(pid, addr)
         return name
+
+    def forget(self, pid: int) -> None:
+        """A process long gone (the agent, after its grace period): drop its symbol caches
+        (see _free_caches), its image and its names, so that a tracer running for weeks does
+        not grow with every worker."""
+        _free_caches(self._caches.pop(pid, []), pid)
+        self._image_of.pop(pid, None)
+        self._names.pop(pid, None)
+
+    def close(self) -> None:
+        """Free every symbol cache (C memory)."""
+        for pid, caches in self._caches.items():
+            _free_caches(caches, pid)
+        self._caches.clear()
+        self._names.clear()
 
     def _candidates(self, pid: int) -> list[int]:
         """The image pid runs, pid itself, then the root: each at most once."""
@@ -151,3 +193,27 @@ class KernelStackResolver:
                     return f"{name.decode(errors='replace')} ({module_name})"
                 return f"{UNKNOWN} ({module_name})"  # mapped, but no symbol there
         return UNKNOWN
+
+
+FREE_BCC_CACHES = False  # see _free_caches
+
+
+def _free_caches(caches: Iterable[Any], pid: int) -> None:
+    """Let go of bcc symbol caches.  Freeing the C++ ProcSyms behind them (bcc_free_symcache;
+    bcc's Python class never does) is what would bound their memory, but with bcc 0.26 here
+    an agent that freed them under churn soon found other fds of its own closed (the metrics
+    socket: connection refused, then EBADF when it closed it), so a freed ProcSyms closes
+    descriptors that are not its own.  Until that is understood the caches of processes that
+    are gone are only dropped from the tables (their C memory stays: one cache per family root
+    and per exec, not per worker)."""
+    for cache in caches:
+        handle = getattr(cache, "cache", None)
+        if handle and FREE_BCC_CACHES:
+            _free_symcache(handle, pid)
+            cache.cache = None
+
+
+def _free_symcache(handle: int, pid: int) -> None:
+    from bcc.libbcc import lib
+
+    lib.bcc_free_symcache(handle, pid)

@@ -480,3 +480,73 @@ def test_untracked_allocations_match_no_block_from_then_on() -> None:
     )
     (site,) = eng.summary_sections()["allocations"]
     assert (site["copies"], site["blocks"]) == (1, 1)
+
+
+def test_tally_retire_keeps_the_process_counts() -> None:
+    from cowtrace.attribution.engine import _Tally
+
+    tally = _Tally()
+    tally.add(1, np.array([3, 3, 40000]))
+    tally.add(2, np.array([3]))
+    before = tally.processes().tolist()
+    assert tally.retire(1).tolist() == [3, 40000]
+    assert tally.retire(1).tolist() == []  # twice: nothing more
+    assert list(tally.seen) == [2]
+    assert tally.processes().tolist() == before
+    assert before[3] == 2 and before[40000] == 1 and sum(before) == 3
+
+
+def test_forget_drops_every_per_pid_table_and_keeps_the_aggregates() -> None:
+    """The agent forgets each worker after its grace period: nothing of it may stay behind
+    (a week of churn is millions of pids), while the totals it contributed stay."""
+    resolver = FakeResolver({7: [CODE + 0x100], 8: [CODE + 0x100], 9: [CODE + 0x200]})
+    eng = engine(resolver=resolver)
+    seed(eng)
+    for child, ts in ((CHILD, 5), (CHILD + 1, 6)):
+        eng.on_fork(ts, PARENT, child)
+    eng.on_fault_events(
+        faults(
+            [(10, CHILD, HEAP, COPY, 7), (11, CHILD, ANON, COPY, 8), (12, CHILD, HEAP + P, COPY, 9)]
+            + [(13, CHILD + 1, HEAP + 2 * P, COPY, 8), (14, PARENT, HEAP + 3 * P, COPY, 9)]
+        )
+    )
+    eng.on_exit(20, CHILD)
+    before = eng.summary_sections()
+    for pid in (CHILD, CHILD + 1):
+        eng.forget(pid)
+    assert eng.summary_sections() == before  # copies and processes per row unchanged
+    assert set(eng.maps) == set(eng.tables) == {PARENT}
+    assert set(eng._recent) <= {PARENT}
+    assert set(eng._writers.seen) == set(eng._region_pids.seen) == {PARENT}
+    view = eng.view()
+    assert view is not None
+    assert view.copies_by_kind == {(PARENT, "heap"): 1}
+    assert view.exit_copies == {}
+
+
+def test_released_stack_ids_keep_their_writers_and_are_resolved_afresh() -> None:
+    """Stack ids that only forgotten processes used are released (the agent deletes them from
+    the kernel's stack maps, which would fill up); their copies stay with their frames, and an
+    id the kernel later gives to another stack names that stack."""
+    resolver = FakeResolver({7: [CODE + 0x100], 8: [CODE + 0x200], 9: [CODE + 0x100]})
+    eng = engine(resolver=resolver)
+    seed(eng)
+    eng.on_fork(5, PARENT, CHILD)
+    eng.on_fault_events(
+        faults(
+            [(10, CHILD, HEAP, COPY, 7), (11, CHILD, HEAP + P, COPY, 7)]
+            + [(12, CHILD, ANON, REUSE, 8), (13, PARENT, HEAP + 2 * P, COPY, 9)]
+        )
+    )
+    before = eng.summary_sections()["writers"]
+    assert eng.release_stacks() == []  # both still kept
+    eng.forget(CHILD)
+    assert eng.release_stacks() == [7, 8]  # 9 is the parent's
+    assert eng.release_stacks() == []
+    assert eng.summary_sections()["writers"] == before  # 2 + 1 copies, 2 processes, merged
+    resolver.stacks[7] = [CODE + 0x300]  # the id now names another stack
+    eng.on_fault_events(faults([(20, PARENT, HEAP + 3 * P, COPY, 7)]))
+    writers = {
+        tuple(w["frames"]): (w["copies"], w["processes"]) for w in eng.summary_sections()["writers"]
+    }
+    assert writers == {("f_400100 (prog)",): (3, 2), ("f_400300 (prog)",): (1, 1)}

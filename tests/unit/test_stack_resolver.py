@@ -122,3 +122,57 @@ def test_a_process_keeps_its_newest_caches_only() -> None:
         resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, fd)))
     assert len(resolver._caches[PID]) == CACHES_PER_IMAGE
     assert resolver._caches[PID][0] is made[-1]
+
+
+def test_dropped_and_forgotten_caches_are_freed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bcc's Python SymbolCache never frees its C++ ProcSyms: the resolver must, for every
+    cache it drops (a newer one pushed the oldest out, an exec, the process forgotten)."""
+    freed: list[tuple[int, int]] = []
+    monkeypatch.setattr(stacks, "_free_symcache", lambda handle, pid: freed.append((handle, pid)))
+    monkeypatch.setattr(stacks, "FREE_BCC_CACHES", True)
+
+    class Handle(FakeSymbolCache):
+        def __init__(self, pid: int) -> None:
+            super().__init__(pid)
+            self.cache = len(made)  # bcc's C pointer
+
+    monkeypatch.setattr(sys.modules["bcc"], "SymbolCache", Handle)
+    resolver = exec_then_loader()
+    for fd in range(CACHES_PER_IMAGE + 1):
+        resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, fd)))
+    assert freed == [(1, PID), (2, PID)]  # the oldest, pushed out by newer ones
+    resolver.note_image(PID)  # an exec: every older cache goes
+    assert sorted(freed) == [(1, PID), (2, PID), (3, PID), (4, PID), (5, PID)]
+    resolver.note_fork(PID, PID + 1)
+    assert resolver.symbolize(PID, EXE_TEXT) == "main (server)"
+    resolver.forget(PID)
+    resolver.forget(PID + 1)
+    assert sorted(freed)[-1] == (6, PID)
+    assert resolver._caches == {} and resolver._image_of == {} and resolver._names == {}
+    resolver.close()
+    assert len(freed) == 6  # nothing freed twice
+
+
+def test_stacks_no_record_named_are_swept_at_the_second_look() -> None:
+    class StackKey:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+    class Table(dict):
+        Key = StackKey
+
+        def __iter__(self):  # noqa: ANN204 - bcc's tables yield Key objects
+            return iter([StackKey(k) for k in list(super().keys())])
+
+        def __delitem__(self, key: StackKey) -> None:
+            super().__delitem__(key.value)
+
+    resolver = KernelStackResolver(None, entries=4)
+    resolver._table, resolver._fault_table = Table({1: 0, 2: 0}), Table({5: 0, 6: 0})
+    assert resolver.sweep_orphans([1, 5]) == 0  # 2 and 6: maybe their records are in flight
+    resolver._fault_table[7] = 0  # a new stack since
+    assert resolver.sweep_orphans([1, 5, 6]) == 1  # 6 was named meanwhile; 2 never was
+    assert sorted(dict.keys(resolver._table)) == [1]
+    assert sorted(dict.keys(resolver._fault_table)) == [5, 6, 7]
+    assert resolver.sweep_orphans([1, 5, 6]) == 1
+    assert sorted(dict.keys(resolver._fault_table)) == [5, 6]
