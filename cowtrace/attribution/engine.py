@@ -743,7 +743,15 @@ class AttributionEngine:
                 }
                 for w in self._writer_stats()
             ],
-        }
+        } | self.modules()
+
+    def modules(self) -> dict[str, Any]:
+        """`{"modules": ...}`, the objects of `module+0xOFFSET` frames (kernel/stacks.py), so
+        `cowtrace report` can name them from debug files found later; `{}` when there are
+        none."""
+        modules = getattr(self.resolver, "modules", None)
+        found = modules() if callable(modules) else {}
+        return {"modules": found} if found else {}
 
     def exit_writers(self, pid: int) -> list[tuple[Stack, int]]:
         """The writer stacks of a process' exit-time copies, most copies first.
