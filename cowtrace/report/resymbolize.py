@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from typing import Any
 
 from cowtrace.host import elf
-from cowtrace.report.model import ReportData
+from cowtrace.report.model import ReportData, WriterRow
 
 DEBUG_DIR_ENV = "COWTRACE_DEBUG_DIR"
 # `module+0xOFFSET (module)` (a native frame) or `module+0xOFFSET` (a Python writer's leaf).
@@ -75,6 +76,27 @@ class Resymbolizer:
         return frame
 
 
+def _merged(rows: list[WriterRow]) -> list[WriterRow]:
+    """Rows whose stacks became equal (two offsets in one function) as one row, heaviest
+    first.  `processes` becomes the largest of theirs: the file does not say which processes
+    the rows share, so this is a lower bound."""
+    merged: dict[tuple[str, ...], WriterRow] = {}
+    for row in rows:
+        key = tuple(row.frames)
+        found = merged.get(key)
+        if found is None:
+            merged[key] = row
+            continue
+        found.copies += row.copies
+        found.copied_bytes += row.copied_bytes
+        found.truncated = found.truncated or row.truncated
+        if row.processes is not None:
+            found.processes = max(found.processes or 0, row.processes)
+    if len(merged) == len(rows):
+        return rows
+    return sorted(merged.values(), key=lambda r: -r.copied_bytes)
+
+
 def resymbolize(data: ReportData, root: str | None = None) -> int:
     """Rename in place every `module+0xOFFSET` frame a debug file under `root` names; return
     how many frame occurrences were renamed."""
@@ -85,11 +107,12 @@ def resymbolize(data: ReportData, root: str | None = None) -> int:
     def frames(stack: list[str]) -> list[str]:
         return [names.name(f) for f in stack]
 
-    for writer in data.writers or []:
-        writer.frames = frames(writer.frames)
+    if data.writers is not None:
+        data.writers = _merged([replace(w, frames=frames(w.frames)) for w in data.writers])
     for process in data.processes:
-        for writer in process.exit_writers:
-            writer.frames = frames(writer.frames)
+        process.exit_writers = _merged(
+            [replace(w, frames=frames(w.frames)) for w in process.exit_writers]
+        )
     for allocation in data.allocations or []:
         allocation.site = frames(allocation.site)
     for python in data.python_writers or []:

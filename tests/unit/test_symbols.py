@@ -147,3 +147,40 @@ def test_other_frames_are_left_alone() -> None:
     for frame in ("f (libx.so)", "[unknown] (libx.so)", "libx.so+0x10 (liby.so)", "f (a.py:3)"):
         assert names.name(frame) == frame
     assert names.named == 0
+
+
+def test_event_log_modules_resymbolized(
+    tmp_path: Path, resolver: KernelStackResolver, built: dict[str, object]
+) -> None:
+    """An --events log carries "modules" on a line; report names every line's frame."""
+    from tests.unit.report_samples import event, write_lines
+
+    frame = resolver.symbolize(PID, 0x7F00_0000_0000 + int(built["vaddr"]))  # type: ignore[call-overload]
+    first = event(100, "copy", 0x1000, mapping="heap", stack=[frame, "main (app)"])
+    first["modules"] = json.loads(json.dumps(resolver.modules()))
+    second = event(101, "copy", 0x2000, mapping="heap", stack=[frame, "main (app)"])
+    data = load_report(str(write_lines(tmp_path / "events.jsonl", [first, second])))
+    assert resymbolize(data, str(built["root"])) == 2  # the writer row and the sample
+    assert data.writers is not None
+    assert [w.frames for w in data.writers] == [["hidden_writer (libsym.so)", "main (app)"]]
+    assert data.writers[0].copies == 2
+    assert data.samples is not None
+    assert all(s.native == ("hidden_writer (libsym.so)", "main (app)") for s in data.samples)
+
+
+def test_two_offsets_in_one_function_become_one_writer(
+    tmp_path: Path, resolver: KernelStackResolver, built: dict[str, object]
+) -> None:
+    """`hidden_writer` at two offsets: two rows before the debug file, one after."""
+    frame = resolver.symbolize(PID, 0x7F00_0000_0000 + int(built["vaddr"]))  # type: ignore[call-overload]
+    other = f"libsym.so+0x{int(built['offset']) + 2:x} (libsym.so)"  # type: ignore[call-overload]
+    document = core_summary()
+    document["writers"] = [writer([frame], 60), writer([other], 30), writer(["main (app)"], 10)]
+    document["modules"] = json.loads(json.dumps(resolver.modules()))
+    data = load_report(str(write_json(tmp_path / "summary.json", document)))
+    assert resymbolize(data, str(built["root"])) == 2
+    assert data.writers is not None
+    assert [(w.frames, w.copies, w.copied_bytes) for w in data.writers] == [
+        (["hidden_writer (libsym.so)"], 90, 90 * 4096),
+        (["main (app)"], 10, 10 * 4096),
+    ]
