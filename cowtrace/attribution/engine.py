@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 from collections import deque
 from typing import Any
 
@@ -211,6 +212,7 @@ class AttributionEngine:
         self._recent: dict[int, _Recent] = {}
         self._alloc_text: dict[int, str] = {}  # --events pieces, cached
         self._stack_text: dict[int, str] = {}
+        self._logged: set[str] = set()  # modules whose build-id the event log has
 
     # ---- lifecycle -------------------------------------------------------------------------
     def adopt(self, pid: int, parent: int | None, *, recover_heap: bool) -> None:
@@ -610,6 +612,13 @@ class AttributionEngine:
         found = self._stack_text.get(sid)
         if found is None:
             found = self._stack_text[sid] = self.stacks.get(sid, pid).json if sid >= 0 else "null"
+            # Objects first named in a module+0xOFFSET frame: their build-ids go on this
+            # stack's lines of this batch, once per log, for `cowtrace report` (events.py).
+            modules = self.modules().get("modules", {})
+            new = {name: info for name, info in modules.items() if name not in self._logged}
+            if new:
+                self._logged.update(new)
+                return f'{found}, "modules": {json.dumps(new)}'
         return found
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -807,7 +816,15 @@ class AttributionEngine:
                 }
                 for w in self._writer_stats()
             ],
-        }
+        } | self.modules()
+
+    def modules(self) -> dict[str, Any]:
+        """`{"modules": ...}`, the objects of `module+0xOFFSET` frames (kernel/stacks.py), so
+        `cowtrace report` can name them from debug files found later; `{}` when there are
+        none."""
+        modules = getattr(self.resolver, "modules", None)
+        found = modules() if callable(modules) else {}
+        return {"modules": found} if found else {}
 
     def exit_writers(self, pid: int) -> list[tuple[Stack, int]]:
         """The writer stacks of a process' exit-time copies, most copies first.

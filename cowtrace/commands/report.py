@@ -64,6 +64,15 @@ def command(
             "--top", min=1, metavar="N", help="Rows per ranked table (default 10; 50 in html)."
         ),
     ] = None,
+    debug_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--debug-dir",
+            metavar="DIR",
+            help="Name module+0xOFFSET frames from DIR/.build-id/xx/rest.debug "
+            "(default $COWTRACE_DEBUG_DIR or /usr/lib/debug: -dbgsym packages).",
+        ),
+    ] = None,
 ) -> None:
     """Render a summary (--json) or event log (--events) as a report or a profile.
 
@@ -90,7 +99,7 @@ def command(
 
       sudo cowtrace run --quiet --json - -- ./server | cowtrace report -
     """
-    raise typer.Exit(report(file, html, top, fmt=fmt, out=output, diff=diff))
+    raise typer.Exit(report(file, html, top, fmt=fmt, out=output, diff=diff, debug_dir=debug_dir))
 
 
 def write_page(page: str | bytes, out: str) -> None:
@@ -164,6 +173,7 @@ def report(
     fmt: str | None = None,
     out: str | None = None,
     diff: str | None = None,
+    debug_dir: str | None = None,
 ) -> int:
     """Render ``path`` (compared against ``diff``, the earlier run, when given); return the
     exit status (errors raise CowtraceError)."""
@@ -173,9 +183,13 @@ def report(
     if fmt == "pprof" and out == "-" and sys.stdout.isatty():
         raise CowtraceError("pprof output is binary: give -o FILE, or redirect stdout")
     from cowtrace.report.load import load_report
+    from cowtrace.report.resymbolize import resymbolize
 
     data = load_report(path)
     before = load_report(diff) if diff is not None else None
+    for loaded in (data, before):
+        if loaded is not None:
+            resymbolize(loaded, debug_dir)
     if fmt == "text" and out == "-":
         _print_text(data, before, console or text_console(), top)
         return 0

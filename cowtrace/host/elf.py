@@ -7,7 +7,11 @@
 - symbols: data objects by name (`_PyRuntime`, `Py_Version`) and the function holding an
   address (the native leaf of a Python writer).  Stripped binaries (Debian's python3.11) keep
   only .dynsym: static functions then have no name, and `function_at` says so rather than
-  guessing a neighbour.
+  guessing a neighbour;
+- the GNU build-id (the NT_GNU_BUILD_ID note) and file offset <-> link address through the
+  PT_LOAD segments: a frame with no symbol is written `module+0xFILEOFFSET` with the module's
+  build-id, and `cowtrace report` names it later from `DEBUG_ROOT/.build-id/xx/rest.debug`
+  (the layout of Debian's -dbgsym packages; `debug_file`).
 
 Headers are read when a file is first asked for; symbols only when first used (a process maps
 a hundred files, of which a handful are ever symbolized).  A file that is not an ELF, or that
@@ -20,6 +24,7 @@ import bisect
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from elftools.common.exceptions import ELFError
@@ -29,6 +34,7 @@ ET_DYN = "ET_DYN"
 PF_W = 0x2
 STT_OBJECT, STT_FUNC = 1, 2
 WRITABLE_SECTIONS = (".data", ".bss")
+DEBUG_ROOT = "/usr/lib/debug"  # where -dbgsym packages put .build-id/xx/rest.debug
 # Elf64_Sym, read as one array: pyelftools' per-symbol objects take seconds on libpython.
 _SYM = np.dtype(
     [
@@ -58,6 +64,7 @@ class ElfImage:
     needed: tuple[str, ...] = ()  # DT_NEEDED libraries
     runpaths: tuple[str, ...] = ()  # DT_RUNPATH and DT_RPATH entries, as written
     writable_sections: tuple[tuple[str, int, int], ...] = ()  # (name, lo, hi), file offsets
+    build_id: str | None = None  # NT_GNU_BUILD_ID, lowercase hex
     _loads: list[tuple[int, int, int]] = field(default_factory=list)  # vaddr, filesz, offset
     _symbols: _Symbols | None = None
 
@@ -72,6 +79,31 @@ class ElfImage:
         if index >= 0 and vaddr < table.ends[index]:
             return table.names[index]
         return None
+
+    def file_offset(self, vaddr: int) -> int | None:
+        """The file offset holding the link-time address `vaddr`, None outside the file."""
+        for start, filesz, offset in self._loads:
+            if start <= vaddr < start + filesz:
+                return offset + vaddr - start
+        return None
+
+    def vaddr_at(self, offset: int) -> int | None:
+        """The link-time address of file offset `offset` (the inverse of `file_offset`), None
+        when no PT_LOAD segment maps it."""
+        for start, filesz, seg_offset in self._loads:
+            if seg_offset <= offset < seg_offset + filesz:
+                return start + offset - seg_offset
+        return None
+
+    def module_info(self) -> dict[str, Any]:
+        """What a summary keeps so `report` can name `module+0xOFFSET` frames without this
+        file: its path, build-id and PT_LOAD segments as [file offset, link address, size]
+        (a -dbgsym debug file keeps the addresses but not the offsets)."""
+        return {
+            "path": self.path,
+            "build_id": self.build_id,
+            "loads": [[offset, vaddr, filesz] for vaddr, filesz, offset in self._loads],
+        }
 
     def read(self, vaddr: int, size: int) -> bytes | None:
         """Initial file contents at a link-time address (a symbol's initializer)."""
@@ -120,9 +152,29 @@ def _load(path: str, _dev: int, _ino: int, _mtime: int) -> ElfImage | None:
                     if t.entry.d_tag in ("DT_RUNPATH", "DT_RPATH")
                 )
             image.writable_sections = _writable_sections(elf, segments)
+            image.build_id = _build_id(elf)
     except (OSError, ELFError, ValueError):
         return None
     return image
+
+
+def _build_id(elf: ELFFile) -> str | None:
+    """The NT_GNU_BUILD_ID note's bytes in hex (what .build-id/ paths and debuginfod use)."""
+    for section in elf.iter_sections():
+        if section["sh_type"] != "SHT_NOTE" or not hasattr(section, "iter_notes"):
+            continue
+        for note in section.iter_notes():
+            if note["n_type"] == "NT_GNU_BUILD_ID" and isinstance(note["n_desc"], str):
+                return note["n_desc"].lower()
+    return None
+
+
+def debug_file(build_id: str, root: str = DEBUG_ROOT) -> str | None:
+    """`root/.build-id/xx/rest.debug` for a build-id, if that file exists."""
+    if len(build_id) < 3 or not all(c in "0123456789abcdef" for c in build_id.lower()):
+        return None
+    path = os.path.join(root, ".build-id", build_id[:2].lower(), build_id[2:].lower() + ".debug")
+    return path if os.path.isfile(path) else None
 
 
 def _writable_sections(elf: ELFFile, segments: list) -> tuple[tuple[str, int, int], ...]:

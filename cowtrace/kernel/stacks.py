@@ -17,6 +17,11 @@ after an exec knows the executable and the loader, not the libraries the loader 
 a process whose map changes bring a new executable file mapping gets a newer cache while it
 lives (`note_code_mapped`).  The older ones are kept behind it: a process can exit between
 the check and the read, and a cache made from a zombie's empty maps file knows nothing.
+
+An address in a mapped object without a symbol there is named `module+0xOFFSET (module)`,
+OFFSET the file offset (what debuginfo tools take with a build-id), and the module's path,
+build-id and PT_LOAD segments are kept (`modules`, the summary's "modules"): `cowtrace report`
+names such frames later from a debug file (report/resymbolize.py).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from cowtrace.host import procmaps
+from cowtrace.host import elf, procmaps
 
 UNKNOWN = "[unknown]"
 CACHES_PER_IMAGE = 3  # a process' newest symbol caches, newest first (see note_code_mapped)
@@ -62,6 +67,7 @@ class KernelStackResolver:
         self._image_of: dict[int, int] = {}  # pid -> the pid whose cache covers its program
         self._names: dict[int, dict[int, str]] = {}  # pid -> addr -> name
         self._orphans: set[int] = set()  # stack ids no record named at the last sweep
+        self._modules: dict[str, dict[str, Any]] = {}  # basename -> path, build_id, loads
 
     # ---- addresses -------------------------------------------------------------------------
     def addresses(self, stack_id: int) -> Sequence[int]:
@@ -185,14 +191,33 @@ class KernelStackResolver:
     def _resolve(self, pid: int, addr: int) -> str:
         for candidate in self._candidates(pid):
             for cache in self._warm(candidate):
-                name, _offset, module = cache.resolve(addr, True)
+                name, offset, module = cache.resolve(addr, True)
                 if module is None:
                     continue
                 module_name = os.path.basename(module.decode(errors="replace"))
                 if name is not None:
                     return f"{name.decode(errors='replace')} ({module_name})"
-                return f"{UNKNOWN} ({module_name})"  # mapped, but no symbol there
+                return self._unnamed(candidate, module.decode(errors="replace"), offset)
         return UNKNOWN
+
+    def _unnamed(self, pid: int, path: str, offset: int) -> str:
+        """`module+0xOFFSET (module)` for code of a mapped object with no symbol there.  bcc
+        gives the object's link-time address (for a shared object; the address itself for a
+        fixed executable): the file offset is read back through its PT_LOAD segments."""
+        name = os.path.basename(path)
+        image = elf.load(path) or elf.load(f"/proc/{pid}/root{path}")
+        if image is None:
+            return f"{UNKNOWN} ({name})"
+        file_offset = image.file_offset(offset)
+        if file_offset is None:
+            return f"{UNKNOWN} ({name})"
+        self._modules.setdefault(name, image.module_info())
+        return f"{name}+0x{file_offset:x} ({name})"
+
+    def modules(self) -> dict[str, dict[str, Any]]:
+        """The objects named in `module+0xOFFSET` frames so far: basename -> {"path",
+        "build_id", "loads": [[file offset, link address, size], ...]}."""
+        return dict(self._modules)
 
 
 FREE_BCC_CACHES = False  # see _free_caches

@@ -14,8 +14,12 @@ With attribution on, each line also carries (after "via"):
  "stack": ["function (module)", ...]|null`
 (mapping kinds as in attribution/view.py; path for file, shm and named anonymous mappings;
 offset into the file for file mappings; alloc the block covering most of the page; stack the
-writer's native stack, innermost first).  The engine builds these as ready-made JSON text
-(AttributionEngine.on_fault_events), so the log's per-line cost stays one f-string.
+writer's native stack, innermost first).  A frame of an object with no symbol there is
+`module+0xOFFSET (module)` (OFFSET into the file); the first lines whose stack names such an
+object also carry `"modules": {module: {"path", "build_id", "loads"}}` (as in the summary,
+once per object per log), so `cowtrace report` can name it from a debug file later.
+The engine builds these as ready-made JSON text (AttributionEngine.on_fault_events), so the
+log's per-line cost stays one f-string.
 
 With Python stacks on, each record also has `"pystack": ["function (file:line)", ...] | null`
 (the writer's Python stack, innermost first; null for reuses, zero-fills and non-Python writers).

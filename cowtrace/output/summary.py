@@ -40,6 +40,12 @@ and `"bpf_runs"` (all of cowtrace's programs; null when off), `"bpf_ns_per_event
 (bpf_run_ns / events, only when "on": the programs also run for other processes' faults, so
 this is what one event cost the host) and `"bpf_programs"` ({name: {"run_ns", "runs"}}).
 
+A frame of an object with no symbol there is `"module+0xOFFSET (module)"` (OFFSET into the
+file); then `"modules"` says, per such module basename, `{"path", "build_id", "loads":
+[[file offset, link address, size], ...]}` (its GNU build-id and PT_LOAD segments), so
+`cowtrace report` names the frame from `/usr/lib/debug/.build-id/xx/rest.debug` installed
+later (report/resymbolize.py).
+
 Each process gains `"exit_copies"` (copies in the last exit window before it exited, waste:
 the memory is freed right after) and `"exit_writers": [{"frames", "copies"}]`, their stacks.
 """

@@ -75,6 +75,7 @@ class EventAggregator:
         self.samples: dict[tuple[tuple[str, ...] | None, tuple[str, ...] | None, bool], int] = {}
         self.seen_mapping = self.seen_alloc = self.seen_stack = self.seen_pystack = False
         self._known_stacks: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.modules: dict[str, Any] = {}
         self.first_ts: float | None = None
         self.last_ts: float | None = None
 
@@ -124,6 +125,8 @@ class EventAggregator:
             self.seen_alloc = True
             if event["alloc"] is not None:
                 self._add_alloc(event["alloc"], event.get("addr"), lineno)
+        if "modules" in event:
+            self._add_modules(event["modules"], lineno)
         stack = pystack = None
         if "stack" in event:
             self.seen_stack = True
@@ -146,6 +149,13 @@ class EventAggregator:
             self.py_writers[key] = self.py_writers.get(key, 0) + 1
         sample = (stack, pystack, truncated)
         self.samples[sample] = self.samples.get(sample, 0) + 1
+
+    def _add_modules(self, modules: Any, lineno: int) -> None:
+        """A line's "modules" (the build-ids of its module+0xOFFSET frames, given once per
+        log): kept for report/resymbolize.py."""
+        if type(modules) is not dict or not all(type(v) is dict for v in modules.values()):
+            raise self._bad(lineno, "modules is not an object of objects")
+        self.modules.update(modules)
 
     def _frames(self, frames: Any, key: str, lineno: int) -> tuple[str, ...] | None:
         """The stack as a tuple (None for null), checked to be strings on first sight."""
@@ -235,6 +245,7 @@ class EventAggregator:
             python_writers=self._python_writers() if self.seen_pystack else None,
             samples=self._samples() if (self.seen_stack or self.seen_pystack) else None,
             events=self.lines,
+            modules=self.modules or None,
         )
 
     def _regions(self) -> list[RegionRow]:

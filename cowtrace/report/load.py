@@ -223,7 +223,18 @@ def summary_report(document: Any, path: str) -> ReportData:
         python_writers=section("python_writers", _python_writer),
         why=why,
         python_types=section("python_types", _python_type),
+        modules=_modules(document.get("modules"), path),
     )
+
+
+def _modules(obj: Any, path: str) -> dict[str, Any] | None:
+    """The summary's "modules" ({basename: {"path", "build_id", "loads"}}); entries are
+    checked when used (report/resymbolize.py), only the shape here."""
+    if obj is None:
+        return None
+    if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
+        raise CowtraceError(f"{path}: summary.modules is not an object of objects")
+    return obj
 
 
 def _process(obj: Any, index: int, path: str) -> ProcessRow:

@@ -10,6 +10,7 @@ for the other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -160,3 +161,4 @@ class ReportData:
     python_types: list[PythonTypeRow] | None = None
     samples: list[StackSample] | None = None  # event logs only: the exact stack pairs
     events: int | None = None  # lines read, for an event log
+    modules: dict[str, Any] | None = None  # "modules": build-ids of module+0xOFFSET frames

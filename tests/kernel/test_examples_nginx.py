@@ -114,7 +114,7 @@ def attribution_checks(
       the heap walk at attach), with leaves in nginx's pool code (ngx_palloc,
       ngx_pool_cleanup_add, ...); no exit-time copies.
     Native stacks stop at the leaf: Debian's nginx has no frame pointers (its exported
-    functions have names; static ones show as "[unknown] (nginx)").
+    functions have names; static ones show as "nginx+0xOFFSET (nginx)").
     """
     processes = trace.processes()
     copies: dict[int, list[dict]] = {pid: [] for pid in processes}

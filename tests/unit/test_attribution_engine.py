@@ -550,3 +550,28 @@ def test_released_stack_ids_keep_their_writers_and_are_resolved_afresh() -> None
         tuple(w["frames"]): (w["copies"], w["processes"]) for w in eng.summary_sections()["writers"]
     }
     assert writers == {("f_400100 (prog)",): (3, 2), ("f_400300 (prog)",): (1, 1)}
+
+
+def test_modules_of_unnamed_frames_in_summary_and_log(tmp_path) -> None:
+    """A resolver that named a frame `module+0xOFFSET (module)` lists the module: the summary
+    has "modules", and the event log gives it once, on the first lines of a stack naming it."""
+    info = {"path": "/lib/libx.so", "build_id": "ab" * 20, "loads": [[0, 0, 4096]]}
+
+    class Unnamed(FakeResolver):
+        def symbolize(self, pid: int, addr: int) -> str:
+            return "libx.so+0x10 (libx.so)"
+
+        def modules(self) -> dict:
+            return {"libx.so": info}
+
+    eng = engine(resolver=Unnamed({1: [CODE + 8], 2: [CODE + 16]}), event_fields=True)
+    seed(eng)
+    records = faults(
+        [(10, PARENT, HEAP, COPY, 1), (11, PARENT, HEAP + P, COPY, 1), (12, PARENT, HEAP, COPY, 2)]
+    )
+    extras = eng.on_fault_events(records)
+    assert extras is not None
+    lines = [json.loads("{" + e[2:] + "}") for e in extras]
+    assert [line.get("modules") for line in lines] == [{"libx.so": info}, {"libx.so": info}, None]
+    assert [line["stack"] for line in lines] == [["libx.so+0x10 (libx.so)"]] * 3
+    assert eng.summary_sections()["modules"] == {"libx.so": info}
