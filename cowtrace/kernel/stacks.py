@@ -7,7 +7,8 @@ allocation records.  Ids are never reused (no BPF_F_REUSE_STACKID),
 so an id read once stays right: addresses are cached, and the whole map is copied out before
 the program is unloaded (`freeze`), for the summary written after the session ends.
 
-Symbols come from bcc's per-process symbol cache (ELF symbols, debuglink, perf maps).  Such a
+Symbols come from cowtrace's own per-process cache (host/symbols.py: the process' executable
+mappings and their ELF symbols; not bcc's, which closes descriptors that are not its own).  A
 cache reads /proc/PID/maps when it is created and opens each object when first asked, and keeps
 working after the process has exited; created for a process that is already gone it knows
 nothing.  So the session `warm`s a cache for every member as soon as it learns of it (adopt,
@@ -31,7 +32,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from cowtrace.host import elf, procmaps
+from cowtrace.host.symbols import ProcessSymbols, Resolved
 
 UNKNOWN = "[unknown]"
 CACHES_PER_IMAGE = 3  # a process' newest symbol caches, newest first (see note_code_mapped)
@@ -125,7 +126,7 @@ class KernelStackResolver:
         """`pid` runs a program of its own (the root, an adopted member, an exec): make its
         symbol cache now, while it lives, replacing one made before an exec."""
         self._image_of[pid] = pid
-        _free_caches(self._caches.pop(pid, []), pid)
+        self._caches.pop(pid, None)
         self._names.pop(pid, None)
         self._warm(pid)
 
@@ -140,20 +141,19 @@ class KernelStackResolver:
         after start-up."""
         for pid in pids:
             caches = self._caches.get(pid)
-            if caches and procmaps.has_memory(pid):
-                from bcc import SymbolCache
+            if caches:
+                newer = ProcessSymbols(pid)
+                if newer:
+                    caches.insert(0, newer)
+                    del caches[CACHES_PER_IMAGE:]
+                    self._names.pop(pid, None)
 
-                caches.insert(0, SymbolCache(pid))
-                _free_caches(caches[CACHES_PER_IMAGE:], pid)
-                del caches[CACHES_PER_IMAGE:]
-                self._names.pop(pid, None)
-
-    def _warm(self, pid: int) -> list[Any]:
+    def _warm(self, pid: int) -> list[ProcessSymbols]:
         caches = self._caches.get(pid)
-        if caches is None and pid > 0 and procmaps.has_memory(pid):
-            from bcc import SymbolCache
-
-            caches = self._caches[pid] = [SymbolCache(pid)]
+        if caches is None and pid > 0:
+            cache = ProcessSymbols(pid)
+            if cache:  # a zombie's empty maps: no cache rather than one that knows nothing
+                caches = self._caches[pid] = [cache]
         return caches or []
 
     def symbolize(self, pid: int, addr: int) -> str:
@@ -166,17 +166,15 @@ class KernelStackResolver:
         return name
 
     def forget(self, pid: int) -> None:
-        """A process long gone (the agent, after its grace period): drop its symbol caches
-        (see _free_caches), its image and its names, so that a tracer running for weeks does
-        not grow with every worker."""
-        _free_caches(self._caches.pop(pid, []), pid)
+        """A process long gone (the agent, after its grace period): drop its symbol caches,
+        its image and its names, so that a tracer running for weeks does not grow with every
+        worker."""
+        self._caches.pop(pid, None)
         self._image_of.pop(pid, None)
         self._names.pop(pid, None)
 
     def close(self) -> None:
-        """Free every symbol cache (C memory)."""
-        for pid, caches in self._caches.items():
-            _free_caches(caches, pid)
+        """Drop every symbol cache."""
         self._caches.clear()
         self._names.clear()
 
@@ -191,54 +189,25 @@ class KernelStackResolver:
     def _resolve(self, pid: int, addr: int) -> str:
         for candidate in self._candidates(pid):
             for cache in self._warm(candidate):
-                name, offset, module = cache.resolve(addr, True)
-                if module is None:
+                found = cache.resolve(addr)
+                if found is None:
                     continue
-                module_name = os.path.basename(module.decode(errors="replace"))
-                if name is not None:
-                    return f"{name.decode(errors='replace')} ({module_name})"
-                return self._unnamed(candidate, module.decode(errors="replace"), offset)
+                module_name = os.path.basename(found.path)
+                if found.function is not None:
+                    return f"{found.function} ({module_name})"
+                return self._unnamed(found)
         return UNKNOWN
 
-    def _unnamed(self, pid: int, path: str, offset: int) -> str:
-        """`module+0xOFFSET (module)` for code of a mapped object with no symbol there.  bcc
-        gives the object's link-time address (for a shared object; the address itself for a
-        fixed executable): the file offset is read back through its PT_LOAD segments."""
-        name = os.path.basename(path)
-        image = elf.load(path) or elf.load(f"/proc/{pid}/root{path}")
-        if image is None:
+    def _unnamed(self, found: Resolved) -> str:
+        """`module+0xOFFSET (module)` for code of a mapped object with no symbol there: the
+        offset into the file, which debuginfo tools read with the module's build-id."""
+        name = os.path.basename(found.path)
+        if found.image is None:
             return f"{UNKNOWN} ({name})"
-        file_offset = image.file_offset(offset)
-        if file_offset is None:
-            return f"{UNKNOWN} ({name})"
-        self._modules.setdefault(name, image.module_info())
-        return f"{name}+0x{file_offset:x} ({name})"
+        self._modules.setdefault(name, found.image.module_info())
+        return f"{name}+0x{found.file_offset:x} ({name})"
 
     def modules(self) -> dict[str, dict[str, Any]]:
         """The objects named in `module+0xOFFSET` frames so far: basename -> {"path",
         "build_id", "loads": [[file offset, link address, size], ...]}."""
         return dict(self._modules)
-
-
-FREE_BCC_CACHES = False  # see _free_caches
-
-
-def _free_caches(caches: Iterable[Any], pid: int) -> None:
-    """Let go of bcc symbol caches.  Freeing the C++ ProcSyms behind them (bcc_free_symcache;
-    bcc's Python class never does) is what would bound their memory, but with bcc 0.26 here
-    an agent that freed them under churn soon found other fds of its own closed (the metrics
-    socket: connection refused, then EBADF when it closed it), so a freed ProcSyms closes
-    descriptors that are not its own.  Until that is understood the caches of processes that
-    are gone are only dropped from the tables (their C memory stays: one cache per family root
-    and per exec, not per worker)."""
-    for cache in caches:
-        handle = getattr(cache, "cache", None)
-        if handle and FREE_BCC_CACHES:
-            _free_symcache(handle, pid)
-            cache.cache = None
-
-
-def _free_symcache(handle: int, pid: int) -> None:
-    from bcc.libbcc import lib
-
-    lib.bcc_free_symcache(handle, pid)

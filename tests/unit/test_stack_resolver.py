@@ -1,6 +1,7 @@
 """cowtrace/kernel/stacks.py: symbol caches follow a program's libraries and never lose names.
 
-bcc's SymbolCache reads a process' map once, when it is made.  The fake below does the same
+A symbol cache (host/symbols.py) reads a process' map once, when it is made.  The fake below
+does the same
 from a table the test controls, so each case says exactly what a cache made at that moment
 knows: the executable right after the exec, the libraries once the loader mapped them, nothing
 from a zombie's empty map.
@@ -8,12 +9,10 @@ from a zombie's empty map.
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 
 from cowtrace.attribution import maps
+from cowtrace.host.symbols import Resolved
 from cowtrace.kernel import stacks
 from cowtrace.kernel.abi import PE_EXEC, PE_MAPS
 from cowtrace.kernel.stacks import CACHES_PER_IMAGE, KernelStackResolver
@@ -31,22 +30,24 @@ made: list[FakeSymbolCache] = []
 class FakeSymbolCache:
     def __init__(self, pid: int) -> None:
         assert pid == PID
-        self.known = dict(world)  # a snapshot, like bcc's
+        self.known = dict(world)  # a snapshot, like the real one
         made.append(self)
 
-    def resolve(self, addr: int, demangle: bool) -> tuple[bytes | None, int, bytes | None]:
+    def __bool__(self) -> bool:
+        return bool(self.known)
+
+    def resolve(self, addr: int) -> Resolved | None:
         if addr not in self.known:
-            return None, addr, None
+            return None
         name, module = self.known[addr]
-        return name.encode(), 0, module.encode()
+        return Resolved(module, 0, name, None)
 
 
 @pytest.fixture(autouse=True)
-def fake_bcc(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake_symbols(monkeypatch: pytest.MonkeyPatch) -> None:
     world.clear()
     made.clear()
-    monkeypatch.setitem(sys.modules, "bcc", types.SimpleNamespace(SymbolCache=FakeSymbolCache))
-    monkeypatch.setattr(stacks.procmaps, "has_memory", lambda pid: pid == PID and bool(world))
+    monkeypatch.setattr(stacks, "ProcessSymbols", FakeSymbolCache)
 
 
 def mapped(*prots_and_fds: tuple[int, int]) -> list[int]:
@@ -105,13 +106,12 @@ def test_mappings_that_hold_no_code_make_no_cache() -> None:
     assert len(made) == 1
 
 
-def test_a_cache_made_from_a_zombie_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cache_made_from_a_zombie_loses_nothing() -> None:
     resolver = exec_then_loader()
     resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, 3)))
-    world.clear()  # it exited; a cache made now would know nothing
-    monkeypatch.setattr(stacks.procmaps, "has_memory", lambda pid: True)  # it died after the check
+    world.clear()  # it exited; a cache made now would know nothing, and is not kept
     resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, 4)))
-    assert len(made) == 3
+    assert len(made) == 3 and len(resolver._caches[PID]) == 2
     assert resolver.symbolize(PID, LIBC_TEXT) == "fork (libc.so.6)"
     assert resolver.symbolize(PID, EXE_TEXT) == "main (server)"
 
@@ -124,33 +124,18 @@ def test_a_process_keeps_its_newest_caches_only() -> None:
     assert resolver._caches[PID][0] is made[-1]
 
 
-def test_dropped_and_forgotten_caches_are_freed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bcc's Python SymbolCache never frees its C++ ProcSyms: the resolver must, for every
-    cache it drops (a newer one pushed the oldest out, an exec, the process forgotten)."""
-    freed: list[tuple[int, int]] = []
-    monkeypatch.setattr(stacks, "_free_symcache", lambda handle, pid: freed.append((handle, pid)))
-    monkeypatch.setattr(stacks, "FREE_BCC_CACHES", True)
-
-    class Handle(FakeSymbolCache):
-        def __init__(self, pid: int) -> None:
-            super().__init__(pid)
-            self.cache = len(made)  # bcc's C pointer
-
-    monkeypatch.setattr(sys.modules["bcc"], "SymbolCache", Handle)
+def test_forgotten_processes_leave_no_cache() -> None:
+    """The agent forgets each retired worker: nothing of its symbols may stay behind."""
     resolver = exec_then_loader()
     for fd in range(CACHES_PER_IMAGE + 1):
         resolver.note_code_mapped(mapped((PROT_READ | PROT_EXEC, fd)))
-    assert freed == [(1, PID), (2, PID)]  # the oldest, pushed out by newer ones
     resolver.note_image(PID)  # an exec: every older cache goes
-    assert sorted(freed) == [(1, PID), (2, PID), (3, PID), (4, PID), (5, PID)]
+    assert len(resolver._caches[PID]) == 1
     resolver.note_fork(PID, PID + 1)
     assert resolver.symbolize(PID, EXE_TEXT) == "main (server)"
     resolver.forget(PID)
     resolver.forget(PID + 1)
-    assert sorted(freed)[-1] == (6, PID)
     assert resolver._caches == {} and resolver._image_of == {} and resolver._names == {}
-    resolver.close()
-    assert len(freed) == 6  # nothing freed twice
 
 
 def test_stacks_no_record_named_are_swept_at_the_second_look() -> None:

@@ -1,4 +1,4 @@
-"""Frames bcc cannot name: `module+0xOFFSET (module)` with the module's build-id, named later by
+"""Frames with no symbol: `module+0xOFFSET (module)` with the module's build-id, named later by
 `cowtrace report` from a debug file in a `.build-id` tree (issue 16, item 5).
 
 A small shared object is built with gcc, then stripped (what the traced process maps) and its
@@ -12,14 +12,12 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
 from cowtrace.cli import main
-from cowtrace.kernel import stacks
+from cowtrace.host import procmaps, symbols
 from cowtrace.kernel.stacks import KernelStackResolver
 from cowtrace.report.load import load_report
 from cowtrace.report.resymbolize import Resymbolizer, resymbolize
@@ -36,6 +34,7 @@ __attribute__((noinline)) static int hidden_writer(int i) { counter[i] += i; ret
 int exported_entry(int i) { return hidden_writer(i) + 1; }
 """
 PID = 4343
+BASE = 0x7F00_0000_0000
 
 
 def _run(*argv: str | Path) -> str:
@@ -67,27 +66,18 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 @pytest.fixture
 def resolver(monkeypatch: pytest.MonkeyPatch, built: dict[str, object]) -> KernelStackResolver:
-    """bcc's cache as it answers for a stripped object: no name, the object's link address."""
-    lib, vaddr = str(built["lib"]), int(built["vaddr"])  # type: ignore[call-overload]
-
-    class Cache:
-        def __init__(self, pid: int) -> None:
-            assert pid == PID
-
-        def resolve(self, addr: int, demangle: bool) -> tuple[bytes | None, int, bytes | None]:
-            if addr == 0x7F00_0000_0000 + vaddr:
-                return None, vaddr, lib.encode()
-            return None, addr, None
-
-    monkeypatch.setitem(sys.modules, "bcc", types.SimpleNamespace(SymbolCache=Cache))
-    monkeypatch.setattr(stacks.procmaps, "has_memory", lambda pid: pid == PID)
+    """PID maps the stripped object's text so that BASE + its link address is in it."""
+    lib, vaddr, offset = str(built["lib"]), int(built["vaddr"]), int(built["offset"])  # type: ignore[call-overload]
+    start = BASE + vaddr - offset  # file offset 0 at `start`: BASE + vaddr is file offset `offset`
+    line = procmaps.MapLine(start, start + (1 << 20), "r-xp", 0, lib)
+    monkeypatch.setattr(symbols.procmaps, "read", lambda pid: [line] if pid == PID else [])
     return KernelStackResolver(None, root=lambda: PID)
 
 
 def test_unnamed_frame_keeps_offset_and_build_id(
     resolver: KernelStackResolver, built: dict[str, object]
 ) -> None:
-    frame = resolver.symbolize(PID, 0x7F00_0000_0000 + int(built["vaddr"]))  # type: ignore[call-overload]
+    frame = resolver.symbolize(PID, BASE + int(built["vaddr"]))  # type: ignore[call-overload]
     assert frame == f"libsym.so+0x{built['offset']:x} (libsym.so)"
     assert resolver.symbolize(PID, 0x1234) == "[unknown]"
     (info,) = resolver.modules().values()
@@ -97,7 +87,7 @@ def test_unnamed_frame_keeps_offset_and_build_id(
 
 
 def _summary(tmp_path: Path, resolver: KernelStackResolver, built: dict[str, object]) -> Path:
-    frame = resolver.symbolize(PID, 0x7F00_0000_0000 + int(built["vaddr"]))  # type: ignore[call-overload]
+    frame = resolver.symbolize(PID, BASE + int(built["vaddr"]))  # type: ignore[call-overload]
     leaf = frame.split(" ")[0]
     document = core_summary()
     document["writers"] = [writer([frame, "main (app)"], 100)]
@@ -155,7 +145,7 @@ def test_event_log_modules_resymbolized(
     """An --events log carries "modules" on a line; report names every line's frame."""
     from tests.unit.report_samples import event, write_lines
 
-    frame = resolver.symbolize(PID, 0x7F00_0000_0000 + int(built["vaddr"]))  # type: ignore[call-overload]
+    frame = resolver.symbolize(PID, BASE + int(built["vaddr"]))  # type: ignore[call-overload]
     first = event(100, "copy", 0x1000, mapping="heap", stack=[frame, "main (app)"])
     first["modules"] = json.loads(json.dumps(resolver.modules()))
     second = event(101, "copy", 0x2000, mapping="heap", stack=[frame, "main (app)"])
@@ -172,7 +162,7 @@ def test_two_offsets_in_one_function_become_one_writer(
     tmp_path: Path, resolver: KernelStackResolver, built: dict[str, object]
 ) -> None:
     """`hidden_writer` at two offsets: two rows before the debug file, one after."""
-    frame = resolver.symbolize(PID, 0x7F00_0000_0000 + int(built["vaddr"]))  # type: ignore[call-overload]
+    frame = resolver.symbolize(PID, BASE + int(built["vaddr"]))  # type: ignore[call-overload]
     other = f"libsym.so+0x{int(built['offset']) + 2:x} (libsym.so)"  # type: ignore[call-overload]
     document = core_summary()
     document["writers"] = [writer([frame], 60), writer([other], 30), writer(["main (app)"], 10)]
