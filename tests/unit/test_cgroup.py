@@ -65,6 +65,12 @@ CASES = {
         UID,
         "",
     ),
+    "seen from the agent's own cgroup namespace": (
+        "0::/../../kubepods-besteffort.slice/"
+        f"kubepods-besteffort-pod{UID_}.slice/cri-containerd-{CID}.scope\n",
+        UID,
+        CID,
+    ),
     "plain docker, cgroupfs": (f"0::/docker/{CID}\n", "", CID),
     "plain docker, systemd": (f"0::/system.slice/docker-{CID}.scope\n", "", CID),
     "host service": ("0::/system.slice/nginx.service\n", "", ""),
