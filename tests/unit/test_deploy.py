@@ -4,6 +4,7 @@ the systemd unit (examples/agent/), and the cache directory the unit gives cowtr
 from __future__ import annotations
 
 import configparser
+import re
 import tomllib
 from pathlib import Path
 
@@ -98,3 +99,31 @@ def test_calibration_cache_follows_systemd_cache_directory(
     monkeypatch.setenv("CACHE_DIRECTORY", f"{tmp_path}/cowtrace:{tmp_path}/other")
     assert calibrate.cache_dir() == tmp_path / "cowtrace"
     assert calibrate._cache_path().parent == tmp_path / "cowtrace"
+
+
+def make_variable(name: str) -> list[str]:
+    """The words of a Makefile variable (`:=` then any `+=` lines)."""
+    words: list[str] = []
+    for match in re.finditer(
+        rf"^{name} (?::=|\+=) (.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE
+    ):
+        words += match[1].split()
+    return words
+
+
+def test_make_demo_installs_the_runtime_only() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert make_variable("RUNTIME_PACKAGES") == [
+        "python3-bpfcc",
+        "linux-headers-amd64",
+        "python3-venv",
+        "python3-pyelftools",
+    ]
+    test_only = set(make_variable("TEST_PACKAGES"))
+    assert {"chromium", "prometheus", "redis-server", "nginx", "libjemalloc2", "bpftool"} <= (
+        test_only
+    )
+    assert "\ndemo: install\n" in makefile
+    assert "\ntest: dev\n" in makefile
+    assert "install --no-install-recommends" in makefile
+    assert make_variable("PREFIX") == ["/opt/cowtrace"]
