@@ -188,23 +188,25 @@ def link_debian_headers(release: str, headers: Path, modules_root: Path = MODULE
 
 
 def check_root(status_path: Path = PROC_STATUS) -> Check:
-    """Loading BPF programs and attaching tracepoints needs root with its capabilities."""
+    """Loading BPF programs and attaching tracepoints needs CAP_BPF, CAP_PERFMON and
+    CAP_SYS_ADMIN in the effective set, not uid 0: a systemd unit or a container may grant
+    exactly those to a non-root user, and root in a restricted container may lack them."""
     euid = os.geteuid()
-    if euid != 0:
-        return Check("root", False, f"running as uid {euid}, not root", "run cowtrace as root")
     try:
         cap_eff = parse_cap_eff(status_path.read_text())
     except OSError as exc:
         return Check("root", False, f"cannot read {status_path}: {exc.strerror}")
     missing = missing_capabilities(cap_eff)
     if missing:
+        who = "root" if euid == 0 else f"uid {euid} (not root)"
         return Check(
             "root",
             False,
-            f"root, but CapEff {cap_eff:#x} lacks {', '.join(missing)}",
-            "run outside the restricted container, or grant " + ", ".join(missing),
+            f"running as {who}; CapEff {cap_eff:#x} lacks {', '.join(missing)}",
+            "run cowtrace as root, or grant " + ", ".join(missing),
         )
-    return Check("root", True, "euid 0 with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN")
+    who = "euid 0" if euid == 0 else f"uid {euid}"
+    return Check("root", True, f"{who} with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN")
 
 
 def check_arch() -> Check:

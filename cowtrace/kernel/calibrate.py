@@ -28,6 +28,15 @@ from cowtrace.kernel.bpfsource import compile_program
 from cowtrace.kernel.kallsyms import FunctionRange, KernelSymbols
 
 CACHE_DIR = Path("/var/cache/cowtrace")
+
+
+def cache_dir() -> Path:
+    """Where the calibration is cached: systemd's ``$CACHE_DIRECTORY`` (set by
+    ``CacheDirectory=cowtrace``; the only writable place under ``ProtectSystem=strict``), else
+    :data:`CACHE_DIR`.  systemd may list several directories separated by ``:``; the first is
+    ours."""
+    configured = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    return Path(configured) if configured else CACHE_DIR
 NWORDS = 160
 NFRAMES = 24
 CALIBRATION_PAGES = 32
@@ -86,7 +95,7 @@ class Calibration:
 def _cache_path() -> Path:
     uname = os.uname()
     key = f"{uname.release}-{hashlib.sha256(uname.version.encode()).hexdigest()[:12]}"
-    return CACHE_DIR / f"calibration-{key}.json"
+    return cache_dir() / f"calibration-{key}.json"
 
 
 def load_or_calibrate(symbols: KernelSymbols, *, use_cache: bool = True) -> Calibration:

@@ -20,8 +20,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from cowtrace import __version__
+from cowtrace.host.cgroup import POD_LABELS
 from cowtrace.metrics.cost import BPF_STATS_ON
 from cowtrace.metrics.series import GROUP_LABELS, MEMBER_LABELS, Series, ValueKey
+
+NO_POD_LABELS: tuple[str, ...] = ("",) * len(POD_LABELS)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,9 @@ class Exposition:
     counters: dict[ValueKey, list[Series]] = field(default_factory=dict)
     gauges: dict[ValueKey, list[Series]] = field(default_factory=dict)
     families: tuple[tuple[str, str, int], ...] = ()  # (root, comm, alive members)
+    # Root -> values of POD_LABELS (host.cgroup), read once per family root: every series of
+    # a family carries its pod, so Kubernetes adds no series.  A root not here: empty strings.
+    pods: dict[str, tuple[str, ...]] = field(default_factory=dict)
     health: Health = field(default_factory=Health)
     bpf_stats: dict[str, tuple[float, int]] | None = None  # None: kernel.bpf_stats_enabled=0
     delayacct: bool = False
@@ -129,19 +135,22 @@ def _member_families(
     defs: dict[str, MetricDef],
     values: dict[ValueKey, list[Series]],
     label_names: tuple[str, ...],
+    pods: dict[str, tuple[str, ...]],
     *,
     counter: bool,
 ) -> Iterator[Metric]:
     kind = CounterMetricFamily if counter else GaugeMetricFamily
     for key, definition in defs.items():
-        names = list(label_names) + ([definition.extra_label] if definition.extra_label else [])
+        extra_names = [definition.extra_label] if definition.extra_label else []
+        names = [*label_names, *POD_LABELS, *extra_names]
         family = kind(definition.name, definition.help, labels=names)
         for (value_key, extra), series in values.items():
             if value_key != key:
                 continue
             for one in series:
+                pod = pods.get(one.labels[0], NO_POD_LABELS)  # labels[0] is the root
                 family.add_metric(
-                    [*one.labels, *([extra] if definition.extra_label else [])], one.value
+                    [*one.labels, *pod, *([extra] if definition.extra_label else [])], one.value
                 )
         yield family
 
@@ -190,16 +199,20 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         exp = self.exposition
-        yield from _member_families(MEMBER_COUNTERS, exp.counters, exp.label_names, counter=True)
-        yield from _member_families(MEMBER_GAUGES, exp.gauges, exp.label_names, counter=False)
+        yield from _member_families(
+            MEMBER_COUNTERS, exp.counters, exp.label_names, exp.pods, counter=True
+        )
+        yield from _member_families(
+            MEMBER_GAUGES, exp.gauges, exp.label_names, exp.pods, counter=False
+        )
 
         processes = GaugeMetricFamily(
             "cowtrace_family_processes",
             "Live processes in a traced family (its root and every descendant by fork).",
-            labels=["root", "comm"],
+            labels=["root", "comm", *POD_LABELS],
         )
         for root, comm, alive in exp.families:
-            processes.add_metric([root, comm], alive)
+            processes.add_metric([root, comm, *exp.pods.get(root, NO_POD_LABELS)], alive)
         yield processes
         yield _gauge("cowtrace_families", "Process families being traced.", len(exp.families))
 

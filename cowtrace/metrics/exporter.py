@@ -9,12 +9,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
 from cowtrace import taskstats
 from cowtrace.errors import CowtraceError
+from cowtrace.host.cgroup import PodIdentity, pod_identity
 from cowtrace.kernel.tracer import KernelTracer
 from cowtrace.metrics.address import ListenAddress, parse_listen_address
 from cowtrace.metrics.collector import Exposition, Health, SnapshotCollector
@@ -34,6 +35,8 @@ class MetricsOptions:
     pid_label_grace_s: float = DEFAULT_GRACE_S
     pid_labels: bool = True
     delayacct: bool = False
+    # Where a family root runs in Kubernetes (its pod labels); a parameter for the tests.
+    pod_identity: Callable[[int], PodIdentity] = field(default=pod_identity)
 
 
 def metrics_options(
@@ -98,6 +101,8 @@ class MetricsExporter:
         # (time, events, BPF run seconds or None) at the previous update: the cost gauges are
         # figures over the last refresh interval.
         self._previous: tuple[float, int, float | None] | None = None
+        # Pod labels per family root, read once when the root is first seen (host.cgroup).
+        self.pods: dict[int, tuple[str, ...]] = {}
 
     # ---- life ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -176,6 +181,10 @@ class MetricsExporter:
         live_roots = {s.root_pid for s in snapshots}
         for root in {r for r, _ in shown_before} - live_roots:
             self.book.forget_root(root)
+        for root in live_roots - self.pods.keys():
+            self.pods[root] = self.options.pod_identity(root).labels()
+        kept = live_roots | {r for r, _ in shown}
+        self.pods = {root: pod for root, pod in self.pods.items() if root in kept}
         bpf_stats = program_run_stats(health.program_fds) if bpf_stats_enabled() else None
         events_per_second, bpf_per_event = self._interval_cost(now, health, bpf_stats)
         self.collector.exposition = Exposition(
@@ -183,6 +192,7 @@ class MetricsExporter:
             counters=self.book.counters(),
             gauges=self.book.gauges(),
             families=tuple(families),
+            pods={str(root): pod for root, pod in self.pods.items()},
             health=health,
             bpf_stats=bpf_stats,
             delayacct=self.delays is not None,

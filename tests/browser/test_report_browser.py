@@ -2,7 +2,7 @@
 for nothing but itself, draws the flame graph's bars with the right frames and widths, and
 zooms on a real mouse click.
 
-Never skipped: `make setup` installs Debian's chromium (APT_PACKAGES), so a missing browser is
+Never skipped: `make test` installs Debian's chromium (TEST_PACKAGES), so a missing browser is
 a broken set-up and fails here.
 """
 
@@ -30,7 +30,7 @@ JSON.stringify(Array.from(document.querySelectorAll('#flame g.fg')).map(function
 @pytest.fixture(scope="module")
 def browser():
     binary = chromium_path()
-    assert binary, "chromium is not installed: `make setup` installs it (APT_PACKAGES)"
+    assert binary, "chromium is not installed: `make test` installs it (TEST_PACKAGES)"
     with Chromium(binary) as chromium:
         yield chromium
     # The whole process group is gone (Chromium.__exit__ waits for it).

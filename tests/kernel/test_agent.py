@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cowtrace import taskstats
+from cowtrace.host.cgroup import POD_LABELS, pod_identity
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import COWTRACE
 from tests.promserver import LineReader, http_get, metrics_url, promtool_check
@@ -73,7 +74,9 @@ def run_one_family(binary, url: str, listener: taskstats.ExitListener) -> list[i
                 break
         facts = build.parse_lines(lines)
         master = fixture.pid
-        family = (("comm", "at:master"), ("root", str(master)))
+        # Its pod labels: empty on a host, a container id if the tests run in one (host.cgroup).
+        pod = dict(zip(POD_LABELS, pod_identity(master).labels(), strict=True))
+        family = tuple(sorted({"comm": "at:master", "root": str(master), **pod}.items()))
         wait_until(
             lambda: scrape(url).get(("cowtrace_family_processes", family)) == 3,
             30,

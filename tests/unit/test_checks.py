@@ -346,3 +346,42 @@ def test_doctor_all_good(monkeypatch: pytest.MonkeyPatch) -> None:
     out = io.StringIO()
     assert doctor_module.doctor(False, Console(file=out)) == 0
     assert "cowtrace can trace on this host" in out.getvalue()
+
+
+def _status(tmp_path: Path, cap_eff: int) -> Path:
+    path = tmp_path / "status"
+    path.write_text(f"Name:\tcowtrace\nCapInh:\t0000000000000000\nCapEff:\t{cap_eff:016x}\n")
+    return path
+
+
+BPF_CAPS = 1 << 21 | 1 << 38 | 1 << 39  # CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF
+
+
+def test_non_root_with_the_bpf_capabilities_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checks.os, "geteuid", lambda: 998)
+    check = checks.check_root(_status(tmp_path, BPF_CAPS))
+    assert check.ok
+    assert check.detail == "uid 998 with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"
+
+
+def test_non_root_without_capabilities_says_not_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checks.os, "geteuid", lambda: 65534)
+    check = checks.check_root(_status(tmp_path, 0))
+    assert not check.ok
+    assert check.detail == (
+        "running as uid 65534 (not root); CapEff 0x0 lacks CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF"
+    )
+
+
+def test_root_lacking_one_capability_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checks.os, "geteuid", lambda: 0)
+    check = checks.check_root(_status(tmp_path, BPF_CAPS & ~(1 << 39)))
+    assert not check.ok
+    assert check.detail.endswith("lacks CAP_BPF")
+    assert check.detail.startswith("running as root;")

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cowtrace.agent.discovery import RootMatcher, new_roots
 from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
+from cowtrace.host.cgroup import PodIdentity
 from cowtrace.metrics.address import ListenAddress, parse_listen_address
 from cowtrace.metrics.collector import Health
 from cowtrace.metrics.exporter import MetricsExporter, MetricsOptions, metrics_options
@@ -110,8 +111,16 @@ def scrape(exporter):
     return text, samples
 
 
+# Pod labels (host.cgroup) of a family outside Kubernetes: every one empty.
+NO_POD = {"namespace": "", "pod": "", "pod_uid": "", "container_id": ""}
+
+
+def no_pod(pid: int) -> PodIdentity:
+    return PodIdentity()
+
+
 def member(pid, role="child", comm="worker", **extra):
-    labels = {"root": "100", "role": role, "comm": comm, "pid": str(pid), **extra}
+    labels = {"root": "100", "role": role, "comm": comm, "pid": str(pid), **NO_POD, **extra}
     return tuple(sorted(labels.items()))
 
 
@@ -121,7 +130,9 @@ def test_exposition_counts_and_attribution(monkeypatch):
         copies_by_kind={(101, "heap"): 30, (101, "anon"): 10, (102, "heap"): 9},
         exit_copies={102: 9},
     )
-    exporter = MetricsExporter(MetricsOptions(ListenAddress("127.0.0.1", 0), 60.0))
+    exporter = MetricsExporter(
+        MetricsOptions(ListenAddress("127.0.0.1", 0), 60.0, pod_identity=no_pod)
+    )
     exporter.update([snapshot(view)], Health(lost_events=4, events=55), now=3.0)
     text, samples = scrape(exporter)
     assert samples[("cowtrace_copies_total", member(101))] == 40
@@ -132,7 +143,8 @@ def test_exposition_counts_and_attribution(monkeypatch):
     assert samples[("cowtrace_mapping_copies_total", member(102, mapping="heap"))] == 9
     assert samples[("cowtrace_exit_copies_total", member(102))] == 9
     assert samples[("cowtrace_exit_copies_total", member(101))] == 0  # known, and zero
-    assert samples[("cowtrace_family_processes", (("comm", "master"), ("root", "100")))] == 2
+    family = tuple(sorted({"comm": "master", "root": "100", **NO_POD}.items()))
+    assert samples[("cowtrace_family_processes", family)] == 2
     assert samples[("cowtrace_lost_events_total", ())] == 4
     assert samples[("cowtrace_events_total", ())] == 55
     assert samples[("cowtrace_attribution_enabled", ())] == 1
@@ -145,11 +157,13 @@ def test_exposition_counts_and_attribution(monkeypatch):
 
 def test_no_attribution_no_attribution_series(monkeypatch):
     monkeypatch.setattr("cowtrace.metrics.exporter.rollup_gauges", lambda pid: {})
-    exporter = MetricsExporter(MetricsOptions(ListenAddress("127.0.0.1", 0), pid_labels=False))
+    exporter = MetricsExporter(
+        MetricsOptions(ListenAddress("127.0.0.1", 0), pid_labels=False, pod_identity=no_pod)
+    )
     exporter.update([snapshot()], Health(), now=3.0)
     _, samples = scrape(exporter)
     assert not [k for k in samples if k[0] in ("cowtrace_mapping_copies_total",)]
-    group = tuple(sorted({"root": "100", "role": "child", "comm": "worker"}.items()))
+    group = tuple(sorted({"root": "100", "role": "child", "comm": "worker", **NO_POD}.items()))
     assert samples[("cowtrace_copies_total", group)] == 49
     assert samples[("cowtrace_attribution_enabled", ())] == 0
 
