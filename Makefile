@@ -34,6 +34,9 @@ RUNTIME_PACKAGES := python3-bpfcc linux-headers-amd64 python3-venv python3-pyelf
 # What the tests, tools and benchmarks add. Append here; nothing else needs changing.
 # bpftool (the leak check of every kernel test), gcc and make (tests/fixtures), procps.
 TEST_PACKAGES := bpftool gcc make procps
+# The C library's headers for the fixtures (gcc only recommends them), and its detached debug
+# symbols: the allocation tests name glibc's static functions (_int_free) from them.
+TEST_PACKAGES += libc6-dev libc6-dbg
 # The browser test of `cowtrace report --html` (tests/browser/) runs Debian's Chromium.
 TEST_PACKAGES += chromium
 # Prometheus and promtool for the metrics tests (tests/kernel/test_metrics_prometheus.py).
