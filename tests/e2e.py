@@ -29,7 +29,6 @@ import signal
 import socket
 import subprocess
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,21 +237,18 @@ class AttachedTrace:
         members = family_of(self.root)
         stop_all(members)
         try:
-            for attempt in (1, 2):
-                if self._attach(attach_timeout, last_try=attempt == 2):
-                    break
+            self._attach(attach_timeout)
             self.base = read_books(members)
         finally:
             cont_all(members)
 
-    def _attach(self, attach_timeout: float, *, last_try: bool) -> bool:
+    def _attach(self, attach_timeout: float) -> None:
         """Start cowtrace and wait until it traces the family (its first --plain line).
 
-        An attach that ends in an internal error is tried once more, with the error shown as
-        a warning (in the summary of a green run too): a rare `OSError: [Errno 9] Bad file
-        descriptor` at attach (see the closing note of stop 9) is still unexplained, and
-        COWTRACE_DEBUG=1 makes cowtrace print its whole traceback, so that the next one
-        brings the evidence instead of failing an unrelated test."""
+        No retry: the rare `OSError: [Errno 9] Bad file descriptor` at attach was bcc's symbol
+        caches closing a descriptor they did not own (iovisor/bcc#5193); cowtrace no longer
+        uses them (cowtrace/host/symbols.py).  COWTRACE_DEBUG=1: a failure shows its whole
+        traceback."""
         self._plain = open(self.plain_path, "w")  # noqa: SIM115 - closed in close()
         self.tracer = subprocess.Popen(
             self.argv,
@@ -265,16 +261,10 @@ class AttachedTrace:
         deadline = time.monotonic() + attach_timeout
         while self.plain_path.stat().st_size == 0:
             if self.tracer.poll() is not None:
-                stderr = self.tracer.stderr.read()
-                if last_try or "internal error" not in stderr:
-                    raise RuntimeError(f"cowtrace exited: {stderr}")
-                warnings.warn(f"cowtrace attach failed, tried again: {stderr}", stacklevel=2)
-                self._plain.close()
-                return False
+                raise RuntimeError(f"cowtrace exited: {self.tracer.stderr.read()}")
             if time.monotonic() > deadline:
                 raise TimeoutError("cowtrace did not attach")
             time.sleep(0.05)
-        return True
 
     def snapshot(self) -> Books:
         """The books in the middle of a run (family frozen while read): e.g. a BGSAVE child's
