@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,3 +139,14 @@ UNDER_A_SHELL = ("/bin/sh", "-c", '"$@"; exit $?', "sh")
 def run_args(summary: Path, events: Path, *command: str) -> list[str]:
     """`run --quiet --json SUMMARY --events EVENTS -- COMMAND...`: how tests trace a command."""
     return ["run", "--quiet", "--json", str(summary), "--events", str(events), "--", *command]
+
+
+def assert_one_line_error(code: int, err: str, pattern: str) -> None:
+    """A bad-input error: non-zero exit, one `cowtrace: error: ...` line matching `pattern`,
+    no traceback."""
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cowtrace: error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in err

@@ -16,6 +16,7 @@ import pytest
 
 from cowtrace.cli import _argv_with_default_command, main
 from cowtrace.commands import trace as trace_module
+from tests.helpers import assert_one_line_error
 
 COWTRACE = [sys.executable, "-m", "cowtrace"]
 NO_SUCH_PID = 999999999  # above pid_max (at most 2**22): never a process
@@ -25,14 +26,6 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     code = main(args)
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, pattern: str) -> None:
-    assert code != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("cowtrace: error: "), err
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 @pytest.fixture

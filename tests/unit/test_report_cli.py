@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cowtrace.cli import main
+from tests.helpers import assert_one_line_error
 from tests.unit.report_samples import (
     CORE_EVENTS,
     EVENTS,
@@ -23,15 +24,6 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     code = main(["report", *args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, pattern: str) -> None:
-    assert code != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("cowtrace: error: "), err
-    assert re.search(pattern, lines[0]), lines[0]
-    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(
