@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 COWTRACE = [sys.executable, "-m", "cowtrace"]
@@ -106,14 +107,19 @@ def cowtrace_programs_loaded(pids: list[int] | None = None) -> list[str]:
     return leaked
 
 
+def poll_until_empty(read: Callable[[], list[str]], timeout: float, step: float) -> list[str]:
+    """What `read` still finds once it finds nothing or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    found = read()
+    while found and time.monotonic() < deadline:
+        time.sleep(step)
+        found = read()
+    return found
+
+
 def wait_until_unloaded(timeout: float = 5.0) -> list[str]:
     """Programs are freed asynchronously after their last fd closes: wait for that."""
-    deadline = time.monotonic() + timeout
-    leaked = cowtrace_programs_loaded()
-    while leaked and time.monotonic() < deadline:
-        time.sleep(0.1)
-        leaked = cowtrace_programs_loaded()
-    return leaked
+    return poll_until_empty(cowtrace_programs_loaded, timeout, 0.1)
 
 
 def run_cowtrace(

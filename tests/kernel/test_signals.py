@@ -31,6 +31,7 @@ from tests.helpers import (
     COWTRACE,
     _session_pids,
     cowtrace_programs_loaded,
+    poll_until_empty,
     wait_until_unloaded,
 )
 
@@ -79,12 +80,7 @@ def leftovers() -> list[str]:
 
 
 def wait_no_leftovers() -> list[str]:
-    deadline = time.monotonic() + LEFTOVER_GRACE_S
-    left = leftovers()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = leftovers()
-    return left
+    return poll_until_empty(leftovers, LEFTOVER_GRACE_S, 0.05)
 
 
 def kill_leftovers() -> None:
