@@ -197,6 +197,8 @@ def main() -> int:
     pairs = (args.pages + args.chunk - 1) // args.chunk
     print(f"== A/B per chunk of {args.chunk} pages, {pairs} pairs a round, {args.rounds} rounds")
     for name, results in rounds.items():
+        if not results:  # --rounds 0: the non-member cost alone
+            continue
         chunk_ratios = [r.chunk_ratio for r in results]
         totals = [r.total_ratio for r in results]
         line = (f"{name:12} slowdown: median {statistics.median(chunk_ratios):.3f}x"

@@ -243,6 +243,17 @@ class KernelTracer:
         leaf.exit_code = -1
         leaf.flags = MF_AWAIT_EXEC if await_exec else 0
         table[table.Key(pid)] = leaf
+        self._set_member_bit(pid, True)
+
+    def _set_member_bit(self, pid: int, member: bool) -> None:
+        """User space's half of the BPF membership filter (member_bits_user): a member's bit
+        is set before any hook can need it, cleared once the member is forgotten.  Only this
+        process writes this bitmap, so a read-modify-write of a word races with no one."""
+        bits = self._bpf["member_bits_user"]
+        key = bits.Key(pid >> 6)
+        word = bits[key].value
+        mask = 1 << (pid & 63)
+        bits[key] = bits.Leaf(word | mask if member else word & ~mask)
 
     def forget(self, pids: Iterable[int]) -> None:
         """Drop members whose final counts have been read."""
@@ -250,6 +261,7 @@ class KernelTracer:
         for pid in pids:
             with contextlib.suppress(KeyError):
                 del table[table.Key(pid)]
+            self._set_member_bit(pid, False)
 
     def members(self) -> dict[int, MemberState]:
         """Counters of every member the kernel knows (vfork children excluded)."""
