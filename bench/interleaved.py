@@ -18,7 +18,8 @@ cowtrace's programs, which find it is not a member and return.  That cost (what 
 process on a traced host pays) is in B's times too, so A/B is the cost of being traced over
 the cost of running next to the tracer.  `--bpf-stats` measures the second one: it turns on
 kernel.bpf_stats_enabled and reports each program's mean run time per call in a round where
-cowtrace traces an idle process and only non-members fault.
+cowtrace traces an idle process and only non-members fault, and in one where it traces the
+storm (what a member pays inside the programs, tail-called stack walks included).
 
 Usage (root): .venv/bin/python bench/interleaved.py [--rounds 5] [--pages 262144]
     [--chunk 2048] [--variant NAME="cowtrace options"]... [--bpf-stats]
@@ -133,16 +134,18 @@ def program_stats() -> dict[str, tuple[int, int]]:
     return {p["name"]: (p["run_cnt"], p["run_time_ns"]) for p in shown if "run_cnt" in p}
 
 
-def non_member_cost(binary: Path, pages: int, chunk: int, options: list[str],
-                    workdir: Path) -> dict[str, float]:
-    """Mean ns per call of cowtrace's hot programs when only non-members fault."""
+def program_costs(binary: Path, pages: int, chunk: int, options: list[str],
+                  workdir: Path, *, member: bool) -> dict[str, float]:
+    """Mean ns per call of cowtrace's hot programs during one storm (bpf_stats): the storm
+    traced (`member`), or cowtrace tracing an idle process while only a non-member faults."""
     previous = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
     Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
     idle = subprocess.Popen(["sleep", "600"])
     try:
-        tracer = AttachedTracer(idle.pid, options, workdir / "idle.json")
-        before = program_stats()
         storm = Storm(binary, pages, chunk)
+        traced = storm.pid if member else idle.pid
+        tracer = AttachedTracer(traced, options, workdir / "costs.json")
+        before = program_stats()
         storm.send("fork")
         for _ in range((pages + chunk - 1) // chunk):
             storm.chunk()
@@ -191,9 +194,11 @@ def main() -> int:
                 line.append(f"{name} {result.chunk_ratio:.3f} (total {result.total_ratio:.3f},"
                             f" B {sum(result.untraced_ms):.0f} ms)")
             print(f"round {index + 1}: " + ", ".join(line), flush=True)
-        costs = {}
+        costs: dict[str, dict[str, float]] = {}
         if args.bpf_stats:
-            costs = non_member_cost(binary, args.pages, args.chunk, variants[0][1], workdir)
+            for role in ("non-member", "member"):
+                costs[role] = program_costs(binary, args.pages, args.chunk, variants[0][1],
+                                            workdir, member=role == "member")
     pairs = (args.pages + args.chunk - 1) // args.chunk
     print(f"== A/B per chunk of {args.chunk} pages, {pairs} pairs a round, {args.rounds} rounds")
     for name, results in rounds.items():
@@ -210,9 +215,10 @@ def main() -> int:
                      f" child copies {min(t.top_copies for t in traces)}"
                      f"-{max(t.top_copies for t in traces)} for {args.pages} pages")
         print(line)
-    for name, ns in costs.items():
-        print(f"non-member cost ({variants[0][0]}): {name} {ns:.0f} ns per call"
-              " (bpf_stats, its own clock reads included)")
+    for role, programs in costs.items():
+        for name, ns in programs.items():
+            print(f"{role} cost ({variants[0][0]}): {name} {ns:.0f} ns per call"
+                  " (bpf_stats, its own clock reads included)")
     return 0
 
 

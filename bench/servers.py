@@ -8,30 +8,28 @@ Servers (everything on 127.0.0.1):
              --records records; load: `wrk -t1 -c4 -d SECONDS`;
   redis      Debian's redis-server 7 (jemalloc), no persistence (no fork); load:
              `redis-benchmark -c 8 -d 200 -t set,get,lpush,lpop -n N`.
-Arms, rotated from round to round, each on a server started afresh:
+Arms:
   untraced   the server alone;
   attach     `cowtrace PID` attached to the running server (defaults);
   run        `cowtrace run -- SERVER` (defaults: allocator uprobes, writer stacks);
-  agent      `cowtrace agent --comm '^COMM$'` running before the server starts (it picks the
-             server up within its scan interval);
+  agent      `cowtrace agent --comm '^COMM$'` watching the server;
   control    untraced again: what the method reads when nothing differs.
 The server's threads are pinned to CPU 0 once it is up, the load generator to CPU 1;
-cowtrace is not pinned (its own work competes, as it would in production).  Each arm warms
-up (--warmup seconds of load), then measures one load run.
+cowtrace is not pinned (its own work competes, as it would in production).
 
-Two figures per arm and round, each as a ratio to the untraced arm of the same round:
-  req/s      requests answered per second (the load generator's count and time);
-  CPU/req    the server family's CPU time per request (every thread's schedstat run time over
-             the measured load; the programs cowtrace runs in the server's context and the
-             uprobe traps are in it), reported as untraced/traced so that, like req/s, 1.00
-             is no cost and lower is worse.  It does not see cowtrace's own process, which
-             req/s does when it takes CPU from the server; but it is far less noisy on a
-             shared VM, so its control reads nearer 1.00.
-The figure is the median over rounds (with the range); the control's ratio says how far to
-trust it (target: within 1%).
+Two methods, because two servers started one after the other differ by more than the 1-2%
+to be measured (untraced Redis ranged 73k-89k req/s from one start to the next here):
+  same server (attach, agent, control)  one server is started, pinned and warmed once; then
+      --pairs times, for each arm, a period without cowtrace and a period with the arm's
+      cowtrace attached to that same server (started, attached, warmed for --warmup
+      seconds, measured, stopped), in the order A B, then B A, then A B... The figure is the
+      median over pairs of the period ratio.  The control pairs two untraced periods.
+  fresh servers (run)  `run` must start its server, so each round starts an untraced server
+      and a server under `cowtrace run`, alternating which goes first (--rounds rounds).
+Each measured period warms up first (--warmup seconds of load), then measures one load run.
 
-Usage (root): .venv/bin/python bench/servers.py [--rounds 3] [--server gunicorn,redis]
-    [--arms untraced,attach,run,agent,control] [--seconds 5] [--warmup 2]
+Usage (root): .venv/bin/python bench/servers.py [--pairs 7] [--rounds 5]
+    [--server gunicorn,redis] [--arms attach,run,agent,control] [--seconds 5] [--warmup 2]
     [--records 100000] [--redis-requests 100000]
 """
 
@@ -203,12 +201,91 @@ def measure(server, arm: str, args: argparse.Namespace, reaper: Reaper) -> Measu
             reaper.stop(proc, signum, timeout=30)
 
 
+SAME_SERVER_ARMS = ("attach", "agent", "control")
+
+
+def start_tracer(server, arm: str, root: int, reaper: Reaper) -> list[tuple[subprocess.Popen, int]]:
+    """The arm's cowtrace on a running server, returned once it traces it."""
+    if arm == "attach":
+        return [(start_attach(reaper, root), signal.SIGINT)]
+    if arm == "agent":
+        agent, agent_err, _url = start_agent(reaper, ["--comm", f"^{server.comm}$"])
+        agent_err.wait_for(rf"tracing \S+ \(pid {root}\)", timeout=60)
+        return [(agent, signal.SIGINT)]
+    return []  # untraced, control
+
+
+def period(server, arm: str, root: int, port: int, args: argparse.Namespace,
+           reaper: Reaper) -> Measure:
+    """One measured period of a running server under `arm`'s cowtrace (or none)."""
+    started = start_tracer(server, arm, root, reaper)
+    try:
+        server.warm(port, args.warmup)
+        cpu_before = family_cpu_ns(root)
+        load = server.load(port, args.seconds)
+        cpu = family_cpu_ns(root) - cpu_before
+        return Measure(load.requests / load.seconds, cpu / 1e3 / load.requests)
+    finally:
+        for proc, signum in started:
+            reaper.stop(proc, signum, timeout=30)
+
+
+def same_server(server, arms: list[str], args: argparse.Namespace, reaper: Reaper,
+                ratios: dict, results: dict) -> None:
+    """The same-server method (see the module's docstring) for `arms`."""
+    port = free_port()
+    env = {**os.environ, **server.env()}
+    proc = reaper.start(server.command(port), env=env, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+    try:
+        root = proc.pid
+        server.ready(root, port)
+        pin_family(root, SERVER_CPU)
+        server.warm(port, 2 * args.warmup)
+        for index in range(args.pairs):
+            line = []
+            for arm in arms:
+                first, second = ("untraced", arm) if index % 2 == 0 else (arm, "untraced")
+                this = {}
+                for which in (first, second):  # the control's two periods are both untraced
+                    tracer_arm = "untraced" if which == "control" else which
+                    this[which] = period(server, tracer_arm, root, port, args, reaper)
+                base, other = this["untraced"], this[arm]
+                results.setdefault((server.name, "untraced"), []).append(base)
+                results.setdefault((server.name, arm), []).append(other)
+                ratios.setdefault((server.name, arm), []).append((
+                    other.rps / base.rps, base.cpu_per_request_us / other.cpu_per_request_us,
+                ))
+                line.append(f"{arm} {other.rps / base.rps:.3f}"
+                            f" ({base.rps:.0f} -> {other.rps:.0f} req/s)")
+            print(f"{server.name} pair {index + 1}: " + ", ".join(line), flush=True)
+    finally:
+        reaper.stop(proc, signal.SIGTERM, timeout=30)
+
+
+def fresh_servers(server, args: argparse.Namespace, reaper: Reaper, ratios: dict,
+                  results: dict) -> None:
+    """The fresh-server method (see the module's docstring) for `run`."""
+    for index in range(args.rounds):
+        order = ["untraced", "run"] if index % 2 == 0 else ["run", "untraced"]
+        this = {arm: measure(server, arm, args, reaper) for arm in order}
+        base, traced = this["untraced"], this["run"]
+        results.setdefault((server.name, "untraced"), []).append(base)
+        results.setdefault((server.name, "run"), []).append(traced)
+        ratios.setdefault((server.name, "run"), []).append((
+            traced.rps / base.rps, base.cpu_per_request_us / traced.cpu_per_request_us,
+        ))
+        print(f"{server.name} round {index + 1}: run {traced.rps / base.rps:.3f}"
+              f" ({base.rps:.0f} -> {traced.rps:.0f} req/s)", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Arms and method: see the module's docstring and bench/README.md.",
     )
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=7, help="same-server pairs per arm")
+    parser.add_argument("--rounds", type=int, default=5, help="fresh-server rounds (run)")
     parser.add_argument("--server", default="gunicorn,redis", help="comma-separated")
     parser.add_argument("--arms", default=",".join(ALL_ARMS), help="comma-separated; "
                         "untraced is always measured (the reference)")
@@ -226,8 +303,8 @@ def main() -> int:
     names = [n for n in args.server.split(",") if n]
     if not names or set(names) - set(classes):
         parser.error(f"--server: choose from {', '.join(classes)}")
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    if args.rounds < 1 or args.pairs < 1:
+        parser.error("--rounds and --pairs must be at least 1")
     for tool in ("wrk" if "gunicorn" in names else "", "redis-server" if "redis" in names else
                  "", "redis-benchmark" if "redis" in names else ""):
         if tool and shutil.which(tool) is None:
@@ -238,24 +315,15 @@ def main() -> int:
     with Reaper() as reaper, tempfile.TemporaryDirectory() as tmp:
         for name in names:
             server = classes[name](args, Path(tmp))
-            for index in range(args.rounds):
-                order = arms[index % len(arms):] + arms[: index % len(arms)]
-                this = {}
-                for arm in order:
-                    this[arm] = measure(server, arm, args, reaper)
-                    results.setdefault((name, arm), []).append(this[arm])
-                base = this["untraced"]
-                for arm in arms[1:]:
-                    ratios.setdefault((name, arm), []).append((
-                        this[arm].rps / base.rps,
-                        base.cpu_per_request_us / this[arm].cpu_per_request_us,
-                    ))
-                print(f"{name} round {index + 1}: " + ", ".join(
-                    f"{arm} {m.rps:.0f} req/s {m.cpu_per_request_us:.1f} us/req"
-                    for arm, m in this.items()), flush=True)
+            same = [a for a in arms if a in SAME_SERVER_ARMS]
+            if same:
+                same_server(server, same, args, reaper, ratios, results)
+            if "run" in arms:
+                fresh_servers(server, args, reaper, ratios, results)
     print()
     print(machine_note())
-    print(f"medians of {args.rounds} rounds (range); ratios to the untraced arm of each round")
+    print(f"medians (range): attach, agent, control over {args.pairs} same-server pairs;"
+          f" run over {args.rounds} fresh-server rounds; ratios to the untraced period")
     print("| server | arm | req/s ratio | CPU/request ratio (untraced/arm) | target |")
     print("| --- | --- | --- | --- | --- |")
     for name in names:
