@@ -1,4 +1,4 @@
-"""The kernel/user ABI: every number and record layout bpf/cowtrace.bpf.c shares with Python.
+"""The kernel/user ABI: every number and record layout the BPF side (bpf/*.h) shares with Python.
 
 Written once, here.  The C side declares the same names (enums, #defines, structs); the unit
 test tests/unit/test_abi.py parses bpf/*.c and fails when a constant's value or a record's

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 from importlib import resources
 from typing import Any
 
@@ -31,7 +32,29 @@ def program_text(name: str) -> str:
             "cowtrace's BPF programs (the package cowtrace.bpf) are not installed",
             hint="make setup, or pip install -e . in the checkout",
         ) from None
-    return (package / name).read_text()
+    return _with_headers_inlined(package, name, set())
+
+
+# `#include "name.h"`: a header of bpf/ (system headers use <...> and are left to the compiler).
+_LOCAL_INCLUDE = re.compile(r'^#include "([\w.-]+)"[ \t]*$', re.MULTILINE)
+
+
+def _with_headers_inlined(package: Any, name: str, seen: set[str]) -> str:
+    """`name`'s text with each of its local includes replaced by the header's own text (each
+    header once).  bcc compiles a text, not a file, and the package may not be a directory
+    the compiler could search (-I), so the program is assembled here, as the preprocessor
+    would, before it is handed over."""
+    text = (package / name).read_text()
+
+    def inline(match: re.Match) -> str:
+        header = match.group(1)
+        if header in seen:
+            return f"/* {header}: included above */"
+        seen.add(header)
+        body = _with_headers_inlined(package, header, seen)
+        return body.replace("#pragma once\n", "", 1)
+
+    return _LOCAL_INCLUDE.sub(inline, text)
 
 
 @contextlib.contextmanager

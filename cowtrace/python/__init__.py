@@ -4,7 +4,7 @@ offsets  where CPython keeps its thread states, frames and code objects, per ver
 elf      symbols of the interpreter binary or libpython (pyelftools)
 detect   is a member CPython, which version, where is its _PyRuntime
 resolve  code objects and native leaves to names, read through /proc/PID/mem
-kernel   the BPF maps of the frame walk (bpf/cowtrace.bpf.c, "Python writer stacks")
+kernel   the BPF maps of the frame walk (bpf/python_stacks.h)
 writers  the aggregator: copies per Python stack, categories, "why" lines
 tracker  the session's single entry point: membership events in, views out
 """

@@ -1,6 +1,6 @@
 """The BPF side of Python stacks: the per-process layout map and the captured stacks.
 
-Mirrors `struct py_proc` and `struct py_stack` of bpf/cowtrace.bpf.c ("Python writer stacks").
+Mirrors `struct py_proc` and `struct py_stack` of bpf/python_stacks.h.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""cowtrace/kernel/abi.py against bpf/cowtrace.bpf.c: the numbers and record layouts both sides
-read must be the same, field by field, so a field added on one side only fails here instead of
-shifting every field behind it at run time."""
+"""cowtrace/kernel/abi.py against bpf/*.h: the numbers and record layouts both sides read must
+be the same, field by field, so a field added on one side only fails here instead of shifting
+every field behind it at run time."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def test_decoders_print_the_contract_words() -> None:
 
 def test_a_field_added_on_one_side_only_fails() -> None:
     """The check itself: a C struct with one more field no longer matches its dtype."""
-    text = (BPF / "cowtrace.bpf.c").read_text()
+    text = (BPF / "cowtrace.h").read_text()
     grown = text.replace(
         "struct proc_event {\n    u64 ts;",
         "struct proc_event {\n    u64 ts;\n    u32 new_field;",

@@ -18,8 +18,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_programs_are_read_from_the_cowtrace_bpf_package():
     assert Path(str(resources.files("cowtrace.bpf"))).resolve() == REPO / "bpf"
-    for name in ("cowtrace.bpf.c", "calibrate.bpf.c"):
-        assert program_text(name) == (REPO / "bpf" / name).read_text()
+    assert program_text("calibrate.bpf.c") == (REPO / "bpf" / "calibrate.bpf.c").read_text()
+
+
+def test_the_program_is_assembled_from_its_headers():
+    """cowtrace.bpf.c includes the headers of bpf/ by concern; bcc gets one text with each
+    header inlined once, in the order of the includes, and no local include left."""
+    text = program_text("cowtrace.bpf.c")
+    assert '#include "' not in text and "#pragma once" not in text
+    main = (REPO / "bpf" / "cowtrace.bpf.c").read_text()
+    headers = [line.split('"')[1] for line in main.splitlines() if line.startswith('#include "')]
+    assert sorted(headers) == sorted(p.name for p in (REPO / "bpf").glob("*.h"))
+    positions = []
+    for header in headers:
+        body = (REPO / "bpf" / header).read_text().replace("#pragma once\n", "", 1)
+        assert text.count(body) == 1, header
+        positions.append(text.index(body))
+    assert positions == sorted(positions)
 
 
 def test_a_checkout_never_installed_gets_a_one_line_error(tmp_path):

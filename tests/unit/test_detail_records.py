@@ -1,6 +1,6 @@
 """cowtrace/kernel/abi.py: batches of detail records become one array, stale slots left out.
 
-A CPU's batch (struct fault_batch of bpf/cowtrace.bpf.c) is reused: past `count`, its slots
+A CPU's batch (struct fault_batch of bpf/records.h) is reused: past `count`, its slots
 still hold the records of an earlier batch.  Only the first `count` of each may come out.
 """
 

@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: GPL-2.0
+/* map_tracking.h: a member's memory map changed (mmap lock taken for
+ * writing): user space re-reads /proc/PID/maps.
+ * Part of cowtrace.bpf.c, which includes the headers of bpf/ in dependency order. */
+#pragma once
+
+/* ---- maps ---------------------------------------------------------------------------------- */
+/* Members whose memory map changed since user space last read it: tgid -> time of the first
+ * change (see "map changes" below). */
+BPF_HASH(map_dirty, u32, u64, MAX_MEMBERS);
+
+/* ---- map changes (attribution) ---------------------------------------------------------------
+ * A process' memory map changes only under its mmap_lock held for writing: mmap, munmap, mremap,
+ * brk, mprotect, the loader after an exec (and fork's dup_mmap and exit_mmap, which cost a
+ * needless re-read at most).  So the lock's write acquisitions by a member mark its map as
+ * changed, once until user space has re-read /proc/PID/maps (map_dirty, deleted by user space
+ * just before the read), with one PE_MAPS record that wakes user space.  The acquisition, not
+ * the release: munmap and a shrinking brk or mremap downgrade the lock and release it as a
+ * reader; and the acquisition precedes the change, so faults older than the record were made
+ * against the map before it.  This hook is off the syscall path: syscall tracepoints would put
+ * every task on the host on the slow syscall path.  A read acquisition (a page fault that missed
+ * the per-VMA lock, a /proc read) returns after one compare; a non-member's write acquisition
+ * after one members lookup.
+ * TP_PROTO(struct mm_struct *mm, bool write, bool success); the mm is not read. */
+RAW_TRACEPOINT_PROBE(mmap_lock_acquire_returned)
+{
+    if (!(ctx->args[1] & 0xff) || !(ctx->args[2] & 0xff))
+        return 0;                       /* a reader, or a failed trylock */
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!maybe_member(tgid))
+        return 0;
+    struct member *m = members.lookup(&tgid);
+    if (!m || (m->flags & MF_AWAIT_EXEC))
+        return 0;                       /* awaiting exec: still cowtrace's own memory */
+    u32 owner = m->owner;               /* a vfork child changes its parent's map */
+    if (map_dirty.lookup(&owner))
+        return 0;                       /* already marked: user space will re-read */
+    u64 ts = bpf_ktime_get_ns();
+    if (map_dirty.insert(&owner, &ts) != 0)
+        return 0;                       /* another thread marked it first (or table full) */
+    if (owner != tgid) {
+        m = members.lookup(&owner);
+        if (!m)
+            return 0;
+    }
+    struct proc_event ev = {};
+    ev.ts = ts;
+    ev.type = PE_MAPS;
+    ev.pid = owner;
+    ev.root = m->root;
+    ev.exit_code = -1;
+    if (proc_events.ringbuf_output(&ev, sizeof(ev), 0) != 0) {
+        stat_inc(STAT_LOST_MAP_EVENTS);
+        map_dirty.delete(&owner);       /* lost: let the next change try again */
+    }
+    return 0;
+}
