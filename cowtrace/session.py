@@ -41,6 +41,7 @@ from cowtrace.metrics.samplers import bpf_stats_enabled, program_run_ns
 from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
 from cowtrace.python.tracker import PythonStacks
+from cowtrace.python.writers import remedies
 
 ADOPTION_ROUNDS = 5  # /proc rescans to catch forks racing with the attach
 FINAL_READ_GRACE_S = 2.0  # how long to wait for the root's task to be freed after it exits
@@ -407,7 +408,10 @@ class Session:
             return view
         view = view or AttributionView()
         return dataclasses.replace(
-            view, python_writers=writers.stats(), why=(*view.why, *writers.why())
+            view,
+            python_writers=writers.stats(),
+            python_remedies=remedies(writers),
+            why=(*view.why, *writers.why()),
         )
 
     def close(self) -> None:

@@ -87,11 +87,35 @@ class PythonWriterStat:
 
 
 @dataclass(frozen=True)
+class PythonRemedy:
+    """What one usual remedy would have saved, from the categories of the copies measured.
+
+    gc_freeze: `gc.freeze()` in the master before forking moves every object it holds to the
+    permanent generation, which collections never visit: the copies whose write was the
+    collector's (gc category) are the pages it avoids.  data_out_of_objects: the copies made by
+    the interpreter's own writes to objects (refcount category: reference counts and fields of
+    objects the worker reads) are what moving read-only data out of Python objects (arrays,
+    mmap'd files, shared memory) avoids.  Each page is copied once per process, by its first
+    write, so a page saved from the collector might still be copied by a later write: the
+    figures are what the remedy removes at most, exact when nothing else writes those pages."""
+
+    remedy: str  # "gc_freeze", "data_out_of_objects"
+    action: str  # what to do, in words
+    copies: int  # copies the remedy would have avoided
+    share: float  # of the copies of CPython members (0..1)
+
+    @property
+    def copied_bytes(self) -> int:
+        return self.copies * PAGE_SIZE
+
+
+@dataclass(frozen=True)
 class AttributionView:
     regions: tuple[RegionStat, ...] = ()
     allocations: tuple[AllocationStat, ...] = ()
     writers: tuple[WriterStat, ...] = ()
     python_writers: tuple[PythonWriterStat, ...] = ()
+    python_remedies: tuple[PythonRemedy, ...] = ()
     why: tuple[str, ...] = ()  # one-line explanations ("garbage collection (41% of copies)...")
     # For metrics: copies per (pid, mapping kind), and exit-time copies per pid.
     copies_by_kind: dict[tuple[int, str], int] = field(default_factory=dict)

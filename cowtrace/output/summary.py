@@ -135,7 +135,8 @@ def _tracer(
 
 
 def _python_sections(snapshot: Snapshot) -> dict[str, Any]:
-    """`python_writers` (copies per Python writer stack) and `why` (one-line causes)."""
+    """`python_writers` (copies per Python writer stack), `python_remedies` (what gc.freeze()
+    and moving data out of objects would have saved) and `why` (one-line causes)."""
     view = snapshot.attribution
     if view is None:
         return {}
@@ -149,6 +150,16 @@ def _python_sections(snapshot: Snapshot) -> dict[str, Any]:
                 "copied_bytes": stat.copied_bytes,
             }
             for stat in view.python_writers
+        ],
+        "python_remedies": [
+            {
+                "remedy": remedy.remedy,
+                "action": remedy.action,
+                "avoids_copies": remedy.copies,
+                "avoids_bytes": remedy.copied_bytes,
+                "share_of_python_copies": round(remedy.share, 4),
+            }
+            for remedy in view.python_remedies
         ],
         "why": list(view.why),
     }

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from cowtrace.attribution.view import PythonWriterStat
+from cowtrace.attribution.view import PythonRemedy, PythonWriterStat
 from cowtrace.kernel.abi import PYF_FINALIZING, PYF_GC
 
 CATEGORIES = ("gc", "refcount", "allocator", "teardown", "other")
@@ -202,3 +202,30 @@ class PythonWriters:
                 )
             )
         return tuple(text for _, text in sorted(lines, key=lambda item: -item[0]))
+
+
+# (remedy, the write category it removes, the action in words): see PythonRemedy.
+REMEDIES = (
+    ("gc_freeze", "gc", "gc.freeze() in the master before forking"),
+    (
+        "data_out_of_objects",
+        "refcount",
+        "read-only data kept out of Python objects (arrays, mmap'd files, shared memory)",
+    ),
+)
+
+
+def remedies(writers: PythonWriters) -> tuple[PythonRemedy, ...]:
+    """What each usual remedy would have saved, largest first; none without copies."""
+    total = writers.total
+    if not total:
+        return ()
+    shares = writers.by_category()
+    found = [
+        PythonRemedy(
+            remedy=name, action=action, copies=shares[category], share=shares[category] / total
+        )
+        for name, category, action in REMEDIES
+        if shares[category]
+    ]
+    return tuple(sorted(found, key=lambda r: -r.copies))

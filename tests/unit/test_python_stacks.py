@@ -26,7 +26,7 @@ from cowtrace.python.offsets import (
     shipped_versions,
     table_offsets,
 )
-from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize
+from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize, remedies
 from cowtrace.render.live import LiveView
 from cowtrace.render.summary import summary_lines
 
@@ -156,9 +156,22 @@ def test_why_lines_from_shares():
     assert [s.copies for s in stats] == [50, 30, 10, 10]
 
 
+def test_remedies_from_the_categories():
+    """gc.freeze() avoids the collector's copies, data out of objects the refcount ones; shares
+    of the CPython members' copies (100 here), largest first."""
+    found = remedies(writers_fixture())
+    assert [(r.remedy, r.copies, r.share, r.copied_bytes) for r in found] == [
+        ("gc_freeze", 50, 0.5, 50 * 4096),
+        ("data_out_of_objects", 40, 0.4, 40 * 4096),
+    ]
+    assert remedies(PythonWriters()) == ()
+
+
 def python_snapshot() -> Snapshot:
     writers = writers_fixture()
-    view = AttributionView(python_writers=writers.stats(), why=writers.why())
+    view = AttributionView(
+        python_writers=writers.stats(), python_remedies=remedies(writers), why=writers.why()
+    )
     return Snapshot(root_pid=1, started=0.0, now=1.0, members=[], totals=Counts(), attribution=view)
 
 
@@ -172,6 +185,13 @@ def test_json_sections():
         "copied_bytes": 50 * 4096,
     }
     assert data["why"][0].startswith("garbage collection (50% of copies)")
+    assert data["python_remedies"][0] == {
+        "remedy": "gc_freeze",
+        "action": "gc.freeze() in the master before forking",
+        "avoids_copies": 50,
+        "avoids_bytes": 50 * 4096,
+        "share_of_python_copies": 0.5,
+    }
     bare = Snapshot(root_pid=1, started=0.0, now=1.0, members=[], totals=Counts())
     assert "python_writers" not in summary_dict(bare)
 
