@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cowtrace.attribution.maps import Interval
-from cowtrace.remote_reads import drained_reads
+from cowtrace.host.remote_reads import drained_reads
 
 PREV_INUSE, IS_MMAPPED, NON_MAIN_ARENA = 0x1, 0x2, 0x4
 SIZE_BITS = 0x7

@@ -23,7 +23,8 @@ from types import ModuleType
 
 import pytest
 
-from cowtrace import launcher, smaps, taskstats
+from cowtrace import launcher
+from cowtrace.host import smaps, taskstats
 from tests.fixtures.conftest_helpers import load_oracle
 
 PAGE = 4096
