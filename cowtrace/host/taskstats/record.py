@@ -1,6 +1,6 @@
 """The ``struct taskstats`` record: its layout in every version, and its decoding.
 
-The struct layout. The kernel sends ``sizeof(struct taskstats)`` of its own version, and
+The kernel sends ``sizeof(struct taskstats)`` of its own version, and
 the struct has not always grown at its end: version 15 inserted ``*_delay_max`` /
 ``*_delay_min`` pairs after each ``*_delay_total``, moving every later field (``wpcopy_count``
 from byte 400 to 496), and version 16 moved them to the end again (the running 6.18 kernel
