@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cowtrace import procfs  # noqa: E402
+from cowtrace.host import procfs  # noqa: E402
 from cowtrace.session import Session, SessionOptions  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

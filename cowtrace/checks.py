@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cowtrace.errors import CowtraceError
+from cowtrace.host import procfs
 
 #: Every tracepoint cowtrace attaches to (perf-style or raw), as ``group/name`` under tracefs'
 #: ``events/``.  No ``syscalls/*``: one would put every task on the host on the slow syscall
@@ -78,10 +79,8 @@ class Check:
 
 def parse_cap_eff(status_text: str) -> int:
     """Return the CapEff bit mask from the text of /proc/<pid>/status (0 when absent)."""
-    for line in status_text.splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split(":", 1)[1].strip(), 16)
-    return 0
+    value = procfs.status_field(status_text, "CapEff")
+    return int(value, 16) if value else 0
 
 
 def missing_capabilities(cap_eff: int) -> list[str]:

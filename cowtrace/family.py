@@ -6,7 +6,7 @@ parent, role), dates their lives and folds the kernel's counters into Member obj
 
 from __future__ import annotations
 
-from cowtrace import procfs
+from cowtrace.host import procfs
 from cowtrace.kernel.abi import PE_EXEC, PE_EXIT, PE_FORK, PE_FREE
 from cowtrace.kernel.tracer import MemberState, ProcRecord
 from cowtrace.model import Counts, ExitStatus, Member, Role

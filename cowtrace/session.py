@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from cowtrace import procfs
 from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.maps import MapWatcher
 from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver, feed_lifecycle
 from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
+from cowtrace.host import procfs
 from cowtrace.kernel.abi import (
     EP_COPIED,
     EP_WP_FAULT,

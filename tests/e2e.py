@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cowtrace import smaps, taskstats
+from cowtrace.host import smaps, taskstats
 from tests.helpers import COWTRACE
 
 PAGE = 4096

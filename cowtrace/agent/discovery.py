@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cowtrace.errors import CowtraceError
-from cowtrace.procfs import ProcStat
+from cowtrace.host.procfs import ProcStat
 
 
 @dataclass

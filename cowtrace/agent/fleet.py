@@ -14,12 +14,12 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from cowtrace import procfs
 from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.maps import MapWatcher
 from cowtrace.attribution.sink import feed_lifecycle
 from cowtrace.attribution.view import AttributionView
 from cowtrace.family import Family
+from cowtrace.host import procfs
 from cowtrace.kernel.stacks import KernelStackResolver
 from cowtrace.kernel.tracer import KernelTracer, MemberState, TracerConfig
 from cowtrace.model import Snapshot

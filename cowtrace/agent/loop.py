@@ -12,10 +12,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from cowtrace import procfs
 from cowtrace.agent.discovery import RootMatcher, new_roots
 from cowtrace.agent.fleet import Fleet
 from cowtrace.commands.common import StopSignals
+from cowtrace.host import procfs
 from cowtrace.metrics.exporter import MetricsExporter, MetricsOptions, tracer_health
 
 

@@ -142,28 +142,28 @@ class BlockTable:
         kill_addrs: list[int] = []
         kill_ts: list[int] = []
         never = int(NEVER)
+
+        def end(block: int, ts: int) -> None:
+            """The block at `block` ends at `ts`: a traced one now, a base one in `_kill`."""
+            found = side_live.pop(block, None)
+            if found is None:
+                kill_addrs.append(block)
+                kill_ts.append(ts)
+            else:
+                side[found][2] = ts
+
         for op, addr, old, size, uid, ts in zip(
             ops, addrs, old_addrs, sizes, uids, stamps, strict=True
         ):
             if op == ALLOC_OP_REALLOC:
                 if old and (addr or size == 0):  # realloc(p, 0) frees; a failed one keeps p
-                    found = side_live.pop(old, None)
-                    if found is None:
-                        kill_addrs.append(old)
-                        kill_ts.append(ts)
-                    else:
-                        side[found][2] = ts
+                    end(old, ts)
             elif op != ALLOC_OP_FREE and op != ALLOC_OP_ALLOC:
                 continue
             if addr == 0:
                 continue
             # a free, or an allocation at an address still held (its free was lost)
-            found = side_live.pop(addr, None)
-            if found is None:
-                kill_addrs.append(addr)
-                kill_ts.append(ts)
-            else:
-                side[found][2] = ts
+            end(addr, ts)
             if op != ALLOC_OP_FREE:
                 side[uid] = [addr, ts, never]
                 side_live[addr] = uid

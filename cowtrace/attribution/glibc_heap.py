@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cowtrace.attribution.maps import Interval
-from cowtrace.remote_reads import drained_reads
+from cowtrace.host.memory import PAGE_SIZE
+from cowtrace.host.remote_reads import MemoryFile, drained_reads
 
 PREV_INUSE, IS_MMAPPED, NON_MAIN_ARENA = 0x1, 0x2, 0x4
 SIZE_BITS = 0x7
@@ -56,23 +57,14 @@ class Recovered:
     parked: int = 0  # chunks left out because a tcache or fastbin holds them
 
 
-class Memory:
-    """Reads another process' memory through /proc/PID/mem, one window at a time."""
+class Memory(MemoryFile):
+    """Another process' memory (host/remote_reads.py), scattered u64 reads served from one
+    window at a time."""
 
     def __init__(self, pid: int) -> None:
-        self.handle = open(f"/proc/{pid}/mem", "rb", buffering=0)  # noqa: SIM115
+        super().__init__(pid)
         self._base = 0
         self._data = b""
-
-    def close(self) -> None:
-        self.handle.close()
-
-    def read(self, addr: int, size: int) -> bytes:
-        try:
-            self.handle.seek(addr)
-            return self.handle.read(size) or b""
-        except (OSError, OverflowError, ValueError):
-            return b""
 
     def u64(self, addr: int) -> int | None:
         offset = addr - self._base
@@ -254,7 +246,7 @@ def _mmapped(mem: Memory, interval: Interval) -> list[tuple[int, int]]:
         length = size & ~SIZE_BITS
         if prev_size != 0 or not size & IS_MMAPPED or size & NON_MAIN_ARENA:
             break
-        if length == 0 or length % 4096 or chunk + length > interval.end:
+        if length == 0 or length % PAGE_SIZE or chunk + length > interval.end:
             break
         out.append((chunk, length))
         chunk += length

@@ -87,12 +87,12 @@ def command(
 def agent(options: AgentOptions) -> int:
     """Trace and export until SIGTERM or SIGINT (or --duration); 0 on a clean end."""
     # Imported here, not at the top: `--help` and shell completion import this module.
-    from cowtrace import procfs
     from cowtrace.agent.discovery import RootMatcher
     from cowtrace.agent.fleet import Fleet
     from cowtrace.agent.loop import describe, log, serve
     from cowtrace.checks import require_tracing_ready
     from cowtrace.commands.common import StopSignals
+    from cowtrace.host import procfs
     from cowtrace.metrics.exporter import MetricsExporter
 
     matcher = RootMatcher.from_options(options.comm, options.pids)

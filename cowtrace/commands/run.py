@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cowtrace import procfs
 from cowtrace.checks import require_tracing_ready
 from cowtrace.commands.options import TracingOptions, with_tracing_options
 from cowtrace.errors import CowtraceError
+from cowtrace.host import procfs
 
 if TYPE_CHECKING:
     from cowtrace.commands.common import OutputOptions

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cowtrace.deathsig import die_with_parent
 from cowtrace.errors import CowtraceError
+from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.kernel.bpfsource import compile_program
 from cowtrace.kernel.kallsyms import FunctionRange, KernelSymbols
 
@@ -40,7 +41,7 @@ def cache_dir() -> Path:
 NWORDS = 160
 NFRAMES = 24
 CALIBRATION_PAGES = 32
-PAGE = mmap.PAGESIZE
+PAGE = PAGE_SIZE
 
 
 class _Sample(ctypes.Structure):

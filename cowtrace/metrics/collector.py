@@ -155,7 +155,8 @@ def _member_families(
         yield family
 
 
-def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+def _gauge(name: str, help_text: str, value: float | None) -> GaugeMetricFamily:
+    """A gauge of one sample; none at all while the value is unknown (None), never NaN."""
     return GaugeMetricFamily(name, help_text, value=value)
 
 
@@ -165,30 +166,24 @@ def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
 
 def _cost_families(exp: Exposition) -> Iterator[Metric]:
     """Figures that are absent until known (never NaN)."""
-    peak = GaugeMetricFamily(
+    yield _gauge(
         "cowtrace_process_peak_resident_memory_bytes",
         "Peak resident memory of cowtrace's own process (VmHWM; bcc compiles at start-up).",
+        exp.peak_rss_bytes,
     )
-    if exp.peak_rss_bytes is not None:
-        peak.add_metric([], exp.peak_rss_bytes)
-    yield peak
-    rate = GaugeMetricFamily(
+    yield _gauge(
         "cowtrace_events_per_second",
         "Classified events (copies, reuses, zero-fills: records drained plus records lost) "
         "per second over the last refresh interval.",
+        exp.events_per_second,
     )
-    if exp.events_per_second is not None:
-        rate.add_metric([], exp.events_per_second)
-    yield rate
-    per_event = GaugeMetricFamily(
+    yield _gauge(
         "cowtrace_bpf_run_time_seconds_per_event",
         "Run time of cowtrace's BPF programs per classified event over the last refresh "
         "interval (the programs run for every process's faults, so this is what an event "
         f"cost the host); absent while kernel.bpf_stats_enabled=0 (`{BPF_STATS_ON}`).",
+        exp.bpf_seconds_per_event,
     )
-    if exp.bpf_seconds_per_event is not None:
-        per_event.add_metric([], exp.bpf_seconds_per_event)
-    yield per_event
 
 
 class SnapshotCollector(Collector):

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cowtrace.host import procfs
+
 BPF_STATS_ON = "sysctl -w kernel.bpf_stats_enabled=1"  # how to turn the run-time books on
 
 
@@ -42,10 +44,8 @@ class OwnUsage:
 
 
 def _status_kib(text: str, name: str) -> int:
-    for line in text.splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    return 0
+    value = procfs.status_field(text, name)  # "123456 kB"
+    return int(value.split()[0]) if value else 0
 
 
 def own_usage() -> OwnUsage:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
-from cowtrace import taskstats
 from cowtrace.errors import CowtraceError
+from cowtrace.host import taskstats
 from cowtrace.host.cgroup import PodIdentity, pod_identity
 from cowtrace.kernel.tracer import KernelTracer
 from cowtrace.metrics.address import ListenAddress, parse_listen_address

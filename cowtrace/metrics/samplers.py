@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cowtrace import smaps, taskstats
+from cowtrace.host import smaps, taskstats
 
 BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 

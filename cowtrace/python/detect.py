@@ -11,9 +11,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from cowtrace.host import procmaps, remote_reads
 from cowtrace.host.elf import ElfImage
 from cowtrace.host.elf import load as load_symbols
-from cowtrace.python import procmem
 from cowtrace.python.linetable import LineTable
 from cowtrace.python.offsets import (
     DEBUG_OFFSETS_SIZE,
@@ -53,7 +53,7 @@ class PythonImage:
     code_infos: dict[int, CodeInfo] = field(default_factory=dict)
     frame_names: dict[tuple[int, int | None], str] = field(default_factory=dict)
     leaf_names: dict[int, tuple[str, str]] = field(default_factory=dict)
-    maps: list[procmem.Mapping] = field(default_factory=list)
+    maps: list[procmaps.MapLine] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Detection:
     pending: bool = False  # looks like Python but libpython is not mapped yet: ask again
 
 
-def _bias(maps: list[procmem.Mapping], path: str, min_vaddr: int, pie: bool) -> int | None:
+def _bias(maps: list[procmaps.MapLine], path: str, min_vaddr: int, pie: bool) -> int | None:
     if not pie:
         return 0
     starts = [m.start - m.offset for m in maps if m.path == path]
@@ -87,7 +87,7 @@ def _version_from_name(path: str) -> str | None:
 
 def detect(pid: int) -> Detection:
     """Look at `pid` now."""
-    maps = procmem.read_maps(pid)
+    maps = procmaps.read(pid)
     if not maps:
         return Detection()
     try:
@@ -115,11 +115,11 @@ def detect(pid: int) -> Detection:
 
 
 def _with_offsets(
-    pid: int, version: str | None, runtime: int, path: str, maps: list[procmem.Mapping]
+    pid: int, version: str | None, runtime: int, path: str, maps: list[procmaps.MapLine]
 ) -> Detection:
     offsets = None
     if version is not None and tuple(map(int, version.split("."))) >= (3, 13):
-        blob = procmem.read(pid, runtime, DEBUG_OFFSETS_SIZE)
+        blob = remote_reads.read(pid, runtime, DEBUG_OFFSETS_SIZE)
         offsets = parse_debug_offsets(blob) if blob else None
     if offsets is None and version is not None:
         offsets = table_offsets(version)

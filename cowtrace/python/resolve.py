@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import struct
 
+from cowtrace.host import procmaps, remote_reads
 from cowtrace.host.elf import load as load_symbols
-from cowtrace.python import procmem
 from cowtrace.python.detect import CodeInfo, PythonImage
 from cowtrace.python.linetable import CODE_UNIT, LineTable
 
@@ -25,7 +25,7 @@ MAX_LINETABLE = 4 << 20  # a location table larger than this is taken for garbag
 SHIM_FILENAMES = {"<shim>"}  # 3.12: "<interpreter trampoline>", the C-stack entry frames
 
 
-def _unicode(reader: procmem.Reader, image: PythonImage, addr: int) -> str | None:
+def _unicode(reader: remote_reads.Reader, image: PythonImage, addr: int) -> str | None:
     o = image.offsets
     head = reader.read(addr, o.unicode_compact_size)
     if head is None:
@@ -49,7 +49,7 @@ def code_info(image: PythonImage, pids: list[int], addr: int) -> CodeInfo | None
     Cached in the image (None is not cached)."""
     if addr in image.code_infos:
         return image.code_infos[addr]
-    reader = procmem.Reader(pids)
+    reader = remote_reads.Reader(pids)
     o = image.offsets
     type_addr = reader.u64(addr + OB_TYPE)
     tp_name = reader.u64(type_addr + TP_NAME) if type_addr else None
@@ -72,7 +72,7 @@ def code_info(image: PythonImage, pids: list[int], addr: int) -> CodeInfo | None
 
 
 def _line_table(
-    reader: procmem.Reader, image: PythonImage, addr: int, first: int
+    reader: remote_reads.Reader, image: PythonImage, addr: int, first: int
 ) -> LineTable | None:
     """The code object's co_linetable, decoded; None when unreadable or malformed (its frames
     then show the first line)."""
@@ -117,7 +117,7 @@ def line_of(info: CodeInfo, code_adaptive: int, instr: int | None) -> int:
     return info.firstlineno if line is None else line
 
 
-def _pointer_string(reader: procmem.Reader, image: PythonImage, field: int) -> str | None:
+def _pointer_string(reader: remote_reads.Reader, image: PythonImage, field: int) -> str | None:
     target = reader.u64(field)
     return _unicode(reader, image, target) if target else None
 
@@ -145,8 +145,8 @@ def leaf_name(image: PythonImage, pid: int, ip: int) -> tuple[str, str]:
     return function, module
 
 
-def _mapping_of(image: PythonImage, pid: int, ip: int) -> procmem.Mapping | None:
-    for maps in (image.maps, procmem.read_maps(pid)):
+def _mapping_of(image: PythonImage, pid: int, ip: int) -> procmaps.MapLine | None:
+    for maps in (image.maps, procmaps.read(pid)):
         for mapping in maps:
             if mapping.start <= ip < mapping.end:
                 if maps is not image.maps:

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from cowtrace.host.remote_reads import drained_reads
 from cowtrace.kernel.abi import KIND_COPY, PY_NEW_STACK_DTYPE, PYF_TRUNCATED, read_record
 from cowtrace.python import kernel
 from cowtrace.python.detect import PythonImage, detect
 from cowtrace.python.resolve import frame_name, leaf_name
 from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize
-from cowtrace.remote_reads import drained_reads
 
 PENDING_S = 5.0  # how long an exec'd member may take to map libpython
 EXEC_WAIT_TRIES, EXEC_WAIT_S = 10, 0.002  # waited for it at once, at most

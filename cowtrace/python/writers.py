@@ -21,6 +21,16 @@ from cowtrace.attribution.view import PythonRemedy, PythonWriterStat
 from cowtrace.kernel.abi import PYF_FINALIZING, PYF_GC
 
 CATEGORIES = ("gc", "refcount", "allocator", "teardown", "other")
+# The "why" line of a category, "<cause> (N% of copies): <advice>" (refcount's names instead
+# the object most of its copies were reached from).
+_CAUSES = {
+    "gc": ("garbage collection", "consider gc.freeze() after preload"),
+    "teardown": ("interpreter teardown at exit", "consider os._exit in workers"),
+    "allocator": (
+        "allocator bookkeeping",
+        "objects allocated or freed in pages shared since the fork",
+    ),
+}
 
 _GC_LEAVES = {
     "collect",
@@ -163,15 +173,14 @@ class PythonWriters:
         def pct(n: int) -> str:
             return f"{100 * n / total:.0f}%"
 
-        if shares["gc"]:
-            lines.append(
-                (
-                    shares["gc"],
-                    f"garbage collection ({pct(shares['gc'])} of copies): "
-                    "consider gc.freeze() after preload",
-                )
-            )
-        if shares["refcount"]:
+        for category in ("gc", "refcount", "teardown", "allocator"):  # ties keep this order
+            if not shares[category]:
+                continue
+            if category in _CAUSES:
+                cause, advice = _CAUSES[category]
+                share = shares[category]
+                lines.append((share, f"{cause} ({pct(share)} of copies): {advice}"))
+                continue
             reached: Counter[str] = Counter()
             for stack, copies in self.copies.items():
                 if stack.category == "refcount" and stack.frames:
@@ -185,22 +194,6 @@ class PythonWriters:
                         f"({pct(copies)} of copies)",
                     )
                 )
-        if shares["teardown"]:
-            lines.append(
-                (
-                    shares["teardown"],
-                    f"interpreter teardown at exit ({pct(shares['teardown'])} "
-                    "of copies): consider os._exit in workers",
-                )
-            )
-        if shares["allocator"]:
-            lines.append(
-                (
-                    shares["allocator"],
-                    f"allocator bookkeeping ({pct(shares['allocator'])} of "
-                    "copies): objects allocated or freed in pages shared since the fork",
-                )
-            )
         return tuple(text for _, text in sorted(lines, key=lambda item: -item[0]))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
-from rich import box
 from rich.console import Console, Group, OverflowMethod, RenderableType
 from rich.live import Live
 from rich.measure import Measurement
@@ -21,6 +20,7 @@ from cowtrace.model import Member, Snapshot
 from cowtrace.render import attribution as attr
 from cowtrace.render import format as fmt
 from cowtrace.render.python_pane import python_writers_pane
+from cowtrace.render.table import headed_table
 
 WARNING = "bold yellow"
 _SEPARATOR = ("  │  ", "dim")
@@ -49,13 +49,7 @@ def member_table(
         keep = max(1, max_rows - 1)  # one line goes to "… N more members"
         shown, hidden = members[:keep], members[keep:]
 
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 0, 0, 1),
-        header_style="bold",
-    )
+    table = headed_table()
     overflow: OverflowMethod = "ellipsis" if truncate else "fold"
     for column in columns:
         # Text columns are the ones rich may narrow when the terminal is too small.

@@ -3,13 +3,12 @@ lines derived from them.  Shown under the member table when there is anything to
 
 from __future__ import annotations
 
-from rich import box
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
+from cowtrace.render.table import headed_table
 
 PANE_ROWS = 5  # writers shown in the live view
 CALLERS = 2  # Python frames shown per writer, innermost first
@@ -27,12 +26,7 @@ def python_writers_pane(snapshot: Snapshot, rows: int = PANE_ROWS) -> Renderable
     view = snapshot.attribution
     if view is None or not view.python_writers:
         return None
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 0, 0, 1),
-        header_style="bold",
+    table = headed_table(
         title="top Python writers",
         title_justify="left",
         title_style="bold",

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from cowtrace import taskstats
+from cowtrace.host import taskstats
 from tests.e2e import kill_tree
 
 

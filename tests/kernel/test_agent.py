@@ -16,7 +16,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cowtrace import taskstats
+from cowtrace.host import taskstats
 from cowtrace.host.cgroup import POD_LABELS, pod_identity
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import COWTRACE

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from cowtrace import taskstats
+from cowtrace.host import taskstats
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import (
     COWTRACE,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cowtrace import taskstats
+from cowtrace.host import taskstats
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import UNDER_A_SHELL, read_jsonl, run_args, run_cowtrace
 

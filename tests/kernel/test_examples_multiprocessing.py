@@ -19,7 +19,7 @@ from collections import Counter
 
 import pytest
 
-from cowtrace import smaps, taskstats
+from cowtrace.host import smaps, taskstats
 from tests.e2e import EXAMPLES, PAGE, in_function, out_dir, python_frame, share
 from tests.helpers import COWTRACE, UNDER_A_SHELL, read_jsonl, run_args
 

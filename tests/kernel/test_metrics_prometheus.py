@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cowtrace import taskstats
+from cowtrace.host import taskstats
 from cowtrace.metrics.samplers import BPF_STATS_SYSCTL
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import COWTRACE, read_jsonl

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from cowtrace import procfs
+from cowtrace.host import procfs
 from cowtrace.output.summary import summary_dict
 from cowtrace.report.load import load_report
 from cowtrace.report.pprof import render_pprof

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cowtrace import smaps
+from cowtrace.host import smaps
 from tests.fixtures.conftest_helpers import load_oracle
 from tests.helpers import COWTRACE, read_jsonl, run_args
 

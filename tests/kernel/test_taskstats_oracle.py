@@ -23,7 +23,8 @@ from types import ModuleType
 
 import pytest
 
-from cowtrace import launcher, smaps, taskstats
+from cowtrace import launcher
+from cowtrace.host import smaps, taskstats
 from tests.fixtures.conftest_helpers import load_oracle
 
 PAGE = 4096
@@ -85,7 +86,7 @@ def test_query_missing_pid() -> None:
 def test_listener_refuses_a_struct_version_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """As if the kernel spoke a newer version: the listener refuses at once, in one line."""
     version = taskstats.query_pid(os.getpid()).version
-    monkeypatch.setattr(taskstats, "MAX_VERSION", version - 1)
+    monkeypatch.setattr("cowtrace.host.taskstats.record.MAX_VERSION", version - 1)
     taskstats.layout.cache_clear()
     try:
         with pytest.raises(taskstats.TaskstatsVersionError, match=f"version {version}"):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from cowtrace.agent.fleet import Fleet
+from cowtrace.host.procfs import ProcStat
 from cowtrace.kernel.abi import PE_EXIT, PE_FORK, PE_FREE
 from cowtrace.kernel.ringbuf import EVENT_DTYPE
 from cowtrace.kernel.tracer import MemberState, ProcRecord
 from cowtrace.model import Counts
-from cowtrace.procfs import ProcStat
 
 
 class FakeTracer:

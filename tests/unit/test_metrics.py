@@ -13,12 +13,12 @@ from cowtrace.agent.discovery import RootMatcher, new_roots
 from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
 from cowtrace.host.cgroup import PodIdentity
+from cowtrace.host.procfs import ProcStat
 from cowtrace.metrics.address import ListenAddress, parse_listen_address
 from cowtrace.metrics.collector import Health
 from cowtrace.metrics.exporter import MetricsExporter, MetricsOptions, metrics_options
 from cowtrace.metrics.series import MemberRow, SeriesBook
 from cowtrace.model import Counts, Member, Role, Snapshot
-from cowtrace.procfs import ProcStat
 
 
 # ---- --metrics-addr ------------------------------------------------------------------------

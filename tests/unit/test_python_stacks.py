@@ -228,7 +228,7 @@ def test_reading_a_garbage_address_is_none_not_an_error() -> None:
     pread offset overflows."""
     import os
 
-    from cowtrace.python import procmem
+    from cowtrace.host import remote_reads
 
-    assert procmem.read(os.getpid(), 0xFFFF_8880_0000_0000, 8) is None
-    assert procmem.read(os.getpid(), 0, 8) is None
+    assert remote_reads.read(os.getpid(), 0xFFFF_8880_0000_0000, 8) is None
+    assert remote_reads.read(os.getpid(), 0, 8) is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cowtrace import smaps
+from cowtrace.host import smaps
 
 SMAPS = """\
 00400000-0041f000 r--p 00000000 fe:00 260811                             /usr/bin/python3.11

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from cowtrace import taskstats as ts
 from cowtrace.errors import CowtraceError
+from cowtrace.host import taskstats as ts
 
 FAMILY = 31
 

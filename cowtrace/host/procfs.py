@@ -1,4 +1,5 @@
-"""What /proc says about processes: identity, parentage, descendants at attach time."""
+"""What /proc says about processes: identity, parentage, descendants at attach time, and
+the fields of /proc/PID/status."""
 
 from __future__ import annotations
 
@@ -48,6 +49,16 @@ def parse_stat(text: str) -> ProcStat:
         flags=int(fields[6]),
         start_ticks=int(fields[19]),
     )
+
+
+def status_field(text: str, name: str) -> str | None:
+    """The value of the field `name` ("VmRSS", "CapEff") in the text of /proc/PID/status,
+    stripped; None when the kernel did not print it."""
+    for line in text.splitlines():
+        key, colon, value = line.partition(":")
+        if colon and key == name:
+            return value.strip()
+    return None
 
 
 def read_stat(pid: int) -> ProcStat | None:

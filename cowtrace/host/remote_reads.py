@@ -1,0 +1,125 @@
+"""Reading a traced process' memory, without changing what the kernel does with its pages.
+
+cowtrace reads other processes' memory through /proc/PID/mem (glibc's heap at attach, CPython
+code objects), here and nowhere else; it runs as root.  The kernel marks every page read that
+way as accessed, which queues it in a per-CPU LRU batch, and a page in a batch carries an extra
+reference until the batch is drained.  A write fault in the traced process on such a page
+cannot reuse it (the reuse test drains only the faulting CPU's batch, then refuses a page with
+extra references) and copies it instead: cowtrace would have caused a copy that, untraced,
+would not happen.  It was seen: a master's write that should have reused its page copied it,
+after the heap walk had read it.
+
+So every burst of reads ends by draining the LRU batches of all CPUs.  move_pages(2) of one
+page of our own to the node it is already on does that first (lru_add_drain_all) and moves
+nothing: the cheapest way user space has to ask for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import struct
+from collections.abc import Iterator
+
+from cowtrace.host.memory import PAGE_SIZE, USER_ADDRESS_END
+
+SYS_MOVE_PAGES = 279  # x86-64
+MPOL_MF_MOVE = 1 << 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_scratch: mmap.mmap | None = None
+_address = 0
+
+
+def drain_lru_batches() -> None:
+    """Drain every CPU's LRU batches (best effort: nothing happens where move_pages fails)."""
+    global _scratch, _address
+    if _scratch is None:
+        _scratch = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        _scratch[0] = 1
+        _address = ctypes.addressof(ctypes.c_char.from_buffer(_scratch))
+    pages = (ctypes.c_void_p * 1)(_address)
+    status = (ctypes.c_int * 1)(-1)
+    # Where the page is now, then "move" it there.
+    if _libc.syscall(SYS_MOVE_PAGES, 0, 1, pages, None, status, 0) != 0 or status[0] < 0:
+        return
+    nodes = (ctypes.c_int * 1)(status[0])
+    _libc.syscall(SYS_MOVE_PAGES, 0, 1, pages, nodes, status, MPOL_MF_MOVE)
+
+
+@contextlib.contextmanager
+def drained_reads() -> Iterator[None]:
+    """Reads of another process' memory; the LRU batches they filled are drained after."""
+    try:
+        yield
+    finally:
+        drain_lru_batches()
+
+
+class MemoryFile:
+    """One process' memory, through its /proc/PID/mem kept open for many reads (a heap walk);
+    raises OSError when the process is gone or not ours to read."""
+
+    def __init__(self, pid: int) -> None:
+        self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def read(self, addr: int, size: int) -> bytes:
+        """Up to `size` bytes at `addr`: fewer where the mapping ends, b"" where nothing is
+        readable.  Callers drain the LRU batches after a burst (:func:`drained_reads`)."""
+        try:
+            return os.pread(self.fd, size, addr)
+        except (OSError, OverflowError, ValueError):  # OverflowError: a garbage pointer >= 2**63
+            return b""
+
+
+def read(pid: int, addr: int, size: int) -> bytes | None:
+    """`size` bytes at `addr` in `pid`, or None if the process or the page is gone (or the
+    address, read from another process' memory, is not a user address at all)."""
+    if not 0 < addr < USER_ADDRESS_END or size <= 0:
+        return None
+    try:
+        memory = MemoryFile(pid)
+    except OSError:
+        return None
+    try:
+        data = memory.read(addr, size)
+    finally:
+        memory.close()
+    return data if len(data) == size else None
+
+
+class Reader:
+    """Reads from the first of several processes that still has the memory (a forked family
+    shares its pre-fork objects at the same addresses, so a parent can stand in for a child
+    that already exited)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+
+    def read(self, addr: int, size: int) -> bytes | None:
+        for pid in self.pids:
+            data = read(pid, addr, size)
+            if data is not None:
+                return data
+        return None
+
+    def u64(self, addr: int) -> int | None:
+        data = self.read(addr, 8)
+        return None if data is None else struct.unpack("<Q", data)[0]
+
+    def i32(self, addr: int) -> int | None:
+        data = self.read(addr, 4)
+        return None if data is None else struct.unpack("<i", data)[0]
+
+    def cstring(self, addr: int, limit: int = 256) -> str | None:
+        data = self.read(addr, limit)
+        if data is None:
+            data = self.read(addr, 32)  # near the end of a mapping
+        if data is None or b"\0" not in data:
+            return None
+        return data[: data.index(b"\0")].decode(errors="replace")

@@ -1,0 +1,127 @@
+"""A minimal taskstats client: the kernel's own per-task copy count, as an independent oracle.
+
+With delay accounting on (``sysctl kernel.task_delayacct=1``) the kernel counts, per task,
+every pass through its copy-on-write copy routine (``wpcopy_count``: copies plus zero-fills;
+reuses are not counted) and the time spent there. cowtrace's tests compare the tracer's
+numbers with these, so this client must not share any code or assumption with the tracer.
+
+One job per module, every public name importable from here:
+
+record     ``struct taskstats`` in each version the kernel has spoken, and its decoding
+netlink    generic netlink framing, per-task queries and the listener for exit records
+delayacct  the ``kernel.task_delayacct`` switch, shared by every cowtrace process
+"""
+
+from __future__ import annotations
+
+from cowtrace.host.taskstats.delayacct import (
+    DELAYACCT_SYSCTL,
+    delayacct_enabled,
+    enable_delayacct,
+    restore_delayacct,
+)
+from cowtrace.host.taskstats.netlink import (
+    CTRL_ATTR_FAMILY_ID,
+    CTRL_ATTR_FAMILY_NAME,
+    CTRL_CMD_GETFAMILY,
+    GENL_ID_CTRL,
+    NETLINK_GENERIC,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_OVERRUN,
+    TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK,
+    TASKSTATS_CMD_ATTR_PID,
+    TASKSTATS_CMD_ATTR_REGISTER_CPUMASK,
+    TASKSTATS_CMD_ATTR_TGID,
+    TASKSTATS_CMD_GET,
+    TASKSTATS_CMD_NEW,
+    TASKSTATS_GENL_NAME,
+    TASKSTATS_GENL_VERSION,
+    TASKSTATS_TYPE_AGGR_PID,
+    TASKSTATS_TYPE_AGGR_TGID,
+    TASKSTATS_TYPE_NULL,
+    TASKSTATS_TYPE_PID,
+    TASKSTATS_TYPE_STATS,
+    TASKSTATS_TYPE_TGID,
+    ExitListener,
+    NetlinkMessage,
+    check_error,
+    genl_attrs,
+    pack_attr,
+    pack_genl_request,
+    parse_attrs,
+    parse_family_id,
+    parse_stats_message,
+    possible_cpus,
+    query_pid,
+    query_tgid,
+    resolve_family,
+    split_messages,
+)
+from cowtrace.host.taskstats.record import (
+    EXACT_SIZE_SINCE,
+    MAX_VERSION,
+    MIN_VERSION,
+    TS_COMM_LEN,
+    Layout,
+    TaskStats,
+    TaskstatsError,
+    TaskstatsVersionError,
+    layout,
+    parse_taskstats,
+)
+
+__all__ = [
+    "CTRL_ATTR_FAMILY_ID",
+    "CTRL_ATTR_FAMILY_NAME",
+    "CTRL_CMD_GETFAMILY",
+    "DELAYACCT_SYSCTL",
+    "EXACT_SIZE_SINCE",
+    "GENL_ID_CTRL",
+    "MAX_VERSION",
+    "MIN_VERSION",
+    "NETLINK_GENERIC",
+    "NLMSG_DONE",
+    "NLMSG_ERROR",
+    "NLMSG_OVERRUN",
+    "NLM_F_REQUEST",
+    "TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK",
+    "TASKSTATS_CMD_ATTR_PID",
+    "TASKSTATS_CMD_ATTR_REGISTER_CPUMASK",
+    "TASKSTATS_CMD_ATTR_TGID",
+    "TASKSTATS_CMD_GET",
+    "TASKSTATS_CMD_NEW",
+    "TASKSTATS_GENL_NAME",
+    "TASKSTATS_GENL_VERSION",
+    "TASKSTATS_TYPE_AGGR_PID",
+    "TASKSTATS_TYPE_AGGR_TGID",
+    "TASKSTATS_TYPE_NULL",
+    "TASKSTATS_TYPE_PID",
+    "TASKSTATS_TYPE_STATS",
+    "TASKSTATS_TYPE_TGID",
+    "TS_COMM_LEN",
+    "ExitListener",
+    "Layout",
+    "NetlinkMessage",
+    "TaskStats",
+    "TaskstatsError",
+    "TaskstatsVersionError",
+    "check_error",
+    "delayacct_enabled",
+    "enable_delayacct",
+    "genl_attrs",
+    "layout",
+    "pack_attr",
+    "pack_genl_request",
+    "parse_attrs",
+    "parse_family_id",
+    "parse_stats_message",
+    "parse_taskstats",
+    "possible_cpus",
+    "query_pid",
+    "query_tgid",
+    "resolve_family",
+    "restore_delayacct",
+    "split_messages",
+]
