@@ -18,13 +18,14 @@ from collections import Counter
 from dataclasses import dataclass
 
 from cowtrace.attribution.view import PythonRemedy, PythonWriterStat
+from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.kernel.abi import PYF_FINALIZING, PYF_GC
 
 CATEGORIES = ("gc", "refcount", "allocator", "teardown", "other")
 # The "why" line of a category, "<cause> (N% of copies): <advice>" (refcount's names instead
 # the object most of its copies were reached from).
 _CAUSES = {
-    "gc": ("garbage collection", "consider gc.freeze() after preload"),
+    "gc": ("garbage collection", "gc.freeze() after preload would have saved {mib} MiB"),
     "teardown": ("interpreter teardown at exit", "consider os._exit in workers"),
     "allocator": (
         "allocator bookkeeping",
@@ -179,6 +180,7 @@ class PythonWriters:
             if category in _CAUSES:
                 cause, advice = _CAUSES[category]
                 share = shares[category]
+                advice = advice.format(mib=f"{share * PAGE_SIZE / 2**20:.1f}")
                 lines.append((share, f"{cause} ({pct(share)} of copies): {advice}"))
                 continue
             reached: Counter[str] = Counter()
