@@ -82,6 +82,21 @@ def _argv_with_default_command(argv: list[str]) -> list[str]:
     return argv
 
 
+def _complete_with_default_command(environ: dict[str, str]) -> None:
+    """Shell completion of `cowtrace PID --<TAB>` and `cowtrace -p PID --<TAB>`: the words the
+    shell hands over (bash: COMP_WORDS/COMP_CWORD, zsh and fish: _TYPER_COMPLETE_ARGS) get the
+    `trace` the shorthand stands for, as `main` gives it to the command line itself."""
+    if "_COWTRACE_COMPLETE" not in environ:
+        return
+    for name in ("COMP_WORDS", "_TYPER_COMPLETE_ARGS"):
+        words = environ.get(name, "").split(" ")
+        # Only once the shorthand is complete (a word after it), never while typing the pid.
+        if len(words) > 2 and (_PID.fullmatch(words[1]) or _PID_OPTION.fullmatch(words[1])):
+            environ[name] = " ".join([words[0], "trace", *words[1:]])
+            if name == "COMP_WORDS" and environ.get("COMP_CWORD", "").isdigit():
+                environ["COMP_CWORD"] = str(int(environ["COMP_CWORD"]) + 1)
+
+
 def _usage_error_line(error: Exception) -> str:
     """A click error (bad option, missing argument) as one line, naming the command's --help."""
     message = " ".join(str(error.format_message()).split()).rstrip(".")  # type: ignore[attr-defined]
@@ -93,6 +108,7 @@ def _usage_error_line(error: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _argv_with_default_command(list(sys.argv[1:] if argv is None else argv))
+    _complete_with_default_command(os.environ)
     try:
         result = app(args=args, prog_name="cowtrace", standalone_mode=False)
     except CowtraceError as error:

@@ -200,6 +200,14 @@ def test_completion_offers_commands_and_options():
     assert complete("cowtrace agent --sc") == ["--scan-interval"]
 
 
+def test_completion_after_the_pid_shorthand():
+    """`cowtrace PID --p<TAB>` and `cowtrace -p PID --p<TAB>` complete trace's options."""
+    expected = {"--pid", "--plain", "--pid-label-grace", "--python-stacks"}
+    assert set(complete("cowtrace 1234 --p")) == expected
+    assert set(complete("cowtrace -p 1234 --p")) == expected - {"--pid"}  # given once already
+    assert complete("cowtrace 1234 --dur") == ["--duration"]
+
+
 def test_show_completion_prints_a_bash_script():
     env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     done = subprocess.run(
