@@ -394,7 +394,7 @@ def test_largest_overlap_wins_across_tables() -> None:
 
     eng = engine(event_fields=True)
     seed(eng)
-    table = eng._table(PARENT)
+    table = eng.changes.table(PARENT)
     site = eng.blocks.site_id(Site("recovered", "glibc", -1, 0, PARENT))
     addrs = np.array([HEAP + 16, HEAP + 3000], np.uint64)
     sizes = np.array([1000, 600], np.uint64)
@@ -417,7 +417,7 @@ def test_fork_shares_the_block_table() -> None:
 
     eng = engine()
     seed(eng)
-    table = eng._table(PARENT)
+    table = eng.changes.table(PARENT)
     site = eng.blocks.site_id(Site("recovered", "glibc", -1, 0, PARENT))
     addrs = HEAP + 16 + 64 * np.arange(1000, dtype=np.uint64)
     table.add_many(addrs, eng.blocks.add_many(addrs, np.full(1000, 48, np.uint64), site))
@@ -430,9 +430,9 @@ def test_fork_shares_the_block_table() -> None:
 
 
 def test_queue_stays_bounded_without_faults(monkeypatch) -> None:
-    import cowtrace.attribution.engine as engine_module
+    import cowtrace.attribution.changes as changes_module
 
-    monkeypatch.setattr(engine_module, "QUEUE_LIMIT", 100)
+    monkeypatch.setattr(changes_module, "QUEUE_LIMIT", 100)
     eng = engine()
     seed(eng)
     second = 1_000_000_000
@@ -441,16 +441,16 @@ def test_queue_stays_bounded_without_faults(monkeypatch) -> None:
     ]
     eng.on_alloc_events(alloc_events(rows))
     # everything older than a second before the newest call was applied
-    assert eng._pending_allocs == 100  # ts 2.0 s .. 2.99 s
+    assert eng.changes._pending_allocs == 100  # ts 2.0 s .. 2.99 s
     assert len(eng.tables[PARENT].live()[0]) == 200
 
 
 def test_tally_processes_when_a_pid_flag_array_outgrew_the_counts() -> None:
     """A pid's flags grow by doubling on their own: 95 ids, then 96, left them longer than the
     counts (a real run crashed here)."""
-    from cowtrace.attribution.engine import _Tally
+    from cowtrace.attribution.tally import IdTally
 
-    tally = _Tally()
+    tally = IdTally()
     tally.add(1, np.arange(95))
     tally.add(2, np.arange(96))
     tally.add(1, np.array([96]))
@@ -483,9 +483,9 @@ def test_untracked_allocations_match_no_block_from_then_on() -> None:
 
 
 def test_tally_retire_keeps_the_process_counts() -> None:
-    from cowtrace.attribution.engine import _Tally
+    from cowtrace.attribution.tally import IdTally
 
-    tally = _Tally()
+    tally = IdTally()
     tally.add(1, np.array([3, 3, 40000]))
     tally.add(2, np.array([3]))
     before = tally.processes().tolist()
@@ -516,8 +516,8 @@ def test_forget_drops_every_per_pid_table_and_keeps_the_aggregates() -> None:
         eng.forget(pid)
     assert eng.summary_sections() == before  # copies and processes per row unchanged
     assert set(eng.maps) == set(eng.tables) == {PARENT}
-    assert set(eng._recent) <= {PARENT}
-    assert set(eng._writers.seen) == set(eng._region_pids.seen) == {PARENT}
+    assert set(eng._exits.recent) <= {PARENT}
+    assert set(eng._writers.writers.seen) == set(eng._regions.pids.seen) == {PARENT}
     view = eng.view()
     assert view is not None
     assert view.copies_by_kind == {(PARENT, "heap"): 1}
