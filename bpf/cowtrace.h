@@ -76,7 +76,9 @@ struct episode_state {
     u8 via;         /* enum via */
     u8 source;      /* enum source */
     u8 kind;        /* EP_COPIED: the waiting record's enum kind (copy or zero-fill) */
-    u8 pad[4];
+    u8 py_known;    /* enum py_known: this thread's process is CPython or not, as of py_gen */
+    u8 pad;
+    u16 py_gen;     /* py_generation (low bits) when py_known was learnt */
 };
 
 /* Detail record of one classified event: fixed 40 bytes, parsed in bulk by user space. */

@@ -32,7 +32,7 @@ static __always_inline int take_writer_stacks(void *ctx, void *user_regs)
      * process (read() into a buffer...): the stack of the system call, taken by the kernel's
      * walker, which finds the user registers itself. */
     ep->stack_id = user_regs ? walk_fault_stack(user_regs) : capture_user_stack(ctx);
-    ep->pystack_id = capture_python_stack(ctx, tgid);
+    ep->pystack_id = capture_python_stack(ctx, tgid, ep);
     ep->state = EP_WP_FAULT;
     return 0;
 }

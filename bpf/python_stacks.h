@@ -213,12 +213,28 @@ static __always_inline void py_forget(u32 tgid)
 }
 
 /* The Python stack of the writing thread when the process is a CPython interpreter, or -1. */
-static __always_inline s32 capture_python_stack(void *ctx, u32 tgid)
+/* Whether a thread's process is CPython is remembered in its episode (which lives as long as
+ * the thread), so that the copies of a member that is not (a C server: Redis, nginx,
+ * PostgreSQL) skip the py_procs lookup: a hash bucket that the copies themselves keep evicting
+ * from the cache, ~60 ns per copy on the CoW storm.  The answer holds until user space next
+ * registers a CPython process (it bumps py_generation); an exec re-decides too (the
+ * generation moves when the new image is registered, and a "yes" is looked up again anyway). */
+enum py_known { PY_UNKNOWN = 0, PY_NOT_PYTHON = 1, PY_IS_PYTHON = 2 };
+BPF_ARRAY(py_generation, u64, 1);
+
+static __always_inline s32 capture_python_stack(void *ctx, u32 tgid, struct episode_state *ep)
 {
 #if defined(PYTHON_STACKS) && !PYTHON_STACKS
     return -1;                    /* --no-python-stacks: not even the lookup */
 #endif
+    int zero = 0;
+    u64 *generation = py_generation.lookup(&zero);
+    u16 now = generation ? (u16)*generation : 0;
+    if (ep->py_known == PY_NOT_PYTHON && ep->py_gen == now)
+        return -1;
     struct py_proc *cfg = py_procs.lookup(&tgid);
+    ep->py_gen = now;
+    ep->py_known = cfg ? PY_IS_PYTHON : PY_NOT_PYTHON;
     if (!cfg)
         return -1;
     return py_capture(cfg, (u32)bpf_get_current_pid_tgid());

@@ -64,6 +64,11 @@ def set_layout(bpf: Any, pid: int, image: PythonImage) -> None:
     for name, value in values.items():
         setattr(leaf, name, value)
     table[table.Key(pid)] = leaf
+    # Threads that found no CPython here before look again (see py_generation in the BPF
+    # program); only this process writes the counter.
+    generation = bpf["py_generation"]
+    key = generation.Key(0)
+    generation[key] = generation.Leaf(generation[key].value + 1)
 
 
 def forget(bpf: Any, pid: int) -> None:

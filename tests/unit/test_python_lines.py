@@ -163,10 +163,23 @@ def test_frame_read_window_covers_code_previous_and_instruction(version: str) ->
         def Key(pid: int) -> int:  # noqa: N802 (bcc's name)
             return pid
 
+    class Counter(dict):
+        """py_generation: one u64 the kernel reads as a u16."""
+
+        @staticmethod
+        def Key(index: int) -> int:  # noqa: N802 (bcc's name)
+            return index
+
+        @staticmethod
+        def Leaf(value: int) -> SimpleNamespace:  # noqa: N802 (bcc's name)
+            return SimpleNamespace(value=value)
+
     table = Table()
+    generation = Counter({0: SimpleNamespace(value=4)})
     offsets = table_offsets(version)
     image = SimpleNamespace(offsets=offsets, runtime=0x1000)
-    kernel.set_layout({"py_procs": table}, 7, image)
+    kernel.set_layout({"py_procs": table, "py_generation": generation}, 7, image)
+    assert generation[0].value == 5  # threads that found no CPython look again
     leaf = table[7]
     assert leaf.frame_window_size <= kernel.PY_WINDOW
     for field in ("frame_code", "frame_previous", "frame_instr"):
