@@ -101,6 +101,38 @@ def cont_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGCONT)
 
 
+def _run_ns(pid: int) -> int | None:
+    """CPU time of every thread of `pid` so far, in ns (schedstat), None once it is gone."""
+    try:
+        return sum(
+            int((task / "schedstat").read_text().split()[0])
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        )
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def wait_idle(pids: list[int], timeout: float = 30.0, quiet_s: float = 0.2) -> None:
+    """Wait until every process of `pids` is idle: asleep, and its threads ran no CPU time for
+    `quiet_s`.  A server's workers that have finished booting block in accept() or poll();
+    waiting for that instead of a fixed pause holds on a loaded machine too, where booting
+    takes longer (and a worker that is runnable but not running is not idle)."""
+    deadline = time.monotonic() + timeout
+    last = {pid: _run_ns(pid) for pid in pids}
+    quiet_since = time.monotonic()
+    while True:
+        time.sleep(0.05)
+        now = {pid: _run_ns(pid) for pid in pids}
+        asleep = all(_state(pid) in ("S", "I") for pid in pids)
+        if now != last or not asleep:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        last = now
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"processes {pids} did not go idle within {timeout} s")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -36,6 +36,7 @@ from tests.e2e import (
     python_frame,
     relative_gap,
     share,
+    wait_idle,
     wait_port,
 )
 
@@ -107,7 +108,8 @@ def start_gunicorn(venv: Path, port: int, env_extra: dict, reaper) -> subprocess
     while len(family_of(proc.pid)) < WORKERS + 1:
         assert time.monotonic() < deadline, "gunicorn did not start its workers"
         time.sleep(0.05)
-    time.sleep(1.0)  # let the workers finish booting and go idle in accept()
+    # the workers have finished booting and wait for connections (readiness, not a pause)
+    wait_idle([pid for pid in family_of(proc.pid) if pid != proc.pid])
     return proc
 
 

@@ -34,6 +34,7 @@ from tests.e2e import (
     free_port,
     relative_gap,
     share,
+    wait_idle,
     wait_port,
 )
 
@@ -79,7 +80,7 @@ def wait_workers(master: int, old: set[int], timeout: float = 30.0) -> list[int]
     while True:
         children = [pid for pid in family_of(master) if pid != master]
         if len(children) == WORKERS and not set(children) & old:
-            time.sleep(0.5)  # let them finish their set-up and go idle
+            wait_idle(children)  # they have finished their set-up and wait for requests
             return children
         assert time.monotonic() < deadline, f"nginx workers: {children}, old {old}"
         time.sleep(0.05)

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
-from tests.e2e import Books, Row, _state, cont_all, family_of, format_rows, relative_gap, stop_all
+import pytest
+
+from tests.e2e import (
+    Books,
+    Row,
+    _state,
+    cont_all,
+    family_of,
+    format_rows,
+    relative_gap,
+    stop_all,
+    wait_idle,
+)
 
 
 def test_family_walks_children_and_grandchildren():
@@ -47,3 +60,18 @@ def test_relative_gap_and_table():
     lines = format_rows(rows, (base, end)).splitlines()
     assert lines[1].split()[:7] == ["5", "m", "root", "2", "0", "2", "+0"]
     assert lines[2].split()[:7] == ["7", "w", "child", "10", "1", "11", "+0"]
+
+
+def test_wait_idle_is_readiness_not_a_pause():
+    """A sleeping process is idle at once; one spinning on the CPU never is."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        wait_idle([sleeper.pid], timeout=10)
+        with pytest.raises(TimeoutError):
+            wait_idle([sleeper.pid, spinner.pid], timeout=1)
+    finally:
+        for proc in (sleeper, spinner):
+            proc.kill()
+            proc.wait()
+
