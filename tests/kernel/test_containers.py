@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from cowtrace import taskstats
+from tests.e2e import kill_tree
 from tests.helpers import COWTRACE, read_jsonl
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_prefork.py"
@@ -135,10 +136,9 @@ def send(process: subprocess.Popen, line: str) -> None:
 
 
 def stop(*processes: subprocess.Popen) -> None:
+    """Kill each process and its descendants (a namespace's init takes the rest with it)."""
     for process in processes:
-        if process.poll() is None:
-            process.kill()  # unshare: --kill-child takes the namespace's init with it
-        process.wait(timeout=30)
+        kill_tree(process)
 
 
 @pytest.fixture
@@ -312,3 +312,65 @@ def test_attach_to_a_container(interpreter, tmp_path, delayacct):
     for name, pid in host.items():
         assert f"{pid} (ns {facts['children'][name]})" in out, out
     assert "Traceback" not in err, err
+
+
+def test_run_a_container(tmp_path, delayacct):
+    """`cowtrace run -- unshare ...`: the root is unshare, on the host; the fixture is its
+    child, pid 1 in the namespace, traced from its fork, as every process of the command."""
+    root = tmp_path / "root"
+    root.mkdir()
+    env = {**os.environ, "PYENV_312": str(PYENV_312)}
+    summary_path, events_path = tmp_path / "s.json", tmp_path / "e.jsonl"
+    tracer = subprocess.Popen(
+        [
+            *COWTRACE,
+            "run",
+            "--plain",
+            "--interval",
+            "0.2",
+            "--json",
+            str(summary_path),
+            "--events",
+            str(events_path),
+            "--",
+            *container_command(root, "debian"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,  # the command's
+        stderr=subprocess.PIPE,  # cowtrace's view
+        text=True,
+        env=env,
+    )
+    try:
+        with taskstats.ExitListener() as listener:
+            assert read_line(tracer.stdout, 60, "the fixture is ready").strip() == "ready"
+            send(tracer, "go")
+            children = json.loads(read_line(tracer.stdout, 30, "children"))["children"]
+            wait_for_lines(tracer.stderr, [rf" ns_pid={ns} " for ns in children.values()], 30)
+            send(tracer, "write")
+            facts = json.loads(read_line(tracer.stdout, 60, "facts"))
+            wait_for_lines(
+                tracer.stderr, [rf" ns_pid={ns} .* state=exit:0" for ns in children.values()], 30
+            )
+            send(tracer, "exit")
+            _out, err = tracer.communicate(timeout=60)
+            assert tracer.returncode == 0, err
+            summary = json.loads(summary_path.read_text())
+            events = read_jsonl(events_path)
+            check_trace(summary, events, facts, listener, root_ns_pid=None, interpreter="debian")
+            # Every process of the command but its root (issue 15 item 2: run's launcher) is
+            # counted from its fork: each one's copies + zero-fills are the kernel's count.
+            for process in summary["processes"]:
+                if process["pid"] == summary["root_pid"]:
+                    continue
+                record = listener.wait_for(process["pid"], timeout=10)
+                assert record is not None, process
+                got = process["copies"] + process["zero_fills"]
+                assert got == record.wpcopy_count, (process, record.wpcopy_count)
+    finally:
+        stop(tracer)
+    processes = {p["pid"]: p for p in summary["processes"]}
+    assert processes[summary["root_pid"]]["comm"] == "unshare"
+    init = [p for p in summary["processes"] if p["ns_pid"] == 1]
+    assert [p["role"] for p in init] == ["child"]
+    assert not alive(init[0]["pid"])
