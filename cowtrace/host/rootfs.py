@@ -1,15 +1,17 @@
 """A traced process' own view of files and pids, for targets in containers.
 
-A process in other mount and pid namespaces (a container, `unshare`) names its files and its
-pid as it sees them: /proc/PID/maps and /proc/PID/exe give paths in its mount namespace (its
-script, its libraries, a file it mapped), which on the host may not exist or may be another
-file altogether.  The kernel offers its view through the magic link /proc/PID/root: a path
-opened under it is resolved from the process' root, through its mounts.  So cowtrace opens a
-member's files as `root_prefix(pid) + path` and keeps showing `path` (the container's name).
-
-A process that shares cowtrace's root and mount namespace (every non-container target) gets
-the empty prefix: its paths are opened as they are, as before, and keep working after it
-exits (a prefix under /proc/PID is gone with the process).
+The kernel names a mapped file in /proc/PID/maps (and /proc/PID/exe) by its path from the
+reader's root when the reader can reach it, else from the root of the mount namespace it is
+mounted in.  So for a process in cowtrace's own mount namespace (every non-container target, a
+chroot'ed daemon included) the path is the host's: opened as it is, and still good once the
+process is gone.  A process in another mount namespace (a container, `unshare --mount`) has
+its files named from its namespace's root (its script, its libraries, a file it mapped), which
+on the host may not exist or may be another file altogether.  The kernel offers its view
+through the magic link /proc/PID/root: a path opened under it is resolved from the process'
+root, through its mounts.  So cowtrace opens such a member's files as `root_prefix(pid) +
+path` and keeps showing `path` (the container's name).  This is right when the process' root
+is its namespace's root, as container runtimes make it (`pivot_root`); a `chroot` inside a new
+mount namespace names files from outside its root, which this does not resolve.
 
 Its pid inside the container comes from the NSpid line of /proc/PID/status (its pid in each
 pid namespace from the one of this /proc down to its own): shown beside the host pid.
@@ -20,20 +22,12 @@ from __future__ import annotations
 import os
 
 
-def _same(a: str, b: str) -> bool:
-    """Whether two paths are the same object (st_dev and st_ino)."""
-    first, second = os.stat(a), os.stat(b)
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
-
-
 def root_prefix(pid: int) -> str:
-    """The empty string when `pid` sees the file system as cowtrace does (same root, same mount
-    namespace), else "/proc/PID/root", to put before each path the process names.  "" for a
-    process that is gone (nothing better is left: its paths are tried as they are)."""
+    """The empty string when `pid` is in cowtrace's mount namespace, else "/proc/PID/root", to
+    put before each path the process names.  "" for a process that is gone (nothing better is
+    left: its paths are tried as they are)."""
     try:
-        if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt") and _same(
-            f"/proc/{pid}/root", "/proc/self/root"
-        ):
+        if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
             return ""
     except OSError:
         return ""
