@@ -1,6 +1,7 @@
 """A target in other mount and pid namespaces, traced from the host (issue 15, item 4).
 
-The container: `unshare --mount --pid --fork` and a private root, a tmpfs holding the fixture
+The container: `unshare --mount --pid --fork`, then `pivot_root` into a tmpfs (as container
+runtimes do) holding the fixture
 script at /app/fixture.py, its data file at /data/state.bin, the host's /usr bind-mounted
 read-only, and the interpreter at a path of its own: Debian's python3.11 (static, no
 libpython) bind-mounted at /app/bin/python3, or pyenv's 3.12 (python3.12 + libpython3.12.so)
@@ -21,10 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import select
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import pytest
 from cowtrace import taskstats
 from tests.e2e import kill_tree
 from tests.helpers import COWTRACE, read_jsonl
+from tests.kernel.streams import Lines, send
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_prefork.py"
 PAGE, PAGES, FILE_PAGES, BLOCK_PAGES = 4096, 256, 64, 64
@@ -109,30 +108,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
-
-
-def read_line(stream, timeout: float, what: str) -> str:  # noqa: ANN001
-    ready, _, _ = select.select([stream], [], [], timeout)
-    assert ready, f"timed out: {what}"
-    line = stream.readline()
-    assert line, f"ended before: {what}"
-    return line
-
-
-def wait_for_lines(stream, patterns: list[str], timeout: float) -> list[str]:  # noqa: ANN001
-    """Read `stream` until a line matched each pattern; the lines read."""
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    left = list(patterns)
-    while left:
-        lines.append(read_line(stream, max(0.0, deadline - time.monotonic()), f"{left}"))
-        left = [p for p in left if not re.search(p, lines[-1])]
-    return lines
-
-
-def send(process: subprocess.Popen, line: str) -> None:
-    process.stdin.write(line + "\n")
-    process.stdin.flush()
 
 
 def stop(*processes: subprocess.Popen) -> None:
@@ -259,7 +234,8 @@ def test_attach_to_a_container(interpreter, tmp_path, delayacct):
     )
     tracer = None
     try:
-        assert read_line(container.stdout, 60, "the fixture is ready").strip() == "ready"
+        output = Lines(container.stdout)
+        output.wait_for(r"^ready$", 60)
         (init,) = children_of(container.pid)  # the namespace's pid 1, on the host
         assert not Path(SCRIPT).exists(), f"{SCRIPT} exists on the host: the test proves nothing"
         assert not Path(DATA).exists(), f"{DATA} exists on the host: the test proves nothing"
@@ -280,24 +256,22 @@ def test_attach_to_a_container(interpreter, tmp_path, delayacct):
             stderr=subprocess.PIPE,
             text=True,
         )
-        first = read_line(tracer.stdout, 60, "cowtrace attached")
-        assert f"root={init}" in first, first
+        view = Lines(tracer.stdout)
+        view.wait_for(rf" root={init} ", 60)  # the view starts once attached
         with taskstats.ExitListener() as listener:
             send(container, "go")
-            children = json.loads(read_line(container.stdout, 30, "children"))["children"]
+            children = json.loads(output.wait_for(r'^\{"children"', 30))["children"]
             # Both children are alive and waiting: cowtrace names them with their pids inside.
-            wait_for_lines(tracer.stdout, [rf" ns_pid={ns} " for ns in children.values()], 30)
+            view.wait_for_all([rf" ns_pid={ns} " for ns in children.values()], 30)
             send(container, "write")
-            facts = json.loads(read_line(container.stdout, 60, "facts"))
+            facts = json.loads(output.wait_for(r'^\{"pid"', 60))
             # Python frames are named from the family's memory: the parent stays until
             # cowtrace has seen both children exit (their copies are drained before that).
-            wait_for_lines(
-                tracer.stdout, [rf" ns_pid={ns} .* state=exit:0" for ns in children.values()], 30
-            )
+            view.wait_for_all([rf" ns_pid={ns} .* state=exit:0" for ns in children.values()], 30)
             send(container, "exit")
             assert container.wait(timeout=30) == 0
-            out, err = tracer.communicate(timeout=60)
-            assert tracer.returncode == 0, err
+            assert tracer.wait(timeout=60) == 0, tracer.stderr.read()
+            out, err = view.text(), tracer.stderr.read()
             summary = json.loads(summary_path.read_text())
             events = read_jsonl(events_path)
             host = check_trace(
@@ -343,18 +317,16 @@ def test_run_a_container(tmp_path, delayacct):
     )
     try:
         with taskstats.ExitListener() as listener:
-            assert read_line(tracer.stdout, 60, "the fixture is ready").strip() == "ready"
+            output, view = Lines(tracer.stdout), Lines(tracer.stderr)
+            output.wait_for(r"^ready$", 60)
             send(tracer, "go")
-            children = json.loads(read_line(tracer.stdout, 30, "children"))["children"]
-            wait_for_lines(tracer.stderr, [rf" ns_pid={ns} " for ns in children.values()], 30)
+            children = json.loads(output.wait_for(r'^\{"children"', 30))["children"]
+            view.wait_for_all([rf" ns_pid={ns} " for ns in children.values()], 30)
             send(tracer, "write")
-            facts = json.loads(read_line(tracer.stdout, 60, "facts"))
-            wait_for_lines(
-                tracer.stderr, [rf" ns_pid={ns} .* state=exit:0" for ns in children.values()], 30
-            )
+            facts = json.loads(output.wait_for(r'^\{"pid"', 60))
+            view.wait_for_all([rf" ns_pid={ns} .* state=exit:0" for ns in children.values()], 30)
             send(tracer, "exit")
-            _out, err = tracer.communicate(timeout=60)
-            assert tracer.returncode == 0, err
+            assert tracer.wait(timeout=60) == 0, view.text()
             summary = json.loads(summary_path.read_text())
             events = read_jsonl(events_path)
             check_trace(summary, events, facts, listener, root_ns_pid=None, interpreter="debian")

@@ -35,7 +35,7 @@ from cowtrace import taskstats
 from cowtrace.switch_users import USERS_ROOT
 from tests.e2e import kill_tree
 from tests.helpers import COWTRACE, read_jsonl
-from tests.kernel.test_containers import read_line, send, wait_for_lines
+from tests.kernel.streams import Lines, send
 from tests.promserver import LineReader, http_get, metrics_url
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_prefork.py"
@@ -147,7 +147,8 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
     summary_path, events_path = tmp_path / "a.json", tmp_path / "a.jsonl"
     started: list[subprocess.Popen] = [fixture]
     try:
-        assert read_line(fixture.stdout, 60, "the fixture is ready").strip() == "ready"
+        output = Lines(fixture.stdout)
+        output.wait_for(r"^ready$", 60)
         root = fixture.pid
         a, a_err, a_url = start(
             [
@@ -162,7 +163,8 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
             ]
         )
         started.append(a)
-        assert f"root={root}" in read_line(a.stdout, 60, "A attached")
+        a_view = Lines(a.stdout)
+        a_view.wait_for(rf" root={root} ", 60)  # A's view starts once attached
         assert SYSCTL.read_text().strip() == "1"
         b, b_err, b_url = start(
             [
@@ -184,10 +186,10 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
         baseline = taskstats.query_tgid(root).wpcopy_count
         with taskstats.ExitListener() as listener:
             send(fixture, "go")
-            children = json.loads(read_line(fixture.stdout, 30, "children"))["children"]
+            children = json.loads(output.wait_for(r'^\{"children"', 30))["children"]
             pids = list(children.values())
             send(fixture, "write")
-            facts = json.loads(read_line(fixture.stdout, 60, "facts"))
+            facts = json.loads(output.wait_for(r'^\{"pid"', 60))
             kernel = {}
             for name, pid in children.items():
                 record = listener.wait_for(pid, timeout=10)
@@ -201,7 +203,7 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
                     10,
                     f"{who} exports {expected}: {figures(url, pids)}",
                 )
-            wait_for_lines(a.stdout, [rf"pid={pid} .* state=exit:0" for pid in pids], 30)
+            a_view.wait_for_all([rf"pid={pid} .* state=exit:0" for pid in pids], 30)
             send(fixture, "exit")
             assert fixture.wait(timeout=30) == 0
             root_record = listener.wait_for(root, timeout=10)
@@ -210,8 +212,8 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
                 assert root_record.wpcopy_count == baseline == 0
             root_copies = root_record.wpcopy_count - baseline
             # A ends with its root: its summary; B goes on.
-            a_rest = a.stdout.read()
             assert a.wait(timeout=60) == 0, a_err.lines
+            a_rest = a_view.text()
             summary = json.loads(summary_path.read_text())
             assert summary["end_reason"] == "root exited"
             processes = {p["pid"]: p for p in summary["processes"]}
