@@ -319,6 +319,9 @@ def test_run_a_container(tmp_path, delayacct):
         with taskstats.ExitListener() as listener:
             output, view = Lines(tracer.stdout), Lines(tracer.stderr)
             output.wait_for(r"^ready$", 60)
+            # cowtrace has handled the interpreter's exec (Python detected, allocators probed:
+            # the block is malloc'd after "go") once its view names the init python3.
+            view.wait_for(r" ns_pid=1 .*comm=python3 ", 60)
             send(tracer, "go")
             children = json.loads(output.wait_for(r'^\{"children"', 30))["children"]
             view.wait_for_all([rf" ns_pid={ns} " for ns in children.values()], 30)
