@@ -3,6 +3,7 @@ them, opened through /proc/PID/root; non-container targets unchanged."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -120,3 +121,21 @@ def test_family_reads_the_container_pid_when_a_member_is_first_seen() -> None:
     family.apply(later)  # type: ignore[arg-type]
     assert family.members[4244].ns_pid is None
     assert asked == [4243, 4244]
+
+
+def test_report_shows_the_container_pid_beside_the_host_pid(tmp_path) -> None:
+    from rich.console import Console
+
+    from cowtrace.report.load import load_report
+    from cowtrace.report.text import render_text
+    from tests.unit.report_samples import core_summary, write_json
+
+    summary = core_summary()
+    summary["processes"][0]["ns_pid"] = 7
+    data = load_report(str(write_json(tmp_path / "s.json", summary)))
+    assert {p.pid: p.ns_pid for p in data.processes} == {101: 7, 100: None, 102: None}
+    console = Console(width=200, record=True, file=io.StringIO())
+    render_text(data, console)
+    text = console.export_text()
+    assert "101 (ns 7)" in text
+    assert "100 (ns" not in text and "102 (ns" not in text
