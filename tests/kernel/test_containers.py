@@ -28,10 +28,14 @@ from pathlib import Path
 
 import pytest
 
-from cowtrace import taskstats
 from tests.e2e import kill_tree
 from tests.helpers import COWTRACE, read_jsonl
 from tests.kernel.streams import Lines, send
+
+try:  # the host layer's package (main); cowtrace/taskstats.py on this branch's base
+    from cowtrace.host import taskstats
+except ImportError:  # pragma: no cover
+    from cowtrace import taskstats  # type: ignore[no-redef]
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_prefork.py"
 PAGE, PAGES, FILE_PAGES, BLOCK_PAGES = 4096, 256, 64, 64

@@ -31,12 +31,16 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cowtrace import taskstats
 from cowtrace.switch_users import USERS_ROOT
 from tests.e2e import kill_tree
 from tests.helpers import COWTRACE, read_jsonl
 from tests.kernel.streams import Lines, send
 from tests.promserver import LineReader, http_get, metrics_url
+
+try:  # the host layer's package (main); cowtrace/taskstats.py on this branch's base
+    from cowtrace.host import taskstats
+except ImportError:  # pragma: no cover
+    from cowtrace import taskstats  # type: ignore[no-redef]
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_prefork.py"
 PYTHON = "/usr/bin/python3.11"
