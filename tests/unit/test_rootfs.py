@@ -139,3 +139,22 @@ def test_report_shows_the_container_pid_beside_the_host_pid(tmp_path) -> None:
     text = console.export_text()
     assert "101 (ns 7)" in text
     assert "100 (ns" not in text and "102 (ns" not in text
+
+
+def test_live_view_and_summary_show_the_container_pid_beside_the_host_pid() -> None:
+    from rich.console import Console
+
+    from cowtrace.model import Counts, Snapshot
+    from cowtrace.render import LiveView, summary_lines
+
+    members = [
+        Member(4242, 4200, "python3", Role.ROOT, 0.0, ns_pid=1, counts=Counts(copies=3)),
+        Member(4243, 4242, "python3", Role.CHILD, 0.0, ns_pid=17, counts=Counts(copies=64)),
+    ]
+    snap = Snapshot(4242, 0.0, 2.0, members, Counts(copies=67))
+    console = Console(record=True, width=120, height=20, file=io.StringIO())
+    console.print(LiveView(console).render(snap))
+    live = console.export_text()
+    table = "\n".join(summary_lines(snap))
+    for text in (live, table):
+        assert "4242 (ns 1)" in text and "4243 (ns 17)" in text, text
