@@ -6,7 +6,9 @@ parent, role), dates their lives and folds the kernel's counters into Member obj
 
 from __future__ import annotations
 
-from cowtrace.host import procfs
+from collections.abc import Callable
+
+from cowtrace.host import procfs, rootfs
 from cowtrace.kernel.abi import PE_EXEC, PE_EXIT, PE_FORK, PE_FREE
 from cowtrace.kernel.tracer import MemberState, ProcRecord
 from cowtrace.model import Counts, ExitStatus, Member, Role
@@ -24,8 +26,11 @@ def exit_status_of(exit_code: int, exit_signal: int) -> ExitStatus:
 class Family:
     """Members of one traced root, keyed by pid."""
 
-    def __init__(self, root_pid: int) -> None:
+    def __init__(self, root_pid: int, ns_pid: Callable[[int], int | None] = rootfs.ns_pid) -> None:
         self.root_pid = root_pid
+        # A member's pid in its container: read from /proc when it is seen first (at its fork
+        # record: a child gone before that record is handled shows none).
+        self._ns_pid = ns_pid
         self.members: dict[int, Member] = {}
         self.final: set[int] = set()  # pids whose counts will not change any more
 
@@ -46,9 +51,15 @@ class Family:
                 role=self.role_for(stat.pid, stat.ppid),
                 start_time=stat.start_monotonic(),
                 adopted=adopted,
+                ns_pid=self._container_pid(stat.pid),
             )
             self.members[stat.pid] = member
         return member
+
+    def _container_pid(self, pid: int) -> int | None:
+        """Its pid in its own pid namespace when that differs from the host's."""
+        found = self._ns_pid(pid)
+        return found if found != pid else None
 
     def apply(self, record: ProcRecord) -> None:
         """Fold one lifecycle record from the kernel into the picture."""
@@ -62,6 +73,7 @@ class Family:
                     comm=record.comm,
                     role=self.role_for(record.pid, record.ppid),
                     start_time=ts,
+                    ns_pid=self._container_pid(record.pid),
                 )
             return
         if member is None:

@@ -97,6 +97,9 @@ class Member:
     execs: int = 0  # how many times it called exec while traced
     counts: Counts = field(default_factory=Counts)
     copy_rate: float = 0.0  # copied bytes per second over the last interval
+    # Its pid in its own pid namespace (a container's), shown beside `pid` (the host's);
+    # None when that namespace is cowtrace's, or it could not be read (gone too soon).
+    ns_pid: int | None = None
 
     @property
     def exited(self) -> bool:

@@ -23,12 +23,12 @@ from __future__ import annotations
 import bisect
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
-from cowtrace.host import elf, procmaps
+from cowtrace.host import elf, procmaps, rootfs
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.kernel.abi import PE_EXEC, PE_FORK, PE_FREE, PE_MAPS
 
@@ -81,6 +81,9 @@ class Interval:
     offset: int  # file offset at `start` (continued into a binary's .bss), -1 if none
     executable: bool
     region: int = UNKNOWN_REGION
+    # Where cowtrace opens the file `name` (a container's member: under /proc/PID/root, see
+    # host/rootfs.py); "" for `name` itself.  Not part of the interval's identity.
+    file: str = field(default="", compare=False)
 
     def cut(self, lo: int, hi: int) -> Interval:
         """The part of this interval in [lo, hi), offsets carried along."""
@@ -110,13 +113,15 @@ def classify(path: str, shared: bool) -> tuple[str, str]:
     return "file", path
 
 
-def intervals_of(lines: list[procmaps.MapLine]) -> list[Interval]:
-    """Intervals of a process' maps lines (unannotated: no sections, no region ids)."""
+def intervals_of(lines: list[procmaps.MapLine], root: str = "") -> list[Interval]:
+    """Intervals of a process' maps lines (unannotated: no sections, no region ids); `root`:
+    the process' root_prefix (host/rootfs.py), where its files are opened."""
     found = []
     for line in lines:
         kind, name = classify(line.path, line.shared)
         offset = line.offset if kind == "file" else -1
-        found.append(Interval(line.start, line.end, kind, name, offset, line.executable))
+        file = root + name if root and kind == "file" else ""
+        found.append(Interval(line.start, line.end, kind, name, offset, line.executable, file=file))
     return found
 
 
@@ -130,7 +135,8 @@ def read_proc_maps(pid: int) -> list[Interval] | None:
     is a zombie, whose maps file is empty.  A live process always has a mapping (its stack):
     taking an exited worker's empty file for its map made every address of its program
     "not code" and cut its writer stacks to nothing (seen on the workers fixture)."""
-    return intervals_of(procmaps.read(pid)) or None
+    root = rootfs.root_prefix(pid)  # first: a process gone meanwhile has no maps either
+    return intervals_of(procmaps.read(pid), root) or None
 
 
 class ProcessMap:
@@ -249,10 +255,10 @@ class ProcessMap:
             prev = self._items[index] if index >= 0 else None
             if prev is not None and prev.end == interval.start and prev.kind == "file":
                 offset = prev.offset + (prev.end - prev.start)
-                base = replace(interval, kind="file", name=prev.name, offset=offset)
+                base = replace(interval, kind="file", name=prev.name, offset=offset, file=prev.file)
         pieces: list[tuple[int, int, str | None]] = [(base.start, base.end, None)]
         if base.kind == "file" and base.offset >= 0:
-            for section, lo_off, hi_off in elf.section_ranges(base.name):
+            for section, lo_off, hi_off in elf.section_ranges(base.file or base.name):
                 lo = base.start + lo_off - base.offset
                 hi = base.start + hi_off - base.offset
                 pieces = _carve(pieces, lo, hi, section)

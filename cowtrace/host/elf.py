@@ -253,19 +253,21 @@ LIBRARY_DIRS = (
 )
 
 
-def needed_libraries(path: str) -> list[str]:
+def needed_libraries(path: str, root: str = "") -> list[str]:
     """Paths of the libraries `path` names in DT_NEEDED that can be found on this system, the
     way the loader looks (RUNPATH/RPATH with $ORIGIN, LD_LIBRARY_PATH, the system dirs).
+    `root`: a container's /proc/PID/root (host/rootfs.py): `path` and the paths returned are
+    the container's, looked up under `root`.
 
     Why not `ldd`: it runs the program's loader, and binutils may not be installed where
     cowtrace runs.  Only the program's own DT_NEEDED: an allocator that replaces malloc is
     linked by the program or preloaded; one pulled in by a library is caught by the exec-time
     scan of the process' mappings (kernel/uprobes.py)."""
-    image = load(path)
+    image = load(root + path)
     if image is None:
         return []
     try:
-        origin = os.path.dirname(os.path.realpath(path))
+        origin = os.path.dirname(path if root else os.path.realpath(path))
     except OSError:  # /proc/PID/exe of a process exiting meanwhile: its link reads ENOENT
         origin = os.path.dirname(path)
     dirs = [
@@ -278,12 +280,12 @@ def needed_libraries(path: str) -> list[str]:
     found = []
     for name in image.needed:
         if os.sep in name:
-            if os.path.exists(name):
+            if os.path.exists(root + name):
                 found.append(name)
             continue
         for directory in (*dirs, *env_dirs, *LIBRARY_DIRS):
             candidate = os.path.join(directory, name)
-            if os.path.exists(candidate):
+            if os.path.exists(root + candidate):
                 found.append(candidate)
                 break
     return found

@@ -10,17 +10,17 @@ A cache is the process' executable file mappings as /proc/PID/maps showed them w
 made (a forked child shares them until it execs), and resolves through the one ELF reader
 (host/elf.py): the address' file offset, the link address it came from, the function there.
 A stripped object's static functions come from its detached debug file, found by build-id,
-when one is installed.  Files are opened through /proc/PID/root (a process in a container
-sees its own files), else by their path (the process is gone).
+when one is installed.  A process in a container sees its own files: they are opened through
+/proc/PID/root (host/rootfs.py); any other process' by their path, which also works once it
+is gone.
 """
 
 from __future__ import annotations
 
 import bisect
-import os
 from dataclasses import dataclass
 
-from cowtrace.host import elf, procmaps
+from cowtrace.host import elf, procmaps, rootfs
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Resolved:
 class ProcessSymbols:
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self._root = rootfs.root_prefix(pid)  # before the maps: both of the same process
         self._maps = [m for m in procmaps.read(pid) if m.executable and m.path.startswith("/")]
         self._starts = [m.start for m in self._maps]
         self._images: dict[str, elf.ElfImage | None] = {}
@@ -72,7 +73,5 @@ class ProcessSymbols:
 
     def _image(self, path: str) -> elf.ElfImage | None:
         if path not in self._images:
-            rooted = f"/proc/{self.pid}/root{path}"
-            image = elf.load(rooted) if os.path.exists(rooted) else None
-            self._images[path] = image or elf.load(path)
+            self._images[path] = elf.load(self._root + path)
         return self._images[path]

@@ -204,7 +204,8 @@ class KernelStackResolver:
         name = os.path.basename(found.path)
         if found.image is None:
             return f"{UNKNOWN} ({name})"
-        self._modules.setdefault(name, found.image.module_info())
+        # the path the process names (a container's), not where cowtrace opened it
+        self._modules.setdefault(name, {**found.image.module_info(), "path": found.path})
         return f"{name}+0x{found.file_offset:x} ({name})"
 
     def modules(self) -> dict[str, dict[str, Any]]:

@@ -49,6 +49,7 @@ import numpy as np
 
 from cowtrace.host import procmaps
 from cowtrace.host.elf import needed_libraries
+from cowtrace.host.rootfs import root_prefix
 from cowtrace.kernel.abi import (
     ALLOC_OP_FREE,
     ALLOCATOR_GLIBC,
@@ -237,7 +238,10 @@ class AllocatorProbes:
         with contextlib.suppress(OSError):
             exe = os.readlink(exe)
         self._probe_executable(pid, f"/proc/{pid}/exe", shown=exe)
-        for library in needed_libraries(f"/proc/{pid}/exe"):
+        root = root_prefix(pid)  # a container's libraries are looked up in its own tree
+        for library in (
+            needed_libraries(exe, root) if root else needed_libraries(f"/proc/{pid}/exe")
+        ):
             allocator = allocator_of(library)
             if allocator is not None:
                 self.probe(pid, f"/proc/{pid}/root{library}", allocator, shown=library)

@@ -90,6 +90,7 @@ def _process(member: Member) -> dict[str, Any]:
         "exit_signal": status.signal if status else None,
         "adopted": member.adopted,
         "execs": member.execs,
+        "ns_pid": member.ns_pid,
     }
 
 

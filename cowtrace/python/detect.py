@@ -3,6 +3,8 @@
 `_PyRuntime` is an exported symbol of the python binary (statically linked, as Debian's) or of
 libpython (shared, as pyenv's): its address is the symbol plus the file's load bias, read from
 /proc/PID/maps.  The version comes from the `Py_Version` constant (3.11+) of the same file.
+Both paths are the process' own (a container's): the files are opened through /proc/PID/root
+(host/rootfs.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from cowtrace.host import procmaps, remote_reads
 from cowtrace.host.elf import ElfImage
 from cowtrace.host.elf import load as load_symbols
+from cowtrace.host.rootfs import root_prefix
 from cowtrace.python.linetable import LineTable
 from cowtrace.python.offsets import (
     DEBUG_OFFSETS_SIZE,
@@ -94,9 +97,10 @@ def detect(pid: int) -> Detection:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return Detection()
+    root = root_prefix(pid)
     candidates = [exe] + sorted({m.path for m in maps if _LIBPYTHON.search(m.path)})
     for path in candidates:
-        symbols = load_symbols(path)
+        symbols = load_symbols(root + path)
         if symbols is None or "_PyRuntime" not in symbols.objects:
             continue
         bias = _bias(maps, path, symbols.min_vaddr, symbols.position_independent)
@@ -105,7 +109,7 @@ def detect(pid: int) -> Detection:
         runtime = bias + symbols.objects["_PyRuntime"]
         version = _version(symbols) or _version_from_name(path)
         return _with_offsets(pid, version, runtime, path, maps)
-    exe_symbols = load_symbols(exe)
+    exe_symbols = load_symbols(root + exe)
     links_libpython = exe_symbols is not None and any(
         _LIBPYTHON.search(name) for name in exe_symbols.needed
     )

@@ -16,6 +16,7 @@ import struct
 
 from cowtrace.host import procmaps, remote_reads
 from cowtrace.host.elf import load as load_symbols
+from cowtrace.host.rootfs import host_path
 from cowtrace.python.detect import CodeInfo, PythonImage
 from cowtrace.python.linetable import CODE_UNIT, LineTable
 
@@ -133,7 +134,8 @@ def leaf_name(image: PythonImage, pid: int, ip: int) -> tuple[str, str]:
     else:
         module = os.path.basename(mapping.path) or "[anon]"
         function = None
-        symbols = load_symbols(mapping.path) if mapping.path.startswith("/") else None
+        rooted = host_path(pid, mapping.path)
+        symbols = load_symbols(rooted) if mapping.path.startswith("/") else None
         if symbols is not None:
             bias = mapping.start - mapping.offset - symbols.min_vaddr
             if not symbols.position_independent:

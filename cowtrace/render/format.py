@@ -146,7 +146,13 @@ class Column:
     numeric: bool = False
 
 
-PID = Column("pid", lambda m, s: str(m.pid), numeric=True)
+def pid_label(member: Member) -> str:
+    """The host pid, and beside it the pid in the member's container when it has one:
+    ``4242 (ns 7)``."""
+    return str(member.pid) if member.ns_pid is None else f"{member.pid} (ns {member.ns_pid})"
+
+
+PID = Column("pid", lambda m, s: pid_label(m), numeric=True)
 ROLE = Column("role", lambda m, s: role_label(m.role))
 COMM = Column("comm", lambda m, s: m.comm)
 AGE = Column("age", lambda m, s: age(m.age(s.now)), numeric=True)

@@ -41,10 +41,12 @@ def family_line(snapshot: Snapshot, wall_time: float) -> str:
 
 
 def member_line(member: Member, new_copies: int) -> str:
-    """``  pid=P role=R comm=C +copies=D copies=T reuses=T zero_fills=T state=S``."""
+    """``  pid=P role=R comm=C +copies=D copies=T reuses=T zero_fills=T state=S``, with
+    ``ns_pid=N`` after the pid for a member in a container."""
     counts = member.counts
     return (
         f"  pid={member.pid}"
+        f"{'' if member.ns_pid is None else f' ns_pid={member.ns_pid}'}"
         f" role={fmt.role_label(member.role)}"
         f" comm={fmt.comm_token(member.comm)}"
         f" +copies={new_copies}"

@@ -279,7 +279,7 @@ def _processes(data: ReportData, whole: int) -> str:
         columns.append(("status", False))
     rows = []
     for p in data.processes:
-        cells = _n(str(p.pid))
+        cells = _n(p.pid_label)
         if known:
             role = "worker" if p.role == "child" else (p.role or "?")
             ppid = "-" if p.ppid is None else str(p.ppid)

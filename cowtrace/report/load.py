@@ -255,6 +255,7 @@ def _process(obj: Any, index: int, path: str) -> ProcessRow:
         exit_code=f.int("exit_code"),
         exit_signal=f.int("exit_signal"),
         exit_copies=exit_copies,
+        ns_pid=f.int("ns_pid"),
         exit_writers=[
             _writer(w, f"processes[{index}].exit_writers[{j}]", path)
             for j, w in enumerate(exit_writers)

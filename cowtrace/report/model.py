@@ -43,6 +43,12 @@ class ProcessRow:
     exit_signal: int | None = None
     exit_copies: int | None = None  # None: the file has no exit-time accounting
     exit_writers: list[WriterRow] = field(default_factory=list)
+    ns_pid: int | None = None  # its pid inside its container (summary "ns_pid"), if any
+
+    @property
+    def pid_label(self) -> str:
+        """``4242``, or ``4242 (ns 7)`` for a member of a container."""
+        return str(self.pid) if self.ns_pid is None else f"{self.pid} (ns {self.ns_pid})"
 
     def status(self) -> str:
         """``running``, ``exit 0``, ``signal 9``, or ``?`` when the file does not say."""

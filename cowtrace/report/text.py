@@ -97,7 +97,7 @@ def process_table(processes: Sequence[ProcessRow], total_bytes: int) -> Table:
         columns.append(("status", False))
     table = _table("processes", columns)
     for p in processes:
-        row = [str(p.pid)]
+        row = [p.pid_label]
         if known:
             row += ["worker" if p.role == "child" else (p.role or "?"), p.comm or "?"]
         row += [
