@@ -391,24 +391,28 @@ class Session:
             self.python.on_fork(record.ppid, record.pid)
         elif record.type == PE_EXEC:
             self.python.on_exec(record.pid)
+        elif record.type == PE_FREE:
+            self.python.on_exit(record.pid)
 
     def _python_records(self, records: np.ndarray) -> list[str] | None:
         """Copies with a Python stack go to the writers; the --events "pystack" values."""
         if self.python is None or self.tracer.bpf is None:
             return None
-        return self.python.on_fault_events(records)
+        last_blocks = getattr(self.sink, "last_blocks", None)  # the engine's block per record
+        return self.python.on_fault_events(records, last_blocks() if last_blocks else None)
 
     def _python_view(self, view: AttributionView | None) -> AttributionView | None:
         """`view` with the Python writers and "why" lines (a view of its own if none)."""
         if self.python is None:
             return view
-        writers = self.python.writers
-        if not writers.total and not self.python.notices:
+        writers, types = self.python.writers, self.python.types
+        if not writers.total and not self.python.notices and not types.active:
             return view
         view = view or AttributionView()
         return dataclasses.replace(
-            view, python_writers=writers.stats(), why=(*view.why, *writers.why())
-        )
+            view, python_writers=writers.stats(), why=(*view.why, *writers.why()),
+            **types.view_fields(),
+        )  # fmt: skip
 
     def close(self) -> None:
         """Unload the BPF program and close the log; safe to call more than once."""

@@ -213,6 +213,7 @@ class AttributionEngine:
         self._alloc_text: dict[int, str] = {}  # --events pieces, cached
         self._stack_text: dict[int, str] = {}
         self._logged: set[str] = set()  # modules whose build-id the event log has
+        self._last_blocks = np.zeros(0, np.int64)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def adopt(self, pid: int, parent: int | None, *, recover_heap: bool) -> None:
@@ -441,6 +442,7 @@ class AttributionEngine:
         """Resolve a batch; returns the --events suffix of each record (see output/events.py)."""
         n = len(records)
         extras = np.full(n, "", dtype=object) if self.event_fields else None
+        self._last_blocks = np.full(n, -1, np.int64)  # per record: the block matched (uid)
         if n == 0:
             return [] if extras is not None else None
         # contiguous columns: gathering them is much cheaper than gathering 48-byte records
@@ -509,11 +511,23 @@ class AttributionEngine:
             pages = addrs[copy_pages] & _PAGE_MASK
             matched = match_pages(table, pages, batch["ts"][copy_pages])
             best[copy_pages] = matched.best
+            self._last_blocks[index] = best
             self._count_sites(matched.best)
             if len(matched.pair_uid):
                 self._touch(matched)
         if extras is not None:
             self._event_fields(pid, batch, region, offset, has_addr, best, index, extras)
+
+    def last_blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per record of the last batch, the block its page was attributed to: (address,
+        size), 0 where none (the Python object resolver reads large objects from them)."""
+        uids = self._last_blocks
+        found = uids >= 0
+        addrs = np.zeros(len(uids), np.uint64)
+        sizes = np.zeros(len(uids), np.int64)
+        addrs[found] = self.blocks.addr[uids[found]]
+        sizes[found] = self.blocks.size[uids[found]]
+        return addrs, sizes
 
     def _touch(self, matched: PageBlocks) -> None:
         """Note copied (page, block) pairs; cheap flags for small blocks, sets for big ones."""

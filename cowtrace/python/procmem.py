@@ -30,6 +30,29 @@ def read(pid: int, addr: int, size: int) -> bytes | None:
     return data if len(data) == size else None
 
 
+def read_runs(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
+    """Several (addr, size) runs of `pid`'s memory through one open of /proc/PID/mem, one
+    pread each (a run of pages in one read); None for a run that could not be read whole."""
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    except OSError:
+        return [None] * len(runs)
+    out: list[bytes | None] = []
+    try:
+        for addr, size in runs:
+            if not 0 < addr < USER_ADDRESS_END or size <= 0:
+                out.append(None)
+                continue
+            try:
+                data = os.pread(fd, size, addr)  # callers drain the LRU batches
+            except (OSError, OverflowError):
+                data = b""
+            out.append(data if len(data) == size else None)
+    finally:
+        os.close(fd)
+    return out
+
+
 class Reader:
     """Reads from the first of several processes that still has the memory (a forked family
     shares its pre-fork objects at the same addresses, so a parent can stand in for a child

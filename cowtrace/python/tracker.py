@@ -17,9 +17,10 @@ import numpy as np
 
 from cowtrace.kernel.abi import KIND_COPY, PY_NEW_STACK_DTYPE, PYF_TRUNCATED, read_record
 from cowtrace.python import kernel
+from cowtrace.python.copied_types import CopiedTypes
 from cowtrace.python.detect import PythonImage, detect
 from cowtrace.python.resolve import frame_name, leaf_name
-from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize
+from cowtrace.python.writers import CATEGORIES, PythonWriters, ResolvedStack, categorize
 from cowtrace.remote_reads import drained_reads
 
 PENDING_S = 5.0  # how long an exec'd member may take to map libpython
@@ -35,6 +36,7 @@ class PythonStacks:
         self.writers = PythonWriters()
         self._raw: dict[int, kernel.RawStack] = {}
         self._resolved: dict[tuple[int, int], ResolvedStack] = {}
+        self.types = CopiedTypes()
 
     def bind(self, bpf: Any) -> None:
         """The loaded program whose maps hold layouts and stacks.  New stacks are announced on
@@ -87,12 +89,18 @@ class PythonStacks:
             self.images[child] = image
             if not kernel.has_layout(self._bpf, child):  # forked before we set the parent
                 kernel.set_layout(self._bpf, child, image)
+            self.types.on_fork(parent, child)
         elif parent in self.pending:
             self.pending[child] = self.pending[parent]
 
     def on_exec(self, pid: int) -> None:
         self.images.pop(pid, None)  # the kernel dropped its layout at the exec
         self.adopt(pid)
+
+    def on_exit(self, pid: int) -> None:
+        """The member is gone: its type cache goes (after the drain that may hold its last
+        copies)."""
+        self.types.retire(pid)
 
     def retry_pending(self) -> None:
         now = time.monotonic()
@@ -115,15 +123,45 @@ class PythonStacks:
             self.images[pid] = found.image
 
     # ---- records ---------------------------------------------------------------------------
-    def on_fault_events(self, records: np.ndarray) -> list[str] | None:
-        """Fold copies with a Python stack into the writers; returns the `"pystack"` value of
-        each record for --events, as JSON text ("null" when none)."""
+    def on_fault_events(self, records: np.ndarray, blocks: Any = None) -> list[str] | None:
+        """Fold copies with a Python stack into the writers and every copy of a CPython member
+        into the copied types; returns the `"pystack"` value of each record for --events, as
+        JSON text ("null" when none).  `blocks`: per record, the allocator block (address,
+        size) the attribution matched to its page, when allocator probes ran."""
         if len(records) == 0:
             return []
         has_stack = (records["kind"] == KIND_COPY) & (records["pystack_id"] >= 0)
         out = ["null"] * len(records)
-        if not has_stack.any():
-            return out
+        categories = np.full(len(records), CATEGORIES.index("other"), np.int64)
+        if has_stack.any():
+            self._fold_stacks(records, has_stack, out, categories)
+        self._copied_types(records, categories, blocks)
+        return out
+
+    def _copied_types(self, records: np.ndarray, categories: np.ndarray, blocks: Any) -> None:
+        """The objects on each copied page of a CPython member (copied_types.py)."""
+        copies = (records["kind"] == KIND_COPY) & (records["addr"] != 0)
+        if copies.any():
+            pids = records["pid"]
+            with drained_reads():  # pages and types read from the members (remote_reads.py)
+                for pid in np.unique(pids[copies]).tolist():
+                    image = self.images.get(pid)
+                    if image is None:
+                        continue
+                    mine = copies & (pids == pid)
+                    self.types.add_copies(
+                        image,
+                        pid,
+                        [pid, *self._readers(image, pid)],
+                        records["addr"][mine],
+                        categories[mine],
+                        None if blocks is None else (blocks[0][mine], blocks[1][mine]),
+                    )
+        self.types.end_drain()
+
+    def _fold_stacks(
+        self, records: np.ndarray, has_stack: np.ndarray, out: list[str], categories: np.ndarray
+    ) -> None:
         keys = (records["pid"].astype(np.int64) << 32) | records["pystack_id"].astype(np.int64)
         unique, inverse, counts = np.unique(
             keys[has_stack], return_inverse=True, return_counts=True
@@ -131,17 +169,20 @@ class PythonStacks:
         texts = []
         with drained_reads():  # names are read from the traced processes (remote_reads.py)
             resolved = [self._resolve(key >> 32, key & 0xFFFFFFFF) for key in unique.tolist()]
+        codes = []
         for stack, copies in zip(resolved, counts.tolist(), strict=True):
             if stack is None:
                 texts.append("null")
+                codes.append(CATEGORIES.index("other"))
                 continue
             self.writers.add(stack, copies)
             texts.append(json.dumps(list(stack.frames)))
+            codes.append(CATEGORIES.index(stack.category))
         for index, position in zip(
             np.flatnonzero(has_stack).tolist(), inverse.tolist(), strict=True
         ):
             out[index] = texts[position]
-        return out
+        categories[has_stack] = np.array(codes, np.int64)[inverse.reshape(-1)]
 
     def _resolve(self, pid: int, stack_id: int) -> ResolvedStack | None:
         image = self.images.get(pid)

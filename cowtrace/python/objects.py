@@ -1,0 +1,267 @@
+"""Which Python type each live block of a pymalloc pool holds, from the object's header.
+
+An object is `ob_refcnt, ob_type, ...`; a block may hold it at its very start, after a GC
+head (types with Py_TPFLAGS_HAVE_GC), or after a GC head and a pre-header (instances of
+Python classes with a managed __dict__, ObjectLayout.object_offsets).  A block is taken to
+hold an object of type T at offset c when its word at c is a plausible reference count, its
+word at c + 8 is T, T's own flags put its objects at exactly c, and T's basic size fits the
+block.  Types are read from the target once per (pid, type address) and kept in a TypeTable,
+the addresses that are no type too (a block of raw PyMem_Malloc data offers such words), so
+after the first pages a batch of pools is classified with a few vectorised lookups and no
+read at all.
+
+A type's name: `tp_name` for static types (`dict`, `collections.OrderedDict`); for heap types
+(classes) `__module__` + "." + `__qualname__`, `__module__` looked up in the class' dict
+(usually its first key, so a few reads), `__qualname__` from the heap type's ht_qualname.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cowtrace.host.memory import PAGE_SIZE, USER_ADDRESS_END
+from cowtrace.python import procmem
+from cowtrace.python.detect import PythonImage
+from cowtrace.python.pools import ObjectLayout
+from cowtrace.python.resolve import _unicode
+
+HAVE_GC = 1 << 14  # Py_TPFLAGS_HAVE_GC
+HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
+TYPE_SUBCLASS = 1 << 31  # Py_TPFLAGS_TYPE_SUBCLASS: set on `type` and every metaclass
+MAX_BASICSIZE = 1 << 20
+MAX_REFCNT = 1 << 40  # above: a pointer, not a count (user addresses are far higher)
+MIN_POINTER = 1 << 16
+MAX_DICT_ENTRIES = 256  # a class dict scanned for __module__ at most this far
+MAX_NEGATIVE = 1 << 16  # addresses known to be no type, kept per pid before starting over
+NEW_TYPES_PER_BATCH = 4096  # candidate addresses read per batch at most (garbage guard)
+
+
+@dataclass(frozen=True)
+class TypeInfo:
+    name: str
+    offset: int  # where its objects start in a block: GC head and pre-header before them
+    basicsize: int
+
+
+class TypeNames:
+    """A dense id per type name, shared by every process (the tallies are arrays by id)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def id(self, name: str) -> int:
+        found = self.ids.get(name)
+        if found is None:
+            found = self.ids[name] = len(self.names)
+            self.names.append(sys.intern(name))
+        return found
+
+
+class TypeTable:
+    """One process' types by address (None: read, and not a type), with sorted arrays for
+    vectorised lookups rebuilt when an address was added."""
+
+    def __init__(self, names: TypeNames) -> None:
+        self.names = names
+        self.infos: dict[int, TypeInfo | None] = {}
+        self._negative = 0
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def add(self, addr: int, info: TypeInfo | None) -> None:
+        if info is None:
+            self._negative += 1
+            if self._negative > MAX_NEGATIVE:  # bounded: forget the non-types, keep types
+                self.infos = {a: i for a, i in self.infos.items() if i is not None}
+                self._negative = 1
+        self.infos[addr] = info
+        self._arrays = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(addresses sorted, offset (-1: no type), basic size, name id) of every entry."""
+        if self._arrays is None:
+            items = sorted(self.infos.items())
+            addrs = np.array([a for a, _ in items], np.uint64)
+            offset = np.array([i.offset if i else -1 for _, i in items], np.int64)
+            basic = np.array([i.basicsize if i else 0 for _, i in items], np.int64)
+            ids = np.array([self.names.id(i.name) if i else -1 for _, i in items], np.int64)
+            self._arrays = (addrs, offset, basic, ids)
+        return self._arrays
+
+
+def read_type(
+    reader: procmem.Reader, image: PythonImage, layout: ObjectLayout, addr: int
+) -> TypeInfo | None:
+    """The type object at `addr`, or None when it is not one."""
+    if not MIN_POINTER <= addr < USER_ADDRESS_END or addr % 8:
+        return None
+    head = reader.read(addr, layout.type_dict + 8)
+    if head is None:
+        return None
+    refcnt, meta = struct.unpack_from("<qQ", head, 0)
+    name_ptr, basicsize, itemsize = struct.unpack_from("<Qqq", head, layout.type_name)
+    flags = struct.unpack_from("<Q", head, layout.type_flags)[0]
+    if refcnt < 1 or not 16 <= basicsize <= MAX_BASICSIZE or not 0 <= itemsize <= MAX_BASICSIZE:
+        return None
+    meta_flags = reader.u64(meta + layout.type_flags) if meta >= MIN_POINTER else None
+    if meta_flags is None or not meta_flags & TYPE_SUBCLASS:
+        return None
+    name = reader.cstring(name_ptr, 128) if name_ptr >= MIN_POINTER else None
+    if not name or not name.isprintable():
+        return None
+    if flags & HEAPTYPE:
+        name = _heap_type_name(reader, image, layout, addr, head, name)
+    offset = (layout.gc_head_size if flags & HAVE_GC else 0) + (
+        layout.preheader_size if flags & layout.preheader_flags else 0
+    )
+    return TypeInfo(name, offset, basicsize)
+
+
+def _heap_type_name(
+    reader: procmem.Reader, image: PythonImage, layout: ObjectLayout, addr: int, head: bytes,
+    tp_name: str,
+) -> str:  # fmt: skip
+    """`module.qualname` of a class; parts that cannot be read fall back to tp_name."""
+    qualname_ptr = reader.u64(addr + layout.heaptype_qualname)
+    qualname = _unicode(reader, image, qualname_ptr) if qualname_ptr else None
+    qualname = qualname or tp_name
+    if "." in tp_name and qualname == tp_name.rsplit(".", 1)[-1]:
+        return tp_name  # a C extension's heap type names its module itself
+    module = _dict_str(reader, image, layout, struct.unpack_from("<Q", head, layout.type_dict)[0])
+    if not module or module == "builtins":
+        return qualname
+    return f"{module}.{qualname}"
+
+
+def _dict_str(
+    reader: procmem.Reader, image: PythonImage, layout: ObjectLayout, dict_addr: int
+) -> str | None:
+    """The str value of "__module__" in the dict at `dict_addr` (a class' tp_dict)."""
+    if not MIN_POINTER <= dict_addr < USER_ADDRESS_END:
+        return None
+    keys = reader.u64(dict_addr + layout.dict_keys)
+    head = reader.read(keys, layout.keys_indices) if keys else None
+    if head is None:
+        return None
+    log2_index_bytes = head[layout.keys_log2_index_bytes]
+    kind = head[layout.keys_kind]
+    nentries = struct.unpack_from("<q", head, layout.keys_nentries)[0]
+    if log2_index_bytes > 24 or not 0 <= nentries <= MAX_DICT_ENTRIES:
+        return None
+    entry = 16 if kind else 24  # PyDictUnicodeEntry (key, value) or PyDictKeyEntry (+hash)
+    key_at = 0 if kind else 8
+    start = keys + layout.keys_indices + (1 << log2_index_bytes)
+    table = reader.read(start, nentries * entry) if nentries else None
+    if table is None:
+        return None
+    for index in range(nentries):
+        key, value = struct.unpack_from("<QQ", table, index * entry + key_at)
+        if key and _unicode(reader, image, key) == "__module__":
+            return _unicode(reader, image, value) if value else None
+    return None
+
+
+@dataclass
+class Blocks:
+    """The live blocks of a batch of pools: pool (row of `words`), offset in it, size."""
+
+    pool: np.ndarray
+    offset: np.ndarray
+    size: np.ndarray
+
+
+def classify(
+    words: np.ndarray,
+    blocks: Blocks,
+    table: TypeTable,
+    layout: ObjectLayout,
+    read: Callable[[int], TypeInfo | None],
+) -> np.ndarray:
+    """The type name id of every block (-1: no object recognised).  `words` holds each
+    pool's bytes as little-endian words, one pool per row; `read` reads an unknown type."""
+    n = len(blocks.pool)
+    result = np.full(n, -1, np.int64)
+    candidates = []
+    for c in layout.object_offsets():
+        index = np.flatnonzero(blocks.size >= c + 16)
+        rows = blocks.pool[index]
+        refcnt = words[rows, (blocks.offset[index] + c) >> 3]
+        plausible = (refcnt >= 1) & (refcnt < MAX_REFCNT)
+        index = index[plausible]
+        type_words = words[rows[plausible], (blocks.offset[index] + c + 8) >> 3]
+        candidates.append((c, index, type_words))
+    for attempt in range(2):
+        addrs, offset, basic, ids = table.arrays()
+        unknown: list[np.ndarray] = []
+        for c, index, type_words in candidates:
+            pending = result[index] < 0
+            idx, tw = index[pending], type_words[pending]
+            if len(addrs):
+                pos = np.minimum(np.searchsorted(addrs, tw), len(addrs) - 1)
+                known = addrs[pos] == tw
+                ok = known & (offset[pos] == c) & (basic[pos] + c <= blocks.size[idx])
+                result[idx[ok]] = ids[pos[ok]]
+                tw = tw[~known]
+            unknown.append(tw)
+        if attempt:
+            break
+        new = np.unique(np.concatenate(unknown)) if unknown else np.zeros(0, np.uint64)
+        if not len(new):
+            break
+        for addr in new[:NEW_TYPES_PER_BATCH].tolist():
+            table.add(addr, read(addr))
+    return result
+
+
+@dataclass
+class Apportioned:
+    """Bytes and object counts per (pool, page of the pool, type id)."""
+
+    pool: np.ndarray
+    page: np.ndarray
+    type_id: np.ndarray
+    nbytes: np.ndarray
+    objects: np.ndarray
+
+
+def apportion(
+    blocks: Blocks, type_ids: np.ndarray, copied: np.ndarray, pages_per_pool: int
+) -> Apportioned:
+    """A copied page's bytes go to the objects on it: a block partly on the page counts its
+    bytes on the page, and an object counts once, on the page holding its block's start.
+    `copied[pool, page]` is how many times that page was copied (0: not); blocks of type -1
+    (no object) are left out, as are pages no object covers."""
+    keep = type_ids >= 0
+    pool, start, size = blocks.pool[keep], blocks.offset[keep], blocks.size[keep]
+    tid = type_ids[keep]
+    first = start // PAGE_SIZE
+    split = np.minimum(start + size, (first + 1) * PAGE_SIZE)
+    on_first = split - start
+    on_next = size - on_first
+    second = np.minimum(first + 1, pages_per_pool - 1)
+    w_first = copied[pool, first]
+    w_next = np.where(on_next > 0, copied[pool, second], 0)
+    ntypes = int(tid.max()) + 1 if len(tid) else 1
+    pages = pool.astype(np.int64) * pages_per_pool
+    key = np.concatenate([(pages + first) * ntypes + tid, (pages + second) * ntypes + tid])
+    nbytes = np.concatenate([on_first * w_first, on_next * w_next])
+    objects = np.concatenate([w_first, np.zeros(len(tid), np.int64)])
+    used = nbytes > 0
+    key, nbytes, objects = key[used], nbytes[used], objects[used]
+    unique, inverse = np.unique(key, return_inverse=True)
+    total = np.bincount(inverse, weights=nbytes, minlength=len(unique)).astype(np.int64)
+    count = np.bincount(inverse, weights=objects, minlength=len(unique)).astype(np.int64)
+    type_id = unique % ntypes
+    page_key = unique // ntypes
+    return Apportioned(
+        pool=page_key // pages_per_pool,
+        page=page_key % pages_per_pool,
+        type_id=type_id,
+        nbytes=total,
+        objects=count,
+    )
