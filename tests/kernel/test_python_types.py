@@ -1,0 +1,78 @@
+"""Copies by Python type against the real kernel, on every CPython this machine has.
+
+The fixture (tests/fixtures/py_types.py, which derives the answers) builds 20000 instances of
+each of three classes one class after the other, forks, and its child reads an attribute of
+every Alpha and every Charlie (a reference count write per instance), never a Bravo.  So every
+page of Alpha's and Charlie's pools is copied, and their copied bytes are the bytes their
+instances occupy (the sum of their pymalloc blocks, GC header and pre-header included),
+exactly, and as many objects; Bravo's are copied by nobody: it has no row, though it
+occupies more memory than either.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cowtrace import procfs
+from cowtrace.output.summary import summary_dict
+from cowtrace.session import Session, SessionOptions
+from tests.kernel.test_python_stacks import INTERPRETERS
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_types.py"
+TOLERANCE = 0.10
+
+
+def trace_types(python: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """Attach to the fixture before its fork; returns (facts, --json summary)."""
+    if not python.exists():
+        pytest.fail(f"{python} is missing: the machine set-up installs it")
+    fixture = subprocess.Popen(
+        [str(python), str(FIXTURE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    session = Session(fixture.pid, SessionOptions(events_path=str(tmp_path / "events.jsonl")))
+    try:
+        assert fixture.stdout.readline().strip() == "ready"
+        session.open()
+        session.attach_root(procfs.read_stat(fixture.pid), adopted=True)
+        assert fixture.pid in session.python.images, "the fixture was not detected as CPython"
+        fixture.stdin.write("go\n")
+        fixture.stdin.flush()
+        facts = json.loads(fixture.stdout.readline())
+        session.step(0.05)
+        final = session.finish("done")
+    finally:
+        session.close()
+        fixture.stdin.write("exit\n")
+        fixture.stdin.close()
+        fixture.wait(timeout=10)
+    return facts, summary_dict(final)
+
+
+@pytest.mark.parametrize("version", sorted(INTERPRETERS))
+def test_touched_classes_rank_first_with_their_bytes(version: str, tmp_path: Path) -> None:
+    facts, summary = trace_types(INTERPRETERS[version], tmp_path)
+    classes = facts["classes"]
+    rows = {row["type"]: row for row in summary["python_types"]}
+    copied = [row["copied_bytes"] for row in summary["python_types"]]
+    assert copied == sorted(copied, reverse=True)
+    touched = {classes["Alpha"]["type"], classes["Charlie"]["type"]}
+    assert {row["type"] for row in summary["python_types"][:2]} == touched, summary[
+        "python_types"
+    ][:4]
+    for name in ("Alpha", "Charlie"):
+        row, want = rows[classes[name]["type"]], classes[name]
+        # The issue asks for 10%; every page of their pools is copied, so it is exact.
+        assert (row["copied_bytes"], row["objects"]) == (want["bytes"], want["count"]), row
+        assert row["by_category"].get("refcount", 0) >= (1 - TOLERANCE) * want["bytes"], row
+        assert sum(row["by_category"].values()) == row["copied_bytes"]
+    assert classes["Bravo"]["type"] not in rows  # never touched: none of its bytes copied
+    child = next(p for p in summary["processes"] if p["pid"] == facts["child"])
+    assert [r["type"] for r in child["python_types"][:2]] == [
+        r["type"] for r in summary["python_types"][:2]
+    ]
+    pages = summary["python_pages"]
+    assert pages["objects"] * 4096 >= sum(rows[t]["copied_bytes"] for t in touched)
