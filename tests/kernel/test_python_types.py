@@ -5,8 +5,8 @@ each of three classes one class after the other, forks, and its child reads an a
 every Alpha and every Charlie (a reference count write per instance), never a Bravo.  So every
 page of Alpha's and Charlie's pools is copied, and their copied bytes are the bytes their
 instances occupy (the sum of their pymalloc blocks, GC header and pre-header included),
-exactly, and as many objects; Bravo's are copied by nobody: it has no row, though it
-occupies more memory than either.
+in most runs exactly, and as many objects; Bravo's are copied by nobody but on a page shared
+with a touched pool: about zero, though it occupies more memory than either.
 """
 
 from __future__ import annotations
@@ -65,11 +65,14 @@ def test_touched_classes_rank_first_with_their_bytes(version: str, tmp_path: Pat
     ][:4]
     for name in ("Alpha", "Charlie"):
         row, want = rows[classes[name]["type"]], classes[name]
-        # The issue asks for 10%; every page of their pools is copied, so it is exact.
-        assert (row["copied_bytes"], row["objects"]) == (want["bytes"], want["count"]), row
+        # Exact in most runs; a boundary page copied before the fork's pages were read, or
+        # shared with another object's pool, moves a block or two (10%: the issue's bar).
+        assert abs(row["copied_bytes"] - want["bytes"]) <= TOLERANCE * want["bytes"], (row, want)
+        assert abs(row["objects"] - want["count"]) <= TOLERANCE * want["count"], (row, want)
         assert row["by_category"].get("refcount", 0) >= (1 - TOLERANCE) * want["bytes"], row
         assert sum(row["by_category"].values()) == row["copied_bytes"]
-    assert classes["Bravo"]["type"] not in rows  # never touched: none of its bytes copied
+    bravo = rows.get(classes["Bravo"]["type"], {"copied_bytes": 0})  # never touched
+    assert bravo["copied_bytes"] <= 0.01 * classes["Bravo"]["bytes"], bravo
     child = next(p for p in summary["processes"] if p["pid"] == facts["child"])
     assert [r["type"] for r in child["python_types"][:2]] == [
         r["type"] for r in summary["python_types"][:2]
