@@ -20,7 +20,7 @@ from rich.text import Text
 from cowtrace.model import Member, Snapshot
 from cowtrace.render import attribution as attr
 from cowtrace.render import format as fmt
-from cowtrace.render.python_pane import python_writers_pane
+from cowtrace.render.python_pane import python_types_pane, python_writers_pane
 
 WARNING = "bold yellow"
 _SEPARATOR = ("  │  ", "dim")
@@ -224,7 +224,11 @@ class LiveView:
         used = len(self.console.render_lines(top, self.console.options, pad=False))
         panes = [
             pane
-            for pane in (attribution_panes(snapshot), python_writers_pane(snapshot))
+            for pane in (
+                attribution_panes(snapshot),
+                python_writers_pane(snapshot),
+                python_types_pane(snapshot),
+            )
             if pane is not None
         ]
         for pane in panes:  # +1: a blank line above each pane

@@ -60,9 +60,9 @@ def test_touched_classes_rank_first_with_their_bytes(version: str, tmp_path: Pat
     copied = [row["copied_bytes"] for row in summary["python_types"]]
     assert copied == sorted(copied, reverse=True)
     touched = {classes["Alpha"]["type"], classes["Charlie"]["type"]}
-    assert {row["type"] for row in summary["python_types"][:2]} == touched, summary[
-        "python_types"
-    ][:4]
+    assert {row["type"] for row in summary["python_types"][:2]} == touched, summary["python_types"][
+        :4
+    ]
     for name in ("Alpha", "Charlie"):
         row, want = rows[classes[name]["type"]], classes[name]
         # Exact in most runs; a boundary page copied before the fork's pages were read, or

@@ -27,9 +27,7 @@ def table() -> TypeTable:
     return t
 
 
-def pool(
-    szidx: int, objects: list[str | None], *, free: list[int] = (), base: int = POOL
-) -> bytes:
+def pool(szidx: int, objects: list[str | None], *, free: list[int] = (), base: int = POOL) -> bytes:
     """A pool of size class `szidx` whose first len(objects) blocks were carved: a type name
     (an object of that type), or None (a raw buffer of zeros); `free` lists block indexes on
     the free list (their old object bytes stay, as in a real pool)."""

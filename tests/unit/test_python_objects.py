@@ -193,3 +193,24 @@ def test_copied_types_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 10 in types.tables  # kept through the drain that may hold its last copies
     types.end_drain()
     assert 10 not in types.tables
+
+
+def test_live_pane_and_summary_lines() -> None:
+    from rich.console import Console
+
+    from cowtrace.attribution.view import AttributionView, PythonTypeStat
+    from cowtrace.model import Counts, Snapshot
+    from cowtrace.render.python_pane import python_types_lines, python_types_pane
+
+    stat = PythonTypeStat("app.A", 340, 16320, 4, {"refcount": 12240, "gc": 4080})
+    view = AttributionView(python_types=(stat,), python_pages={"objects": 4, "no_object": 1})
+    snapshot = Snapshot(
+        root_pid=1, started=0.0, now=1.0, members=[], totals=Counts(), attribution=view
+    )
+    console = Console(record=True, width=120)
+    console.print(python_types_pane(snapshot))
+    text = console.export_text()
+    assert "copied objects by type" in text and "app.A" in text and "refcount 75% gc 25%" in text
+    assert "pages with no Python object: 1" in text
+    assert python_types_lines(snapshot)[1].split() == ["15.9", "KiB", "340", "app.A",
+                                                      "[refcount", "75%", "gc", "25%]"]  # fmt: skip

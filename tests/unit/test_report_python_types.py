@@ -18,8 +18,13 @@ SUMMARY = {
     "totals": {"copies": 10, "copied_bytes": 40960},
     "processes": [{"pid": 1, "copies": 10}],
     "python_types": [
-        {"type": "app.models.Product", "objects": 200, "copied_bytes": 9600, "pages": 3,
-         "by_category": {"refcount": 8000, "gc": 1600}},
+        {
+            "type": "app.models.Product",
+            "objects": 200,
+            "copied_bytes": 9600,
+            "pages": 3,
+            "by_category": {"refcount": 8000, "gc": 1600},
+        },
         {"type": "dict", "objects": 5, "copied_bytes": 1200, "pages": 1, "by_category": {}},
     ],  # fmt: skip
 }
