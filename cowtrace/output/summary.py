@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from cowtrace.attribution.sink import AttributionSink
 
 SCHEMA_VERSION = 1
+SUMMARY_TYPES = 100  # python_types rows of the family
 
 
 def _counts(counts: Counts) -> dict[str, int]:
@@ -168,7 +169,7 @@ def _python_sections(snapshot: Snapshot) -> dict[str, Any]:
         "why": list(view.why),
         **(
             {
-                "python_types": python_type_rows(view.python_types),
+                "python_types": python_type_rows(view.python_types[:SUMMARY_TYPES]),
                 "python_pages": dict(view.python_pages),
             }
             if view.python_pages

@@ -292,7 +292,7 @@ class CopiedTypes:
     def view_fields(self) -> dict[str, Any]:
         """The AttributionView fields (python_types, per pid, pages by class)."""
         return {
-            "python_types": self.stats(),
+            "python_types": self.stats(None),  # all: the metrics sum the rest as "other"
             "python_types_by_pid": {
                 pid: self.process_stats(pid, TOP_TYPES_PER_PROCESS) for pid in self.by_pid
             },

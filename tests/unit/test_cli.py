@@ -196,6 +196,7 @@ def test_completion_offers_commands_and_options():
         "--plain",
         "--pid-label-grace",
         "--python-stacks",
+        "--python-types-top",
     }
     assert complete("cowtrace agent --sc") == ["--scan-interval"]
 
