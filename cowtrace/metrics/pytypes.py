@@ -2,10 +2,11 @@
 
 Type names are unbounded label values (every class of every app), so only N series carry a
 type and the rest are summed as type="other".  The counters must never go down, yet which
-types are the top N changes as a run goes on.  So the set of named types is sticky: a type
-is named when it ranks among the top N at a refresh and fewer than N are named; from then on
-its series grows by its own new bytes, and what it copied before being named stays in
-"other".  Every series is monotonic and their sum is every byte apportioned to a type.
+types are the top N changes as a run goes on.  So a named series counts a type's bytes from
+the refresh it entered the top N (by bytes so far); what it copied before went to "other";
+when it leaves the top N its series ends and its value is folded into "other" (as a retired
+pid's counts are folded into its group's).  Every series only grows while it exists, and the
+series of one scrape always add up to every byte apportioned to a type.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ class TypeCounters:
         now: dict[str, int] = {}
         for stat in stats:
             now[stat.type] = now.get(stat.type, 0) + stat.copied_bytes
-        for name in sorted(now, key=lambda n: (-now[n], n)):
-            if len(self.named) >= self.top:
-                break
-            if name != OTHER and name not in self.named and now[name] > 0:
-                self.named[name] = 0.0
+        ranked = [n for n in sorted(now, key=lambda n: (-now[n], n)) if n != OTHER and now[n]]
+        top = set(ranked[: self.top])
+        for name in [n for n in self.named if n not in top]:
+            self.other += self.named.pop(name)
+        for name in top:
+            self.named.setdefault(name, 0.0)
         for name, value in now.items():
             delta = max(0, value - self._last.get(name, 0))
             if name in self.named:

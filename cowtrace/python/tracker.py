@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from cowtrace.kernel.abi import KIND_COPY, PY_NEW_STACK_DTYPE, PYF_TRUNCATED, read_record
+from cowtrace.kernel.abi import (
+    KIND_COPY,
+    PE_EXEC,
+    PE_FORK,
+    PE_FREE,
+    PY_NEW_STACK_DTYPE,
+    PYF_TRUNCATED,
+    read_record,
+)
 from cowtrace.python import kernel
 from cowtrace.python.copied_types import CopiedTypes
 from cowtrace.python.detect import PythonImage, detect
@@ -87,7 +95,8 @@ class PythonStacks:
         image = self.images.get(parent)
         if image is not None:
             self.images[child] = image
-            if not kernel.has_layout(self._bpf, child):  # forked before we set the parent
+            if self._bpf is not None and not kernel.has_layout(self._bpf, child):
+                # forked before we set the parent's layout
                 kernel.set_layout(self._bpf, child, image)
             self.types.on_fork(parent, child)
         elif parent in self.pending:
@@ -101,6 +110,12 @@ class PythonStacks:
         """The member is gone: its type cache goes (after the drain that may hold its last
         copies)."""
         self.types.retire(pid)
+
+    def forget(self, pid: int) -> None:
+        """Drop what is kept for a member long gone (the agent, after its grace period)."""
+        self.images.pop(pid, None)
+        self.pending.pop(pid, None)
+        self.types.forget(pid)
 
     def retry_pending(self) -> None:
         now = time.monotonic()
@@ -118,8 +133,9 @@ class PythonStacks:
             if found.notice not in self.notices:
                 self.notices.append(found.notice)
                 sys.stderr.write(f"cowtrace: {found.notice}\n")  # once; tracing goes on
-        elif found.image is not None and self._bpf is not None:
-            kernel.set_layout(self._bpf, pid, found.image)
+        elif found.image is not None:  # unbound (the agent): types only, no stacks
+            if self._bpf is not None:
+                kernel.set_layout(self._bpf, pid, found.image)
             self.images[pid] = found.image
 
     # ---- records ---------------------------------------------------------------------------
@@ -214,3 +230,13 @@ class PythonStacks:
         if complete:
             self._resolved[(id(image), stack_id)] = stack
         return stack
+
+
+def python_lifecycle(python: PythonStacks, record: Any) -> None:
+    """A lifecycle record (kernel/tracer.py ProcRecord) for the Python tracker."""
+    if record.type == PE_FORK:
+        python.on_fork(record.ppid, record.pid)
+    elif record.type == PE_EXEC:
+        python.on_exec(record.pid)
+    elif record.type == PE_FREE:
+        python.on_exit(record.pid)

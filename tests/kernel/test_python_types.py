@@ -79,3 +79,60 @@ def test_touched_classes_rank_first_with_their_bytes(version: str, tmp_path: Pat
     ]
     pages = summary["python_pages"]
     assert pages["objects"] * 4096 >= sum(rows[t]["copied_bytes"] for t in touched)
+
+
+def test_agent_exports_copied_bytes_by_type() -> None:
+    """The agent (no Python stacks) resolves the same pages: its top types are Alpha and
+    Charlie with their bytes, Bravo has no series and the rest is type="other"."""
+    from tests.helpers import COWTRACE
+    from tests.kernel.test_agent import scrape, wait_until
+    from tests.promserver import LineReader, http_get, metrics_url, promtool_check
+
+    fixture = subprocess.Popen(
+        [str(INTERPRETERS["3.11-debian"]), str(FIXTURE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    agent = None
+    try:
+        assert fixture.stdout.readline().strip() == "ready"
+        agent = subprocess.Popen(
+            [*COWTRACE, "agent", "--pid", str(fixture.pid), "--metrics-addr", "127.0.0.1:0"]
+            + ["--interval", "0.2", "--python-types-top", "5"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        stderr = LineReader(agent.stderr)
+        url = metrics_url(stderr)
+        stderr.wait_for(rf"tracing \S+ \(pid {fixture.pid}\)", timeout=60)  # adopted: fork now
+        fixture.stdin.write("go\n")
+        fixture.stdin.flush()
+        facts = json.loads(fixture.stdout.readline())
+        classes = facts["classes"]
+
+        def by_type() -> dict[str, float] | None:
+            found = {
+                dict(labels)["type"]: value
+                for (name, labels), value in scrape(url).items()
+                if name == "cowtrace_python_type_copied_bytes_total"
+            }
+            want = classes["Charlie"]["type"]
+            return found if found.get(want, 0) >= classes["Charlie"]["bytes"] * 0.9 else None
+
+        found = wait_until(by_type, 10, "Charlie's bytes in the metrics")
+        for name in ("Alpha", "Charlie"):
+            want = classes[name]
+            assert abs(found[want["type"]] - want["bytes"]) <= TOLERANCE * want["bytes"], found
+        assert classes["Bravo"]["type"] not in found
+        assert "other" in found and len(found) <= 6
+        checked = promtool_check(http_get(url))
+        assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=30)
+        fixture.stdin.write("exit\n")
+        fixture.stdin.close()
+        fixture.wait(timeout=10)
