@@ -170,7 +170,12 @@ class CopiedTypes:
             return
         pages = addrs.astype(np.uint64) & np.uint64(~(PAGE_SIZE - 1) & (2**64 - 1))
         pool_mask = np.uint64(~(layout.pool_size - 1) & (2**64 - 1))
-        pools = _read_pools(np.unique(pages & pool_mask).tolist(), readers, layout)
+        pool_pages: dict[int, list[int]] = {}
+        for page in pages.tolist():
+            pool_pages.setdefault(page & ~(layout.pool_size - 1), []).append(
+                (page % layout.pool_size) // PAGE_SIZE
+            )
+        pools = _read_pools(pool_pages, readers, layout)
         table = self.tables.setdefault(pid, TypeTable(self.names))
         reader = procmem.Reader(list(readers))
 
@@ -326,11 +331,14 @@ def _block_object(
     return None
 
 
-def _read_pools(pools: list[int], readers: Sequence[int], layout: ObjectLayout) -> _Pools:
-    """Read the pools (sorted addresses) in runs of adjacent ones and parse their headers."""
+def _read_pools(
+    pool_pages: dict[int, list[int]], readers: Sequence[int], layout: ObjectLayout
+) -> _Pools:
+    """Read the pools in runs of adjacent ones, parse their headers, and list their live
+    blocks on the copied pages (`pool_pages`: pool address -> indexes of its copied pages)."""
     out = _Pools()
     runs: list[tuple[int, int]] = []
-    for pool in pools:
+    for pool in sorted(pool_pages):
         if (
             runs
             and runs[-1][0] + runs[-1][1] == pool
@@ -361,7 +369,7 @@ def _read_pools(pools: list[int], readers: Sequence[int], layout: ObjectLayout) 
             if header is None:
                 out.outside.add(pool)
                 continue
-            live = live_offsets(chunk, pool, header, layout)
+            live = live_offsets(chunk, pool, header, layout, pool_pages[pool])
             if live is None:
                 out.torn.add(pool)
                 continue

@@ -70,6 +70,7 @@ class TypeTable:
     def __init__(self, names: TypeNames) -> None:
         self.names = names
         self.infos: dict[int, TypeInfo | None] = {}
+        self.hits: dict[int, int] = {}  # blocks matched per object offset (tried first)
         self._negative = 0
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -183,37 +184,42 @@ def classify(
     read: Callable[[int], TypeInfo | None],
 ) -> np.ndarray:
     """The type name id of every block (-1: no object recognised).  `words` holds each
-    pool's bytes as little-endian words, one pool per row; `read` reads an unknown type."""
-    n = len(blocks.pool)
-    result = np.full(n, -1, np.int64)
-    candidates = []
-    for c in layout.object_offsets():
-        index = np.flatnonzero(blocks.size >= c + 16)
-        rows = blocks.pool[index]
-        refcnt = words[rows, (blocks.offset[index] + c) >> 3]
-        plausible = (refcnt >= 1) & (refcnt < MAX_REFCNT)
-        index = index[plausible]
-        type_words = words[rows[plausible], (blocks.offset[index] + c + 8) >> 3]
-        candidates.append((c, index, type_words))
+    pool's bytes as little-endian words, one pool per row; `read` reads an unknown type.
+
+    The object offsets are tried in the order that matched most often so far (each block
+    stops at its first match), then the candidate words no table entry knows are read, once,
+    and the blocks still unresolved tried again."""
+    flat = words.reshape(-1)
+    start = blocks.pool * words.shape[1] + (blocks.offset >> 3)  # block's first word
+    result = np.full(len(start), -1, np.int64)
+    offsets = sorted(layout.object_offsets(), key=lambda c: -table.hits.get(c, 0))
     for attempt in range(2):
         addrs, offset, basic, ids = table.arrays()
-        unknown: list[np.ndarray] = []
-        for c, index, type_words in candidates:
-            pending = result[index] < 0
-            idx, tw = index[pending], type_words[pending]
+        pending = np.arange(len(start))
+        tried: list[tuple[np.ndarray, np.ndarray]] = []
+        for c in offsets:
+            idx = pending[blocks.size[pending] >= c + 16]
+            refcnt = flat[start[idx] + (c >> 3)]
+            idx = idx[(refcnt >= 1) & (refcnt < MAX_REFCNT)]
+            type_words = flat[start[idx] + (c >> 3) + 1]
             if len(addrs):
-                pos = np.minimum(np.searchsorted(addrs, tw), len(addrs) - 1)
-                known = addrs[pos] == tw
+                pos = np.minimum(np.searchsorted(addrs, type_words), len(addrs) - 1)
+                known = addrs[pos] == type_words
                 ok = known & (offset[pos] == c) & (basic[pos] + c <= blocks.size[idx])
                 result[idx[ok]] = ids[pos[ok]]
-                tw = tw[~known]
-            unknown.append(tw)
-        if attempt:
+                table.hits[c] = table.hits.get(c, 0) + int(ok.sum())
+                unknown = ~known
+                idx, type_words = idx[unknown], type_words[unknown]
+                pending = pending[result[pending] < 0]
+            tried.append((idx, type_words))
+        if attempt or not len(pending):
             break
-        new = np.unique(np.concatenate(unknown)) if unknown else np.zeros(0, np.uint64)
-        if not len(new):
+        # Unknown words of blocks no known type matched: read each once (then known).
+        new = [words_[result[idx_] < 0] for idx_, words_ in tried]
+        fresh = np.unique(np.concatenate(new)) if new else np.zeros(0, np.uint64)
+        if not len(fresh):
             break
-        for addr in new[:NEW_TYPES_PER_BATCH].tolist():
+        for addr in fresh[:NEW_TYPES_PER_BATCH].tolist():
             table.add(addr, read(addr))
     return result
 
@@ -235,33 +241,45 @@ def apportion(
     """A copied page's bytes go to the objects on it: a block partly on the page counts its
     bytes on the page, and an object counts once, on the page holding its block's start.
     `copied[pool, page]` is how many times that page was copied (0: not); blocks of type -1
-    (no object) are left out, as are pages no object covers."""
+    (no object) are left out, as are pages no object covers.
+
+    Summed with one bincount over (copied page, type present) slots: a few passes over the
+    blocks, no sort."""
     keep = type_ids >= 0
     pool, start, size = blocks.pool[keep], blocks.offset[keep], blocks.size[keep]
     tid = type_ids[keep]
+    if not len(tid):
+        empty = np.zeros(0, np.int64)
+        return Apportioned(empty, empty, empty, empty, empty)
+    pages = np.flatnonzero(copied.reshape(-1))  # copied pages, as pool * per_pool + page
+    slot_of = np.full(copied.size, -1, np.int64)
+    slot_of[pages] = np.arange(len(pages))
+    present = np.flatnonzero(np.bincount(tid))
+    local = np.zeros(int(present[-1]) + 1, np.int64)
+    local[present] = np.arange(len(present))
+    ltid = local[tid]
     first = start // PAGE_SIZE
-    split = np.minimum(start + size, (first + 1) * PAGE_SIZE)
-    on_first = split - start
+    on_first = np.minimum(size, (first + 1) * PAGE_SIZE - start)
     on_next = size - on_first
-    second = np.minimum(first + 1, pages_per_pool - 1)
-    w_first = copied[pool, first]
-    w_next = np.where(on_next > 0, copied[pool, second], 0)
-    ntypes = int(tid.max()) + 1 if len(tid) else 1
-    pages = pool.astype(np.int64) * pages_per_pool
-    key = np.concatenate([(pages + first) * ntypes + tid, (pages + second) * ntypes + tid])
-    nbytes = np.concatenate([on_first * w_first, on_next * w_next])
-    objects = np.concatenate([w_first, np.zeros(len(tid), np.int64)])
-    used = nbytes > 0
-    key, nbytes, objects = key[used], nbytes[used], objects[used]
-    unique, inverse = np.unique(key, return_inverse=True)
-    total = np.bincount(inverse, weights=nbytes, minlength=len(unique)).astype(np.int64)
-    count = np.bincount(inverse, weights=objects, minlength=len(unique)).astype(np.int64)
-    type_id = unique % ntypes
-    page_key = unique // ntypes
+    base = pool * pages_per_pool + first
+    slot_first = slot_of[base]
+    slot_next = np.where(on_next > 0, slot_of[np.minimum(base + 1, copied.size - 1)], -1)
+    flat = copied.reshape(-1)
+    w_first = np.where(slot_first >= 0, flat[base], 0)
+    w_next = np.where(slot_next >= 0, flat[np.minimum(base + 1, copied.size - 1)], 0)
+    ntypes = len(present)
+    bins = len(pages) * ntypes
+    key_first = np.maximum(slot_first, 0) * ntypes + ltid
+    key_next = np.maximum(slot_next, 0) * ntypes + ltid
+    nbytes = np.bincount(key_first, weights=on_first * w_first, minlength=bins)
+    nbytes += np.bincount(key_next, weights=on_next * w_next, minlength=bins)
+    objects = np.bincount(key_first, weights=w_first, minlength=bins)
+    used = np.flatnonzero(nbytes)
+    page_key = pages[used // ntypes]
     return Apportioned(
         pool=page_key // pages_per_pool,
         page=page_key % pages_per_pool,
-        type_id=type_id,
-        nbytes=total,
-        objects=count,
+        type_id=present[used % ntypes],
+        nbytes=nbytes[used].astype(np.int64),
+        objects=objects[used].astype(np.int64),
     )

@@ -133,27 +133,54 @@ def pool_header(data: bytes, layout: ObjectLayout) -> PoolHeader | None:
 
 
 def live_offsets(
-    data: bytes | memoryview, base: int, header: PoolHeader, layout: ObjectLayout
+    data: bytes,
+    base: int,
+    header: PoolHeader,
+    layout: ObjectLayout,
+    pages: list[int] | None = None,
 ) -> np.ndarray | None:
-    """Offsets (from the pool's start) of its live blocks, ascending; None when the free list
-    is inconsistent with the header (the pool changed while it was read, or is no pool)."""
+    """Offsets (from the pool's start) of its live blocks, ascending; only those overlapping
+    `pages` (indexes of pages in the pool) when given.  None when the free list is
+    inconsistent with the header (the pool changed while it was read, or is no pool)."""
+    size = header.block_size
+    first = layout.pool_header_size
+    carved = header.carved(layout)
+    free = _free_indexes(data, base, header, layout)
+    if free is None:
+        return None
+    if pages is None:
+        wanted = np.ones(carved, bool)
+    else:
+        wanted = np.zeros(carved, bool)
+        for page in pages:  # blocks k with [first + k*size, +size) meeting the page
+            lo = max(0, (page * PAGE_SIZE - first) // size)
+            hi = min(carved, ((page + 1) * PAGE_SIZE - first + size - 1) // size)
+            wanted[lo:hi] = True
+    if free:
+        wanted[free] = False
+    return (first + np.flatnonzero(wanted) * size).astype(np.int64)
+
+
+def _free_indexes(
+    data: bytes, base: int, header: PoolHeader, layout: ObjectLayout
+) -> list[int] | None:
+    """Block indexes on the free list (threaded through each free block's first word)."""
     size = header.block_size
     first = layout.pool_header_size
     carved = header.carved(layout)
     free_count = carved - header.count
-    live = np.ones(carved, bool)
+    words = memoryview(data).cast("Q")
+    free: list[int] = []
+    seen: set[int] = set()
     block = header.freeblock
-    seen = 0
     while block:
         offset = block - base
-        if seen == free_count or not first <= offset < first + carved * size:
+        if len(free) == free_count or not first <= offset < first + carved * size:
             return None
         index, rest = divmod(offset - first, size)
-        if rest or not live[index]:
+        if rest or index in seen:
             return None
-        live[index] = False
-        seen += 1
-        block = struct.unpack_from("<Q", data, offset)[0]
-    if seen != free_count:
-        return None
-    return (first + np.flatnonzero(live) * size).astype(np.int64)
+        seen.add(index)
+        free.append(index)
+        block = words[offset >> 3]
+    return free if len(free) == free_count else None

@@ -214,3 +214,15 @@ def test_live_pane_and_summary_lines() -> None:
     assert "pages with no Python object: 1" in text
     assert python_types_lines(snapshot)[1].split() == ["15.9", "KiB", "340", "app.A",
                                                       "[refcount", "75%", "gc", "25%]"]  # fmt: skip
+
+
+def test_live_offsets_of_copied_pages_only() -> None:
+    """48-byte blocks: page 1 ([4096, 8192)) meets blocks 84 (4080-4128) to 169 (8160-8208)."""
+    data = pool(2, ["app.A"] * 340, free=[100])
+    header = pool_header(data, LAYOUT)
+    assert header is not None
+    live = live_offsets(data, POOL, header, LAYOUT, [1])
+    assert live is not None
+    assert live.tolist() == [48 + k * 48 for k in range(84, 170) if k != 100]
+    both = live_offsets(data, POOL, header, LAYOUT, [3, 0])
+    assert both is not None and len(both) == 85 + 85  # page 0: blocks 0-84, page 3: 255-339
