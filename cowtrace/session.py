@@ -315,7 +315,7 @@ class Session:
             end_reason=reason,
             attach_s=self.attach_s,
             events_drained=self.events_drained,
-            attribution=self._python_view(self.sink.view()),
+            attribution=self._python_types_view(self._python_view(self.sink.view())),
             cost=self.cost if ended else None,
         )
 
@@ -401,18 +401,23 @@ class Session:
         last_blocks = getattr(self.sink, "last_blocks", None)  # the engine's block per record
         return self.python.on_fault_events(records, last_blocks() if last_blocks else None)
 
+    def _python_types_view(self, view: AttributionView | None) -> AttributionView | None:
+        """`view` with the copied bytes by Python type (python/copied_types.py)."""
+        if self.python is None or not self.python.types.active:
+            return view
+        return dataclasses.replace(view or AttributionView(), **self.python.types.view_fields())
+
     def _python_view(self, view: AttributionView | None) -> AttributionView | None:
         """`view` with the Python writers and "why" lines (a view of its own if none)."""
         if self.python is None:
             return view
-        writers, types = self.python.writers, self.python.types
-        if not writers.total and not self.python.notices and not types.active:
+        writers = self.python.writers
+        if not writers.total and not self.python.notices:
             return view
         view = view or AttributionView()
         return dataclasses.replace(
-            view, python_writers=writers.stats(), why=(*view.why, *writers.why()),
-            **types.view_fields(),
-        )  # fmt: skip
+            view, python_writers=writers.stats(), why=(*view.why, *writers.why())
+        )
 
     def close(self) -> None:
         """Unload the BPF program and close the log; safe to call more than once."""

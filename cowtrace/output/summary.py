@@ -132,6 +132,7 @@ def summary_dict(
         "processes": processes,
         "tracer": _tracer(snapshot, duration_s, tracer_stats),
         **_python_sections(snapshot),
+        **_python_types_sections(snapshot),
     }
     if sink is not None:
         summary.update(sink.summary_sections())
@@ -167,14 +168,17 @@ def _python_sections(snapshot: Snapshot) -> dict[str, Any]:
             for stat in view.python_writers
         ],
         "why": list(view.why),
-        **(
-            {
-                "python_types": python_type_rows(view.python_types[:SUMMARY_TYPES]),
-                "python_pages": dict(view.python_pages),
-            }
-            if view.python_pages
-            else {}
-        ),
+    }
+
+
+def _python_types_sections(snapshot: Snapshot) -> dict[str, Any]:
+    """`python_types` (copied bytes by Python type) and `python_pages`, when resolved."""
+    view = snapshot.attribution
+    if view is None or not view.python_pages:
+        return {}
+    return {
+        "python_types": python_type_rows(view.python_types[:SUMMARY_TYPES]),
+        "python_pages": dict(view.python_pages),
     }
 
 

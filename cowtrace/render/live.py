@@ -20,7 +20,8 @@ from rich.text import Text
 from cowtrace.model import Member, Snapshot
 from cowtrace.render import attribution as attr
 from cowtrace.render import format as fmt
-from cowtrace.render.python_pane import python_types_pane, python_writers_pane
+from cowtrace.render.python_pane import python_writers_pane
+from cowtrace.render.types_pane import python_types_pane
 
 WARNING = "bold yellow"
 _SEPARATOR = ("  │  ", "dim")

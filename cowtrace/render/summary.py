@@ -16,7 +16,8 @@ from cowtrace.model import Snapshot
 from cowtrace.render import attribution as attr
 from cowtrace.render import format as fmt
 from cowtrace.render.live import WARNING, attribution_panes, fitted_table
-from cowtrace.render.python_pane import python_types_lines, python_writers_lines
+from cowtrace.render.python_pane import python_writers_lines
+from cowtrace.render.types_pane import python_types_lines
 
 SUMMARY_TOP = 5  # attribution entries per pane in the final summary
 

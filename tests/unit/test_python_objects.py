@@ -200,7 +200,7 @@ def test_live_pane_and_summary_lines() -> None:
 
     from cowtrace.attribution.view import AttributionView, PythonTypeStat
     from cowtrace.model import Counts, Snapshot
-    from cowtrace.render.python_pane import python_types_lines, python_types_pane
+    from cowtrace.render.types_pane import python_types_lines, python_types_pane
 
     stat = PythonTypeStat("app.A", 340, 16320, 4, {"refcount": 12240, "gc": 4080})
     view = AttributionView(python_types=(stat,), python_pages={"objects": 4, "no_object": 1})
