@@ -226,3 +226,16 @@ def test_live_offsets_of_copied_pages_only() -> None:
     assert live.tolist() == [48 + k * 48 for k in range(84, 170) if k != 100]
     both = live_offsets(data, POOL, header, LAYOUT, [3, 0])
     assert both is not None and len(both) == 85 + 85  # page 0: blocks 0-84, page 3: 255-339
+
+
+def test_read_runs_reads_each_run_with_one_open() -> None:
+    import ctypes
+    import os
+
+    from cowtrace.python import procmem
+
+    buffer = ctypes.create_string_buffer(b"abcdefgh" * 1024, 8192)
+    addr = ctypes.addressof(buffer)
+    got = procmem.read_runs(os.getpid(), [(addr, 8192), (addr + 8, 8), (0x10, 8), (addr, 0)])
+    assert got == [buffer.raw, b"abcdefgh", None, None]
+    assert procmem.read_runs(-1, [(addr, 8)]) == [None]
