@@ -213,7 +213,7 @@ class AttributionEngine:
         self._alloc_text: dict[int, str] = {}  # --events pieces, cached
         self._stack_text: dict[int, str] = {}
         self._logged: set[str] = set()  # modules whose build-id the event log has
-        self._last_blocks = np.zeros(0, np.int64)
+        self._last_pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (record, block uid)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def adopt(self, pid: int, parent: int | None, *, recover_heap: bool) -> None:
@@ -442,7 +442,7 @@ class AttributionEngine:
         """Resolve a batch; returns the --events suffix of each record (see output/events.py)."""
         n = len(records)
         extras = np.full(n, "", dtype=object) if self.event_fields else None
-        self._last_blocks = np.full(n, -1, np.int64)  # per record: the block matched (uid)
+        self._last_pairs = []  # every (record, block) overlap of this batch's copied pages
         if n == 0:
             return [] if extras is not None else None
         # contiguous columns: gathering them is much cheaper than gathering 48-byte records
@@ -511,23 +511,26 @@ class AttributionEngine:
             pages = addrs[copy_pages] & _PAGE_MASK
             matched = match_pages(table, pages, batch["ts"][copy_pages])
             best[copy_pages] = matched.best
-            self._last_blocks[index] = best
+            self._last_pairs.append((index[copy_pages][matched.pair_copy], matched.pair_uid))
             self._count_sites(matched.best)
             if len(matched.pair_uid):
                 self._touch(matched)
         if extras is not None:
             self._event_fields(pid, batch, region, offset, has_addr, best, index, extras)
 
-    def last_blocks(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per record of the last batch, the block its page was attributed to: (address,
-        size), 0 where none (the Python object resolver reads large objects from them)."""
-        uids = self._last_blocks
-        found = uids >= 0
-        addrs = np.zeros(len(uids), np.uint64)
-        sizes = np.zeros(len(uids), np.int64)
-        addrs[found] = self.blocks.addr[uids[found]]
-        sizes[found] = self.blocks.size[uids[found]]
-        return addrs, sizes
+    def last_blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every live allocator block overlapping a copied page of the last batch: (record
+        index, block address, block size), one row per (copy, block) pair (the Python object
+        resolver reads large objects from them)."""
+        if not self._last_pairs:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        rows = np.concatenate([r for r, _ in self._last_pairs]).astype(np.int64)
+        uids = np.concatenate([u for _, u in self._last_pairs]).astype(np.int64)
+        return (
+            rows,
+            self.blocks.addr[uids].astype(np.uint64),
+            self.blocks.size[uids].astype(np.int64),
+        )
 
     def _touch(self, matched: PageBlocks) -> None:
         """Note copied (page, block) pairs; cheap flags for small blocks, sets for big ones."""

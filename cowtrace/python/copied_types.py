@@ -157,10 +157,11 @@ class CopiedTypes:
         readers: Sequence[int],
         addrs: np.ndarray,
         categories: np.ndarray,
-        blocks: tuple[np.ndarray, np.ndarray] | None = None,
+        blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Copies of one writer: page addresses, their category index (CATEGORIES), and per
-        copy the allocator block (address, size; 0 when none) the attribution matched."""
+        """Copies of one writer: page addresses, their category index (CATEGORIES), and the
+        allocator blocks on the copied pages the attribution knows of, when allocator probes
+        ran: (copy index, block address, block size), a row per (copy, block) overlap."""
         if not len(addrs):
             return
         tally = self.by_pid.setdefault(pid, Tally())
@@ -251,40 +252,53 @@ class CopiedTypes:
         outside: np.ndarray,
         pages: np.ndarray,
         categories: np.ndarray,
-        blocks: tuple[np.ndarray, np.ndarray] | None,
+        blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
         table: TypeTable,
         read: object,
         reader: procmem.Reader,
         tally: Tally,
     ) -> None:
-        """Pages outside every pool: the object at the start of their allocator block."""
+        """Pages outside every pool: each allocator block on the page that starts with an
+        object gives that object's type its bytes on the page."""
         if blocks is None:
             self._classes(tally, "not_resolved", len(outside))
             return
-        block_addr, block_size = blocks
-        known = outside[block_addr[outside] > 0]
-        self._classes(tally, "not_resolved", len(outside) - len(known))
+        rows, block_addr, block_size = blocks
+        order = np.argsort(rows, kind="stable")
+        rows, block_addr, block_size = rows[order], block_addr[order], block_size[order]
+        lo = np.searchsorted(rows, outside, side="left")
+        hi = np.searchsorted(rows, outside, side="right")
         heads: dict[int, tuple[int, int] | None] = {}  # block -> (type id, offset) or None
-        with_objects = 0
-        for i in known.tolist():
-            start, size, page = int(block_addr[i]), int(block_size[i]), int(pages[i])
-            if start not in heads:
-                heads[start] = _block_object(reader, start, size, table, read)
-            found = heads[start]
-            if found is None:
+        with_objects = without = 0
+        ids: list[int] = []
+        cats: list[int] = []
+        nbytes: list[int] = []
+        objects: list[int] = []
+        for i, a, b in zip(outside.tolist(), lo.tolist(), hi.tolist(), strict=True):
+            if a == b:
                 continue
-            lo, hi = max(start, page), min(start + size, page + PAGE_SIZE)
-            if hi <= lo:
-                continue
-            type_id = np.array([found[0]], np.int64)
-            objects = np.array([int(page <= start < page + PAGE_SIZE)], np.int64)
-            cat = categories[i : i + 1].astype(np.int64)
-            nbytes = np.array([hi - lo], np.int64)
-            self.family.add(type_id, cat, nbytes, objects)
-            tally.add(type_id, cat, nbytes, objects)
-            with_objects += 1
+            page, found_any = int(pages[i]), False
+            for start, size in zip(block_addr[a:b].tolist(), block_size[a:b].tolist(), strict=True):
+                if start not in heads:
+                    heads[start] = _block_object(reader, start, size, table, read)
+                found = heads[start]
+                low, high = max(start, page), min(start + size, page + PAGE_SIZE)
+                if found is None or high <= low:
+                    continue
+                found_any = True
+                ids.append(found[0])
+                cats.append(int(categories[i]))
+                nbytes.append(high - low)
+                objects.append(int(page <= start < page + PAGE_SIZE))
+            with_objects += found_any
+            without += not found_any
+        if ids:
+            arrays = [np.array(x, np.int64) for x in (ids, cats, nbytes, objects)]
+            self.family.add(*arrays)
+            tally.add(*arrays)
         self._classes(tally, "objects", with_objects)
-        self._classes(tally, "no_object", len(known) - with_objects)
+        self._classes(tally, "no_object", without)
+        self._classes(tally, "not_resolved", len(outside) - with_objects - without)
 
     # ---- views -----------------------------------------------------------------------------
     def stats(self, limit: int | None = TOP_TYPES) -> tuple[PythonTypeStat, ...]:

@@ -142,8 +142,9 @@ class PythonStacks:
     def on_fault_events(self, records: np.ndarray, blocks: Any = None) -> list[str] | None:
         """Fold copies with a Python stack into the writers and every copy of a CPython member
         into the copied types; returns the `"pystack"` value of each record for --events, as
-        JSON text ("null" when none).  `blocks`: per record, the allocator block (address,
-        size) the attribution matched to its page, when allocator probes ran."""
+        JSON text ("null" when none).  `blocks`: the allocator blocks the attribution found
+        on the copied pages, when allocator probes ran: (record index, block address, block
+        size), a row per (copy, block) overlap."""
         if len(records) == 0:
             return []
         has_stack = (records["kind"] == KIND_COPY) & (records["pystack_id"] >= 0)
@@ -171,7 +172,7 @@ class PythonStacks:
                         [pid, *self._readers(image, pid)],
                         records["addr"][mine],
                         categories[mine],
-                        None if blocks is None else (blocks[0][mine], blocks[1][mine]),
+                        None if blocks is None else _pairs_of(blocks, mine),
                     )
         self.types.end_drain()
 
@@ -240,3 +241,12 @@ def python_lifecycle(python: PythonStacks, record: Any) -> None:
         python.on_exec(record.pid)
     elif record.type == PE_FREE:
         python.on_exit(record.pid)
+
+
+def _pairs_of(blocks: Any, mine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (copy, block) rows of the records selected by `mine`, their record index renumbered
+    to the position among those records."""
+    rows, addrs, sizes = blocks
+    keep = mine[rows]
+    position = np.cumsum(mine) - 1
+    return position[rows[keep]], addrs[keep], sizes[keep]
