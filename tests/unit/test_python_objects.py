@@ -239,3 +239,43 @@ def test_read_runs_reads_each_run_with_one_open() -> None:
     got = procmem.read_runs(os.getpid(), [(addr, 8192), (addr + 8, 8), (0x10, 8), (addr, 0)])
     assert got == [buffer.raw, b"abcdefgh", None, None]
     assert procmem.read_runs(-1, [(addr, 8)]) == [None]
+
+
+def test_large_objects_through_allocator_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside any pool: a 6000-byte block holding a tuple (GC head first) from 0x1010 and a
+    block of raw data after it.  Page 0x1000 gets the tuple's 4080 bytes on it (one object,
+    its block starts there); page 0x2000 its last 1920 bytes (the raw block's: no object, no
+    bytes); page 0x3000 holds only raw data (no object); page 0x4000 has no block at all."""
+    import struct
+
+    region = bytearray(0x8000)  # addresses 0 .. 0x8000, no pool header anywhere
+    tuple_addr, _offset, _basic = TYPES["tuple"]
+    struct.pack_into("<QQqQ", region, 0x1010, 0, 0, 1, tuple_addr)  # GC head, refcnt, type
+
+    def read_runs(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
+        return [bytes(region[a : a + n]) if a + n <= len(region) else None for a, n in runs]
+
+    def read(pid: int, addr: int, size: int) -> bytes | None:
+        return bytes(region[addr : addr + size]) if addr + size <= len(region) else None
+
+    monkeypatch.setattr(copied_types.procmem, "read_runs", read_runs)
+    monkeypatch.setattr(copied_types.procmem, "read", read)
+    types = CopiedTypes()
+    types.tables[10] = table()
+    types.tables[10].names = types.names
+    image = PythonImage(pid=10, version="3.11", offsets=table_offsets("3.11"), runtime=0, path="")
+    addrs = np.array([0x1000, 0x2000, 0x4000, 0x3000], np.uint64)
+    cats = np.full(4, CATEGORIES.index("gc"))
+    blocks = (  # (copy index, block address, size), one row per overlap
+        np.array([0, 1, 1, 3]),
+        np.array([0x1010, 0x1010, 0x2780, 0x2780], np.uint64),
+        np.array([6000, 6000, 4096, 4096]),
+    )
+    types.add_copies(image, 10, [10], addrs, cats, blocks)
+    (row,) = types.stats()
+    assert (row.type, row.objects, row.pages) == ("tuple", 1, 2)
+    assert row.copied_bytes == (0x2000 - 0x1010) + (0x1010 + 6000 - 0x2000)
+    assert row.by_category == {"gc": 6000}
+    assert types.family.page_stats() == {
+        "objects": 2, "no_object": 1, "not_resolved": 1, "unreadable": 0,
+    }  # fmt: skip
