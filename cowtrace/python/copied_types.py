@@ -35,7 +35,9 @@ from cowtrace.python.detect import PythonImage
 from cowtrace.python.objects import (
     MAX_REFCNT,
     Blocks,
+    TypeInfo,
     TypeNames,
+    TypeReader,
     TypeTable,
     apportion,
     classify,
@@ -180,14 +182,14 @@ class CopiedTypes:
         table = self.tables.setdefault(pid, TypeTable(self.names))
         reader = procmem.Reader(list(readers))
 
-        def read(addr: int) -> object:
+        def read(addr: int) -> TypeInfo | None:
             return read_type(reader, image, layout, addr)
 
         pool_of = (pages & pool_mask).tolist()
         in_pool = np.array([p in pools.rows for p in pool_of], bool)
         if in_pool.any():
-            self._pool_pages(pools, layout, table, read, pages[in_pool], categories[in_pool],
-                             tally)  # fmt: skip
+            chosen = pages[in_pool], categories[in_pool]
+            self._pool_pages(pools, layout, table, read, *chosen, tally)
         rest = np.flatnonzero(~in_pool)
         unreadable = np.array([pool_of[i] in pools.unreadable for i in rest.tolist()], bool)
         self._classes(tally, "unreadable", int(unreadable.sum()))
@@ -207,7 +209,7 @@ class CopiedTypes:
         pools: _Pools,
         layout: ObjectLayout,
         table: TypeTable,
-        read: object,
+        read: TypeReader,
         pages: np.ndarray,
         categories: np.ndarray,
         tally: Tally,
@@ -215,28 +217,23 @@ class CopiedTypes:
         nrows = len(pools.data)
         per_pool = layout.pages_per_pool
         words = np.frombuffer(b"".join(pools.data), "<u8").reshape(nrows, layout.pool_size // 8)
-        rows = np.array(
-            [
-                pools.rows[p]
-                for p in (pages & np.uint64(~(layout.pool_size - 1) & (2**64 - 1))).tolist()
-            ],
-            np.int64,
-        )
+        pool_mask = ~(layout.pool_size - 1)
+        rows = np.array([pools.rows[p & pool_mask] for p in pages.tolist()], np.int64)
         index = ((pages % np.uint64(layout.pool_size)) // np.uint64(PAGE_SIZE)).astype(np.int64)
         copied = np.zeros((nrows, per_pool), np.int64)
         np.add.at(copied, (rows, index), 1)
         category = np.zeros((nrows, per_pool), np.int64)
         category[rows, index] = categories
         sizes = [np.full(len(offsets), size, np.int64) for _, offsets, size in pools.blocks]
+        none = [np.zeros(0, np.int64)]
         blocks = Blocks(
             pool=np.concatenate(
-                [np.full(len(o), row, np.int64) for row, o, _ in pools.blocks]
-                or [np.zeros(0, np.int64)]
-            ),  # fmt: skip
-            offset=np.concatenate([o for _, o, _ in pools.blocks] or [np.zeros(0, np.int64)]),
-            size=np.concatenate(sizes or [np.zeros(0, np.int64)]),
+                [np.full(len(o), row, np.int64) for row, o, _ in pools.blocks] or none
+            ),
+            offset=np.concatenate([o for _, o, _ in pools.blocks] or none),
+            size=np.concatenate(sizes or none),
         )
-        type_ids = classify(words, blocks, table, layout, read)  # type: ignore[arg-type]
+        type_ids = classify(words, blocks, table, layout, read)
         shares = apportion(blocks, type_ids, copied, per_pool)
         cats = category[shares.pool, shares.page]
         self.family.add(shares.type_id, cats, shares.nbytes, shares.objects)
@@ -254,7 +251,7 @@ class CopiedTypes:
         categories: np.ndarray,
         blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
         table: TypeTable,
-        read: object,
+        read: TypeReader,
         reader: procmem.Reader,
         tally: Tally,
     ) -> None:
@@ -324,7 +321,7 @@ class CopiedTypes:
 
 
 def _block_object(
-    reader: procmem.Reader, start: int, size: int, table: TypeTable, read: object
+    reader: procmem.Reader, start: int, size: int, table: TypeTable, read: TypeReader
 ) -> tuple[int, int] | None:
     """(type id, offset) of the object a malloc'd block starts with, or None."""
     head = reader.read(start, 48) if size >= 16 else None
@@ -338,7 +335,7 @@ def _block_object(
         if not 1 <= refcnt < MAX_REFCNT:
             continue
         if addr not in table.infos:
-            table.add(addr, read(addr))  # type: ignore[operator]
+            table.add(addr, read(addr))
         info = table.infos[addr]
         if info is not None and info.offset == c and info.basicsize + c <= size:
             return table.names.id(info.name), c

@@ -48,6 +48,9 @@ class TypeInfo:
     basicsize: int
 
 
+TypeReader = Callable[[int], "TypeInfo | None"]  # reads the type object at an address
+
+
 class TypeNames:
     """A dense id per type name, shared by every process (the tallies are arrays by id)."""
 
@@ -124,9 +127,13 @@ def read_type(
 
 
 def _heap_type_name(
-    reader: procmem.Reader, image: PythonImage, layout: ObjectLayout, addr: int, head: bytes,
+    reader: procmem.Reader,
+    image: PythonImage,
+    layout: ObjectLayout,
+    addr: int,
+    head: bytes,
     tp_name: str,
-) -> str:  # fmt: skip
+) -> str:
     """`module.qualname` of a class; parts that cannot be read fall back to tp_name."""
     qualname_ptr = reader.u64(addr + layout.heaptype_qualname)
     qualname = _unicode(reader, image, qualname_ptr) if qualname_ptr else None
@@ -181,7 +188,7 @@ def classify(
     blocks: Blocks,
     table: TypeTable,
     layout: ObjectLayout,
-    read: Callable[[int], TypeInfo | None],
+    read: TypeReader,
 ) -> np.ndarray:
     """The type name id of every block (-1: no object recognised).  `words` holds each
     pool's bytes as little-endian words, one pool per row; `read` reads an unknown type.
