@@ -270,7 +270,8 @@ class SnapshotCollector(Collector):
             "cowtrace_python_type_copied_bytes",
             "Bytes of copied pages apportioned to the Python objects on them, by the objects' "
             "type (CPython members): the top types by name (--python-types-top), the rest as "
-            'type="other"; a type counts here from the refresh it was first named.',
+            'type="other" (a type counts here from when it entered the top N; leaving, its count '
+            "goes to other).",
             labels=["type"],
         )
         for name, value in exp.python_types:
