@@ -316,7 +316,7 @@ class Session:
             end_reason=reason,
             attach_s=self.attach_s,
             events_drained=self.events_drained,
-            attribution=self._python_view(self.sink.view()),
+            attribution=self._python_types_view(self._python_view(self.sink.view())),
             cost=self.cost if ended else None,
         )
 
@@ -392,12 +392,21 @@ class Session:
             self.python.on_fork(record.ppid, record.pid)
         elif record.type == PE_EXEC:
             self.python.on_exec(record.pid)
+        elif record.type == PE_FREE:
+            self.python.on_exit(record.pid)
 
     def _python_records(self, records: np.ndarray) -> list[str] | None:
         """Copies with a Python stack go to the writers; the --events "pystack" values."""
         if self.python is None or self.tracer.bpf is None:
             return None
-        return self.python.on_fault_events(records)
+        last_blocks = getattr(self.sink, "last_blocks", None)  # the engine's block per record
+        return self.python.on_fault_events(records, last_blocks() if last_blocks else None)
+
+    def _python_types_view(self, view: AttributionView | None) -> AttributionView | None:
+        """`view` with the copied bytes by Python type (python/copied_types.py)."""
+        if self.python is None or not self.python.types.active:
+            return view
+        return dataclasses.replace(view or AttributionView(), **self.python.types.view_fields())
 
     def _python_view(self, view: AttributionView | None) -> AttributionView | None:
         """`view` with the Python writers and "why" lines (a view of its own if none)."""

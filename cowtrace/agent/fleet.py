@@ -10,6 +10,7 @@ that runs for months.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from cowtrace.host import procfs
 from cowtrace.kernel.stacks import KernelStackResolver
 from cowtrace.kernel.tracer import KernelTracer, MemberState, TracerConfig
 from cowtrace.model import Snapshot
+from cowtrace.python.tracker import PythonStacks, python_lifecycle
 
 ADOPTION_ROUNDS = 5  # /proc rescans to catch forks racing with the attach (as Session does)
 LOST_FREE_GRACE_S = 5.0  # an exited member whose free record never came is final after this
@@ -56,6 +58,9 @@ class Fleet:
         self.resolver: KernelStackResolver | None = None
         self.engine: AttributionEngine | None = None
         self._view: AttributionView | None = None
+        # CPython members: the Python types of the objects on copied pages (no Python stacks
+        # in the agent, so no writer category: "other").
+        self.python = PythonStacks()
 
     # ---- set-up ----------------------------------------------------------------------------
     def open(self) -> None:
@@ -102,6 +107,7 @@ class Fleet:
         return True
 
     def _adopt_attribution(self, pid: int, parent: int | None) -> None:
+        self.python.adopt(pid)
         if self.engine is None or self.resolver is None:
             return
         self.engine.adopt(pid, parent, recover_heap=False)
@@ -120,7 +126,11 @@ class Fleet:
                 tracked.family.apply(record)
             if self.engine is not None:
                 feed_lifecycle(record, self.engine, self.resolver)
+            python_lifecycle(self.python, record)
         self.events_drained += len(faults)
+        self.python.retry_pending()
+        if len(faults):
+            self.python.on_fault_events(faults)
         if self.engine is not None:
             snapshots, mapped_code = self.maps_watch.read()
             if mapped_code:
@@ -170,6 +180,9 @@ class Fleet:
             self.resolver.sweep_orphans(self.engine.known_stacks().tolist())
         self.lost_events = self.tracer.stats()["lost_events"]
         self._view = self.engine.metrics_view() if self.engine is not None else None
+        if self.python.types.active:
+            view = self._view or AttributionView()
+            self._view = dataclasses.replace(view, **self.python.types.view_fields())
         return [self._snapshot(t, now) for t in self.families.values()]
 
     def _prune(self, root: int, tracked: Tracked, now: float) -> None:
@@ -190,6 +203,7 @@ class Fleet:
                     self.engine.forget(pid)  # first: it resolves the pid's writer stacks
                 if self.resolver is not None:
                     self.resolver.forget(pid)
+                self.python.forget(pid)
         if not family.members:
             del self.families[root]
 

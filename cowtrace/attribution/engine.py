@@ -81,6 +81,7 @@ class AttributionEngine:
         self._blocks = BlockCopies(self.blocks)
         self._exits = ExitCopies(int(exit_window_s * 1e9))
         self._fields = EventFields(self.regions, self.blocks, self.stacks, self.modules)
+        self._last_pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (record, block uid)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def adopt(self, pid: int, parent: int | None, *, recover_heap: bool) -> None:
@@ -156,6 +157,7 @@ class AttributionEngine:
         """Resolve a batch; returns the --events suffix of each record (see output/events.py)."""
         n = len(records)
         extras = np.full(n, "", dtype=object) if self.event_fields else None
+        self._last_pairs = []  # every (record, block) overlap of this batch's copied pages
         if n == 0:
             return [] if extras is not None else None
         # contiguous columns: gathering them is much cheaper than gathering 48-byte records
@@ -220,11 +222,26 @@ class AttributionEngine:
             pages = addrs[copy_pages] & _PAGE_MASK
             matched = match_pages(table, pages, batch["ts"][copy_pages])
             best[copy_pages] = matched.best
+            self._last_pairs.append((index[copy_pages][matched.pair_copy], matched.pair_uid))
             self._blocks.count_sites(matched.best)
             if len(matched.pair_uid):
                 self._blocks.touch(matched)
         if extras is not None:
             self._fields.fill(pid, stack_ids, region, offset, has_addr, best, index, extras)
+
+    def last_blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every live allocator block overlapping a copied page of the last batch: (record
+        index, block address, block size), one row per (copy, block) pair (the Python object
+        resolver reads large objects from them)."""
+        if not self._last_pairs:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        rows = np.concatenate([r for r, _ in self._last_pairs]).astype(np.int64)
+        uids = np.concatenate([u for _, u in self._last_pairs]).astype(np.int64)
+        return (
+            rows,
+            self.blocks.addr[uids].astype(np.uint64),
+            self.blocks.size[uids].astype(np.int64),
+        )
 
     # ---- helpers ---------------------------------------------------------------------------
     def _is_code(self, pid: int, addr: int) -> bool | None:

@@ -120,3 +120,18 @@ class AttributionView:
     # For metrics: copies per (pid, mapping kind), and exit-time copies per pid.
     copies_by_kind: dict[tuple[int, str], int] = field(default_factory=dict)
     exit_copies: dict[int, int] = field(default_factory=dict)
+    python_types: tuple[PythonTypeStat, ...] = ()  # family, most copied bytes first
+    python_types_by_pid: dict[int, tuple[PythonTypeStat, ...]] = field(default_factory=dict)
+    python_pages: dict[str, int] = field(default_factory=dict)  # copied pages by class
+
+
+@dataclass(frozen=True)
+class PythonTypeStat:
+    """Copied bytes apportioned to the Python objects of one type (cowtrace/python/
+    copied_types.py): bytes of its objects on copied pages, by the category of the write."""
+
+    type: str  # "pkg.mod.Class", "dict"
+    objects: int  # objects whose block starts on a copied page
+    copied_bytes: int
+    pages: int  # copied pages holding some of its bytes
+    by_category: dict[str, int] = field(default_factory=dict)  # bytes by writers.CATEGORIES

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cowtrace.commands.options import Delayacct, Duration, NoPidLabels, PidLabelGrace, RingMb
+from cowtrace.commands.options import (
+    Delayacct,
+    Duration,
+    NoPidLabels,
+    PidLabelGrace,
+    PythonTypesTop,
+    RingMb,
+)
 from cowtrace.errors import CowtraceError
 
 if TYPE_CHECKING:
@@ -57,6 +64,7 @@ def command(
     delayacct: Delayacct = False,
     duration: Duration = None,
     ring_mb: RingMb = 16,
+    python_types_top: PythonTypesTop = 20,
 ) -> None:
     """Export metrics for every matching process family on this node, until stopped.
 
@@ -75,7 +83,9 @@ def command(
     options = AgentOptions(
         comm=comm,
         pids=list(pids or []),
-        metrics=metrics_options(metrics_addr, pid_label_grace, no_pid_labels, delayacct),
+        metrics=metrics_options(
+            metrics_addr, pid_label_grace, no_pid_labels, delayacct, python_types_top
+        ),
         interval=interval,
         scan_interval=scan_interval,
         duration=duration,

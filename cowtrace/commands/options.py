@@ -110,6 +110,16 @@ Delayacct = Annotated[
         help="Export the kernel's time spent copying per member (sets kernel.task_delayacct=1).",
     ),
 ]
+PythonTypesTop = Annotated[
+    int,
+    typer.Option(
+        "--python-types-top",
+        metavar="N",
+        min=0,
+        help="Metrics: name the N types with the most copied bytes in "
+        'cowtrace_python_type_copied_bytes_total (the rest: type="other").',
+    ),
+]
 PythonStacks = Annotated[
     bool,
     typer.Option(
@@ -139,6 +149,7 @@ class TracingOptions:
     no_pid_labels: NoPidLabels = False
     delayacct: Delayacct = False
     python_stacks: PythonStacks = True
+    python_types_top: PythonTypesTop = 20
 
     def output_options(self) -> OutputOptions:
         """What the command loop and the views need (metrics options checked here)."""
@@ -153,7 +164,11 @@ class TracingOptions:
             quiet=self.quiet,
             plain=self.plain,
             metrics=metrics_options(
-                self.metrics_addr, self.pid_label_grace, self.no_pid_labels, self.delayacct
+                self.metrics_addr,
+                self.pid_label_grace,
+                self.no_pid_labels,
+                self.delayacct,
+                self.python_types_top,
             ),
         )
 

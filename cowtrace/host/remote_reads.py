@@ -93,6 +93,26 @@ def read(pid: int, addr: int, size: int) -> bytes | None:
     return data if len(data) == size else None
 
 
+def read_runs(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
+    """Several (addr, size) runs of `pid`'s memory through one open of /proc/PID/mem, one
+    pread each (a run of pages in one read); None for a run that could not be read whole."""
+    try:
+        memory = MemoryFile(pid)
+    except OSError:
+        return [None] * len(runs)
+    out: list[bytes | None] = []
+    try:
+        for addr, size in runs:
+            if not 0 < addr < USER_ADDRESS_END or size <= 0:
+                out.append(None)
+                continue
+            data = memory.read(addr, size)  # callers drain the LRU batches
+            out.append(data if len(data) == size else None)
+    finally:
+        memory.close()
+    return out
+
+
 class Reader:
     """Reads from the first of several processes that still has the memory (a forked family
     shares its pre-fork objects at the same addresses, so a parent can stand in for a child

@@ -129,6 +129,7 @@ class Exposition:
     peak_rss_bytes: int | None = None  # cowtrace's own VmHWM
     events_per_second: float | None = None  # over the last refresh; None on the first
     bpf_seconds_per_event: float | None = None  # same span; None: no events or stats off
+    python_types: tuple[tuple[str, float], ...] = ()  # (type, copied bytes): metrics/pytypes.py
 
 
 def _member_families(
@@ -260,6 +261,17 @@ class SnapshotCollector(Collector):
         yield run_time
         yield runs
         yield from _cost_families(exp)
+        by_type = CounterMetricFamily(
+            "cowtrace_python_type_copied_bytes",
+            "Bytes of copied pages apportioned to the Python objects on them, by the objects' "
+            "type (CPython members): the top types by name (--python-types-top), the rest as "
+            'type="other" (a type counts here from when it entered the top N; leaving, its count '
+            "goes to other).",
+            labels=["type"],
+        )
+        for name, value in exp.python_types:
+            by_type.add_metric([name], value)
+        yield by_type
 
         yield _gauge(
             "cowtrace_delayacct_enabled",

@@ -20,6 +20,8 @@ from cowtrace.kernel.tracer import KernelTracer
 from cowtrace.metrics.address import ListenAddress, parse_listen_address
 from cowtrace.metrics.collector import Exposition, Health, SnapshotCollector
 from cowtrace.metrics.cost import BPF_STATS_ON, own_usage
+from cowtrace.metrics.pytypes import DEFAULT_TOP as DEFAULT_TYPES_TOP
+from cowtrace.metrics.pytypes import TypeCounters
 from cowtrace.metrics.samplers import DelayBook, bpf_stats_enabled, program_run_stats, rollup_gauges
 from cowtrace.metrics.series import MemberRow, SeriesBook
 from cowtrace.model import Member, Snapshot
@@ -35,12 +37,17 @@ class MetricsOptions:
     pid_label_grace_s: float = DEFAULT_GRACE_S
     pid_labels: bool = True
     delayacct: bool = False
+    python_types_top: int = DEFAULT_TYPES_TOP  # named series of the copied-bytes-by-type counter
     # Where a family root runs in Kubernetes (its pod labels); a parameter for the tests.
     pod_identity: Callable[[int], PodIdentity] = field(default=pod_identity)
 
 
 def metrics_options(
-    addr: str | None, grace: float, no_pid_labels: bool, delayacct: bool
+    addr: str | None,
+    grace: float,
+    no_pid_labels: bool,
+    delayacct: bool,
+    python_types_top: int = DEFAULT_TYPES_TOP,
 ) -> MetricsOptions | None:
     """The CLI's options, checked; None when --metrics-addr was not given."""
     if addr is None:
@@ -49,7 +56,15 @@ def metrics_options(
         return None
     if grace < 0:
         raise CowtraceError("--pid-label-grace must be 0 or more seconds")
-    return MetricsOptions(parse_listen_address(addr), grace, not no_pid_labels, delayacct)
+    if python_types_top < 0:
+        raise CowtraceError("--python-types-top must be 0 or more")
+    return MetricsOptions(
+        parse_listen_address(addr),
+        grace,
+        not no_pid_labels,
+        delayacct,
+        python_types_top=python_types_top,
+    )
 
 
 def _log(message: str) -> None:
@@ -103,6 +118,7 @@ class MetricsExporter:
         self._previous: tuple[float, int, float | None] | None = None
         # Pod labels per family root, read once when the root is first seen (host.cgroup).
         self.pods: dict[int, tuple[str, ...]] = {}
+        self.types = TypeCounters(options.python_types_top)
 
     # ---- life ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -185,6 +201,9 @@ class MetricsExporter:
             self.pods[root] = self.options.pod_identity(root).labels()
         kept = live_roots | {r for r, _ in shown}
         self.pods = {root: pod for root, pod in self.pods.items() if root in kept}
+        # A view shared by several families' snapshots (the agent's) counts once.
+        views = {id(s.attribution): s.attribution for s in snapshots if s.attribution is not None}
+        self.types.update(stat for view in views.values() for stat in view.python_types)
         bpf_stats = program_run_stats(health.program_fds) if bpf_stats_enabled() else None
         events_per_second, bpf_per_event = self._interval_cost(now, health, bpf_stats)
         self.collector.exposition = Exposition(
@@ -200,6 +219,7 @@ class MetricsExporter:
             peak_rss_bytes=own_usage().peak_rss_bytes,
             events_per_second=events_per_second,
             bpf_seconds_per_event=bpf_per_event,
+            python_types=tuple(self.types.series()),
         )
 
     def _interval_cost(

@@ -46,6 +46,15 @@ file); then `"modules"` says, per such module basename, `{"path", "build_id", "l
 `cowtrace report` names the frame from `/usr/lib/debug/.build-id/xx/rest.debug` installed
 later (report/resymbolize.py).
 
+CPython members add `"python_types"`: copied bytes by the Python type of the objects on the
+copied pages (cowtrace/python/copied_types.py), most first, at most 100 rows:
+`[{"type": "pkg.mod.Class"|"dict"|..., "objects", "copied_bytes", "pages", "by_category":
+{"refcount"|"gc"|"allocator"|"teardown"|"other": bytes}}]` (a page's bytes go to the objects
+on it; `objects` counts those whose block starts on a copied page; by_category by the writer's
+category, writers.py), and `"python_pages"`, those members' copied pages by class:
+`{"objects", "no_object", "not_resolved", "unreadable"}`.  Each process of such a family
+has its own `"python_types"` (at most 20 rows).
+
 Each process gains `"exit_copies"` (copies in the last exit window before it exited, waste:
 the memory is freed right after) and `"exit_writers": [{"frames", "copies"}]`, their stacks.
 """
@@ -54,9 +63,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from cowtrace.attribution.sink import AttributionSink
+from cowtrace.attribution.view import PythonTypeStat
 from cowtrace.metrics.cost import cost_figures
 from cowtrace.model import Counts, Member, Snapshot
 
@@ -64,6 +75,7 @@ if TYPE_CHECKING:
     from cowtrace.attribution.sink import AttributionSink
 
 SCHEMA_VERSION = 1
+SUMMARY_TYPES = 100  # python_types rows of the family
 
 
 def _counts(counts: Counts) -> dict[str, int]:
@@ -104,6 +116,10 @@ def summary_dict(
     totals = _counts(snapshot.totals)
     totals["lost_events"] = snapshot.lost_events
     processes = [_process(member) for member in snapshot.members]
+    if snapshot.attribution is not None and snapshot.attribution.python_pages:
+        by_pid = snapshot.attribution.python_types_by_pid
+        for process in processes:
+            process["python_types"] = python_type_rows(by_pid.get(process["pid"], ()))
     if sink is not None:
         for process in processes:
             process.update(sink.process_fields(process["pid"]))
@@ -117,6 +133,7 @@ def summary_dict(
         "processes": processes,
         "tracer": _tracer(snapshot, duration_s, tracer_stats),
         **_python_sections(snapshot),
+        **_python_types_sections(snapshot),
     }
     if sink is not None:
         summary.update(sink.summary_sections())
@@ -164,6 +181,31 @@ def _python_sections(snapshot: Snapshot) -> dict[str, Any]:
         ],
         "why": list(view.why),
     }
+
+
+def _python_types_sections(snapshot: Snapshot) -> dict[str, Any]:
+    """`python_types` (copied bytes by Python type) and `python_pages`, when resolved."""
+    view = snapshot.attribution
+    if view is None or not view.python_pages:
+        return {}
+    return {
+        "python_types": python_type_rows(view.python_types[:SUMMARY_TYPES]),
+        "python_pages": dict(view.python_pages),
+    }
+
+
+def python_type_rows(stats: Iterable[PythonTypeStat]) -> list[dict[str, Any]]:
+    """`python_types` rows (summary, per family and per process)."""
+    return [
+        {
+            "type": stat.type,
+            "objects": stat.objects,
+            "copied_bytes": stat.copied_bytes,
+            "pages": stat.pages,
+            "by_category": dict(stat.by_category),
+        }
+        for stat in stats
+    ]
 
 
 def write_summary(

@@ -16,11 +16,20 @@ from typing import Any
 import numpy as np
 
 from cowtrace.host.remote_reads import drained_reads
-from cowtrace.kernel.abi import KIND_COPY, PY_NEW_STACK_DTYPE, PYF_TRUNCATED, read_record
+from cowtrace.kernel.abi import (
+    KIND_COPY,
+    PE_EXEC,
+    PE_FORK,
+    PE_FREE,
+    PY_NEW_STACK_DTYPE,
+    PYF_TRUNCATED,
+    read_record,
+)
 from cowtrace.python import kernel
+from cowtrace.python.copied_types import CopiedTypes
 from cowtrace.python.detect import PythonImage, detect
 from cowtrace.python.resolve import frame_name, leaf_name
-from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize
+from cowtrace.python.writers import CATEGORIES, PythonWriters, ResolvedStack, categorize
 
 PENDING_S = 5.0  # how long an exec'd member may take to map libpython
 EXEC_WAIT_TRIES, EXEC_WAIT_S = 10, 0.002  # waited for it at once, at most
@@ -35,6 +44,7 @@ class PythonStacks:
         self.writers = PythonWriters()
         self._raw: dict[int, kernel.RawStack] = {}
         self._resolved: dict[tuple[int, int], ResolvedStack] = {}
+        self.types = CopiedTypes()
 
     def bind(self, bpf: Any) -> None:
         """The loaded program whose maps hold layouts and stacks.  New stacks are announced on
@@ -85,14 +95,27 @@ class PythonStacks:
         image = self.images.get(parent)
         if image is not None:
             self.images[child] = image
-            if not kernel.has_layout(self._bpf, child):  # forked before we set the parent
+            if self._bpf is not None and not kernel.has_layout(self._bpf, child):
+                # forked before we set the parent's layout
                 kernel.set_layout(self._bpf, child, image)
+            self.types.on_fork(parent, child)
         elif parent in self.pending:
             self.pending[child] = self.pending[parent]
 
     def on_exec(self, pid: int) -> None:
         self.images.pop(pid, None)  # the kernel dropped its layout at the exec
         self.adopt(pid)
+
+    def on_exit(self, pid: int) -> None:
+        """The member is gone: its type cache goes (after the drain that may hold its last
+        copies)."""
+        self.types.retire(pid)
+
+    def forget(self, pid: int) -> None:
+        """Drop what is kept for a member long gone (the agent, after its grace period)."""
+        self.images.pop(pid, None)
+        self.pending.pop(pid, None)
+        self.types.forget(pid)
 
     def retry_pending(self) -> None:
         now = time.monotonic()
@@ -110,20 +133,52 @@ class PythonStacks:
             if found.notice not in self.notices:
                 self.notices.append(found.notice)
                 sys.stderr.write(f"cowtrace: {found.notice}\n")  # once; tracing goes on
-        elif found.image is not None and self._bpf is not None:
-            kernel.set_layout(self._bpf, pid, found.image)
+        elif found.image is not None:  # unbound (the agent): types only, no stacks
+            if self._bpf is not None:
+                kernel.set_layout(self._bpf, pid, found.image)
             self.images[pid] = found.image
 
     # ---- records ---------------------------------------------------------------------------
-    def on_fault_events(self, records: np.ndarray) -> list[str] | None:
-        """Fold copies with a Python stack into the writers; returns the `"pystack"` value of
-        each record for --events, as JSON text ("null" when none)."""
+    def on_fault_events(self, records: np.ndarray, blocks: Any = None) -> list[str] | None:
+        """Fold copies with a Python stack into the writers and every copy of a CPython member
+        into the copied types; returns the `"pystack"` value of each record for --events, as
+        JSON text ("null" when none).  `blocks`: the allocator blocks the attribution found
+        on the copied pages, when allocator probes ran: (record index, block address, block
+        size), a row per (copy, block) overlap."""
         if len(records) == 0:
             return []
         has_stack = (records["kind"] == KIND_COPY) & (records["pystack_id"] >= 0)
         out = ["null"] * len(records)
-        if not has_stack.any():
-            return out
+        categories = np.full(len(records), CATEGORIES.index("other"), np.int64)
+        if has_stack.any():
+            self._fold_stacks(records, has_stack, out, categories)
+        self._copied_types(records, categories, blocks)
+        return out
+
+    def _copied_types(self, records: np.ndarray, categories: np.ndarray, blocks: Any) -> None:
+        """The objects on each copied page of a CPython member (copied_types.py)."""
+        copies = (records["kind"] == KIND_COPY) & (records["addr"] != 0)
+        if copies.any():
+            pids = records["pid"]
+            with drained_reads():  # pages and types read from the members (remote_reads.py)
+                for pid in np.unique(pids[copies]).tolist():
+                    image = self.images.get(pid)
+                    if image is None:
+                        continue
+                    mine = copies & (pids == pid)
+                    self.types.add_copies(
+                        image,
+                        pid,
+                        [pid, *self._readers(image, pid)],
+                        records["addr"][mine],
+                        categories[mine],
+                        None if blocks is None else _pairs_of(blocks, mine),
+                    )
+        self.types.end_drain()
+
+    def _fold_stacks(
+        self, records: np.ndarray, has_stack: np.ndarray, out: list[str], categories: np.ndarray
+    ) -> None:
         keys = (records["pid"].astype(np.int64) << 32) | records["pystack_id"].astype(np.int64)
         unique, inverse, counts = np.unique(
             keys[has_stack], return_inverse=True, return_counts=True
@@ -131,17 +186,20 @@ class PythonStacks:
         texts = []
         with drained_reads():  # names are read from the traced processes (remote_reads.py)
             resolved = [self._resolve(key >> 32, key & 0xFFFFFFFF) for key in unique.tolist()]
+        codes = []
         for stack, copies in zip(resolved, counts.tolist(), strict=True):
             if stack is None:
                 texts.append("null")
+                codes.append(CATEGORIES.index("other"))
                 continue
             self.writers.add(stack, copies)
             texts.append(json.dumps(list(stack.frames)))
+            codes.append(CATEGORIES.index(stack.category))
         for index, position in zip(
             np.flatnonzero(has_stack).tolist(), inverse.tolist(), strict=True
         ):
             out[index] = texts[position]
-        return out
+        categories[has_stack] = np.array(codes, np.int64)[inverse.reshape(-1)]
 
     def _resolve(self, pid: int, stack_id: int) -> ResolvedStack | None:
         image = self.images.get(pid)
@@ -173,3 +231,22 @@ class PythonStacks:
         if complete:
             self._resolved[(id(image), stack_id)] = stack
         return stack
+
+
+def python_lifecycle(python: PythonStacks, record: Any) -> None:
+    """A lifecycle record (kernel/tracer.py ProcRecord) for the Python tracker."""
+    if record.type == PE_FORK:
+        python.on_fork(record.ppid, record.pid)
+    elif record.type == PE_EXEC:
+        python.on_exec(record.pid)
+    elif record.type == PE_FREE:
+        python.on_exit(record.pid)
+
+
+def _pairs_of(blocks: Any, mine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (copy, block) rows of the records selected by `mine`, their record index renumbered
+    to the position among those records."""
+    rows, addrs, sizes = blocks
+    keep = mine[rows]
+    position = np.cumsum(mine) - 1
+    return position[rows[keep]], addrs[keep], sizes[keep]

@@ -21,6 +21,7 @@ from cowtrace.render import attribution as attr
 from cowtrace.render import format as fmt
 from cowtrace.render.python_pane import python_writers_pane
 from cowtrace.render.table import headed_table
+from cowtrace.render.types_pane import python_types_pane
 
 WARNING = "bold yellow"
 _SEPARATOR = ("  │  ", "dim")
@@ -218,7 +219,11 @@ class LiveView:
         used = len(self.console.render_lines(top, self.console.options, pad=False))
         panes = [
             pane
-            for pane in (attribution_panes(snapshot), python_writers_pane(snapshot))
+            for pane in (
+                attribution_panes(snapshot),
+                python_writers_pane(snapshot),
+                python_types_pane(snapshot),
+            )
             if pane is not None
         ]
         for pane in panes:  # +1: a blank line above each pane

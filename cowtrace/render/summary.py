@@ -17,6 +17,7 @@ from cowtrace.render import attribution as attr
 from cowtrace.render import format as fmt
 from cowtrace.render.live import WARNING, attribution_panes, fitted_table
 from cowtrace.render.python_pane import python_writers_lines
+from cowtrace.render.types_pane import python_types_lines
 
 SUMMARY_TOP = 5  # attribution entries per pane in the final summary
 
@@ -125,7 +126,7 @@ def render_summary(snapshot: Snapshot, console: Console) -> None:
     if panes is not None:
         console.print()
         console.print(panes)
-    for line in python_writers_lines(snapshot):
+    for line in [*python_writers_lines(snapshot), *python_types_lines(snapshot)]:
         console.print(line, highlight=False, markup=False)
 
 
@@ -142,4 +143,5 @@ def summary_lines(snapshot: Snapshot) -> list[str]:
         *fmt.text_table(fmt.SUMMARY_COLUMNS, rows),
         *(["", *extra] if (extra := attr.text_lines(snapshot, SUMMARY_TOP)) else []),
         *python_writers_lines(snapshot),
+        *python_types_lines(snapshot),
     ]

@@ -18,7 +18,7 @@ from cowtrace.report.assets import CSS, JS
 from cowtrace.report.flame import NATIVE, PYTHON, SYNTHETIC, build_tree
 from cowtrace.report.model import ReportData
 from cowtrace.report.svg import color, flame_svg
-from cowtrace.report.text import describe_source, share
+from cowtrace.report.text import categories_text, describe_source, share
 
 DEFAULT_TOP = 50
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
@@ -86,6 +86,7 @@ def render_html(data: ReportData, top: int = DEFAULT_TOP) -> str:
         _allocations(data, top, whole),
         _writers(data, top, whole),
         _python(data, top, whole),
+        _types(data, top, whole),
         _processes(data, whole),
         _exit(data, top),
         f"<footer>cowtrace {escape(__version__)} · report of {escape(data.path)}</footer>",
@@ -262,6 +263,25 @@ def _python(data: ReportData, top: int, whole: int) -> str:
         for p in data.python_writers[:top]
     ]
     return _table_section(head, columns, rows, top, len(data.python_writers))
+
+
+def _types(data: ReportData, top: int, whole: int) -> str:
+    if data.python_types is None:
+        return ""
+    head = '<section id="python-types"><h2>Copied objects by type</h2>'
+    if not data.python_types:
+        return head + '<p class="note">No Python objects were on the copied pages.</p></section>'
+    columns = [("type", False), ("objects", True), ("pages", True), ("copied", True)]
+    columns += [("share", True), ("", False), ("by category", False)]
+    rows = [
+        f"<tr><td>{escape(t.type)}</td>"
+        f"{_n('-' if t.objects is None else count(t.objects))}"
+        f"{_n('-' if t.pages is None else count(t.pages))}{_n(human_bytes(t.copied_bytes))}"
+        f"{_share_cell(t.copied_bytes, whole)}<td>{escape(categories_text(t.by_category))}</td>"
+        "</tr>"
+        for t in data.python_types[:top]
+    ]
+    return _table_section(head, columns, rows, top, len(data.python_types))
 
 
 def _processes(data: ReportData, whole: int) -> str:

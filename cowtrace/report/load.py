@@ -327,9 +327,15 @@ def _python_writer(obj: Any, where: str, path: str) -> PythonWriterRow:
 
 def _python_type(obj: Any, where: str, path: str) -> PythonTypeRow:
     f = _Fields(obj, where, path)
+    categories = obj.get("by_category") or {}
+    if not isinstance(categories, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in categories.values()
+    ):
+        raise CowtraceError(f"{path}: {where}.by_category is not an object of integers")
     return PythonTypeRow(
         type=f.str("type") or "?",
         objects=f.int("objects"),
         copied_bytes=f.count("copied_bytes"),
         pages=f.int("pages"),
+        by_category={str(k): v for k, v in categories.items()},
     )

@@ -135,6 +135,7 @@ class PythonTypeRow:
     objects: int | None
     copied_bytes: int
     pages: int | None
+    by_category: dict[str, int] = field(default_factory=dict)  # bytes by writer category
 
 
 @dataclass

@@ -196,13 +196,14 @@ def test_completion_offers_commands_and_options():
         "--plain",
         "--pid-label-grace",
         "--python-stacks",
+        "--python-types-top",
     }
     assert complete("cowtrace agent --sc") == ["--scan-interval"]
 
 
 def test_completion_after_the_pid_shorthand():
     """`cowtrace PID --p<TAB>` and `cowtrace -p PID --p<TAB>` complete trace's options."""
-    expected = {"--pid", "--plain", "--pid-label-grace", "--python-stacks"}
+    expected = {"--pid", "--plain", "--pid-label-grace", "--python-stacks", "--python-types-top"}
     assert set(complete("cowtrace 1234 --p")) == expected
     assert set(complete("cowtrace -p 1234 --p")) == expected - {"--pid"}  # given once already
     assert complete("cowtrace 1234 --dur") == ["--duration"]

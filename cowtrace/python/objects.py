@@ -1,0 +1,292 @@
+"""Which Python type each live block of a pymalloc pool holds, from the object's header.
+
+An object is `ob_refcnt, ob_type, ...`; a block may hold it at its very start, after a GC
+head (types with Py_TPFLAGS_HAVE_GC), or after a GC head and a pre-header (instances of
+Python classes with a managed __dict__, ObjectLayout.object_offsets).  A block is taken to
+hold an object of type T at offset c when its word at c is a plausible reference count, its
+word at c + 8 is T, T's own flags put its objects at exactly c, and T's basic size fits the
+block.  Types are read from the target once per (pid, type address) and kept in a TypeTable,
+the addresses that are no type too (a block of raw PyMem_Malloc data offers such words), so
+after the first pages a batch of pools is classified with a few vectorised lookups and no
+read at all.
+
+A type's name: `tp_name` for static types (`dict`, `collections.OrderedDict`); for heap types
+(classes) `__module__` + "." + `__qualname__`, `__module__` looked up in the class' dict
+(usually its first key, so a few reads), `__qualname__` from the heap type's ht_qualname.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cowtrace.host import remote_reads
+from cowtrace.host.memory import PAGE_SIZE, USER_ADDRESS_END
+from cowtrace.python.detect import PythonImage
+from cowtrace.python.pools import ObjectLayout
+from cowtrace.python.resolve import _unicode
+
+HAVE_GC = 1 << 14  # Py_TPFLAGS_HAVE_GC
+HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
+TYPE_SUBCLASS = 1 << 31  # Py_TPFLAGS_TYPE_SUBCLASS: set on `type` and every metaclass
+MAX_BASICSIZE = 1 << 20
+MAX_REFCNT = 1 << 40  # above: a pointer, not a count (user addresses are far higher)
+MIN_POINTER = 1 << 16
+MAX_DICT_ENTRIES = 256  # a class dict scanned for __module__ at most this far
+MAX_NEGATIVE = 1 << 16  # addresses known to be no type, kept per pid before starting over
+NEW_TYPES_PER_BATCH = 4096  # candidate addresses read per batch at most (garbage guard)
+
+
+@dataclass(frozen=True)
+class TypeInfo:
+    name: str
+    offset: int  # where its objects start in a block: GC head and pre-header before them
+    basicsize: int
+
+
+TypeReader = Callable[[int], "TypeInfo | None"]  # reads the type object at an address
+
+
+class TypeNames:
+    """A dense id per type name, shared by every process (the tallies are arrays by id)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def id(self, name: str) -> int:
+        found = self.ids.get(name)
+        if found is None:
+            found = self.ids[name] = len(self.names)
+            self.names.append(sys.intern(name))
+        return found
+
+
+class TypeTable:
+    """One process' types by address (None: read, and not a type), with sorted arrays for
+    vectorised lookups rebuilt when an address was added."""
+
+    def __init__(self, names: TypeNames) -> None:
+        self.names = names
+        self.infos: dict[int, TypeInfo | None] = {}
+        self.hits: dict[int, int] = {}  # blocks matched per object offset (tried first)
+        self._negative = 0
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def add(self, addr: int, info: TypeInfo | None) -> None:
+        if info is None:
+            self._negative += 1
+            if self._negative > MAX_NEGATIVE:  # bounded: forget the non-types, keep types
+                self.infos = {a: i for a, i in self.infos.items() if i is not None}
+                self._negative = 1
+        self.infos[addr] = info
+        self._arrays = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(addresses sorted, offset (-1: no type), basic size, name id) of every entry."""
+        if self._arrays is None:
+            items = sorted(self.infos.items())
+            addrs = np.array([a for a, _ in items], np.uint64)
+            offset = np.array([i.offset if i else -1 for _, i in items], np.int64)
+            basic = np.array([i.basicsize if i else 0 for _, i in items], np.int64)
+            ids = np.array([self.names.id(i.name) if i else -1 for _, i in items], np.int64)
+            self._arrays = (addrs, offset, basic, ids)
+        return self._arrays
+
+
+def read_type(
+    reader: remote_reads.Reader, image: PythonImage, layout: ObjectLayout, addr: int
+) -> TypeInfo | None:
+    """The type object at `addr`, or None when it is not one."""
+    if not MIN_POINTER <= addr < USER_ADDRESS_END or addr % 8:
+        return None
+    head = reader.read(addr, layout.type_dict + 8)
+    if head is None:
+        return None
+    refcnt, meta = struct.unpack_from("<qQ", head, 0)
+    name_ptr, basicsize, itemsize = struct.unpack_from("<Qqq", head, layout.type_name)
+    flags = struct.unpack_from("<Q", head, layout.type_flags)[0]
+    if refcnt < 1 or not 16 <= basicsize <= MAX_BASICSIZE or not 0 <= itemsize <= MAX_BASICSIZE:
+        return None
+    meta_flags = reader.u64(meta + layout.type_flags) if meta >= MIN_POINTER else None
+    if meta_flags is None or not meta_flags & TYPE_SUBCLASS:
+        return None
+    name = reader.cstring(name_ptr, 128) if name_ptr >= MIN_POINTER else None
+    if not name or not name.isprintable():
+        return None
+    if flags & HEAPTYPE:
+        name = _heap_type_name(reader, image, layout, addr, head, name)
+    offset = (layout.gc_head_size if flags & HAVE_GC else 0) + (
+        layout.preheader_size if flags & layout.preheader_flags else 0
+    )
+    return TypeInfo(name, offset, basicsize)
+
+
+def _heap_type_name(
+    reader: remote_reads.Reader,
+    image: PythonImage,
+    layout: ObjectLayout,
+    addr: int,
+    head: bytes,
+    tp_name: str,
+) -> str:
+    """`module.qualname` of a class; parts that cannot be read fall back to tp_name."""
+    qualname_ptr = reader.u64(addr + layout.heaptype_qualname)
+    qualname = _unicode(reader, image, qualname_ptr) if qualname_ptr else None
+    qualname = qualname or tp_name
+    if "." in tp_name and qualname == tp_name.rsplit(".", 1)[-1]:
+        return tp_name  # a C extension's heap type names its module itself
+    module = _dict_str(reader, image, layout, struct.unpack_from("<Q", head, layout.type_dict)[0])
+    if not module or module == "builtins":
+        return qualname
+    return f"{module}.{qualname}"
+
+
+def _dict_str(
+    reader: remote_reads.Reader, image: PythonImage, layout: ObjectLayout, dict_addr: int
+) -> str | None:
+    """The str value of "__module__" in the dict at `dict_addr` (a class' tp_dict)."""
+    if not MIN_POINTER <= dict_addr < USER_ADDRESS_END:
+        return None
+    keys = reader.u64(dict_addr + layout.dict_keys)
+    head = reader.read(keys, layout.keys_indices) if keys else None
+    if head is None:
+        return None
+    log2_index_bytes = head[layout.keys_log2_index_bytes]
+    kind = head[layout.keys_kind]
+    nentries = struct.unpack_from("<q", head, layout.keys_nentries)[0]
+    if log2_index_bytes > 24 or not 0 <= nentries <= MAX_DICT_ENTRIES:
+        return None
+    entry = 16 if kind else 24  # PyDictUnicodeEntry (key, value) or PyDictKeyEntry (+hash)
+    key_at = 0 if kind else 8
+    start = keys + layout.keys_indices + (1 << log2_index_bytes)
+    table = reader.read(start, nentries * entry) if nentries else None
+    if table is None:
+        return None
+    for index in range(nentries):
+        key, value = struct.unpack_from("<QQ", table, index * entry + key_at)
+        if key and _unicode(reader, image, key) == "__module__":
+            return _unicode(reader, image, value) if value else None
+    return None
+
+
+@dataclass
+class Blocks:
+    """The live blocks of a batch of pools: pool (row of `words`), offset in it, size."""
+
+    pool: np.ndarray
+    offset: np.ndarray
+    size: np.ndarray
+
+
+def classify(
+    words: np.ndarray,
+    blocks: Blocks,
+    table: TypeTable,
+    layout: ObjectLayout,
+    read: TypeReader,
+) -> np.ndarray:
+    """The type name id of every block (-1: no object recognised).  `words` holds each
+    pool's bytes as little-endian words, one pool per row; `read` reads an unknown type.
+
+    The object offsets are tried in the order that matched most often so far (each block
+    stops at its first match), then the candidate words no table entry knows are read, once,
+    and the blocks still unresolved tried again."""
+    flat = words.reshape(-1)
+    start = blocks.pool * words.shape[1] + (blocks.offset >> 3)  # block's first word
+    result = np.full(len(start), -1, np.int64)
+    offsets = sorted(layout.object_offsets(), key=lambda c: -table.hits.get(c, 0))
+    for attempt in range(2):
+        addrs, offset, basic, ids = table.arrays()
+        pending = np.arange(len(start))
+        tried: list[tuple[np.ndarray, np.ndarray]] = []
+        for c in offsets:
+            idx = pending[blocks.size[pending] >= c + 16]
+            refcnt = flat[start[idx] + (c >> 3)]
+            idx = idx[(refcnt >= 1) & (refcnt < MAX_REFCNT)]
+            type_words = flat[start[idx] + (c >> 3) + 1]
+            if len(addrs):
+                pos = np.minimum(np.searchsorted(addrs, type_words), len(addrs) - 1)
+                known = addrs[pos] == type_words
+                ok = known & (offset[pos] == c) & (basic[pos] + c <= blocks.size[idx])
+                result[idx[ok]] = ids[pos[ok]]
+                table.hits[c] = table.hits.get(c, 0) + int(ok.sum())
+                unknown = ~known
+                idx, type_words = idx[unknown], type_words[unknown]
+                pending = pending[result[pending] < 0]
+            tried.append((idx, type_words))
+        if attempt or not len(pending):
+            break
+        # Unknown words of blocks no known type matched: read each once (then known).
+        new = [words_[result[idx_] < 0] for idx_, words_ in tried]
+        fresh = np.unique(np.concatenate(new)) if new else np.zeros(0, np.uint64)
+        if not len(fresh):
+            break
+        for addr in fresh[:NEW_TYPES_PER_BATCH].tolist():
+            table.add(addr, read(addr))
+    return result
+
+
+@dataclass
+class Apportioned:
+    """Bytes and object counts per (pool, page of the pool, type id)."""
+
+    pool: np.ndarray
+    page: np.ndarray
+    type_id: np.ndarray
+    nbytes: np.ndarray
+    objects: np.ndarray
+
+
+def apportion(
+    blocks: Blocks, type_ids: np.ndarray, copied: np.ndarray, pages_per_pool: int
+) -> Apportioned:
+    """A copied page's bytes go to the objects on it: a block partly on the page counts its
+    bytes on the page, and an object counts once, on the page holding its block's start.
+    `copied[pool, page]` is how many times that page was copied (0: not); blocks of type -1
+    (no object) are left out, as are pages no object covers.
+
+    Summed with one bincount over (copied page, type present) slots: a few passes over the
+    blocks, no sort."""
+    keep = type_ids >= 0
+    pool, start, size = blocks.pool[keep], blocks.offset[keep], blocks.size[keep]
+    tid = type_ids[keep]
+    if not len(tid):
+        empty = np.zeros(0, np.int64)
+        return Apportioned(empty, empty, empty, empty, empty)
+    pages = np.flatnonzero(copied.reshape(-1))  # copied pages, as pool * per_pool + page
+    slot_of = np.full(copied.size, -1, np.int64)
+    slot_of[pages] = np.arange(len(pages))
+    present = np.flatnonzero(np.bincount(tid))
+    local = np.zeros(int(present[-1]) + 1, np.int64)
+    local[present] = np.arange(len(present))
+    ltid = local[tid]
+    first = start // PAGE_SIZE
+    on_first = np.minimum(size, (first + 1) * PAGE_SIZE - start)
+    on_next = size - on_first
+    base = pool * pages_per_pool + first
+    slot_first = slot_of[base]
+    slot_next = np.where(on_next > 0, slot_of[np.minimum(base + 1, copied.size - 1)], -1)
+    flat = copied.reshape(-1)
+    w_first = np.where(slot_first >= 0, flat[base], 0)
+    w_next = np.where(slot_next >= 0, flat[np.minimum(base + 1, copied.size - 1)], 0)
+    ntypes = len(present)
+    bins = len(pages) * ntypes
+    key_first = np.maximum(slot_first, 0) * ntypes + ltid
+    key_next = np.maximum(slot_next, 0) * ntypes + ltid
+    nbytes = np.bincount(key_first, weights=on_first * w_first, minlength=bins)
+    nbytes += np.bincount(key_next, weights=on_next * w_next, minlength=bins)
+    objects = np.bincount(key_first, weights=w_first, minlength=bins)
+    used = np.flatnonzero(nbytes)
+    page_key = pages[used // ntypes]
+    return Apportioned(
+        pool=page_key // pages_per_pool,
+        page=page_key % pages_per_pool,
+        type_id=present[used % ntypes],
+        nbytes=nbytes[used].astype(np.int64),
+        objects=objects[used].astype(np.int64),
+    )
