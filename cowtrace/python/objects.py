@@ -221,12 +221,19 @@ def classify(
             tried.append((idx, type_words))
         if attempt or not len(pending):
             break
-        # Unknown words of blocks no known type matched: read each once (then known).
+        # Unknown words of blocks no known type matched: read each once (then known), the
+        # most frequent first.  A type pointer recurs in every block of its objects (all the
+        # dicts of a table), while the words that only look like one at a wrong offset (a
+        # dict's version tag after its `used` count) are mostly unique: in ascending order
+        # they used up the batch's reads before PyDict_Type's address came up.
         new = [words_[result[idx_] < 0] for idx_, words_ in tried]
-        fresh = np.unique(np.concatenate(new)) if new else np.zeros(0, np.uint64)
+        if not new:
+            break
+        fresh, counts = np.unique(np.concatenate(new), return_counts=True)
         if not len(fresh):
             break
-        for addr in fresh[:NEW_TYPES_PER_BATCH].tolist():
+        likeliest = fresh[np.argsort(-counts, kind="stable")]
+        for addr in likeliest[:NEW_TYPES_PER_BATCH].tolist():
             table.add(addr, read(addr))
     return result
 

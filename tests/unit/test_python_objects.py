@@ -9,7 +9,7 @@ from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.python import copied_types
 from cowtrace.python.copied_types import CopiedTypes
 from cowtrace.python.detect import PythonImage
-from cowtrace.python.objects import Blocks, apportion, classify
+from cowtrace.python.objects import Blocks, TypeInfo, apportion, classify
 from cowtrace.python.offsets import table_offsets
 from cowtrace.python.pools import live_offsets, object_layout, pool_header
 from cowtrace.python.writers import CATEGORIES
@@ -115,6 +115,34 @@ def test_classify_reads_unknown_types_once() -> None:
     assert reads == [0x950000]
     classify(words, blocks, t, LAYOUT, read)
     assert reads == [0x950000]  # known not to be a type now
+
+
+def test_classify_reads_the_recurring_type_before_unique_lookalikes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dicts (GC head, object at 16) whose words at 32/40 look like an object at a wrong
+    offset: `ma_used` (5) as a refcount and a version tag, unique per dict and below the type's
+    address, as a type pointer.  With few reads a batch, the type that recurs in every block
+    is read first (it used to come last, after the lookalikes, in ascending order)."""
+    from cowtrace.python import objects
+
+    monkeypatch.setattr(objects, "NEW_TYPES_PER_BATCH", 4)
+    t = table()
+    dict_type = 0x9497E0
+    words, blocks = _blocks(pool(3, [None] * 40))  # 64-byte blocks, unknown contents
+    words = words.copy()
+    for k in range(40):
+        w = (48 + 64 * k) // 8
+        words[0, w : w + 6] = [POOL + 64 * k, POOL + 64 * k, 1, dict_type, 5, 1000 + k]
+    reads: list[int] = []
+
+    def read(addr: int) -> TypeInfo | None:
+        reads.append(addr)
+        return TypeInfo("dict", 16, 48) if addr == dict_type else None
+
+    names = [t.names.names[i] for i in classify(words, blocks, t, LAYOUT, read).tolist()]
+    assert names == ["dict"] * 40
+    assert reads[0] == dict_type and len(reads) <= 4
 
 
 def test_apportion_full_pool_of_48_byte_blocks() -> None:
