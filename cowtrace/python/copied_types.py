@@ -373,7 +373,12 @@ def _read_pools(
         for offset in range(0, size, layout.pool_size):
             pool = start + offset
             if blob is None:
-                out.unreadable.add(pool)
+                # pymalloc maps whole arenas: a pool is never mapped in part.  So when the
+                # pool-sized read failed but a copied page of it reads, the page is no pool's
+                # (a library's .data next to a guard region, the binary's .bss): outside.
+                pages = [(pool + index * PAGE_SIZE, PAGE_SIZE) for index in pool_pages[pool]]
+                readable = any(d is not None for d in _read_runs(pages, readers))
+                (out.outside if readable else out.unreadable).add(pool)
                 continue
             chunk = blob[offset : offset + layout.pool_size]
             header = pool_header(chunk, layout)

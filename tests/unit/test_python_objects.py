@@ -223,6 +223,28 @@ def test_copied_types_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 10 not in types.tables
 
 
+def test_a_page_whose_pool_is_mapped_in_part_is_no_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The binary's .bss (or a library's .data beside a guard region) does not fill the 16 KiB
+    around a copied page: the pool-sized read fails, the page reads.  pymalloc never maps a
+    pool in part, so that page is outside every pool (not resolved), not unreadable."""
+    page = 0x942000  # mapped: 0x941000-0x943000 only
+
+    def read_runs(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
+        return [
+            bytes(size) if addr >= 0x941000 and addr + size <= 0x943000 else None
+            for addr, size in runs
+        ]
+
+    monkeypatch.setattr(copied_types.remote_reads, "read_runs", read_runs)
+    types = CopiedTypes()
+    image = PythonImage(pid=10, version="3.11", offsets=table_offsets("3.11"), runtime=0, path="")
+    cats = np.array([CATEGORIES.index("refcount")] * 2)
+    types.add_copies(image, 10, [10], np.array([page, 0x5000_0000_0000], np.uint64), cats)
+    assert types.family.page_stats() == {
+        "objects": 0, "no_object": 0, "not_resolved": 1, "unreadable": 1,
+    }  # fmt: skip
+
+
 def test_live_pane_and_summary_lines() -> None:
     from rich.console import Console
 
