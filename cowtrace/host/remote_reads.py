@@ -116,16 +116,44 @@ def read_runs(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
 class Reader:
     """Reads from the first of several processes that still has the memory (a forked family
     shares its pre-fork objects at the same addresses, so a parent can stand in for a child
-    that already exited)."""
+    that already exited).
 
-    def __init__(self, pids: list[int]) -> None:
+    With `keep_open`, each process' /proc/PID/mem is opened once and kept until `close()`
+    (a burst of many small reads: the type objects of a drain's copied pages), instead of an
+    open and a close around every read."""
+
+    def __init__(self, pids: list[int], *, keep_open: bool = False) -> None:
         self.pids = pids
+        self.keep_open = keep_open
+        self._files: dict[int, MemoryFile | None] = {}
+
+    def _file(self, pid: int) -> MemoryFile | None:
+        if pid not in self._files:
+            try:
+                self._files[pid] = MemoryFile(pid)
+            except OSError:
+                self._files[pid] = None
+        return self._files[pid]
+
+    def close(self) -> None:
+        for memory in self._files.values():
+            if memory is not None:
+                memory.close()
+        self._files.clear()
 
     def read(self, addr: int, size: int) -> bytes | None:
+        if not 0 < addr < USER_ADDRESS_END or size <= 0:
+            return None
         for pid in self.pids:
-            data = read(pid, addr, size)
-            if data is not None:
-                return data
+            if self.keep_open:
+                memory = self._file(pid)
+                data = memory.read(addr, size) if memory is not None else b""
+                if len(data) == size:
+                    return data
+                continue
+            found = read(pid, addr, size)
+            if found is not None:
+                return found
         return None
 
     def u64(self, addr: int) -> int | None:

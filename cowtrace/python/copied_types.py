@@ -180,24 +180,26 @@ class CopiedTypes:
             )
         pools = _read_pools(pool_pages, readers, layout)
         table = self.tables.setdefault(pid, TypeTable(self.names))
-        reader = remote_reads.Reader(list(readers))
+        reader = remote_reads.Reader(list(readers), keep_open=True)
+        try:  # one open of each reader's /proc/PID/mem for the whole batch
+            def read(addr: int) -> TypeInfo | None:
+                return read_type(reader, image, layout, addr)
 
-        def read(addr: int) -> TypeInfo | None:
-            return read_type(reader, image, layout, addr)
-
-        pool_of = (pages & pool_mask).tolist()
-        in_pool = np.array([p in pools.rows for p in pool_of], bool)
-        if in_pool.any():
-            chosen = pages[in_pool], categories[in_pool]
-            self._pool_pages(pools, layout, table, read, *chosen, tally)
-        rest = np.flatnonzero(~in_pool)
-        unreadable = np.array([pool_of[i] in pools.unreadable for i in rest.tolist()], bool)
-        self._classes(tally, "unreadable", int(unreadable.sum()))
-        torn = np.array([pool_of[i] in pools.torn for i in rest.tolist()], bool)
-        self._classes(tally, "not_resolved", int(torn.sum()))
-        outside = rest[~unreadable & ~torn]
-        if len(outside):
-            self._block_pages(outside, pages, categories, blocks, table, read, reader, tally)
+            pool_of = (pages & pool_mask).tolist()
+            in_pool = np.array([p in pools.rows for p in pool_of], bool)
+            if in_pool.any():
+                chosen = pages[in_pool], categories[in_pool]
+                self._pool_pages(pools, layout, table, read, *chosen, tally)
+            rest = np.flatnonzero(~in_pool)
+            unreadable = np.array([pool_of[i] in pools.unreadable for i in rest.tolist()], bool)
+            self._classes(tally, "unreadable", int(unreadable.sum()))
+            torn = np.array([pool_of[i] in pools.torn for i in rest.tolist()], bool)
+            self._classes(tally, "not_resolved", int(torn.sum()))
+            outside = rest[~unreadable & ~torn]
+            if len(outside):
+                self._block_pages(outside, pages, categories, blocks, table, read, reader, tally)
+        finally:
+            reader.close()
 
     def _classes(self, tally: Tally, name: str, count: int) -> None:
         if count:

@@ -38,7 +38,7 @@ MAX_REFCNT = 1 << 40  # above: a pointer, not a count (user addresses are far hi
 MIN_POINTER = 1 << 16
 MAX_DICT_ENTRIES = 256  # a class dict scanned for __module__ at most this far
 MAX_NEGATIVE = 1 << 16  # addresses known to be no type, kept per pid before starting over
-NEW_TYPES_PER_BATCH = 4096  # candidate addresses read per batch at most (garbage guard)
+NEW_TYPES_PER_BATCH = 512  # candidate addresses read per batch at most, most frequent first
 
 
 @dataclass(frozen=True)

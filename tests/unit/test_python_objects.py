@@ -308,8 +308,19 @@ def test_large_objects_through_allocator_blocks(monkeypatch: pytest.MonkeyPatch)
     def read(pid: int, addr: int, size: int) -> bytes | None:
         return bytes(region[addr : addr + size]) if addr + size <= len(region) else None
 
+    class Memory:  # /proc/PID/mem kept open for a batch (remote_reads.Reader, keep_open)
+        def __init__(self, pid: int) -> None:
+            pass
+
+        def read(self, addr: int, size: int) -> bytes:
+            return read(10, addr, size) or b""
+
+        def close(self) -> None:
+            pass
+
     monkeypatch.setattr(copied_types.remote_reads, "read_runs", read_runs)
     monkeypatch.setattr(copied_types.remote_reads, "read", read)
+    monkeypatch.setattr(copied_types.remote_reads, "MemoryFile", Memory)
     types = CopiedTypes()
     types.tables[10] = table()
     types.tables[10].names = types.names
