@@ -264,7 +264,7 @@ class Session:
         if self.allocators is not None:  # closes still running (uprobes.py): theirs first
             self.allocators.wait()
         self.tracer.detach()
-        self._drain(self.tracer.poll_proc_records(0))
+        self.core.drain(self.tracer.poll_proc_records(0))
         extra = self._close_open_episodes()
         snapshot = self.refresh()
         for pid, counts in extra.items():

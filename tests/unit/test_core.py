@@ -438,3 +438,41 @@ def test_session_runs_on_an_injected_tracer(monkeypatch):
     tracer.waiting = [record(PE_EXIT, 10), record(PE_FREE, 10)]
     session.step(0.1)
     assert session.root_exited() and session.root_done()
+
+
+class EndingTracer(FakeTracer):
+    """The calls Session makes at its end, besides the core's."""
+
+    bpf = None
+
+    def detach(self) -> None:
+        self.calls.append(("detach",))
+
+    def open_episodes(self) -> list[tuple[int, object]]:
+        return []
+
+    def program_fds(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+
+def test_session_finish_drains_after_detach_and_reads_final_counts(monkeypatch):
+    monkeypatch.setattr(core.procfs, "descendants", lambda pid: [])
+    tracer = EndingTracer()
+    options = SessionOptions(python_stacks=False, sink_factory=null_sink)
+    session = Session(10, options, tracer=tracer)  # type: ignore[arg-type]
+    session.attach_root(stat(10, 1), adopted=True)
+    tracer.set_counts(10, Counts(copies=9, reuses=1))
+    tracer.faults = faults_of(10, 10, 10)
+    tracer.meanwhile = [record(PE_EXIT, 10)]
+    tracer.calls.clear()
+    final = session.finish("interrupted")
+    assert tracer.calls[:4] == [("detach",), ("poll", 0), ("drain_events",), ("poll", 0)]
+    assert tracer.calls[-1] == ("close",)
+    assert final.ended and final.end_reason == "interrupted"
+    assert final.totals == Counts(copies=9, reuses=1)
+    assert final.events_drained == 3
+    assert [m.pid for m in final.exited] == [10]
+    assert final.cost is not None
