@@ -147,16 +147,8 @@ class Session:
         return self.core.events_drained
 
     @property
-    def lost_events(self) -> int:
-        return self.core.lost_events
-
-    @property
     def tracer_stats(self) -> dict[str, int]:
         return self.core.tracer_stats
-
-    @property
-    def family_rate(self) -> float:
-        return self.tracked.copy_rate
 
     # ---- set-up ----------------------------------------------------------------------------
     def set_root(self, root_pid: int) -> None:

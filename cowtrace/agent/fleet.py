@@ -61,10 +61,6 @@ class Fleet:
     def events_drained(self) -> int:
         return self.core.events_drained
 
-    @property
-    def lost_events(self) -> int:
-        return self.core.lost_events
-
     # ---- set-up ----------------------------------------------------------------------------
     def open(self) -> None:
         self.tracer.open()
