@@ -4,6 +4,7 @@ and Session (trace/run) built on it with the same fake."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -24,7 +25,7 @@ from cowtrace.kernel.abi import (
     PE_FREE,
     PE_MAPS,
 )
-from cowtrace.kernel.tracer import MemberState, ProcRecord
+from cowtrace.kernel.tracer import KernelTracer, MemberState, ProcRecord
 from cowtrace.model import Counts, Role
 from cowtrace.procfs import ProcStat
 from cowtrace.session import Session, SessionOptions, null_sink
@@ -476,3 +477,23 @@ def test_session_finish_drains_after_detach_and_reads_final_counts(monkeypatch):
     assert final.events_drained == 3
     assert [m.pid for m in final.exited] == [10]
     assert final.cost is not None
+
+
+@pytest.mark.parametrize("implementation", [KernelTracer, FakeTracer])
+def test_kernel_tracer_and_the_fake_satisfy_the_protocol(implementation):
+    """Every call the core makes exists on KernelTracer (and the fake), same parameters."""
+    methods = [n for n, v in vars(core.Tracer).items() if inspect.isfunction(v) and n[0] != "_"]
+    assert sorted(methods) == [
+        "add_member",
+        "clear_map_changed",
+        "drain_alloc_events",
+        "drain_events",
+        "forget",
+        "members",
+        "poll_proc_records",
+        "stats",
+    ]
+    for method in methods:
+        expected = inspect.signature(getattr(core.Tracer, method)).parameters
+        actual = inspect.signature(getattr(implementation, method)).parameters
+        assert list(actual) == list(expected), method
