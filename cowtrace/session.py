@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from cowtrace.attribution.engine import AttributionEngine
-from cowtrace.attribution.maps import MapWatcher
-from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver, feed_lifecycle
+from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver
 from cowtrace.attribution.view import AttributionView
+from cowtrace.core import TracingCore, Tracked
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
 from cowtrace.host import procfs
@@ -43,7 +43,6 @@ from cowtrace.output.events import EventLog
 from cowtrace.python.tracker import PythonStacks
 from cowtrace.python.writers import remedies
 
-ADOPTION_ROUNDS = 5  # /proc rescans to catch forks racing with the attach
 FINAL_READ_GRACE_S = 2.0  # how long to wait for the root's task to be freed after it exits
 
 
@@ -94,13 +93,19 @@ def validate_target(pid: int) -> procfs.ProcStat:
 
 
 class Session:
-    """Traces one family from attach to finish."""
+    """Traces one family from attach to finish: a TracingCore (cowtrace/core.py) with one
+    family, the --events log, Python writer stacks, the root's end and the tracer's cost."""
 
-    def __init__(self, root_pid: int, options: SessionOptions | None = None) -> None:
+    def __init__(
+        self,
+        root_pid: int,
+        options: SessionOptions | None = None,
+        *,
+        tracer: KernelTracer | None = None,
+    ) -> None:
         self.options = options or SessionOptions()
         self.root_pid = root_pid
-        self.family = Family(root_pid)
-        self.tracer = KernelTracer(
+        self.tracer = tracer or KernelTracer(
             TracerConfig(
                 ring_bytes=self.options.ring_bytes,
                 stacks=self.options.stacks,
@@ -108,31 +113,49 @@ class Session:
                 python_stacks=self.options.python_stacks,
             )
         )
+        self.core = TracingCore(self.tracer, route=lambda _record: self.family)
+        self.core.on_record = self._on_record
+        self.core.on_faults = self._on_faults
+        self.core.on_adopted = self._python_adopt
+        now = time.monotonic()
+        self.tracked = Tracked(Family(root_pid), now, now)
         self.events = EventLog(self.options.events_path) if self.options.events_path else None
-        self.started = time.monotonic()
-        self._last_update = self.started
         self._root_exit_seen: float | None = None
         self._hold_until = 0.0
-        self.lost_events = 0
-        self.events_drained = 0  # detail records drained from the ring (tracer health)
-        self.family_rate = 0.0
         self.attach_s = 0.0
-        self.sink: AttributionSink = NullSink()
         self.resolver: KernelStackResolver | None = None
         self.allocators: AllocatorProbes | None = None
-        self.tracer_stats: dict[str, int] = {}
         self._usage_at_start = OwnUsage()
         self._bpf_stats_at_start = False
         self.cost: TracerCost | None = None  # read in finish(), before the program is unloaded
-        self._recover_heap = False  # attach mode: adopted members' heaps predate tracing
         self.python = PythonStacks() if self.options.python_stacks else None
-        self.maps_watch = MapWatcher(lambda pid: self.tracer.clear_map_changed(pid))
+
+    # ---- what the core keeps ---------------------------------------------------------------
+    @property
+    def family(self) -> Family:
+        return self.tracked.family
+
+    @property
+    def started(self) -> float:
+        return self.tracked.started
+
+    @property
+    def sink(self) -> AttributionSink:
+        return self.core.sink
+
+    @property
+    def events_drained(self) -> int:
+        return self.core.events_drained
+
+    @property
+    def tracer_stats(self) -> dict[str, int]:
+        return self.core.tracer_stats
 
     # ---- set-up ----------------------------------------------------------------------------
     def set_root(self, root_pid: int) -> None:
         """For `run`: the root is known only once the command is forked, after open()."""
         self.root_pid = root_pid
-        self.family = Family(root_pid)
+        self.tracked.family = Family(root_pid)
 
     def open(self) -> None:
         """Load the BPF program.  Separate from attach so that `run` can start the command
@@ -141,43 +164,28 @@ class Session:
         self.resolver = KernelStackResolver(
             self.tracer.bpf, root=lambda: self.root_pid, entries=self.tracer.stack_entries
         )
-        self.sink = self.options.sink_factory(self.resolver, self.options)
+        self.core.resolver = self.resolver
+        self.core.sink = self.options.sink_factory(self.resolver, self.options)
         if self.options.malloc:
             self.allocators = AllocatorProbes(self.tracer.bpf)
+            self.core.allocators = self.allocators
         # Maps are re-read after a change only for those who use them.
         uses_maps = not isinstance(self.sink, NullSink) or self.allocators is not None
-        self.maps_watch.read_proc = uses_maps
+        self.core.maps_watch.read_proc = uses_maps
         if self.python is not None:
             self.python.bind(self.tracer.bpf)
-        self.started = time.monotonic()
+        started = time.monotonic()
+        self.tracked.started = self.tracked.last_update = started
         self._usage_at_start = own_usage()  # the cost is counted over the same span as duration
         self._bpf_stats_at_start = bpf_stats_enabled()
-        self._last_update = self.started
-        self._hold_until = self.started + self.options.hold_events_s
+        self._hold_until = started + self.options.hold_events_s
 
     def attach_root(
         self, stat: procfs.ProcStat, *, adopted: bool, await_exec: bool = False
     ) -> None:
-        """Make the root a member, then adopt its existing descendants.
-
-        The root goes into the kernel's table first, so its forks from now on are caught there;
-        forks by descendants not yet adopted are caught by rescanning /proc until it is stable.
-        """
-        self.tracer.add_member(stat.pid, stat.pid, await_exec=await_exec)
-        self.family.adopt(stat, adopted=adopted)
-        self._recover_heap = adopted
-        # A held `run` child is still cowtrace: its program image comes with its exec record.
-        self._adopt_attribution(stat.pid, None, image=not await_exec)
-        self._python_adopt(stat.pid, await_exec)
-        for _ in range(ADOPTION_ROUNDS):
-            found = [s for s in procfs.descendants(stat.pid) if s.pid not in self.family.members]
-            if not found:
-                break
-            for child in found:
-                self.tracer.add_member(child.pid, stat.pid)
-                self.family.adopt(child, adopted=True)
-                self._adopt_attribution(child.pid, child.ppid)
-                self._python_adopt(child.pid, False)
+        """Make the root a member, then adopt its existing descendants (core.adopt_family)."""
+        self.core.recover_heap = adopted
+        self.core.adopt_family(stat, self.family, adopted=adopted, await_exec=await_exec)
         own = procfs.read_stat(os.getpid())
         if own is not None:
             self.attach_s = max(0.0, time.monotonic() - own.start_monotonic())
@@ -187,80 +195,26 @@ class Session:
         if self.allocators is not None:
             self.allocators.cover_program(self.root_pid, executable)
 
-    def _adopt_attribution(self, pid: int, parent: int | None, *, image: bool = True) -> None:
-        """A member that existed before tracing (or whose fork record was lost)."""
-        self.sink.adopt(pid, parent, recover_heap=self._recover_heap)
-        if not image:
-            return
-        if self.resolver is not None:
-            if parent is not None and parent in self.family.members:
-                self.resolver.note_fork(parent, pid)
-            else:
-                self.resolver.note_image(pid)
-        if self.allocators is not None and parent is None:  # the root only (uprobes.py)
-            self.allocators.cover_process(pid)
-
     # ---- the loop --------------------------------------------------------------------------
     def step(self, timeout_s: float) -> None:
-        """Wait up to `timeout_s` for lifecycle records, then fold in everything pending.
-
-        Per cycle (attribution/sink.py): the fault ring is drained first, then the lifecycle
-        records that came meanwhile, the map changes and the allocator calls; the sink is fed
-        lifecycle, maps, allocations, faults."""
+        """Wait up to `timeout_s` for lifecycle records, then fold in everything pending
+        (the core's drain order); while the ring is held, only the lifecycle records."""
         records = self.tracer.poll_proc_records(int(timeout_s * 1000))
         if self.python is not None:
             self.python.retry_pending()
         if time.monotonic() >= self._hold_until:
-            self._drain(records)
+            self.core.drain(records)
         else:
-            self._apply_lifecycle(records)
+            self.core.apply_lifecycle(records)
 
-    def _apply_lifecycle(self, records: list[ProcRecord]) -> None:
-        self.maps_watch.on_records(records)
-        for record in records:
-            self.family.apply(record)
-            # The stack resolver first: at an exec it makes the new image's symbol cache, which
-            # only a live process can give, and a short program may be done within
-            # milliseconds.  The Python detection below can wait for the loader, and the
-            # allocator probes read ELF files: both come after.
-            feed_lifecycle(record, self.sink, self.resolver)
-            self._python_lifecycle(record)
-            if record.pid == self.root_pid and record.type in (3, 4):
-                self._root_exit_seen = self._root_exit_seen or time.monotonic()
-            if self.allocators is not None:
-                if record.type == PE_EXEC:  # a new program: probed as a root would be
-                    self.allocators.cover_process(record.pid)
-                elif record.type in (PE_EXIT, PE_FREE):
-                    self.allocators.release(record.pid)
+    def _on_record(self, record: ProcRecord) -> None:
+        """After the family, the sink and the stack resolver took the record."""
+        self._python_lifecycle(record)
+        if record.pid == self.root_pid and record.type in (PE_EXIT, PE_FREE):
+            self._root_exit_seen = self._root_exit_seen or time.monotonic()
 
-    def _drain(self, lifecycle: list[ProcRecord] | None = None) -> None:
-        faults = self.tracer.drain_events()
-        self._apply_lifecycle([*(lifecycle or []), *self.tracer.poll_proc_records(0)])
-        snapshots, mapped_code = self.maps_watch.read()  # after the faults: see sink.py
-        allocs = self.tracer.drain_alloc_events()
-        if mapped_code:
-            if self.resolver is not None:
-                self.resolver.note_code_mapped(mapped_code)
-            if self.allocators is not None:  # an allocator a process dlopen()ed just now
-                self.allocators.note_code_mapped(mapped_code)
-        if snapshots:
-            self.sink.on_map_snapshots(snapshots)
-        if len(allocs) and self.allocators is not None and self.allocators.given_up:
-            # calls made while a given-up process' probes were being closed: its table is
-            # unknown from the moment it was given up
-            allocs = allocs[~np.isin(allocs["pid"], list(self.allocators.given_up))]
-        if len(allocs):
-            self.sink.on_alloc_events(allocs)
-            if self.allocators is not None:
-                for pid in self.allocators.charge(allocs):
-                    self.sink.allocations_untracked(time.monotonic_ns(), pid)
-        self._feed_faults(faults)
-
-    def _feed_faults(self, faults: np.ndarray) -> None:
-        if not len(faults):
-            return
-        self.events_drained += len(faults)
-        extra: Any = self.sink.on_fault_events(faults)
+    def _on_faults(self, faults: np.ndarray, extra: Any) -> None:
+        """After the sink: Python writers, then the --events lines."""
         pystacks = self._python_records(faults)
         if self.events is not None:
             self.events.write(faults, extra, pystacks=pystacks)
@@ -280,42 +234,19 @@ class Session:
         """Read the kernel's counters and take a snapshot."""
         now = time.monotonic()
         states = self.tracer.members()
-        for pid, _state in states.items():
-            if pid not in self.family.members:  # its fork record was lost: name it from /proc
-                stat = procfs.read_stat(pid)
-                if stat is not None:
-                    self.family.adopt(stat, adopted=False)
-                    self._adopt_attribution(pid, stat.ppid)
-        interval = now - self._last_update
-        before = self.family.totals().copied_bytes
-        self.family.update_counts(states, interval)
-        if interval > 0:
-            self.family_rate = max(0.0, (self.family.totals().copied_bytes - before) / interval)
-        self._last_update = now
+        self.core.update(self.tracked, states, now)
         done = [pid for pid in self.family.final if pid in states and pid != self.root_pid]
-        self.tracer.forget(done)
-        if self.allocators is not None:  # in case their exit record was lost
-            for pid in done:
-                self.allocators.release(pid)
-        self.tracer_stats = self.tracer.stats()
-        if self.allocators is not None:  # over their budget: tables unknown from then on
-            self.tracer_stats["alloc_probes_removed"] = len(self.allocators.given_up)
-        self.lost_events = self.tracer_stats["lost_events"]
+        self.core.forget(done)
+        self.core.read_health()
         return self._snapshot(now)
 
     def _snapshot(self, now: float, *, ended: bool = False, reason: str = "") -> Snapshot:
-        return Snapshot(
-            root_pid=self.root_pid,
-            started=self.started,
-            now=now,
-            members=self.family.ordered(),
-            totals=self.family.totals(),
-            lost_events=self.lost_events,
-            copy_rate=self.family_rate,
+        return self.core.snapshot(
+            self.tracked,
+            now,
             ended=ended,
             end_reason=reason,
             attach_s=self.attach_s,
-            events_drained=self.events_drained,
             attribution=self._python_types_view(self._python_view(self.sink.view())),
             cost=self.cost if ended else None,
         )
@@ -326,7 +257,7 @@ class Session:
         if self.allocators is not None:  # closes still running (uprobes.py): theirs first
             self.allocators.wait()
         self.tracer.detach()
-        self._drain(self.tracer.poll_proc_records(0))
+        self.core.drain(self.tracer.poll_proc_records(0))
         extra = self._close_open_episodes()
         snapshot = self.refresh()
         for pid, counts in extra.items():
@@ -377,7 +308,7 @@ class Session:
                 episode.via,
                 b"",
             )
-        self._feed_faults(records[records["kind"] != 0])
+        self.core.feed_faults(records[records["kind"] != 0])
         return extra
 
     # ---- Python writer stacks (cowtrace/python/) -------------------------------------------

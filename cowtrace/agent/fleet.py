@@ -16,41 +16,41 @@ import time
 from dataclasses import dataclass, field
 
 from cowtrace.attribution.engine import AttributionEngine
-from cowtrace.attribution.maps import MapWatcher
-from cowtrace.attribution.sink import feed_lifecycle
 from cowtrace.attribution.view import AttributionView
+from cowtrace.core import TracingCore, Tracked
 from cowtrace.family import Family
 from cowtrace.host import procfs
 from cowtrace.kernel.stacks import KernelStackResolver
-from cowtrace.kernel.tracer import KernelTracer, MemberState, TracerConfig
+from cowtrace.kernel.tracer import KernelTracer, MemberState, ProcRecord, TracerConfig
 from cowtrace.model import Snapshot
 from cowtrace.python.tracker import PythonStacks, python_lifecycle
 
-ADOPTION_ROUNDS = 5  # /proc rescans to catch forks racing with the attach (as Session does)
 LOST_FREE_GRACE_S = 5.0  # an exited member whose free record never came is final after this
 
 
 @dataclass
-class Tracked:
+class FleetFamily(Tracked):
     """One family and what the fleet knows about its life."""
 
-    family: Family
-    started: float
-    last_update: float
-    copy_rate: float = 0.0
     forgotten: set[int] = field(default_factory=set)  # pids dropped from the kernel's table
 
 
 class Fleet:
-    """Traces every family it is given with one KernelTracer."""
+    """Traces every family it is given with one tracer: a TracingCore (cowtrace/core.py)
+    whose lifecycle records are routed by root, and the families' retirement."""
 
-    def __init__(self, *, ring_bytes: int = 16 << 20, grace_s: float = 300.0) -> None:
-        self.tracer = KernelTracer(TracerConfig(ring_bytes=ring_bytes))
-        self.maps_watch = MapWatcher(lambda pid: self.tracer.clear_map_changed(pid))
+    def __init__(
+        self,
+        *,
+        ring_bytes: int = 16 << 20,
+        grace_s: float = 300.0,
+        tracer: KernelTracer | None = None,
+    ) -> None:
+        self.tracer = tracer or KernelTracer(TracerConfig(ring_bytes=ring_bytes))
+        # An adopted worker gets a symbol cache of its own (it may have exec'd something else).
+        self.core = TracingCore(self.tracer, route=self._family_of, fork_images=False)
         self.grace_s = grace_s
-        self.families: dict[int, Tracked] = {}
-        self.events_drained = 0
-        self.lost_events = 0
+        self.families: dict[int, FleetFamily] = {}
         self._own_pid = os.getpid()
         # One attribution engine for every family (it keys everything by pid): mappings and
         # writer stacks, for the metrics by mapping kind and the exit-time copies.  No
@@ -61,12 +61,21 @@ class Fleet:
         # CPython members: the Python types of the objects on copied pages (no Python stacks
         # in the agent, so no writer category: "other").
         self.python = PythonStacks()
+        self.core.on_adopted = lambda pid, _await_exec: self.python.adopt(pid)
+        self.core.on_record = lambda record: python_lifecycle(self.python, record)
+        self.core.on_faults = lambda faults, _extra: self.python.on_fault_events(faults)
+
+    @property
+    def events_drained(self) -> int:
+        return self.core.events_drained
 
     # ---- set-up ----------------------------------------------------------------------------
     def open(self) -> None:
         self.tracer.open()
         self.resolver = KernelStackResolver(self.tracer.bpf, entries=self.tracer.stack_entries)
         self.engine = AttributionEngine(self.resolver)
+        self.core.resolver = self.resolver
+        self.core.sink = self.engine
 
     def close(self) -> None:
         self.tracer.close()
@@ -81,64 +90,25 @@ class Fleet:
 
     def add_root(self, stat: procfs.ProcStat) -> bool:
         """Trace `stat` and its descendants as a new family; False if it is already traced.
-
-        The root enters the kernel's table first, so its forks from now on are caught there;
-        forks by descendants not yet adopted are caught by rescanning /proc until stable."""
+        Descendants another family traces already stay there (core.adopt_family)."""
         if self.is_traced(stat.pid):
             return False
         now = time.monotonic()
-        family = Family(stat.pid)
-        self.tracer.add_member(stat.pid, stat.pid)
-        family.adopt(stat, adopted=True)
-        self._adopt_attribution(stat.pid, None)
-        self.families[stat.pid] = Tracked(family, now, now)
-        for _ in range(ADOPTION_ROUNDS):
-            found = [
-                s
-                for s in procfs.descendants(stat.pid)
-                if s.pid not in family.members and not self.is_traced(s.pid)
-            ]
-            if not found:
-                break
-            for child in found:
-                self.tracer.add_member(child.pid, stat.pid)
-                family.adopt(child, adopted=True)
-                self._adopt_attribution(child.pid, child.ppid)
+        tracked = FleetFamily(Family(stat.pid), now, now)
+        self.families[stat.pid] = tracked
+        self.core.adopt_family(stat, tracked.family, adopted=True, taken=self.is_traced)
         return True
 
-    def _adopt_attribution(self, pid: int, parent: int | None) -> None:
-        self.python.adopt(pid)
-        if self.engine is None or self.resolver is None:
-            return
-        self.engine.adopt(pid, parent, recover_heap=False)
-        self.resolver.note_image(pid)
+    def _family_of(self, record: ProcRecord) -> Family | None:
+        tracked = self.families.get(record.root)
+        return tracked.family if tracked is not None else None
 
     # ---- the loop --------------------------------------------------------------------------
     def step(self, timeout_s: float) -> None:
         """Fold in lifecycle records (waiting up to `timeout_s`) and drain detail records."""
         records = self.tracer.poll_proc_records(int(timeout_s * 1000))
-        faults = self.tracer.drain_events()  # first: see cowtrace/attribution/sink.py
-        records = [*records, *self.tracer.poll_proc_records(0)]
-        self.maps_watch.on_records(records)
-        for record in records:
-            tracked = self.families.get(record.root)
-            if tracked is not None:
-                tracked.family.apply(record)
-            if self.engine is not None:
-                feed_lifecycle(record, self.engine, self.resolver)
-            python_lifecycle(self.python, record)
-        self.events_drained += len(faults)
         self.python.retry_pending()
-        if len(faults):
-            self.python.on_fault_events(faults)
-        if self.engine is not None:
-            snapshots, mapped_code = self.maps_watch.read()
-            if mapped_code:
-                self.resolver.note_code_mapped(mapped_code)
-            if snapshots:
-                self.engine.on_map_snapshots(snapshots)
-            if len(faults):
-                self.engine.on_fault_events(faults)
+        self.core.drain(records)
 
     def refresh(self) -> list[Snapshot]:
         """Read the kernel's counters, retire what is done, and snapshot every family."""
@@ -150,17 +120,7 @@ class Fleet:
         for root, tracked in list(self.families.items()):
             states = by_root.get(root, {})
             family = tracked.family
-            for pid in states:
-                if pid not in family.members:  # its fork record was lost: name it from /proc
-                    stat = procfs.read_stat(pid)
-                    if stat is not None:
-                        family.adopt(stat, adopted=False)
-            interval = now - tracked.last_update
-            before = family.totals().copied_bytes
-            family.update_counts(states, interval)
-            if interval > 0:
-                tracked.copy_rate = max(0.0, (family.totals().copied_bytes - before) / interval)
-            tracked.last_update = now
+            self.core.update(tracked, states, now)
             for pid, member in family.members.items():
                 if pid in tracked.forgotten or pid not in states:
                     continue
@@ -174,18 +134,19 @@ class Fleet:
         for root, states in by_root.items():  # left over from a family already retired
             if root not in self.families:
                 forget += [pid for pid, state in states.items() if state.exited]
-        self.tracer.forget(forget)
+        self.core.forget(forget)
         if self.engine is not None and self.resolver is not None:
             self.resolver.drop_stacks(self.engine.release_stacks())
             self.resolver.sweep_orphans(self.engine.known_stacks().tolist())
-        self.lost_events = self.tracer.stats()["lost_events"]
+        self.core.read_health()
         self._view = self.engine.metrics_view() if self.engine is not None else None
         if self.python.types.active:
             view = self._view or AttributionView()
             self._view = dataclasses.replace(view, **self.python.types.view_fields())
-        return [self._snapshot(t, now) for t in self.families.values()]
+        # for every family: the exporter picks each member's pid
+        return [self.core.snapshot(t, now, attribution=self._view) for t in self.families.values()]
 
-    def _prune(self, root: int, tracked: Tracked, now: float) -> None:
+    def _prune(self, root: int, tracked: FleetFamily, now: float) -> None:
         """Drop members whose final counts have outlived the grace period (the exporter has
         its own copy until then), and the family once nobody is left."""
         family = tracked.family
@@ -206,20 +167,6 @@ class Fleet:
                 self.python.forget(pid)
         if not family.members:
             del self.families[root]
-
-    def _snapshot(self, tracked: Tracked, now: float) -> Snapshot:
-        family = tracked.family
-        return Snapshot(
-            root_pid=family.root_pid,
-            started=tracked.started,
-            now=now,
-            members=family.ordered(),
-            totals=family.totals(),
-            lost_events=self.lost_events,
-            copy_rate=tracked.copy_rate,
-            events_drained=self.events_drained,
-            attribution=self._view,  # for every family: the exporter picks each member's pid
-        )
 
     def root_alive(self, root: int) -> bool:
         tracked = self.families.get(root)

@@ -7,7 +7,7 @@ import numpy as np
 
 from cowtrace.agent.fleet import Fleet
 from cowtrace.host.procfs import ProcStat
-from cowtrace.kernel.abi import PE_EXIT, PE_FORK, PE_FREE
+from cowtrace.kernel.abi import ALLOC_EVENT_DTYPE, PE_EXIT, PE_FORK, PE_FREE
 from cowtrace.kernel.ringbuf import EVENT_DTYPE
 from cowtrace.kernel.tracer import MemberState, ProcRecord
 from cowtrace.model import Counts
@@ -41,6 +41,12 @@ class FakeTracer:
     def drain_events(self) -> np.ndarray:
         return np.zeros(3, dtype=EVENT_DTYPE)
 
+    def drain_alloc_events(self) -> np.ndarray:
+        return np.empty(0, dtype=ALLOC_EVENT_DTYPE)
+
+    def clear_map_changed(self, pid: int) -> None:
+        return None
+
     def stats(self) -> dict[str, int]:
         return {"lost_events": 0}
 
@@ -53,9 +59,8 @@ def test_families_are_routed_by_root_and_retire(monkeypatch):
     monkeypatch.setattr("cowtrace.agent.fleet.procfs.descendants", lambda pid: [])
     clock = [1000.0]
     monkeypatch.setattr("cowtrace.agent.fleet.time.monotonic", lambda: clock[0])
-    fleet = Fleet(grace_s=10)
     fake = FakeTracer()
-    fleet.tracer = fake
+    fleet = Fleet(grace_s=10, tracer=fake)
     for root in (10, 20):
         assert fleet.add_root(ProcStat(root, f"m{root}", "S", 1, 0, 0))
     assert not fleet.add_root(ProcStat(10, "m10", "S", 1, 0, 0))
