@@ -51,6 +51,13 @@ COMMAND = ["sleep", "60"]  # far longer than any trial: a command left running s
 LEFTOVER_GRACE_S = 0.5
 
 
+def _default_hangup() -> None:
+    """In the child: SIGHUP at its default action, as from a terminal.  A suite started under
+    nohup hands every process SIGHUP ignored, and cowtrace rightly keeps an ignored SIGHUP
+    ignored (the user asked for it): the trial would then wait for an exit that never comes."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def start() -> subprocess.Popen:
     """`cowtrace run` in a session of its own, so that SIGINT can go to its process group."""
     return subprocess.Popen(
@@ -60,6 +67,7 @@ def start() -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_hangup,
     )
 
 
