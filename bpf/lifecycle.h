@@ -10,7 +10,11 @@
 BPF_ARRAY(host_renames, u64, 1);
 
 /* ---- lifecycle: fork, exec, exit ------------------------------------------------------------- */
-static __always_inline void emit_proc(u32 type, u32 pid, u32 ppid, struct member *m)
+/* The lifecycle record of member m, with its exit fields as they stand.  comm is the current
+ * task's, so only a record sent from the process' own context (or its parent's, for a fork)
+ * names it: own_context false leaves comm empty. */
+static __always_inline void send_proc(u32 type, u32 pid, u32 ppid, struct member *m,
+                                      bool own_context)
 {
     struct proc_event ev = {};
     ev.ts = bpf_ktime_get_ns();
@@ -20,9 +24,16 @@ static __always_inline void emit_proc(u32 type, u32 pid, u32 ppid, struct member
     ev.root = m->root;
     ev.exit_code = m->exit_code;
     ev.exit_signal = m->exit_signal;
-    bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+    if (own_context)
+        bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
     if (proc_events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
         stat_inc(STAT_LOST_PROC_EVENTS);
+}
+
+/* Fork, exec, exit: sent in the process' (or, for a fork, its parent's) own context. */
+static __always_inline void emit_proc(u32 type, u32 pid, u32 ppid, struct member *m)
+{
+    send_proc(type, pid, ppid, m, true);
 }
 
 /* Runs in the parent, inside copy_process(), before the new task can run: a process forked by
@@ -227,15 +238,7 @@ TRACEPOINT_PROBE(sched, sched_process_free)
     struct member *m = members.lookup(&tid);
     if (m && (m->flags & MF_EXITED)) {
         member_bit_clear(tid);          /* it can fault no more; user space reads it later */
-        struct proc_event ev = {};
-        ev.ts = bpf_ktime_get_ns();
-        ev.type = PE_FREE;
-        ev.pid = tid;
-        ev.root = m->root;
-        ev.exit_code = m->exit_code;
-        ev.exit_signal = m->exit_signal;
-        if (proc_events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
-            stat_inc(STAT_LOST_PROC_EVENTS);
+        send_proc(PE_FREE, tid, 0, m, false);   /* freed by another task: no comm of its own */
     }
     return 0;
 }
