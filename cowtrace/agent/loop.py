@@ -91,7 +91,10 @@ def serve(
             next_scan = now + options.scan_interval
         if now >= next_refresh:
             snapshots = fleet.refresh()
-            exporter.update(snapshots, tracer_health(fleet.tracer, fleet.events_drained))
+            health = tracer_health(
+                fleet.core.tracer_stats, fleet.events_drained, fleet.tracer.program_fds()
+            )
+            exporter.update(snapshots, health)
             roots = set(fleet.families)
             for root in sorted(known - roots):
                 log(f"family of pid {root} ended")

@@ -135,7 +135,10 @@ def trace_until_stopped(
         if exporter is not None:
             from cowtrace.metrics.exporter import tracer_health
 
-            exporter.update([snapshot], tracer_health(session.tracer, session.events_drained))
+            health = tracer_health(
+                session.tracer_stats, session.events_drained, session.tracer.program_fds()
+            )
+            exporter.update([snapshot], health)
 
     with reporter:
         reason = run_loop(

@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 from cowtrace.errors import CowtraceError
 from cowtrace.host import taskstats
 from cowtrace.host.cgroup import PodIdentity, pod_identity
-from cowtrace.kernel.tracer import KernelTracer
 from cowtrace.metrics.address import ListenAddress, parse_listen_address
 from cowtrace.metrics.collector import Exposition, Health, SnapshotCollector
 from cowtrace.metrics.cost import BPF_STATS_ON, own_usage
@@ -249,9 +248,10 @@ class MetricsExporter:
                 row.counters[("delayacct_copies", "")] = float(figure.count)
 
 
-def tracer_health(tracer: KernelTracer, events: int) -> Health:
-    """The tracer's own figures: lost records, table overflows, its programs' fds."""
-    stats = tracer.stats()
+def tracer_health(stats: dict[str, int], events: int, program_fds: dict[str, int]) -> Health:
+    """The tracer's own figures: lost records and table overflows as the core read them in
+    this cycle's refresh (`TracingCore.read_health`: one reading for the snapshot, the summary
+    and the metrics), the detail records drained, its programs' fds."""
     return Health(
         lost_events=stats["lost_events"],
         lost_proc_events=stats["lost_proc_events"],
@@ -260,5 +260,5 @@ def tracer_health(tracer: KernelTracer, events: int) -> Health:
             "members": stats["members_table_full"],
             "threads": stats["threads_table_full"],
         },
-        program_fds=tracer.program_fds(),
+        program_fds=program_fds,
     )
