@@ -21,6 +21,32 @@ from pathlib import Path
 USERS_ROOT = Path("/run/cowtrace")
 
 
+def read_users(directory: Path, besides: int | None = None) -> Iterator[tuple[Path, bool]]:
+    """Each user file of a switch (but the one of pid `besides`) and whether its user is alive:
+    its owner holds the lock on it; a lock that can be taken is a user that died without
+    leaving.  Only reads: removing the dead is the switch's, under its lock.  No directory: no
+    user yet."""
+    try:
+        paths = list(directory.iterdir())
+    except FileNotFoundError:
+        return
+    for path in paths:
+        if not path.name.isdigit() or int(path.name) == besides:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield path, True
+        else:
+            yield path, False  # the probe's lock is held until the close, after the caller
+        finally:
+            os.close(fd)
+
+
 class SharedSwitch:
     """Users of one switch: `acquire(turn_on)` / `release(turn_off)` around each use."""
 
@@ -40,23 +66,14 @@ class SharedSwitch:
             os.close(fd)
 
     def _other_users(self) -> list[Path]:
-        """Live users besides this process; files of dead ones are removed."""
+        """Live users besides this process; files of dead ones are removed (under the lock:
+        no user is between creating its file and locking it)."""
         live = []
-        for path in self.directory.iterdir():
-            if not path.name.isdigit() or int(path.name) == os.getpid():
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                live.append(path)  # its owner holds the lock: alive
+        for path, alive in read_users(self.directory, besides=os.getpid()):
+            if alive:
+                live.append(path)
             else:
                 path.unlink(missing_ok=True)  # nobody holds it: its owner died
-            finally:
-                os.close(fd)
         return live
 
     def acquire(self, turn_on: Callable[[], bool]) -> bool:

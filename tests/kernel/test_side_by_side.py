@@ -16,10 +16,7 @@ transition; it leaves the machine as it found it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -32,7 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cowtrace.host import taskstats
-from cowtrace.switch_users import USERS_ROOT
+from cowtrace.switch_users import USERS_ROOT, read_users
 from tests.e2e import kill_tree
 from tests.helpers import COWTRACE, read_jsonl
 from tests.kernel.streams import Lines, send
@@ -47,24 +44,7 @@ SYSCTL = Path("/proc/sys/kernel/task_delayacct")
 
 def live_users() -> list[int]:
     """Processes registered as users of the delay-accounting switch that hold their lock."""
-    found = []
-    with contextlib.suppress(FileNotFoundError):
-        for path in USERS.iterdir():
-            if not path.name.isdigit():
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                found.append(int(path.name))
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
-    return found
+    return [int(path.name) for path, alive in read_users(USERS) if alive]
 
 
 @pytest.fixture
