@@ -16,6 +16,9 @@ worker) are read from the kernel's exit records.
 Every process a run starts is stopped by the run's ``close`` (used from fixture finalizers),
 even when the test fails half-way. ``COWTRACE_EXAMPLES_OUT=DIR`` keeps each run's cowtrace
 command, plain output, JSON summary and check table there: the examples' READMEs quote them.
+
+The kernel tests trace their fixtures (tests/fixtures) through the last section, written once:
+start cowtrace (or a Session) on a fixture, wait for it, read what it wrote.
 """
 
 from __future__ import annotations
@@ -29,11 +32,16 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cowtrace.host import smaps, taskstats
-from tests.helpers import COWTRACE
+import pytest
+
+from cowtrace.host import procfs, smaps, taskstats
+from cowtrace.output.summary import summary_dict
+from cowtrace.session import Session, SessionOptions
+from tests.helpers import COWTRACE, read_jsonl
 
 PAGE = 4096
 REPO = Path(__file__).resolve().parents[1]
@@ -431,3 +439,49 @@ def in_function(frame: str, path: Path, function: str) -> bool:
 
 def share(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
+
+
+# --- traced fixtures (tests/kernel) -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def python_fixture(python: Path, script: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """A Python fixture that prints `ready`, acts on the lines it reads (`go`, ...) and ends on
+    `exit`: yielded once ready, told to exit and reaped afterwards."""
+    if not python.exists():
+        pytest.fail(f"{python} is missing: the machine set-up installs it")
+    fixture = subprocess.Popen(
+        [str(python), str(script), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert fixture.stdout.readline().strip() == "ready"
+        yield fixture
+    finally:
+        fixture.stdin.write("exit\n")
+        fixture.stdin.close()
+        fixture.wait(timeout=10)
+
+
+def trace_python_fixture(
+    python: Path, script: Path, tmp_path: Path, *args: str
+) -> tuple[dict, dict, list[dict]]:
+    """A Session (this process) attached to a Python fixture before its fork: on `go` it forks
+    and prints one JSON line of facts.  Returns (facts, --json summary, --events)."""
+    events_path = tmp_path / "events.jsonl"
+    with python_fixture(python, script, *args) as fixture:
+        session = Session(fixture.pid, SessionOptions(events_path=str(events_path)))
+        try:
+            session.open()
+            session.attach_root(procfs.read_stat(fixture.pid), adopted=True)
+            assert fixture.pid in session.python.images, "the fixture was not detected as CPython"
+            fixture.stdin.write("go\n")
+            fixture.stdin.flush()
+            facts = json.loads(fixture.stdout.readline())
+            session.step(0.05)
+            final = session.finish("done")
+        finally:
+            session.close()
+    return facts, summary_dict(final), read_jsonl(events_path)

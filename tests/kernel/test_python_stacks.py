@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import html
 import json
-import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from cowtrace.host import procfs
-from cowtrace.output.summary import summary_dict
 from cowtrace.report.load import load_report
 from cowtrace.report.pprof import render_pprof
-from cowtrace.session import Session, SessionOptions
+from tests.e2e import trace_python_fixture
 from tests.helpers import read_jsonl, run_cowtrace
 from tests.pprof_reader import read_pprof, stacks
 
@@ -80,36 +77,6 @@ def stacks_by_page(events: list[dict], pid: int) -> dict[int, list[str] | None]:
     return pages
 
 
-def trace_fixture(python: Path, tmp_path: Path, *args: str) -> tuple[dict, dict, list[dict]]:
-    """Attach to the fixture before its fork; returns (facts, --json summary, --events)."""
-    if not python.exists():
-        pytest.fail(f"{python} is missing: the machine set-up installs it")
-    events_path = tmp_path / "events.jsonl"
-    fixture = subprocess.Popen(
-        [str(python), str(FIXTURE), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    session = Session(fixture.pid, SessionOptions(events_path=str(events_path)))
-    try:
-        assert fixture.stdout.readline().strip() == "ready"
-        session.open()
-        session.attach_root(procfs.read_stat(fixture.pid), adopted=True)
-        assert fixture.pid in session.python.images, "the fixture was not detected as CPython"
-        fixture.stdin.write("go\n")
-        fixture.stdin.flush()
-        facts = json.loads(fixture.stdout.readline())
-        session.step(0.05)
-        final = session.finish("done")
-    finally:
-        session.close()
-        fixture.stdin.write("exit\n")
-        fixture.stdin.close()
-        fixture.wait(timeout=10)
-    return facts, summary_dict(final), read_jsonl(events_path)
-
-
 def innermost_by_page(events: list[dict], pid: int) -> dict[int, str]:
     """The innermost Python function of each page the child copied (first copy)."""
     pages: dict[int, str] = {}
@@ -122,7 +89,7 @@ def innermost_by_page(events: list[dict], pid: int) -> dict[int, str]:
 
 @pytest.mark.parametrize("version", sorted(INTERPRETERS))
 def test_python_writers_and_collector(version, tmp_path):
-    facts, summary, events = trace_fixture(INTERPRETERS[version], tmp_path)
+    facts, summary, events = trace_python_fixture(INTERPRETERS[version], FIXTURE, tmp_path)
     assert facts["version"] == version.split("-")[0]
     pages = innermost_by_page(events, facts["child"])
 
@@ -169,7 +136,9 @@ def test_python_writers_and_collector(version, tmp_path):
 
 @pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
 def test_writer_thread_has_its_own_stack(version, tmp_path):
-    facts, summary, events = trace_fixture(INTERPRETERS[version], tmp_path, "threads")
+    facts, summary, events = trace_python_fixture(
+        INTERPRETERS[version], FIXTURE, tmp_path, "threads"
+    )
     pages = innermost_by_page(events, facts["child"])
     assert len(facts["thread_pages"]) == 150
     assert Counter(pages.get(page, "<not copied>") for page in facts["thread_pages"]) == {
@@ -190,7 +159,9 @@ def test_writer_thread_has_its_own_stack(version, tmp_path):
 def test_freeze_spares_the_collector(version, tmp_path):
     """With gc.freeze() before the fork the child's collection copies none of the tuples' gc
     pages, while the functions' copies stay as they were."""
-    facts, summary, events = trace_fixture(INTERPRETERS[version], tmp_path, "freeze")
+    facts, summary, events = trace_python_fixture(
+        INTERPRETERS[version], FIXTURE, tmp_path, "freeze"
+    )
     pages = innermost_by_page(events, facts["child"])
     stacks = stacks_by_page(events, facts["child"])
     for name, expected in facts["pages"].items():
@@ -220,8 +191,10 @@ def test_gc_freeze_saving_predicted_from_a_run_without_it(version, tmp_path):
     runs = {name: tmp_path / name for name in ("without", "with")}
     for path in runs.values():
         path.mkdir()
-    without, summary, _ = trace_fixture(INTERPRETERS[version], runs["without"])
-    with_freeze, frozen, _ = trace_fixture(INTERPRETERS[version], runs["with"], "freeze")
+    without, summary, _ = trace_python_fixture(INTERPRETERS[version], FIXTURE, runs["without"])
+    with_freeze, frozen, _ = trace_python_fixture(
+        INTERPRETERS[version], FIXTURE, runs["with"], "freeze"
+    )
     saved = child_copies(summary, without["child"]) - child_copies(frozen, with_freeze["child"])
     remedies = {r["remedy"]: r for r in summary["python_remedies"]}
     predicted = remedies["gc_freeze"]["avoids_copies"]
@@ -239,7 +212,9 @@ def test_gc_freeze_saving_predicted_from_a_run_without_it(version, tmp_path):
 def test_teardown_is_reported_apart(version, tmp_path):
     """Objects released by the interpreter's teardown (a module global's) are copied with no
     Python frame left, category teardown, and a "why" line says so."""
-    facts, summary, events = trace_fixture(INTERPRETERS[version], tmp_path, "teardown")
+    facts, summary, events = trace_python_fixture(
+        INTERPRETERS[version], FIXTURE, tmp_path, "teardown"
+    )
     stacks = {}
     for event in events:
         if event["pid"] == facts["child"] and event["kind"] == "copy":

@@ -19,44 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from cowtrace.host import procfs
-from cowtrace.output.summary import summary_dict
-from cowtrace.session import Session, SessionOptions
+from tests.e2e import python_fixture, trace_python_fixture
 from tests.kernel.test_python_stacks import INTERPRETERS
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_types.py"
 TOLERANCE = 0.10
 
 
-def trace_types(python: Path, tmp_path: Path) -> tuple[dict, dict]:
-    """Attach to the fixture before its fork; returns (facts, --json summary)."""
-    if not python.exists():
-        pytest.fail(f"{python} is missing: the machine set-up installs it")
-    fixture = subprocess.Popen(
-        [str(python), str(FIXTURE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    session = Session(fixture.pid, SessionOptions(events_path=str(tmp_path / "events.jsonl")))
-    try:
-        assert fixture.stdout.readline().strip() == "ready"
-        session.open()
-        session.attach_root(procfs.read_stat(fixture.pid), adopted=True)
-        assert fixture.pid in session.python.images, "the fixture was not detected as CPython"
-        fixture.stdin.write("go\n")
-        fixture.stdin.flush()
-        facts = json.loads(fixture.stdout.readline())
-        session.step(0.05)
-        final = session.finish("done")
-    finally:
-        session.close()
-        fixture.stdin.write("exit\n")
-        fixture.stdin.close()
-        fixture.wait(timeout=10)
-    return facts, summary_dict(final)
-
-
 @pytest.mark.parametrize("version", sorted(INTERPRETERS))
 def test_touched_classes_rank_first_with_their_bytes(version: str, tmp_path: Path) -> None:
-    facts, summary = trace_types(INTERPRETERS[version], tmp_path)
+    facts, summary, _ = trace_python_fixture(INTERPRETERS[version], FIXTURE, tmp_path)
     classes = facts["classes"]
     rows = {row["type"]: row for row in summary["python_types"]}
     copied = [row["copied_bytes"] for row in summary["python_types"]]
@@ -95,15 +67,7 @@ def test_agent_exports_copied_bytes_by_type() -> None:
     from tests.kernel.test_agent import scrape, wait_until
     from tests.promserver import LineReader, http_get, metrics_url, promtool_check
 
-    fixture = subprocess.Popen(
-        [str(INTERPRETERS["3.11-debian"]), str(FIXTURE)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    agent = None
-    try:
-        assert fixture.stdout.readline().strip() == "ready"
+    with python_fixture(INTERPRETERS["3.11-debian"], FIXTURE) as fixture:
         agent = subprocess.Popen(
             [*COWTRACE, "agent", "--pid", str(fixture.pid), "--metrics-addr", "127.0.0.1:0"]
             + ["--interval", "0.2", "--python-types-top", "5"],
@@ -111,35 +75,32 @@ def test_agent_exports_copied_bytes_by_type() -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        stderr = LineReader(agent.stderr)
-        url = metrics_url(stderr)
-        stderr.wait_for(rf"tracing \S+ \(pid {fixture.pid}\)", timeout=60)  # adopted: fork now
-        fixture.stdin.write("go\n")
-        fixture.stdin.flush()
-        facts = json.loads(fixture.stdout.readline())
-        classes = facts["classes"]
+        try:
+            stderr = LineReader(agent.stderr)
+            url = metrics_url(stderr)
+            stderr.wait_for(rf"tracing \S+ \(pid {fixture.pid}\)", timeout=60)  # adopted: fork now
+            fixture.stdin.write("go\n")
+            fixture.stdin.flush()
+            facts = json.loads(fixture.stdout.readline())
+            classes = facts["classes"]
 
-        def by_type() -> dict[str, float] | None:
-            found = {
-                dict(labels)["type"]: value
-                for (name, labels), value in scrape(url).items()
-                if name == "cowtrace_python_type_copied_bytes_total"
-            }
-            want = classes["Charlie"]["type"]
-            return found if found.get(want, 0) >= classes["Charlie"]["bytes"] * 0.9 else None
+            def by_type() -> dict[str, float] | None:
+                found = {
+                    dict(labels)["type"]: value
+                    for (name, labels), value in scrape(url).items()
+                    if name == "cowtrace_python_type_copied_bytes_total"
+                }
+                want = classes["Charlie"]["type"]
+                return found if found.get(want, 0) >= classes["Charlie"]["bytes"] * 0.9 else None
 
-        found = wait_until(by_type, 10, "Charlie's bytes in the metrics")
-        for name in ("Alpha", "Charlie"):
-            want = classes[name]
-            assert abs(found[want["type"]] - want["bytes"]) <= TOLERANCE * want["bytes"], found
-        assert classes["Bravo"]["type"] not in found
-        assert "other" in found and len(found) <= 6
-        checked = promtool_check(http_get(url))
-        assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout
-    finally:
-        if agent is not None:
+            found = wait_until(by_type, 10, "Charlie's bytes in the metrics")
+            for name in ("Alpha", "Charlie"):
+                want = classes[name]
+                assert abs(found[want["type"]] - want["bytes"]) <= TOLERANCE * want["bytes"], found
+            assert classes["Bravo"]["type"] not in found
+            assert "other" in found and len(found) <= 6
+            checked = promtool_check(http_get(url))
+            assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout
+        finally:
             agent.terminate()
             agent.wait(timeout=30)
-        fixture.stdin.write("exit\n")
-        fixture.stdin.close()
-        fixture.wait(timeout=10)
