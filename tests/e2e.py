@@ -27,6 +27,7 @@ import ast
 import contextlib
 import json
 import os
+import select
 import shlex
 import signal
 import socket
@@ -35,12 +36,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cowtrace.host import procfs, smaps, taskstats
 from cowtrace.output.summary import summary_dict
 from cowtrace.session import Session, SessionOptions
+from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import COWTRACE, read_jsonl
 
 PAGE = 4096
@@ -442,6 +445,63 @@ def share(part: int, whole: int) -> float:
 
 
 # --- traced fixtures (tests/kernel) -----------------------------------------------------------
+
+build = load_build()
+
+
+def plain_trace_args(summary: Path, events: Path) -> list[str]:
+    """The options a test traces with: the plain view every 0.2 s (its first line says cowtrace
+    has attached), the --json summary and the --events log."""
+    return ["--plain", "--interval", "0.2", "--json", str(summary), "--events", str(events)]
+
+
+def wait_attached(tracer: subprocess.Popen, timeout: float = 60.0) -> None:
+    """cowtrace has attached once its plain view prints its first line: the view starts after
+    the attach.  (Counting loaded programs is unreliable while other sessions load theirs.)"""
+    ready, _, _ = select.select([tracer.stdout], [], [], timeout)
+    assert ready, "cowtrace did not attach"
+    assert tracer.stdout.readline(), "cowtrace ended before attaching"
+
+
+def until_ready(stdout: Iterator[str]) -> list[str]:
+    """A C fixture's lines up to its `"ready"` line (it then waits for SIGUSR1)."""
+    lines = []
+    for line in stdout:
+        lines.append(line)
+        if '"ready"' in line:
+            break
+    return lines
+
+
+def trace_attached(command: list[str], tmp_path: Path) -> tuple[int, Any, dict, list[dict]]:
+    """cowtrace attached to a C fixture (a `"ready"` line, then it waits for SIGUSR1) before
+    the fixture is released; both must end cleanly.  Returns the fixture's pid, its facts
+    (build.parse_lines), the --json summary and the --events."""
+    summary_path, events_path = tmp_path / "s.json", tmp_path / "e.jsonl"
+    fixture = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    tracer = None
+    try:
+        assert fixture.stdout is not None
+        lines = until_ready(fixture.stdout)
+        tracer = subprocess.Popen(
+            [*COWTRACE, str(fixture.pid), *plain_trace_args(summary_path, events_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_attached(tracer)
+        os.kill(fixture.pid, signal.SIGUSR1)
+        lines += fixture.stdout.read().splitlines()
+        assert fixture.wait(timeout=60) == 0
+        _out, err = tracer.communicate(timeout=60)
+        assert tracer.returncode == 0, err
+    finally:
+        for process in (fixture, tracer):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    facts = build.parse_lines(lines)
+    return fixture.pid, facts, json.loads(summary_path.read_text()), read_jsonl(events_path)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cowtrace.host import taskstats
 from cowtrace.host.cgroup import POD_LABELS, pod_identity
+from tests.e2e import until_ready
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import COWTRACE
 from tests.promserver import LineReader, http_get, metrics_url, promtool_check
@@ -67,11 +68,7 @@ def run_one_family(binary, url: str, listener: taskstats.ExitListener) -> list[i
     """Start one attach fixture, let the agent pick it up, release it, check its counts."""
     fixture = subprocess.Popen([str(binary), str(PAGES)], stdout=subprocess.PIPE, text=True)
     try:
-        lines = []
-        for line in fixture.stdout:
-            lines.append(line)
-            if '"ready"' in line:
-                break
+        lines = until_ready(fixture.stdout)
         facts = build.parse_lines(lines)
         master = fixture.pid
         # Its pod labels: empty on a host, a container id if the tests run in one (host.cgroup).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 from collections import Counter
@@ -12,6 +11,7 @@ from collections import Counter
 import pytest
 
 from cowtrace.host import taskstats
+from tests.e2e import trace_attached, wait_attached
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import (
     COWTRACE,
@@ -23,57 +23,10 @@ from tests.helpers import (
 build = load_build()
 
 
-def wait_attached(tracer: subprocess.Popen, timeout: float = 60.0) -> None:
-    """cowtrace has attached once its plain view prints its first line: the view starts after
-    the attach.  (Counting loaded programs is unreliable while other sessions load theirs.)"""
-    ready, _, _ = select.select([tracer.stdout], [], [], timeout)
-    assert ready, "cowtrace did not attach"
-    assert tracer.stdout.readline(), "cowtrace ended before attaching"
-
-
 def test_attach_counts_workers_that_already_exist(fixture_binaries, tmp_path):
-    fixture = subprocess.Popen(
-        [str(fixture_binaries("attach")), "256"], stdout=subprocess.PIPE, text=True
+    master, facts, summary, events = trace_attached(
+        [str(fixture_binaries("attach")), "256"], tmp_path
     )
-    lines = []
-    for line in fixture.stdout:
-        lines.append(line)
-        if '"ready"' in line:
-            break
-    facts = build.parse_lines(lines)
-    master = fixture.pid
-    summary_path, events_path = tmp_path / "s.json", tmp_path / "e.jsonl"
-    tracer = subprocess.Popen(
-        [
-            *COWTRACE,
-            str(master),
-            "--plain",
-            "--interval",
-            "0.2",
-            "--json",
-            str(summary_path),
-            "--events",
-            str(events_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_attached(tracer)
-        os.kill(master, signal.SIGUSR1)
-        lines += fixture.stdout.read().splitlines()
-        assert fixture.wait(timeout=60) == 0
-        _out, err = tracer.communicate(timeout=60)
-        assert tracer.returncode == 0, err
-    finally:
-        for process in (fixture, tracer):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    facts = build.parse_lines(lines)
-    summary = json.loads(summary_path.read_text())
-    events = read_jsonl(events_path)
     processes = {p["pid"]: p for p in summary["processes"]}
     assert summary["end_reason"] == "root exited"
     buffer = facts.buffers["buf"]

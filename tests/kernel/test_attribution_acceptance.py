@@ -15,15 +15,12 @@ the --events fields) against that answer:
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
+from tests.e2e import trace_attached
 from tests.fixtures.conftest_helpers import load_build
-from tests.helpers import COWTRACE, read_jsonl, run_args, run_cowtrace
-from tests.kernel.test_attach_and_lifecycle import wait_attached
+from tests.helpers import read_jsonl, run_args, run_cowtrace
 
 build = load_build()
 PAGE = 4096
@@ -176,48 +173,9 @@ def test_big_and_small_blocks_are_attributed_to_their_sites_and_writers(fixture_
 
 # ---- 2. blocks that predate the attach ---------------------------------------------------------
 def test_attach_attributes_copies_to_recovered_heap_chunks(fixture_binaries, tmp_path):
-    fixture = subprocess.Popen(
-        [str(fixture_binaries("attach_heap")), "4", "2000"], stdout=subprocess.PIPE, text=True
+    _, facts, summary, events = trace_attached(
+        [str(fixture_binaries("attach_heap")), "4", "2000"], tmp_path
     )
-    tracer = None
-    summary_path, events_path = tmp_path / "s.json", tmp_path / "e.jsonl"
-    try:
-        assert fixture.stdout is not None
-        lines = []
-        for line in fixture.stdout:
-            lines.append(line)
-            if '"ready"' in line:
-                break
-        tracer = subprocess.Popen(
-            [
-                *COWTRACE,
-                str(fixture.pid),
-                "--plain",
-                "--interval",
-                "0.2",
-                "--json",
-                str(summary_path),
-                "--events",
-                str(events_path),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        wait_attached(tracer)
-        os.kill(fixture.pid, signal.SIGUSR1)
-        lines += fixture.stdout.read().splitlines()
-        assert fixture.wait(timeout=60) == 0
-        _out, err = tracer.communicate(timeout=60)
-        assert tracer.returncode == 0, err
-    finally:
-        for process in (fixture, tracer):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
-    facts = build.parse_lines(lines)
-    summary = json.loads(summary_path.read_text())
-    events = read_jsonl(events_path)
     child = facts.pid_of("child")
     big, small = facts.buffers["big"], facts.buffers["small"]
     big_pages, small_pages = _expect(facts, child, "big"), _expect(facts, child, "small")

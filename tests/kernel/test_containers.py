@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from cowtrace.host import taskstats
-from tests.e2e import kill_tree
+from tests.e2e import kill_tree, plain_trace_args
 from tests.helpers import COWTRACE, read_jsonl
 from tests.kernel.streams import Lines, send
 
@@ -243,14 +243,8 @@ def test_attach_to_a_container(interpreter, tmp_path, delayacct):
             [
                 *COWTRACE,
                 str(init),
-                "--plain",
-                "--interval",
-                "0.2",
                 "--malloc",
-                "--json",
-                str(summary_path),
-                "--events",
-                str(events_path),
+                *plain_trace_args(summary_path, events_path),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -299,13 +293,7 @@ def test_run_a_container(tmp_path, delayacct):
         [
             *COWTRACE,
             "run",
-            "--plain",
-            "--interval",
-            "0.2",
-            "--json",
-            str(summary_path),
-            "--events",
-            str(events_path),
+            *plain_trace_args(summary_path, events_path),
             "--",
             *container_command(root, "debian"),
         ],

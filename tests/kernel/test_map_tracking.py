@@ -17,9 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.e2e import wait_attached
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import COWTRACE, read_jsonl, run_args, run_cowtrace
-from tests.kernel.test_attach_and_lifecycle import wait_attached
 
 build = load_build()
 SYSCALL_EVENTS = Path("/sys/kernel/tracing/events/syscalls")

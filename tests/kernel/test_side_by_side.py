@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cowtrace.host import taskstats
 from cowtrace.switch_users import USERS_ROOT, read_users
-from tests.e2e import kill_tree
+from tests.e2e import kill_tree, plain_trace_args
 from tests.helpers import COWTRACE, read_jsonl
 from tests.kernel.streams import Lines, send
 from tests.promserver import LineReader, http_get, metrics_url
@@ -130,18 +130,7 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
         output = Lines(fixture.stdout)
         output.wait_for(r"^ready$", 60)
         root = fixture.pid
-        a, a_err, a_url = start(
-            [
-                str(root),
-                "--plain",
-                "--interval",
-                "0.2",
-                "--json",
-                str(summary_path),
-                "--events",
-                str(events_path),
-            ]
-        )
+        a, a_err, a_url = start([str(root), *plain_trace_args(summary_path, events_path)])
         started.append(a)
         a_view = Lines(a.stdout)
         a_view.wait_for(rf" root={root} ", 60)  # A's view starts once attached
