@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -545,3 +546,12 @@ def trace_python_fixture(
         finally:
             session.close()
     return facts, summary_dict(final), read_jsonl(events_path)
+
+
+def outcomes(events: list[dict], pid: int, lo: int, hi: int) -> Counter:
+    """(kind, source) of each --events record of `pid` at an address in [lo, hi)."""
+    return Counter(
+        (e["kind"], e["source"])
+        for e in events
+        if e["pid"] == pid and e["addr"] is not None and lo <= e["addr"] < hi
+    )

@@ -1,11 +1,13 @@
 """A child's output collected line by line on a thread, and answers on its stdin: how the
-container and side-by-side tests wait for a fixture or a plain view by readiness, not time.
+container and side-by-side tests wait for a fixture or a plain view by readiness, not time;
+and their fixture's dialogue (tests/fixtures/py_prefork.py), written once.
 
 (Not select() on the pipe: a text stream's readline buffers whatever else arrived with the
 line, and select() then waits for more data while those lines sit unread.)"""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
@@ -60,3 +62,29 @@ class Lines:
 def send(process: subprocess.Popen, line: str) -> None:
     process.stdin.write(line + "\n")
     process.stdin.flush()
+
+
+class Prefork:
+    """tests/fixtures/py_prefork.py's dialogue, through the process whose stdin and stdout are
+    the fixture's: the fixture itself, or the `cowtrace run` (or container) that runs it."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+        self.output = Lines(process.stdout)
+
+    def ready(self, timeout: float = 60.0) -> None:
+        """The fixture has set its buffers up and waits for `go` (a tracer attaches now)."""
+        self.output.wait_for(r"^ready$", timeout)
+
+    def fork(self) -> dict[str, int]:
+        """`go`: it forks c1 and c2; their pids as the fixture sees them, by name."""
+        send(self.process, "go")
+        return json.loads(self.output.wait_for(r'^\{"children"', 30))["children"]
+
+    def write(self) -> dict:
+        """`write`: the children write, one after the other, and exit; the fixture's facts."""
+        send(self.process, "write")
+        return json.loads(self.output.wait_for(r'^\{"pid"', 60))
+
+    def exit(self) -> None:
+        send(self.process, "exit")

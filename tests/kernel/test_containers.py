@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 
 from cowtrace.host import taskstats
-from tests.e2e import kill_tree, plain_trace_args
+from tests.e2e import kill_tree, outcomes, plain_trace_args
 from tests.helpers import COWTRACE, read_jsonl
-from tests.kernel.streams import Lines, send
+from tests.kernel.streams import Lines, Prefork
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_prefork.py"
 PAGE, PAGES, FILE_PAGES, BLOCK_PAGES = 4096, 256, 64, 64
@@ -149,19 +149,12 @@ def check_trace(
     # Per buffer: the derived answers, exactly.
     anon, data = facts["anon"], facts["file"]
 
-    def outcomes(pid: int, lo: int, hi: int) -> Counter:
-        return Counter(
-            (e["kind"], e["source"])
-            for e in events
-            if e["pid"] == pid and e["addr"] is not None and lo <= e["addr"] < hi
-        )
-
-    assert outcomes(host["c1"], *anon) == {("copy", "anon"): PAGES // 4}
-    assert outcomes(host["c2"], *anon) == {("copy", "anon"): PAGES // 2}
-    assert outcomes(host["c1"], *data) == {("copy", "file"): FILE_PAGES}
-    assert outcomes(host["c2"], *data) == Counter()
-    assert outcomes(parent, *anon) == Counter()
-    assert outcomes(parent, *data) == Counter()
+    assert outcomes(events, host["c1"], *anon) == {("copy", "anon"): PAGES // 4}
+    assert outcomes(events, host["c2"], *anon) == {("copy", "anon"): PAGES // 2}
+    assert outcomes(events, host["c1"], *data) == {("copy", "file"): FILE_PAGES}
+    assert outcomes(events, host["c2"], *data) == Counter()
+    assert outcomes(events, parent, *anon) == Counter()
+    assert outcomes(events, parent, *data) == Counter()
     # The block c2 writes, a page per step: each page wholly inside it (nothing else lives
     # there) is copied exactly once, by c2, and by no one else.
     block_start, block_end = facts["block"]
@@ -234,8 +227,8 @@ def test_attach_to_a_container(interpreter, tmp_path, delayacct):
     )
     tracer = None
     try:
-        output = Lines(container.stdout)
-        output.wait_for(r"^ready$", 60)
+        fixture = Prefork(container)
+        fixture.ready()
         (init,) = children_of(container.pid)  # the namespace's pid 1, on the host
         assert not Path(SCRIPT).exists(), f"{SCRIPT} exists on the host: the test proves nothing"
         assert not Path(DATA).exists(), f"{DATA} exists on the host: the test proves nothing"
@@ -253,16 +246,14 @@ def test_attach_to_a_container(interpreter, tmp_path, delayacct):
         view = Lines(tracer.stdout)
         view.wait_for(rf" root={init} ", 60)  # the view starts once attached
         with taskstats.ExitListener() as listener:
-            send(container, "go")
-            children = json.loads(output.wait_for(r'^\{"children"', 30))["children"]
+            children = fixture.fork()
             # Both children are alive and waiting: cowtrace names them with their pids inside.
             view.wait_for_all([rf" ns_pid={ns} " for ns in children.values()], 30)
-            send(container, "write")
-            facts = json.loads(output.wait_for(r'^\{"pid"', 60))
+            facts = fixture.write()
             # Python frames are named from the family's memory: the parent stays until
             # cowtrace has seen both children exit (their copies are drained before that).
             view.wait_for_all([rf" ns_pid={ns} .* state=exit:0" for ns in children.values()], 30)
-            send(container, "exit")
+            fixture.exit()
             assert container.wait(timeout=30) == 0
             assert tracer.wait(timeout=60) == 0, tracer.stderr.read()
             out, err = view.text(), tracer.stderr.read()
@@ -305,18 +296,16 @@ def test_run_a_container(tmp_path, delayacct):
     )
     try:
         with taskstats.ExitListener() as listener:
-            output, view = Lines(tracer.stdout), Lines(tracer.stderr)
-            output.wait_for(r"^ready$", 60)
+            fixture, view = Prefork(tracer), Lines(tracer.stderr)
+            fixture.ready()
             # cowtrace has handled the interpreter's exec (Python detected, allocators probed:
             # the block is malloc'd after "go") once its view names the init python3.
             view.wait_for(r" ns_pid=1 .*comm=python3 ", 60)
-            send(tracer, "go")
-            children = json.loads(output.wait_for(r'^\{"children"', 30))["children"]
+            children = fixture.fork()
             view.wait_for_all([rf" ns_pid={ns} " for ns in children.values()], 30)
-            send(tracer, "write")
-            facts = json.loads(output.wait_for(r'^\{"pid"', 60))
+            facts = fixture.write()
             view.wait_for_all([rf" ns_pid={ns} .* state=exit:0" for ns in children.values()], 30)
-            send(tracer, "exit")
+            fixture.exit()
             assert tracer.wait(timeout=60) == 0, view.text()
             summary = json.loads(summary_path.read_text())
             events = read_jsonl(events_path)

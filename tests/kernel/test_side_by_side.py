@@ -30,9 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cowtrace.host import taskstats
 from cowtrace.switch_users import USERS_ROOT, read_users
-from tests.e2e import kill_tree, plain_trace_args
+from tests.e2e import kill_tree, outcomes, plain_trace_args
 from tests.helpers import COWTRACE, read_jsonl
-from tests.kernel.streams import Lines, send
+from tests.kernel.streams import Lines, Prefork
 from tests.promserver import LineReader, http_get, metrics_url
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_prefork.py"
@@ -127,8 +127,8 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
     summary_path, events_path = tmp_path / "a.json", tmp_path / "a.jsonl"
     started: list[subprocess.Popen] = [fixture]
     try:
-        output = Lines(fixture.stdout)
-        output.wait_for(r"^ready$", 60)
+        dialogue = Prefork(fixture)
+        dialogue.ready()
         root = fixture.pid
         a, a_err, a_url = start([str(root), *plain_trace_args(summary_path, events_path)])
         started.append(a)
@@ -154,11 +154,9 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
         # The root sits in readline: nothing it does from here is before both tracers.
         baseline = taskstats.query_tgid(root).wpcopy_count
         with taskstats.ExitListener() as listener:
-            send(fixture, "go")
-            children = json.loads(output.wait_for(r'^\{"children"', 30))["children"]
+            children = dialogue.fork()
             pids = list(children.values())
-            send(fixture, "write")
-            facts = json.loads(output.wait_for(r'^\{"pid"', 60))
+            facts = dialogue.write()
             kernel = {}
             for name, pid in children.items():
                 record = listener.wait_for(pid, timeout=10)
@@ -173,7 +171,7 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
                     f"{who} exports {expected}: {figures(url, pids)}",
                 )
             a_view.wait_for_all([rf"pid={pid} .* state=exit:0" for pid in pids], 30)
-            send(fixture, "exit")
+            dialogue.exit()
             assert fixture.wait(timeout=30) == 0
             root_record = listener.wait_for(root, timeout=10)
             assert root_record is not None
@@ -214,16 +212,8 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
     # The fixture's derived answers, per buffer, in A's events.
     events = read_jsonl(events_path)
     anon, data = facts["anon"], facts["file"]
-
-    def outcomes(pid: int, lo: int, hi: int) -> Counter:
-        return Counter(
-            (e["kind"], e["source"])
-            for e in events
-            if e["pid"] == pid and e["addr"] is not None and lo <= e["addr"] < hi
-        )
-
-    assert outcomes(children["c1"], *anon) == {("copy", "anon"): PAGES // 4}
-    assert outcomes(children["c2"], *anon) == {("copy", "anon"): PAGES // 2}
-    assert outcomes(children["c1"], *data) == {("copy", "file"): FILE_PAGES}
-    assert outcomes(root, *anon) == outcomes(root, *data) == Counter()
+    assert outcomes(events, children["c1"], *anon) == {("copy", "anon"): PAGES // 4}
+    assert outcomes(events, children["c2"], *anon) == {("copy", "anon"): PAGES // 2}
+    assert outcomes(events, children["c1"], *data) == {("copy", "file"): FILE_PAGES}
+    assert outcomes(events, root, *anon) == outcomes(events, root, *data) == Counter()
     assert "Traceback" not in "".join(a_err.lines + b_err.lines) + a_rest
