@@ -34,10 +34,10 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -50,6 +50,7 @@ from tests.helpers import COWTRACE, read_jsonl
 PAGE = 4096
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+T = TypeVar("T")
 
 
 # --- process families ----------------------------------------------------------------------
@@ -143,6 +144,17 @@ def wait_idle(pids: list[int], timeout: float = 30.0, quiet_s: float = 0.2) -> N
         last = now
         if time.monotonic() > deadline:
             raise TimeoutError(f"processes {pids} did not go idle within {timeout} s")
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str) -> T:
+    """The first truthy answer of `check`, asked every 0.1 s for up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.1)
 
 
 def free_port() -> int:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cowtrace.host import taskstats
 from cowtrace.host.cgroup import POD_LABELS, pod_identity
-from tests.e2e import until_ready
+from tests.e2e import until_ready, wait_until
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import COWTRACE
 from tests.promserver import LineReader, http_get, metrics_url, promtool_check
@@ -45,16 +44,6 @@ def member_values(samples, name: str, pid: int) -> float | None:
 
 def pids_shown(samples) -> set[str]:
     return {dict(labels)["pid"] for (_, labels) in samples if "pid" in dict(labels)}
-
-
-def wait_until(check, timeout: float, what: str):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture

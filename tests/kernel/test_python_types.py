@@ -63,8 +63,9 @@ def test_touched_classes_rank_first_with_their_bytes(version: str, tmp_path: Pat
 def test_agent_exports_copied_bytes_by_type() -> None:
     """The agent (no Python stacks) resolves the same pages: its top types are Alpha and
     Charlie with their bytes, Bravo has no series and the rest is type="other"."""
+    from tests.e2e import wait_until
     from tests.helpers import COWTRACE
-    from tests.kernel.test_agent import scrape, wait_until
+    from tests.kernel.test_agent import scrape
     from tests.promserver import LineReader, http_get, metrics_url, promtool_check
 
     with python_fixture(INTERPRETERS["3.11-debian"], FIXTURE) as fixture:

@@ -20,7 +20,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cowtrace.host import taskstats
 from cowtrace.switch_users import USERS_ROOT, read_users
-from tests.e2e import kill_tree, outcomes, plain_trace_args
+from tests.e2e import kill_tree, outcomes, plain_trace_args, wait_until
 from tests.helpers import COWTRACE, read_jsonl
 from tests.kernel.streams import Lines, Prefork
 from tests.promserver import LineReader, http_get, metrics_url
@@ -89,16 +88,6 @@ def figures(url: str, pids: list[int]) -> dict[int, tuple[float, float]] | None:
             return None
         out[pid] = (samples[keys[0]] + samples[keys[1]], kernel)
     return out
-
-
-def wait_until(check, timeout: float, what: str):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.1)
 
 
 def start(args: list[str]) -> tuple[subprocess.Popen, LineReader, str]:
