@@ -462,6 +462,17 @@ def share(part: int, whole: int) -> float:
 build = load_build()
 
 
+def marker_line(path: Path, marker: str) -> int:
+    """The line of `path` ending in the marker comment `@marker` (exactly one)."""
+    found = [
+        number
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if line.rstrip().endswith(f"@{marker}")
+    ]
+    assert len(found) == 1, (marker, found)
+    return found[0]
+
+
 def plain_trace_args(summary: Path, events: Path) -> list[str]:
     """The options a test traces with: the plain view every 0.2 s (its first line says cowtrace
     has attached), the --json summary and the --events log."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from cowtrace.host import taskstats
-from tests.e2e import kill_tree, outcomes, plain_trace_args
+from tests.e2e import kill_tree, marker_line, outcomes, plain_trace_args
 from tests.helpers import COWTRACE, read_jsonl
 from tests.kernel.streams import Lines, Prefork
 
@@ -82,17 +82,6 @@ def container_command(root: Path, interpreter: str) -> list[str]:
         str(FILE_PAGES),
         DATA,
     ]
-
-
-def fixture_line(marker: str) -> int:
-    """The line of the fixture ending in the marker comment `@marker` (exactly one)."""
-    found = [
-        number
-        for number, line in enumerate(FIXTURE.read_text().splitlines(), start=1)
-        if line.rstrip().endswith(f"@{marker}")
-    ]
-    assert len(found) == 1, (marker, found)
-    return found[0]
 
 
 def children_of(pid: int) -> list[int]:
@@ -186,12 +175,12 @@ def check_trace(
     assert not [name for name in shown if name.startswith(("/proc/", "/tmp/"))], shown
     innermost = {
         "c1": {
-            "anon": f"write_anon ({SCRIPT}:{fixture_line('write_anon')})",
-            "file": f"write_file ({SCRIPT}:{fixture_line('write_file')})",
+            "anon": f"write_anon ({SCRIPT}:{marker_line(FIXTURE, 'write_anon')})",
+            "file": f"write_file ({SCRIPT}:{marker_line(FIXTURE, 'write_file')})",
         },
         "c2": {
-            "anon": f"write_anon ({SCRIPT}:{fixture_line('write_anon')})",
-            "block": f"write_block ({SCRIPT}:{fixture_line('write_block')})",
+            "anon": f"write_anon ({SCRIPT}:{marker_line(FIXTURE, 'write_anon')})",
+            "block": f"write_block ({SCRIPT}:{marker_line(FIXTURE, 'write_block')})",
         },
     }
     written = {

@@ -27,7 +27,7 @@ import pytest
 
 from cowtrace.report.load import load_report
 from cowtrace.report.pprof import render_pprof
-from tests.e2e import trace_python_fixture
+from tests.e2e import marker_line, trace_python_fixture
 from tests.helpers import read_jsonl, run_cowtrace
 from tests.pprof_reader import read_pprof, stacks
 
@@ -43,20 +43,9 @@ UNIT = 100
 SLACK = 4  # extra pages a function may copy besides its objects' headers (its list, frame)
 
 
-def fixture_line(marker: str) -> int:
-    """The line of the fixture ending in the marker comment `@marker` (exactly one)."""
-    found = [
-        number
-        for number, line in enumerate(FIXTURE.read_text().splitlines(), start=1)
-        if line.rstrip().endswith(f"@{marker}")
-    ]
-    assert len(found) == 1, (marker, found)
-    return found[0]
-
-
 def frame(function: str, marker: str) -> str:
     """How cowtrace names a frame of the fixture running the line marked `@marker`."""
-    return f"{function} ({FIXTURE}:{fixture_line(marker)})"
+    return f"{function} ({FIXTURE}:{marker_line(FIXTURE, marker)})"
 
 
 def fixture_stack(*innermost: str) -> list[str]:
