@@ -36,6 +36,19 @@ static __always_inline void emit_proc(u32 type, u32 pid, u32 ppid, struct member
     send_proc(type, pid, ppid, m, true);
 }
 
+/* The member of process tgid (NULL: none); thread tid's open episode, if any, is closed: an
+ * exec or an exit ends whatever write the thread was in. */
+static __always_inline struct member *member_leaving_episode(u32 tgid, u32 tid)
+{
+    struct member *m = members.lookup(&tgid);
+    if (!m)
+        return NULL;
+    struct episode_state *ep = episodes.lookup(&tid);
+    if (ep)
+        close_episode(ep, tid, false);
+    return m;
+}
+
 /* Runs in the parent, inside copy_process(), before the new task can run: a process forked by
  * a member joins the family here, so none of its faults is missed. */
 TRACEPOINT_PROBE(task, task_newtask)
@@ -94,12 +107,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     count_host_rename();
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    struct member *m = members.lookup(&tgid);
+    struct member *m = member_leaving_episode(tgid, tid);
     if (!m)
         return 0;
-    struct episode_state *ep = episodes.lookup(&tid);
-    if (ep)
-        close_episode(ep, tid, false);
     if (m->flags & MF_VFORK_CHILD) {
         /* It stops sharing its parent's memory now: from here on it is a member of its own,
          * forked (as far as the family goes) by the parent it borrowed memory from. */
@@ -204,12 +214,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    struct member *m = members.lookup(&tgid);
+    struct member *m = member_leaving_episode(tgid, tid);
     if (!m)
         return 0;
-    struct episode_state *ep = episodes.lookup(&tid);
-    if (ep)
-        close_episode(ep, tid, false);
     if (!args->group_dead)
         return 0;
     if (m->flags & MF_VFORK_CHILD) {
