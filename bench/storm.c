@@ -44,13 +44,8 @@ int main(int argc, char **argv)
     volatile char *buffer = dirtied_buffer(pages);
     if (!buffer)
         return 1;
-    if (wait_for_tracer) {
-        char line[16];
-        printf("ready %d\n", getpid());
-        fflush(stdout);
-        if (!fgets(line, sizeof(line), stdin))
-            return 1;
-    }
+    if (wait_for_tracer && await_go() != 0)
+        return 1;
     pid_t child = fork();
     if (child == 0) {
         struct timespec t0, t1;

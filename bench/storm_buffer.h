@@ -2,13 +2,15 @@
  * storm_buffer.h: the shared part of the CoW storm programs (storm.c, storm_chunks.c).
  *
  * A private anonymous buffer of `pages` pages, each written once, so that every page is a real
- * page of its own: after fork() the child's first write to each copies it.
+ * page of its own: after fork() the child's first write to each copies it.  And the handshake
+ * with the driver before the fork, so that a tracer can attach first.
  */
 #ifndef STORM_BUFFER_H
 #define STORM_BUFFER_H
 
 #include <stdio.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #define PAGE 4096L
 
@@ -24,6 +26,16 @@ static volatile char *dirtied_buffer(long pages)
     for (long i = 0; i < pages; i++)
         buffer[i * PAGE] = 1;
     return buffer;
+}
+
+/* Print "ready PID" and wait for the driver's line on stdin (a tracer attaches meanwhile):
+ * 0, or -1 when stdin ended first. */
+static int await_go(void)
+{
+    char line[16];
+    printf("ready %d\n", getpid());
+    fflush(stdout);
+    return fgets(line, sizeof(line), stdin) ? 0 : -1;
 }
 
 #endif

@@ -64,10 +64,7 @@ int main(int argc, char **argv)
     volatile char *buffer = dirtied_buffer(pages);
     if (!buffer)
         return 1;
-    char line[16];
-    printf("ready %d\n", getpid());
-    fflush(stdout);
-    if (!fgets(line, sizeof(line), stdin))
+    if (await_go() != 0)
         return 1;
     pid_t child = fork();
     if (child < 0) {
