@@ -165,6 +165,16 @@ class Measure:
     cpu_per_request_us: float
 
 
+def loaded(server, root: int, port: int, args: argparse.Namespace) -> Measure:
+    """Warm the running server up, then load it for --seconds: its requests per second and
+    the CPU time its whole family spent per request."""
+    server.warm(port, args.warmup)
+    cpu_before = family_cpu_ns(root)
+    load = server.load(port, args.seconds)
+    cpu = family_cpu_ns(root) - cpu_before
+    return Measure(load.requests / load.seconds, cpu / 1e3 / load.requests)
+
+
 def measure(server, arm: str, args: argparse.Namespace, reaper: Reaper) -> Measure:
     """Start the server (under its arm), load it, measure, and stop everything."""
     port = free_port()
@@ -191,11 +201,7 @@ def measure(server, arm: str, args: argparse.Namespace, reaper: Reaper) -> Measu
         if arm == "agent":
             agent_err.wait_for(rf"tracing \S+ \(pid {root}\)", timeout=60)
         pin_family(root, SERVER_CPU)
-        server.warm(port, args.warmup)
-        cpu_before = family_cpu_ns(root)
-        load = server.load(port, args.seconds)
-        cpu = family_cpu_ns(root) - cpu_before
-        return Measure(load.requests / load.seconds, cpu / 1e3 / load.requests)
+        return loaded(server, root, port, args)
     finally:
         for proc, signum in reversed(started):  # an attached tracer before its server
             reaper.stop(proc, signum, timeout=30)
@@ -220,11 +226,7 @@ def period(server, arm: str, root: int, port: int, args: argparse.Namespace,
     """One measured period of a running server under `arm`'s cowtrace (or none)."""
     started = start_tracer(server, arm, root, reaper)
     try:
-        server.warm(port, args.warmup)
-        cpu_before = family_cpu_ns(root)
-        load = server.load(port, args.seconds)
-        cpu = family_cpu_ns(root) - cpu_before
-        return Measure(load.requests / load.seconds, cpu / 1e3 / load.requests)
+        return loaded(server, root, port, args)
     finally:
         for proc, signum in started:
             reaper.stop(proc, signum, timeout=30)
