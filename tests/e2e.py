@@ -39,12 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
-
 from cowtrace.host import procfs, smaps, taskstats
-from cowtrace.output.summary import summary_dict
-from cowtrace.session import Session, SessionOptions
-from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import COWTRACE, read_jsonl
 
 PAGE = 4096
@@ -458,8 +453,8 @@ def share(part: int, whole: int) -> float:
 
 
 # --- traced fixtures (tests/kernel) -----------------------------------------------------------
-
-build = load_build()
+# pytest, the fixtures' build module and the Session are imported where used: bench/ imports
+# this module too, where neither pytest nor a tracer in-process is wanted.
 
 
 def marker_line(path: Path, marker: str) -> int:
@@ -524,7 +519,9 @@ def trace_attached(command: list[str], tmp_path: Path) -> tuple[int, Any, dict, 
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
-    facts = build.parse_lines(lines)
+    from tests.fixtures.conftest_helpers import load_build
+
+    facts = load_build().parse_lines(lines)
     return fixture.pid, facts, json.loads(summary_path.read_text()), read_jsonl(events_path)
 
 
@@ -532,6 +529,8 @@ def trace_attached(command: list[str], tmp_path: Path) -> tuple[int, Any, dict, 
 def python_fixture(python: Path, script: Path, *args: str) -> Iterator[subprocess.Popen]:
     """A Python fixture that prints `ready`, acts on the lines it reads (`go`, ...) and ends on
     `exit`: yielded once ready, told to exit and reaped afterwards."""
+    import pytest
+
     if not python.exists():
         pytest.fail(f"{python} is missing: the machine set-up installs it")
     fixture = subprocess.Popen(
@@ -554,6 +553,9 @@ def trace_python_fixture(
 ) -> tuple[dict, dict, list[dict]]:
     """A Session (this process) attached to a Python fixture before its fork: on `go` it forks
     and prints one JSON line of facts.  Returns (facts, --json summary, --events)."""
+    from cowtrace.output.summary import summary_dict
+    from cowtrace.session import Session, SessionOptions
+
     events_path = tmp_path / "events.jsonl"
     with python_fixture(python, script, *args) as fixture:
         session = Session(fixture.pid, SessionOptions(events_path=str(events_path)))
