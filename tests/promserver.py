@@ -11,12 +11,12 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import IO
+
+from tests.kernel.streams import Lines
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -34,38 +34,9 @@ def http_get(url: str, timeout: float = 5.0) -> str:
         return answer.read().decode()
 
 
-class LineReader:
-    """Collects a pipe's lines on a thread, so a test can wait for one without blocking."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines:
-                    found = regex.search(line)
-                    if found:
-                        return found
-                left = deadline - time.monotonic()
-                assert left > 0, f"no line matching {pattern!r} in {self.lines!r}"
-                self._cond.wait(left)
-
-
-def metrics_url(stderr: LineReader, timeout: float = 60.0) -> str:
+def metrics_url(stderr: Lines, timeout: float = 60.0) -> str:
     """The URL cowtrace printed when it started serving."""
-    return stderr.wait_for(_URL.pattern, timeout).group(1)
+    return _URL.search(stderr.wait_for(_URL.pattern, timeout)).group(1)
 
 
 class Prometheus:

@@ -1,6 +1,6 @@
 """A child's output collected line by line on a thread, and answers on its stdin: how the
-container and side-by-side tests wait for a fixture or a plain view by readiness, not time;
-and their fixture's dialogue (tests/fixtures/py_prefork.py), written once.
+kernel tests wait for a fixture, a plain view or cowtrace's log by readiness, not time; and
+the container and side-by-side tests' fixture dialogue (tests/fixtures/py_prefork.py).
 
 (Not select() on the pipe: a text stream's readline buffers whatever else arrived with the
 line, and select() then waits for more data while those lines sit unread.)"""

@@ -20,7 +20,8 @@ from cowtrace.host.cgroup import POD_LABELS, pod_identity
 from tests.e2e import until_ready, wait_until
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import COWTRACE
-from tests.promserver import LineReader, http_get, metrics_url, promtool_check
+from tests.kernel.streams import Lines
+from tests.promserver import http_get, metrics_url, promtool_check
 
 build = load_build()
 GRACE_S = 4.0
@@ -133,7 +134,7 @@ def test_agent_follows_families_that_come_and_go(fixture_binaries, delayacct):
         text=True,
     )
     try:
-        stderr = LineReader(agent.stderr)
+        stderr = Lines(agent.stderr)
         url = metrics_url(stderr)
         stderr.wait_for("ready:", timeout=60)
         all_pids: list[int] = []

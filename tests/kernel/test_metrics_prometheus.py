@@ -22,7 +22,8 @@ from cowtrace.host import taskstats
 from cowtrace.metrics.samplers import BPF_STATS_SYSCTL
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import COWTRACE, read_jsonl
-from tests.promserver import LineReader, Prometheus, http_get, metrics_url, promtool_check, value
+from tests.kernel.streams import Lines
+from tests.promserver import Prometheus, http_get, metrics_url, promtool_check, value
 
 build = load_build()
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "cowtrace.json"
@@ -92,7 +93,7 @@ def test_dashboard_panels_have_data_and_counters_are_exact(fixture_binaries, tmp
             text=True,
         )
         try:
-            stdout, stderr = LineReader(cowtrace.stdout), LineReader(cowtrace.stderr)
+            stdout, stderr = Lines(cowtrace.stdout), Lines(cowtrace.stderr)
             url = metrics_url(stderr)
             target = re.sub(r"^http://|/metrics$", "", url)
             prometheus = Prometheus(tmp_path, target, scrape_s=1.0)

@@ -65,8 +65,9 @@ def test_agent_exports_copied_bytes_by_type() -> None:
     Charlie with their bytes, Bravo has no series and the rest is type="other"."""
     from tests.e2e import wait_until
     from tests.helpers import COWTRACE
+    from tests.kernel.streams import Lines
     from tests.kernel.test_agent import scrape
-    from tests.promserver import LineReader, http_get, metrics_url, promtool_check
+    from tests.promserver import http_get, metrics_url, promtool_check
 
     with python_fixture(INTERPRETERS["3.11-debian"], FIXTURE) as fixture:
         agent = subprocess.Popen(
@@ -77,7 +78,7 @@ def test_agent_exports_copied_bytes_by_type() -> None:
             text=True,
         )
         try:
-            stderr = LineReader(agent.stderr)
+            stderr = Lines(agent.stderr)
             url = metrics_url(stderr)
             stderr.wait_for(rf"tracing \S+ \(pid {fixture.pid}\)", timeout=60)  # adopted: fork now
             fixture.stdin.write("go\n")

@@ -32,7 +32,7 @@ from cowtrace.switch_users import USERS_ROOT, read_users
 from tests.e2e import kill_tree, outcomes, plain_trace_args, wait_until
 from tests.helpers import COWTRACE, read_jsonl
 from tests.kernel.streams import Lines, Prefork
-from tests.promserver import LineReader, http_get, metrics_url
+from tests.promserver import http_get, metrics_url
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_prefork.py"
 PYTHON = "/usr/bin/python3.11"
@@ -90,14 +90,14 @@ def figures(url: str, pids: list[int]) -> dict[int, tuple[float, float]] | None:
     return out
 
 
-def start(args: list[str]) -> tuple[subprocess.Popen, LineReader, str]:
+def start(args: list[str]) -> tuple[subprocess.Popen, Lines, str]:
     process = subprocess.Popen(
         [*COWTRACE, *args, "--metrics-addr", "127.0.0.1:0", "--delayacct"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    stderr = LineReader(process.stderr)
+    stderr = Lines(process.stderr)
     return process, stderr, metrics_url(stderr)
 
 
