@@ -68,6 +68,18 @@ static __always_inline void member_bit_clear(u32 tgid)
         __sync_fetch_and_and(bits, ~(1ULL << (tgid & 63)));
 }
 
+/* The entry of a traced process whose own faults count, or NULL: not a member, or one that
+ * `cowtrace run` holds before its exec (what it writes then is still cowtrace's own memory). */
+static __always_inline struct member *active_member(u32 tgid)
+{
+    if (!maybe_member(tgid))
+        return NULL;
+    struct member *m = members.lookup(&tgid);
+    if (!m || (m->flags & MF_AWAIT_EXEC))
+        return NULL;
+    return m;
+}
+
 /* The member whose counters a write by this process goes to (the vfork parent for a vfork
  * child), or NULL when the process is not traced. */
 static __always_inline struct member *counting_member(u32 tgid)

@@ -55,10 +55,8 @@ static __always_inline int on_fault(void *ctx, void *user_regs, u64 address, u64
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    if (!maybe_member(tgid))
-        return 0;
-    struct member *m = members.lookup(&tgid);
-    if (!m || (m->flags & MF_AWAIT_EXEC))
+    struct member *m = active_member(tgid);
+    if (!m)
         return 0;
     bool wp = (error_code & PF_PRESENT_WRITE) == PF_PRESENT_WRITE;
     struct episode_state *ep = episodes.lookup(&tid);
@@ -127,10 +125,8 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
         return 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    if (!maybe_member(tgid))
-        return 0;
-    struct member *self = members.lookup(&tgid);
-    if (!self || (self->flags & MF_AWAIT_EXEC))
+    struct member *self = active_member(tgid);
+    if (!self)
         return 0;
     /* The direct layout (only cowtrace on this tracepoint), else the iterator's (another
      * program shares it: one more frame, ITER_SHIFT_ALLOC words).  The words of both layouts

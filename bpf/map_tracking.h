@@ -27,11 +27,9 @@ RAW_TRACEPOINT_PROBE(mmap_lock_acquire_returned)
     if (!(ctx->args[1] & 0xff) || !(ctx->args[2] & 0xff))
         return 0;                       /* a reader, or a failed trylock */
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!maybe_member(tgid))
-        return 0;
-    struct member *m = members.lookup(&tgid);
-    if (!m || (m->flags & MF_AWAIT_EXEC))
-        return 0;                       /* awaiting exec: still cowtrace's own memory */
+    struct member *m = active_member(tgid);
+    if (!m)
+        return 0;                       /* not traced, or awaiting exec: see active_member */
     u32 owner = m->owner;               /* a vfork child changes its parent's map */
     if (map_dirty.lookup(&owner))
         return 0;                       /* already marked: user space will re-read */
