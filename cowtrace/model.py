@@ -12,9 +12,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from cowtrace.host.memory import PAGE_SIZE
+from cowtrace.results import AttributionView
 
 if TYPE_CHECKING:
-    from cowtrace.attribution.view import AttributionView
     from cowtrace.metrics.cost import TracerCost
 
 

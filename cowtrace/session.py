@@ -17,7 +17,6 @@ import numpy as np
 
 from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver
-from cowtrace.attribution.view import AttributionView
 from cowtrace.core import TracingCore, Tracked
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
@@ -42,6 +41,7 @@ from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
 from cowtrace.python.tracker import PythonStacks
 from cowtrace.python.writers import remedies
+from cowtrace.results import AttributionView
 
 FINAL_READ_GRACE_S = 2.0  # how long to wait for the root's task to be freed after it exits
 

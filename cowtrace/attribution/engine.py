@@ -38,9 +38,9 @@ from cowtrace.attribution.changes import CUTS, EXEC, FORK, UNTRACKED, ChangeQueu
 from cowtrace.attribution.event_fields import EventFields
 from cowtrace.attribution.maps import PAGE, MapSnapshot, ProcessMap, RegionRegistry, read_proc_maps
 from cowtrace.attribution.sink import StackResolver
-from cowtrace.attribution.view import AttributionView
 from cowtrace.attribution.writers import NO_STACK, Stack, StackCache
 from cowtrace.kernel.abi import KIND_COPY
+from cowtrace.results import AttributionView
 
 TOP_N = 50
 _PAGE_MASK = np.uint64(~(PAGE - 1) & 0xFFFFFFFFFFFFFFFF)

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from cowtrace.attribution.maps import MapSnapshot
-from cowtrace.attribution.view import AttributionView
 from cowtrace.kernel.abi import PE_EXEC, PE_EXIT, PE_FORK
+from cowtrace.results import AttributionView
 
 
 class StackResolver(Protocol):

@@ -67,9 +67,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from cowtrace.attribution.sink import AttributionSink
-from cowtrace.attribution.view import PythonTypeStat
 from cowtrace.metrics.cost import cost_figures
 from cowtrace.model import Counts, Member, Snapshot
+from cowtrace.results import PythonTypeStat
 
 if TYPE_CHECKING:
     from cowtrace.attribution.sink import AttributionSink

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cowtrace.attribution.view import AllocationStat, AttributionView, RegionStat
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
+from cowtrace.results import AllocationStat, AttributionView, RegionStat
 
 STACK_FRAMES = 3  # frames shown per stack in tables (innermost first)
 

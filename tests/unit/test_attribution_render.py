@@ -7,17 +7,17 @@ import json
 
 from rich.console import Console
 
-from cowtrace.attribution.view import (
+from cowtrace.model import Counts, ExitStatus, Member, Role, Snapshot
+from cowtrace.output.summary import summary_dict
+from cowtrace.render import LiveView, PlainReporter, render_summary, summary_lines
+from cowtrace.render import attribution as attr
+from cowtrace.results import (
     AllocationStat,
     AttributionView,
     BlockStat,
     RegionStat,
     WriterStat,
 )
-from cowtrace.model import Counts, ExitStatus, Member, Role, Snapshot
-from cowtrace.output.summary import summary_dict
-from cowtrace.render import LiveView, PlainReporter, render_summary, summary_lines
-from cowtrace.render import attribution as attr
 
 VIEW = AttributionView(
     regions=(

@@ -1,8 +1,10 @@
-"""What attribution hands to renderers, the summary and the metrics: plain immutable tables.
+"""The typed results of a trace: what attribution found, as plain immutable tables.
 
-The engine (engine.py) builds an AttributionView on every refresh; nothing here computes.
-Sizes are in pages where the kernel counts pages (copies) and in bytes where the allocator
-counts bytes (block sizes); `copied_bytes` properties turn pages into bytes.
+The engine (attribution/engine.py) and the Python tracker build an AttributionView on every
+refresh; the live view, the summary (output/summary.py), the metrics and `cowtrace report`
+read these types, and nothing here computes.  Sizes are in pages where the kernel counts pages
+(copies) and in bytes where the allocator counts bytes (block sizes); `copied_bytes`
+properties turn pages into bytes.
 """
 
 from __future__ import annotations
