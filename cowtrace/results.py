@@ -10,6 +10,7 @@ properties turn pages into bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from cowtrace.host.memory import PAGE_SIZE
 
@@ -66,12 +67,21 @@ class WriterStat:
 
     frames: tuple[str, ...]  # innermost first, symbolized
     copies: int
-    processes: int
+    processes: int | None  # None: not counted (a process' exit writers)
     truncated: bool  # the walk ended early (no frame pointers): only the leading frames are real
 
     @property
     def copied_bytes(self) -> int:
         return self.copies * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class ProcessExit:
+    """Copies one process made in its last exit window before it exited (waste: the memory is
+    freed right after), and the writer stacks of those copies, most first."""
+
+    copies: int
+    writers: tuple[WriterStat, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,20 @@ class AttributionView:
     python_types: tuple[PythonTypeStat, ...] = ()  # family, most copied bytes first
     python_types_by_pid: dict[int, tuple[PythonTypeStat, ...]] = field(default_factory=dict)
     python_pages: dict[str, int] = field(default_factory=dict)  # copied pages by class
+    # The end of a trace only (the engine's final view): each process' exit-time copies and
+    # their writers, by pid; None in the live views and when attribution is off.
+    exits: dict[int, ProcessExit] | None = None
+    # `module+0xOFFSET` frames name these objects: {basename: {"path", "build_id", "loads"}}
+    # (kernel/stacks.py), so `cowtrace report` can name the frames from debug files later.
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # CPython members were traced for Python stacks: the summary's Python sections are
+    # written, even empty.
+    python: bool = False
+
+    @property
+    def tables(self) -> bool:
+        """Anything in the engine's tables (mappings, allocation sites, writer stacks)."""
+        return bool(self.regions or self.allocations or self.writers)
 
 
 @dataclass(frozen=True)
