@@ -17,8 +17,13 @@ from cowtrace.results import AllocationStat, AttributionView, RegionStat
 STACK_FRAMES = 3  # frames shown per stack in tables (innermost first)
 
 
-def region_label(region: RegionStat) -> str:
-    """``[heap]``, ``anon``, ``[anon:cache]``, ``/usr/bin/python3 .data``, ``shm /dev/shm/x``."""
+def region_label(region: RegionStat, *, report: bool = False) -> str:
+    """``[heap]``, ``anonymous``, ``[anon:cache]``, ``/usr/bin/python3 .data``,
+    ``shm /dev/shm/x``; `report`: the report's wording, ``/usr/bin/python3 (.data)``, the kind
+    for a nameless mapping other than plain anonymous memory, no ``shm`` prefix."""
+    if report:
+        name = region.name or ("anonymous" if region.kind in ("anon", "") else region.kind)
+        return f"{name} ({region.section})" if region.section else name
     if region.kind == "anon":
         return "anonymous"
     label = region.name or region.kind

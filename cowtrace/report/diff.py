@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
+from cowtrace.render.attribution import region_label
 from cowtrace.report.model import ReportData
 
 ROLE_NAMES = {"child": "worker"}
@@ -132,7 +133,8 @@ def _section(
 def _regions(data: ReportData) -> Keyed | None:
     if data.regions is None:
         return None
-    return _sum(((r.kind, r.label()), r.label(), None, r.copied_bytes) for r in data.regions)
+    labels = [(r, region_label(r, report=True)) for r in data.regions]
+    return _sum(((r.kind, label), label, None, r.copied_bytes) for r, label in labels)
 
 
 def _allocations(data: ReportData) -> Keyed | None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from html import escape
 
 from cowtrace import __version__
+from cowtrace.render.attribution import region_label
 from cowtrace.render.format import count, human_bytes
 from cowtrace.report.assets import CSS, JS
 from cowtrace.report.flame import NATIVE, PYTHON, SYNTHETIC, build_tree
@@ -182,7 +183,8 @@ def _regions(data: ReportData, top: int, whole: int) -> str:
     columns += [("share", True), ("", False), ("reuses", True), ("zero-fills", True)]
     columns += [("processes", True)]
     rows = [
-        f"<tr><td>{escape(r.label())}</td><td>{escape(r.kind)}</td>{_n(count(r.copies))}"
+        f"<tr><td>{escape(region_label(r, report=True))}</td><td>{escape(r.kind)}</td>"
+        f"{_n(count(r.copies))}"
         f"{_n(human_bytes(r.copied_bytes))}{_share_cell(r.copied_bytes, whole)}"
         f"{_n(count(r.reuses))}{_n(count(r.zero_fills))}{_n(count(r.processes))}</tr>"
         for r in data.regions[:top]

@@ -17,16 +17,14 @@ from typing import Any, TextIO
 from cowtrace.errors import CowtraceError
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.report.aggregate import aggregate_events
-from cowtrace.report.model import (
-    AllocationRow,
-    BlockRow,
-    ProcessRow,
-    PythonTypeRow,
-    PythonWriterRow,
-    RegionRow,
-    ReportData,
-    Totals,
-    WriterRow,
+from cowtrace.report.model import ProcessRow, ReportData, Totals
+from cowtrace.results import (
+    AllocationStat,
+    BlockStat,
+    PythonTypeStat,
+    PythonWriterStat,
+    RegionStat,
+    WriterStat,
 )
 
 SUPPORTED_SCHEMA = 1
@@ -143,13 +141,13 @@ class _Fields:
             raise self._bad(key, "true or false")
         return value
 
-    def frames(self, key: str) -> list[str]:
+    def frames(self, key: str) -> tuple[str, ...]:
         value = self.obj.get(key)
         if value is None:
-            return []
+            return ()
         if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
             raise self._bad(key, "a list of strings")
-        return list(value)
+        return tuple(value)
 
     def items(self, key: str) -> list[Any] | None:
         """A list section; None when the file does not have it."""
@@ -263,10 +261,10 @@ def _process(obj: Any, index: int, path: str) -> ProcessRow:
     )
 
 
-def _region(obj: Any, where: str, path: str) -> RegionRow:
+def _region(obj: Any, where: str, path: str) -> RegionStat:
     f = _Fields(obj, where, path)
     copies = f.count("copies")
-    return RegionRow(
+    return RegionStat(
         kind=f.str("kind") or "other",
         name=f.str("name") or "",
         section=f.str("section"),
@@ -278,18 +276,18 @@ def _region(obj: Any, where: str, path: str) -> RegionRow:
     )
 
 
-def _allocation(obj: Any, where: str, path: str) -> AllocationRow:
+def _allocation(obj: Any, where: str, path: str) -> AllocationStat:
     f = _Fields(obj, where, path)
     copies = f.count("copies")
     largest = []
     for i, block in enumerate(f.items("largest") or []):
         b = _Fields(block, f"{where}.largest[{i}]", path)
         largest.append(
-            BlockRow(
+            BlockStat(
                 addr=b.count("addr"), size=b.count("size"), copied_pages=b.count("copied_pages")
             )
         )
-    return AllocationRow(
+    return AllocationStat(
         site=f.frames("site"),
         origin=f.str("origin") or "malloc",
         allocator=f.str("allocator"),
@@ -297,14 +295,14 @@ def _allocation(obj: Any, where: str, path: str) -> AllocationRow:
         block_bytes=f.count("block_bytes"),
         copies=copies,
         copied_bytes=f.bytes_of(copies),
-        largest=largest,
+        largest=tuple(largest),
     )
 
 
-def _writer(obj: Any, where: str, path: str) -> WriterRow:
+def _writer(obj: Any, where: str, path: str) -> WriterStat:
     f = _Fields(obj, where, path)
     copies = f.count("copies")
-    return WriterRow(
+    return WriterStat(
         frames=f.frames("frames"),
         copies=copies,
         copied_bytes=f.bytes_of(copies),
@@ -313,10 +311,10 @@ def _writer(obj: Any, where: str, path: str) -> WriterRow:
     )
 
 
-def _python_writer(obj: Any, where: str, path: str) -> PythonWriterRow:
+def _python_writer(obj: Any, where: str, path: str) -> PythonWriterStat:
     f = _Fields(obj, where, path)
     copies = f.count("copies")
-    return PythonWriterRow(
+    return PythonWriterStat(
         frames=f.frames("frames"),
         native_leaf=f.str("native_leaf"),
         category=f.str("category"),
@@ -325,14 +323,14 @@ def _python_writer(obj: Any, where: str, path: str) -> PythonWriterRow:
     )
 
 
-def _python_type(obj: Any, where: str, path: str) -> PythonTypeRow:
+def _python_type(obj: Any, where: str, path: str) -> PythonTypeStat:
     f = _Fields(obj, where, path)
     categories = obj.get("by_category") or {}
     if not isinstance(categories, dict) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in categories.values()
     ):
         raise CowtraceError(f"{path}: {where}.by_category is not an object of integers")
-    return PythonTypeRow(
+    return PythonTypeStat(
         type=f.str("type") or "?",
         objects=f.int("objects"),
         copied_bytes=f.count("copied_bytes"),

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cowtrace.render.attribution import region_label
 from cowtrace.render.format import count, human_bytes
 from cowtrace.report.model import ProcessRow, ReportData
 
@@ -152,7 +153,7 @@ def _render_regions(data: ReportData, console: Console, top: int, whole: int) ->
         + [("reuses", True), ("zero-fills", True), ("processes", True)],
     )
     for r in data.regions[:top]:
-        cells = [r.label(), r.kind, count(r.copies), human_bytes(r.copied_bytes)]
+        cells = [region_label(r, report=True), r.kind, count(r.copies), human_bytes(r.copied_bytes)]
         cells += [share(r.copied_bytes, whole), count(r.reuses), count(r.zero_fills)]
         cells.append(count(r.processes))
         table.add_row(*(Text(c) for c in cells))
