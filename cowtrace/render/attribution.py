@@ -1,18 +1,24 @@
 """Attribution as text: top mappings, allocations, writers and exit-time copies.
 
-Shared by the live view (rich panes), the plain periodic lines and the final summary, so all
-three name a mapping or a stack the same way.  Everything here reads an AttributionView and
-the snapshot's members; nothing computes attribution.
+One renderer per section for every output: the live view (rich panes), the plain periodic
+lines, the final summary and `cowtrace report`'s tables (report/text.py), so all of them name
+a mapping or a stack the same way.  Everything here reads the result types of
+cowtrace/results.py (an AttributionView and the snapshot's members, or the rows a report
+loaded); nothing computes attribution.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.console import Console
+from rich.text import Text
+
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
-from cowtrace.results import AllocationStat, AttributionView, RegionStat
+from cowtrace.render.table import frames_text, missing, more, ranked_table, share
+from cowtrace.results import AllocationStat, AttributionView, RegionStat, WriterStat
 
 STACK_FRAMES = 3  # frames shown per stack in tables (innermost first)
 
@@ -177,3 +183,96 @@ def plain_lines(snapshot: Snapshot, top: int) -> list[str]:
         for pid, comm, n in exit_rows(snapshot)[:top]
     ]
     return lines
+
+
+# ---- `cowtrace report`'s tables (report/text.py) -------------------------------------------
+def regions_report(
+    regions: Sequence[RegionStat] | None, console: Console, top: int, whole: int, source: str
+) -> None:
+    console.print()
+    if regions is None:
+        missing(console, "mappings", source)
+        return
+    table = ranked_table(
+        "top mappings by copied bytes",
+        [("mapping", False), ("kind", False), ("copies", True), ("copied", True), ("share", True)]
+        + [("reuses", True), ("zero-fills", True), ("processes", True)],
+    )
+    for r in regions[:top]:
+        cells = [region_label(r, report=True), r.kind, fmt.count(r.copies)]
+        cells += [fmt.human_bytes(r.copied_bytes), share(r.copied_bytes, whole)]
+        cells += [fmt.count(r.reuses), fmt.count(r.zero_fills), fmt.count(r.processes)]
+        table.add_row(*(Text(c) for c in cells))
+    console.print(table if regions else Text("top mappings: none"))
+    more(console, top, len(regions))
+
+
+def allocations_report(
+    allocations: Sequence[AllocationStat] | None,
+    console: Console,
+    top: int,
+    whole: int,
+    source: str,
+) -> None:
+    console.print()
+    if allocations is None:
+        missing(console, "allocations", source)
+        return
+    table = ranked_table(
+        "top allocation sites by copied bytes",
+        [("allocation site (innermost first)", False), ("origin", False), ("blocks", True)]
+        + [("block bytes", True), ("copies", True), ("copied", True), ("share", True)],
+        lines=True,
+    )
+    for a in allocations[:top]:
+        site = frames_text(a.site) if a.site else Text("(site unknown)", style="dim")
+        for block in a.largest:
+            site.append(
+                f"\n  block {block.addr:#x}: {fmt.human_bytes(block.size)}, "
+                f"{fmt.count(block.copied_pages)} pages copied",
+                style="dim",
+            )
+        origin = a.origin + (f" ({a.allocator})" if a.allocator else "")
+        cells = [fmt.count(a.blocks), fmt.human_bytes(a.block_bytes), fmt.count(a.copies)]
+        cells += [fmt.human_bytes(a.copied_bytes), share(a.copied_bytes, whole)]
+        table.add_row(site, Text(origin), *(Text(c) for c in cells))
+    console.print(table if allocations else Text("top allocation sites: none"))
+    more(console, top, len(allocations))
+
+
+def writers_report(
+    writers: Sequence[WriterStat] | None, console: Console, top: int, whole: int, source: str
+) -> None:
+    console.print()
+    if writers is None:
+        missing(console, "writer stacks", source)
+        return
+    table = ranked_table(
+        "top writer stacks by copied bytes",
+        [("writer stack (innermost first)", False), ("copies", True), ("copied", True)]
+        + [("share", True), ("processes", True)],
+        lines=True,
+    )
+    for w in writers[:top]:
+        procs = "-" if w.processes is None else fmt.count(w.processes)
+        cells = [fmt.count(w.copies), fmt.human_bytes(w.copied_bytes)]
+        cells += [share(w.copied_bytes, whole), procs]
+        table.add_row(frames_text(w.frames, w.truncated), *(Text(c) for c in cells))
+    console.print(table if writers else Text("top writer stacks: none"))
+    more(console, top, len(writers))
+
+
+def exits_report(
+    exits: Sequence[tuple[int, str | None, int, Sequence[WriterStat]]], console: Console, top: int
+) -> None:
+    """(pid, comm, exit-time copies, their writers) of the processes that made any."""
+    if not exits:
+        return
+    console.print()
+    console.print(Text("exit-time copies (made just before exit: wasted)", style="bold"))
+    for pid, comm, copies, writers in sorted(exits, key=lambda e: (-e[2], e[0])):
+        who = f"pid {pid}" + (f" ({comm})" if comm else "")
+        console.print(Text(f"  {who}: {fmt.count(copies)} copies", style="red"))
+        for w in writers[:top]:
+            frames = " ← ".join(w.frames) if w.frames else "(no frames)"
+            console.print(Text(f"    {fmt.count(w.copies):>8}  {frames}"))

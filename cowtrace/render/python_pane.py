@@ -1,14 +1,19 @@
-"""The "top Python writers" pane: copies per Python stack of CPython members, and the "why"
-lines derived from them.  Shown under the member table when there is anything to show."""
+"""The "top Python writers" section: copies per Python stack of CPython members, and the "why"
+lines derived from them.  One renderer for every output: the live pane (under the member
+table), the end-of-run summary lines and `cowtrace report`'s table (report/text.py), from the
+same PythonWriterStat rows."""
 
 from __future__ import annotations
 
-from rich.console import Group, RenderableType
+from collections.abc import Sequence
+
+from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
-from cowtrace.render.table import headed_table
+from cowtrace.render.table import frames_text, headed_table, more, ranked_table, share
+from cowtrace.results import PythonWriterStat
 
 PANE_ROWS = 5  # writers shown in the live view
 CALLERS = 2  # Python frames shown per writer, innermost first
@@ -56,3 +61,29 @@ def python_writers_lines(snapshot: Snapshot, rows: int = 10) -> list[str]:
         )
     lines += [f"why: {line}" for line in view.why]
     return lines
+
+
+def python_writers_report(
+    writers: Sequence[PythonWriterStat] | None, console: Console, top: int, whole: int
+) -> None:
+    """`cowtrace report`'s table; nothing when the file has no such section (Python stacks
+    exist only for CPython members: no note when absent)."""
+    if writers is None:
+        return
+    console.print()
+    table = ranked_table(
+        "top Python writer stacks by copied bytes",
+        [("Python stack (innermost first)", False), ("native leaf", False), ("category", False)]
+        + [("copies", True), ("copied", True), ("share", True)],
+        lines=True,
+    )
+    for p in writers[:top]:
+        cells = [fmt.count(p.copies), fmt.human_bytes(p.copied_bytes), share(p.copied_bytes, whole)]
+        table.add_row(
+            frames_text(p.frames),
+            Text(p.native_leaf or "?"),
+            Text(p.category or "-"),
+            *(Text(c) for c in cells),
+        )
+    console.print(table if writers else Text("top Python writer stacks: none"))
+    more(console, top, len(writers))

@@ -1,12 +1,21 @@
-"""The terminal views' table style, shared by the member table and the Python writers pane:
-a bold header with a rule under it, no edges, one space between columns."""
+"""The table styles of every text output, and the cells they share.
+
+`headed_table`: the terminal views' style (the member table, the Python panes): a bold header
+with a rule under it, no edges, one space between columns.  `ranked_table`: `cowtrace
+report`'s ranked tables, whose frames and paths fold and whose numbers never wrap.  A section
+renderer (render/attribution.py, python_pane.py, types_pane.py) uses one of them for whichever
+output it draws.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich import box
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def headed_table(**options: Any) -> Table:
@@ -19,3 +28,47 @@ def headed_table(**options: Any) -> Table:
         header_style="bold",
         **options,
     )
+
+
+def ranked_table(title: str, columns: Sequence[tuple[str, bool]], lines: bool = False) -> Table:
+    """A report table: ``columns`` are (header, numeric); ``lines`` rules between rows (for
+    cells of many lines, such as stacks)."""
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, show_lines=lines
+    )
+    for header, numeric in columns:
+        # Numbers never wrap (a folded "592.0 / KiB" misreads); frames and paths fold instead.
+        table.add_column(
+            header,
+            justify="right" if numeric else "left",
+            overflow="fold",
+            no_wrap=numeric,
+            min_width=None if numeric else min(len(header), 8),
+        )
+    return table
+
+
+def share(part: int, whole: int) -> str:
+    """``42.0%`` of all copied bytes; ``-`` when nothing was copied."""
+    return f"{100.0 * part / whole:.1f}%" if whole > 0 else "-"
+
+
+def frames_text(frames: Sequence[str], truncated: bool = False) -> Text:
+    """Innermost frame first, one per line; an unfinished walk says so on its last line."""
+    text = Text("\n".join(frames) if frames else "(no frames)")
+    if truncated:
+        text.append("\n… stack truncated (no frame pointers)", style="dim")
+    return text
+
+
+def more(console: Console, shown: int, total: int) -> None:
+    """``… 12 more (--top to show more)`` under a report table cut at ``shown`` rows."""
+    if total > shown:
+        console.print(Text(f"… {total - shown} more (--top to show more)", style="dim"))
+
+
+def missing(console: Console, what: str, source: str) -> None:
+    """A report section the file does not carry, and why (``source``: "summary" or
+    "events")."""
+    hint = "run with attribution on" if source == "summary" else "the log has no such field"
+    console.print(Text(f"{what}: not in this file ({hint})", style="dim"))

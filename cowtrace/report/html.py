@@ -15,11 +15,13 @@ from html import escape
 from cowtrace import __version__
 from cowtrace.render.attribution import region_label
 from cowtrace.render.format import count, human_bytes
+from cowtrace.render.table import share
+from cowtrace.render.types_pane import categories_text
 from cowtrace.report.assets import CSS, JS
 from cowtrace.report.flame import NATIVE, PYTHON, SYNTHETIC, build_tree
 from cowtrace.report.model import ReportData
 from cowtrace.report.svg import color, flame_svg
-from cowtrace.report.text import categories_text, describe_source, share
+from cowtrace.report.text import describe_source
 
 DEFAULT_TOP = 50
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
