@@ -17,7 +17,7 @@ from rich.text import Text
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
-from cowtrace.render.table import frames_text, missing, more, ranked_table, share
+from cowtrace.render.table import frames_text, report_section, share
 from cowtrace.results import AllocationStat, AttributionView, RegionStat, WriterStat
 
 STACK_FRAMES = 3  # frames shown per stack in tables (innermost first)
@@ -189,22 +189,23 @@ def plain_lines(snapshot: Snapshot, top: int) -> list[str]:
 def regions_report(
     regions: Sequence[RegionStat] | None, console: Console, top: int, whole: int, source: str
 ) -> None:
-    console.print()
-    if regions is None:
-        missing(console, "mappings", source)
-        return
-    table = ranked_table(
-        "top mappings by copied bytes",
-        [("mapping", False), ("kind", False), ("copies", True), ("copied", True), ("share", True)]
-        + [("reuses", True), ("zero-fills", True), ("processes", True)],
+    def cells(r: RegionStat) -> list[Text]:
+        texts = [region_label(r, report=True), r.kind, fmt.count(r.copies)]
+        texts += [fmt.human_bytes(r.copied_bytes), share(r.copied_bytes, whole)]
+        texts += [fmt.count(r.reuses), fmt.count(r.zero_fills), fmt.count(r.processes)]
+        return [Text(t) for t in texts]
+
+    report_section(
+        console,
+        regions,
+        cells,
+        top=top,
+        title="top mappings by copied bytes",
+        columns=[("mapping", False), ("kind", False), ("copies", True), ("copied", True)]
+        + [("share", True), ("reuses", True), ("zero-fills", True), ("processes", True)],
+        what="mappings",
+        source=source,
     )
-    for r in regions[:top]:
-        cells = [region_label(r, report=True), r.kind, fmt.count(r.copies)]
-        cells += [fmt.human_bytes(r.copied_bytes), share(r.copied_bytes, whole)]
-        cells += [fmt.count(r.reuses), fmt.count(r.zero_fills), fmt.count(r.processes)]
-        table.add_row(*(Text(c) for c in cells))
-    console.print(table if regions else Text("top mappings: none"))
-    more(console, top, len(regions))
 
 
 def allocations_report(
@@ -214,17 +215,7 @@ def allocations_report(
     whole: int,
     source: str,
 ) -> None:
-    console.print()
-    if allocations is None:
-        missing(console, "allocations", source)
-        return
-    table = ranked_table(
-        "top allocation sites by copied bytes",
-        [("allocation site (innermost first)", False), ("origin", False), ("blocks", True)]
-        + [("block bytes", True), ("copies", True), ("copied", True), ("share", True)],
-        lines=True,
-    )
-    for a in allocations[:top]:
+    def cells(a: AllocationStat) -> list[Text]:
         site = frames_text(a.site) if a.site else Text("(site unknown)", style="dim")
         for block in a.largest:
             site.append(
@@ -233,33 +224,46 @@ def allocations_report(
                 style="dim",
             )
         origin = a.origin + (f" ({a.allocator})" if a.allocator else "")
-        cells = [fmt.count(a.blocks), fmt.human_bytes(a.block_bytes), fmt.count(a.copies)]
-        cells += [fmt.human_bytes(a.copied_bytes), share(a.copied_bytes, whole)]
-        table.add_row(site, Text(origin), *(Text(c) for c in cells))
-    console.print(table if allocations else Text("top allocation sites: none"))
-    more(console, top, len(allocations))
+        texts = [fmt.count(a.blocks), fmt.human_bytes(a.block_bytes), fmt.count(a.copies)]
+        texts += [fmt.human_bytes(a.copied_bytes), share(a.copied_bytes, whole)]
+        return [site, Text(origin), *(Text(t) for t in texts)]
+
+    report_section(
+        console,
+        allocations,
+        cells,
+        top=top,
+        title="top allocation sites by copied bytes",
+        columns=[("allocation site (innermost first)", False), ("origin", False)]
+        + [("blocks", True), ("block bytes", True), ("copies", True), ("copied", True)]
+        + [("share", True)],
+        lines=True,
+        what="allocations",
+        source=source,
+    )
 
 
 def writers_report(
     writers: Sequence[WriterStat] | None, console: Console, top: int, whole: int, source: str
 ) -> None:
-    console.print()
-    if writers is None:
-        missing(console, "writer stacks", source)
-        return
-    table = ranked_table(
-        "top writer stacks by copied bytes",
-        [("writer stack (innermost first)", False), ("copies", True), ("copied", True)]
+    def cells(w: WriterStat) -> list[Text]:
+        procs = "-" if w.processes is None else fmt.count(w.processes)
+        texts = [fmt.count(w.copies), fmt.human_bytes(w.copied_bytes)]
+        texts += [share(w.copied_bytes, whole), procs]
+        return [frames_text(w.frames, w.truncated), *(Text(t) for t in texts)]
+
+    report_section(
+        console,
+        writers,
+        cells,
+        top=top,
+        title="top writer stacks by copied bytes",
+        columns=[("writer stack (innermost first)", False), ("copies", True), ("copied", True)]
         + [("share", True), ("processes", True)],
         lines=True,
+        what="writer stacks",
+        source=source,
     )
-    for w in writers[:top]:
-        procs = "-" if w.processes is None else fmt.count(w.processes)
-        cells = [fmt.count(w.copies), fmt.human_bytes(w.copied_bytes)]
-        cells += [share(w.copied_bytes, whole), procs]
-        table.add_row(frames_text(w.frames, w.truncated), *(Text(c) for c in cells))
-    console.print(table if writers else Text("top writer stacks: none"))
-    more(console, top, len(writers))
 
 
 def exits_report(

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
-from cowtrace.render.table import frames_text, headed_table, more, ranked_table, share
+from cowtrace.render.table import frames_text, headed_table, report_section, share
 from cowtrace.results import PythonWriterStat
 
 PANE_ROWS = 5  # writers shown in the live view
@@ -68,22 +68,24 @@ def python_writers_report(
 ) -> None:
     """`cowtrace report`'s table; nothing when the file has no such section (Python stacks
     exist only for CPython members: no note when absent)."""
-    if writers is None:
-        return
-    console.print()
-    table = ranked_table(
-        "top Python writer stacks by copied bytes",
-        [("Python stack (innermost first)", False), ("native leaf", False), ("category", False)]
-        + [("copies", True), ("copied", True), ("share", True)],
-        lines=True,
-    )
-    for p in writers[:top]:
-        cells = [fmt.count(p.copies), fmt.human_bytes(p.copied_bytes), share(p.copied_bytes, whole)]
-        table.add_row(
+
+    def cells(p: PythonWriterStat) -> list[Text]:
+        texts = [fmt.count(p.copies), fmt.human_bytes(p.copied_bytes)]
+        texts.append(share(p.copied_bytes, whole))
+        return [
             frames_text(p.frames),
             Text(p.native_leaf or "?"),
             Text(p.category or "-"),
-            *(Text(c) for c in cells),
-        )
-    console.print(table if writers else Text("top Python writer stacks: none"))
-    more(console, top, len(writers))
+            *(Text(t) for t in texts),
+        ]
+
+    report_section(
+        console,
+        writers,
+        cells,
+        top=top,
+        title="top Python writer stacks by copied bytes",
+        columns=[("Python stack (innermost first)", False), ("native leaf", False)]
+        + [("category", False), ("copies", True), ("copied", True), ("share", True)],
+        lines=True,
+    )

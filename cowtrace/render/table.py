@@ -9,13 +9,15 @@ output it draws.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+Row = TypeVar("Row")
 
 
 def headed_table(**options: Any) -> Table:
@@ -72,3 +74,32 @@ def missing(console: Console, what: str, source: str) -> None:
     "events")."""
     hint = "run with attribution on" if source == "summary" else "the log has no such field"
     console.print(Text(f"{what}: not in this file ({hint})", style="dim"))
+
+
+def report_section(
+    console: Console,
+    rows: Sequence[Row] | None,
+    cells: Callable[[Row], Sequence[Text]],
+    *,
+    top: int,
+    title: str,
+    columns: Sequence[tuple[str, bool]],
+    lines: bool = False,
+    what: str | None = None,
+    source: str = "summary",
+) -> None:
+    """One ranked section of the text report, after a blank line: its first ``top`` rows
+    (``cells`` of each) and how many more, or ``TITLE: none``.  ``rows`` None: the file does
+    not carry the section, said as ``what: not in this file (...)``, or nothing at all when
+    ``what`` is None (a section only some runs have)."""
+    if rows is None:
+        if what is not None:
+            console.print()
+            missing(console, what, source)
+        return
+    console.print()
+    table = ranked_table(title, columns, lines)
+    for row in rows[:top]:
+        table.add_row(*cells(row))
+    console.print(table if rows else Text(f"{title.removesuffix(' by copied bytes')}: none"))
+    more(console, top, len(rows))

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
-from cowtrace.render.table import headed_table, more, ranked_table, share
+from cowtrace.render.table import headed_table, report_section, share
 from cowtrace.results import PythonTypeStat
 
 PANE_ROWS = 5  # types shown in the live view
@@ -82,22 +82,23 @@ def python_types_report(
 ) -> None:
     """`cowtrace report`'s table; nothing when the file has no such section (only CPython
     members have one, as the writer stacks)."""
-    if types is None:
-        return
-    console.print()
-    table = ranked_table(
-        "copied objects by type",
-        [("type", False), ("objects", True), ("pages", True), ("copied", True)]
-        + [("share", True), ("by category", False)],
-    )
-    for t in types[:top]:
-        table.add_row(
+
+    def cells(t: PythonTypeStat) -> list[Text]:
+        return [
             Text(t.type),
             Text("-" if t.objects is None else fmt.count(t.objects)),
             Text("-" if t.pages is None else fmt.count(t.pages)),
             Text(fmt.human_bytes(t.copied_bytes)),
             Text(share(t.copied_bytes, whole)),
             Text(categories_text(t.by_category)),
-        )
-    console.print(table if types else Text("copied objects by type: none"))
-    more(console, top, len(types))
+        ]
+
+    report_section(
+        console,
+        types,
+        cells,
+        top=top,
+        title="copied objects by type",
+        columns=[("type", False), ("objects", True), ("pages", True), ("copied", True)]
+        + [("share", True), ("by category", False)],
+    )
