@@ -17,7 +17,7 @@ from rich.text import Text
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
-from cowtrace.render.table import frames_text, report_section, share
+from cowtrace.render.table import Ranked, frames_text, report_section, share
 from cowtrace.results import AllocationStat, AttributionView, RegionStat, WriterStat
 
 STACK_FRAMES = 3  # frames shown per stack in tables (innermost first)
@@ -186,6 +186,28 @@ def plain_lines(snapshot: Snapshot, top: int) -> list[str]:
 
 
 # ---- `cowtrace report`'s tables (report/text.py) -------------------------------------------
+REGIONS = Ranked(
+    "top mappings by copied bytes",
+    [("mapping", False), ("kind", False), ("copies", True), ("copied", True), ("share", True)]
+    + [("reuses", True), ("zero-fills", True), ("processes", True)],
+    what="mappings",
+)
+ALLOCATIONS = Ranked(
+    "top allocation sites by copied bytes",
+    [("allocation site (innermost first)", False), ("origin", False), ("blocks", True)]
+    + [("block bytes", True), ("copies", True), ("copied", True), ("share", True)],
+    lines=True,
+    what="allocations",
+)
+WRITERS = Ranked(
+    "top writer stacks by copied bytes",
+    [("writer stack (innermost first)", False), ("copies", True), ("copied", True)]
+    + [("share", True), ("processes", True)],
+    lines=True,
+    what="writer stacks",
+)
+
+
 def regions_report(
     regions: Sequence[RegionStat] | None, console: Console, top: int, whole: int, source: str
 ) -> None:
@@ -195,17 +217,7 @@ def regions_report(
         texts += [fmt.count(r.reuses), fmt.count(r.zero_fills), fmt.count(r.processes)]
         return [Text(t) for t in texts]
 
-    report_section(
-        console,
-        regions,
-        cells,
-        top=top,
-        title="top mappings by copied bytes",
-        columns=[("mapping", False), ("kind", False), ("copies", True), ("copied", True)]
-        + [("share", True), ("reuses", True), ("zero-fills", True), ("processes", True)],
-        what="mappings",
-        source=source,
-    )
+    report_section(console, REGIONS, regions, cells, top, source)
 
 
 def allocations_report(
@@ -228,19 +240,7 @@ def allocations_report(
         texts += [fmt.human_bytes(a.copied_bytes), share(a.copied_bytes, whole)]
         return [site, Text(origin), *(Text(t) for t in texts)]
 
-    report_section(
-        console,
-        allocations,
-        cells,
-        top=top,
-        title="top allocation sites by copied bytes",
-        columns=[("allocation site (innermost first)", False), ("origin", False)]
-        + [("blocks", True), ("block bytes", True), ("copies", True), ("copied", True)]
-        + [("share", True)],
-        lines=True,
-        what="allocations",
-        source=source,
-    )
+    report_section(console, ALLOCATIONS, allocations, cells, top, source)
 
 
 def writers_report(
@@ -252,18 +252,7 @@ def writers_report(
         texts += [share(w.copied_bytes, whole), procs]
         return [frames_text(w.frames, w.truncated), *(Text(t) for t in texts)]
 
-    report_section(
-        console,
-        writers,
-        cells,
-        top=top,
-        title="top writer stacks by copied bytes",
-        columns=[("writer stack (innermost first)", False), ("copies", True), ("copied", True)]
-        + [("share", True), ("processes", True)],
-        lines=True,
-        what="writer stacks",
-        source=source,
-    )
+    report_section(console, WRITERS, writers, cells, top, source)
 
 
 def exits_report(

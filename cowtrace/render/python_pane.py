@@ -12,11 +12,17 @@ from rich.text import Text
 
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
-from cowtrace.render.table import frames_text, headed_table, report_section, share
+from cowtrace.render.table import Ranked, frames_text, headed_table, report_section, share
 from cowtrace.results import PythonWriterStat
 
 PANE_ROWS = 5  # writers shown in the live view
 CALLERS = 2  # Python frames shown per writer, innermost first
+REPORT_TABLE = Ranked(
+    "top Python writer stacks by copied bytes",
+    [("Python stack (innermost first)", False), ("native leaf", False), ("category", False)]
+    + [("copies", True), ("copied", True), ("share", True)],
+    lines=True,
+)
 
 
 def _stack(frames: tuple[str, ...]) -> str:
@@ -79,13 +85,4 @@ def python_writers_report(
             *(Text(t) for t in texts),
         ]
 
-    report_section(
-        console,
-        writers,
-        cells,
-        top=top,
-        title="top Python writer stacks by copied bytes",
-        columns=[("Python stack (innermost first)", False), ("native leaf", False)]
-        + [("category", False), ("copies", True), ("copied", True), ("share", True)],
-        lines=True,
-    )
+    report_section(console, REPORT_TABLE, writers, cells, top)

@@ -10,6 +10,7 @@ output it draws.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rich import box
@@ -76,30 +77,37 @@ def missing(console: Console, what: str, source: str) -> None:
     console.print(Text(f"{what}: not in this file ({hint})", style="dim"))
 
 
+@dataclass(frozen=True)
+class Ranked:
+    """One ranked section of the text report: its title, columns ((header, numeric)), rules
+    between rows (cells of many lines, such as stacks), and ``what`` the note names when the
+    file lacks the section (None: say nothing, a section only some runs have)."""
+
+    title: str
+    columns: Sequence[tuple[str, bool]]
+    lines: bool = False
+    what: str | None = None
+
+
 def report_section(
     console: Console,
+    section: Ranked,
     rows: Sequence[Row] | None,
     cells: Callable[[Row], Sequence[Text]],
-    *,
     top: int,
-    title: str,
-    columns: Sequence[tuple[str, bool]],
-    lines: bool = False,
-    what: str | None = None,
     source: str = "summary",
 ) -> None:
-    """One ranked section of the text report, after a blank line: its first ``top`` rows
-    (``cells`` of each) and how many more, or ``TITLE: none``.  ``rows`` None: the file does
-    not carry the section, said as ``what: not in this file (...)``, or nothing at all when
-    ``what`` is None (a section only some runs have)."""
+    """After a blank line, the first ``top`` rows (``cells`` of each) and how many more, or
+    ``TITLE: none``; ``rows`` None: the file does not carry the section (`missing`)."""
     if rows is None:
-        if what is not None:
+        if section.what is not None:
             console.print()
-            missing(console, what, source)
+            missing(console, section.what, source)
         return
     console.print()
-    table = ranked_table(title, columns, lines)
+    table = ranked_table(section.title, section.columns, section.lines)
     for row in rows[:top]:
         table.add_row(*cells(row))
-    console.print(table if rows else Text(f"{title.removesuffix(' by copied bytes')}: none"))
+    none = f"{section.title.removesuffix(' by copied bytes')}: none"
+    console.print(table if rows else Text(none))
     more(console, top, len(rows))

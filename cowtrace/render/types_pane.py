@@ -12,10 +12,15 @@ from rich.text import Text
 
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
-from cowtrace.render.table import headed_table, report_section, share
+from cowtrace.render.table import Ranked, headed_table, report_section, share
 from cowtrace.results import PythonTypeStat
 
 PANE_ROWS = 5  # types shown in the live view
+REPORT_TABLE = Ranked(
+    "copied objects by type",
+    [("type", False), ("objects", True), ("pages", True), ("copied", True), ("share", True)]
+    + [("by category", False)],
+)
 
 
 def categories_text(by_category: dict[str, int], *, brief: bool = False) -> str:
@@ -93,12 +98,4 @@ def python_types_report(
             Text(categories_text(t.by_category)),
         ]
 
-    report_section(
-        console,
-        types,
-        cells,
-        top=top,
-        title="copied objects by type",
-        columns=[("type", False), ("objects", True), ("pages", True), ("copied", True)]
-        + [("share", True), ("by category", False)],
-    )
+    report_section(console, REPORT_TABLE, types, cells, top)
