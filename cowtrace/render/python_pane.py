@@ -59,14 +59,15 @@ def python_writers_lines(snapshot: Snapshot, rows: int = 10) -> list[str]:
     view = snapshot.attribution
     if view is None or not view.python_writers:
         return []
-    lines = ["top Python writers:"]
-    for stat in view.python_writers[:rows]:
-        lines.append(
+    return [
+        "top Python writers:",
+        *(
             f"  {fmt.human_bytes(stat.copied_bytes):>9}  {stat.category:<9}  "
             f"{_stack(stat.frames)}  [{stat.native_leaf}]"
-        )
-    lines += [f"why: {line}" for line in view.why]
-    return lines
+            for stat in view.python_writers[:rows]
+        ),
+        *(f"why: {line}" for line in view.why),
+    ]
 
 
 def python_writers_report(

@@ -68,18 +68,17 @@ def python_types_lines(snapshot: Snapshot, rows: int = 10) -> list[str]:
     view = snapshot.attribution
     if view is None or not view.python_types:
         return []
-    lines = ["copied objects by type:"]
-    for stat in view.python_types[:rows]:
-        lines.append(
+    pages = view.python_pages
+    return [
+        "copied objects by type:",
+        *(
             f"  {fmt.human_bytes(stat.copied_bytes):>9}  {stat.objects:>9,}  {stat.type}  "
             f"[{categories_text(stat.by_category, brief=True)}]"
-        )
-    pages = view.python_pages
-    lines.append(
+            for stat in view.python_types[:rows]
+        ),
         f"  pages: {pages.get('objects', 0):,} with objects, {pages.get('no_object', 0):,} "
-        f"with none, {pages.get('not_resolved', 0):,} not resolved"
-    )
-    return lines
+        f"with none, {pages.get('not_resolved', 0):,} not resolved",
+    ]
 
 
 def python_types_report(

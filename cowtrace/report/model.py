@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cowtrace.model import ExitStatus
 from cowtrace.results import (
     AllocationStat,
     PythonTypeStat,
@@ -68,11 +69,7 @@ class ProcessRow:
             return "?"
         if not self.exited:
             return "running"
-        if self.exit_signal is not None:
-            return f"signal {self.exit_signal}"
-        if self.exit_code is not None:
-            return f"exit {self.exit_code}"
-        return "exited"
+        return ExitStatus(self.exit_code, self.exit_signal).describe(brief=True)
 
 
 @dataclass
