@@ -137,13 +137,13 @@ def summary_dict(
     return summary
 
 
-def exit_fields(exit: ProcessExit | None) -> dict[str, Any]:
+def exit_fields(ended: ProcessExit | None) -> dict[str, Any]:
     """A process' `exit_copies` and `exit_writers` (frames only)."""
-    if exit is None:
+    if ended is None:
         return {"exit_copies": 0, "exit_writers": []}
     return {
-        "exit_copies": exit.copies,
-        "exit_writers": [{"frames": list(w.frames), "copies": w.copies} for w in exit.writers],
+        "exit_copies": ended.copies,
+        "exit_writers": [{"frames": list(w.frames), "copies": w.copies} for w in ended.writers],
     }
 
 

@@ -18,7 +18,13 @@ from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
 from cowtrace.render.table import Ranked, frames_text, report_section, share
-from cowtrace.results import AllocationStat, AttributionView, RegionStat, WriterStat
+from cowtrace.results import (
+    AllocationStat,
+    AttributionView,
+    ProcessExit,
+    RegionStat,
+    WriterStat,
+)
 
 STACK_FRAMES = 3  # frames shown per stack in tables (innermost first)
 
@@ -256,16 +262,16 @@ def writers_report(
 
 
 def exits_report(
-    exits: Sequence[tuple[int, str | None, int, Sequence[WriterStat]]], console: Console, top: int
+    exits: Sequence[tuple[int, str | None, ProcessExit]], console: Console, top: int
 ) -> None:
-    """(pid, comm, exit-time copies, their writers) of the processes that made any."""
+    """(pid, comm, exit-time copies and their writers) of the processes that made any."""
     if not exits:
         return
     console.print()
     console.print(Text("exit-time copies (made just before exit: wasted)", style="bold"))
-    for pid, comm, copies, writers in sorted(exits, key=lambda e: (-e[2], e[0])):
+    for pid, comm, ended in sorted(exits, key=lambda e: (-e[2].copies, e[0])):
         who = f"pid {pid}" + (f" ({comm})" if comm else "")
-        console.print(Text(f"  {who}: {fmt.count(copies)} copies", style="red"))
-        for w in writers[:top]:
+        console.print(Text(f"  {who}: {fmt.count(ended.copies)} copies", style="red"))
+        for w in ended.writers[:top]:
             frames = " ← ".join(w.frames) if w.frames else "(no frames)"
             console.print(Text(f"    {fmt.count(w.copies):>8}  {frames}"))

@@ -19,7 +19,7 @@ from cowtrace.render.table import share
 from cowtrace.render.types_pane import categories_text
 from cowtrace.report.assets import CSS, JS
 from cowtrace.report.flame import NATIVE, PYTHON, SYNTHETIC, build_tree
-from cowtrace.report.model import ReportData
+from cowtrace.report.model import ProcessRow, ReportData
 from cowtrace.report.svg import color, flame_svg
 from cowtrace.report.text import describe_source
 
@@ -119,7 +119,7 @@ def _cards(data: ReportData) -> str:
     ]
     if t.lost_events is not None:
         cards.append(("lost detail events", count(t.lost_events)))
-    exits = [p.exit_copies for p in data.processes if p.exit_copies is not None]
+    exits = [p.exit.copies for p in data.processes if p.exit is not None]
     if exits:
         cards.append(("exit-time copies", count(sum(exits))))
     html = "".join(
@@ -291,7 +291,7 @@ def _types(data: ReportData, top: int, whole: int) -> str:
 def _processes(data: ReportData, whole: int) -> str:
     """Every process, never capped: this is the table people check their workers against."""
     known = any(p.comm is not None for p in data.processes)
-    exits = any(p.exit_copies is not None for p in data.processes)
+    exits = any(p.exit is not None for p in data.processes)
     columns: list[tuple[str, bool]] = [("pid", True)]
     if known:
         columns += [("ppid", True), ("role", False), ("comm", False)]
@@ -312,10 +312,10 @@ def _processes(data: ReportData, whole: int) -> str:
         cells += _share_cell(p.copied_bytes, whole)
         cells += f"{_n(count(p.reuses))}{_n(count(p.zero_fills))}"
         if exits:
-            cells += _n("-" if p.exit_copies is None else count(p.exit_copies))
+            cells += _n("-" if p.exit is None else count(p.exit.copies))
         if known:
             cells += f"<td>{escape(p.status())}</td>"
-        waste = ' class="waste"' if p.exit_copies else ""
+        waste = ' class="waste"' if _exit_copies(p) else ""
         rows.append(f"<tr{waste}>{cells}</tr>")
     return (
         '<section id="processes"><h2>Processes</h2>'
@@ -323,9 +323,13 @@ def _processes(data: ReportData, whole: int) -> str:
     )
 
 
+def _exit_copies(p: ProcessRow) -> int:
+    return p.exit.copies if p.exit is not None else 0
+
+
 def _exit(data: ReportData, top: int) -> str:
     flagged = sorted(
-        (p for p in data.processes if p.exit_copies), key=lambda p: (-(p.exit_copies or 0), p.pid)
+        (p for p in data.processes if _exit_copies(p)), key=lambda p: (-_exit_copies(p), p.pid)
     )
     if not flagged:
         return ""
@@ -336,12 +340,13 @@ def _exit(data: ReportData, top: int) -> str:
     ]
     for p in flagged:
         who = f"pid {p.pid}" + (f" ({p.comm})" if p.comm else "")
-        parts.append(f"<h3>{escape(who)}: {count(p.exit_copies or 0)} copies</h3>")
-        if p.exit_writers:
+        writers = p.exit.writers if p.exit is not None else ()
+        parts.append(f"<h3>{escape(who)}: {count(_exit_copies(p))} copies</h3>")
+        if writers:
             rows = "".join(
                 f'<tr><td class="frames">{_frames(w.frames, truncated=w.truncated)}</td>'
                 f"{_n(count(w.copies))}</tr>"
-                for w in p.exit_writers[:top]
+                for w in writers[:top]
             )
             parts.append(
                 f"<table>{_head([('writer stack (innermost first)', False), ('copies', True)])}"

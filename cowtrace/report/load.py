@@ -21,6 +21,7 @@ from cowtrace.report.model import ProcessRow, ReportData, Totals
 from cowtrace.results import (
     AllocationStat,
     BlockStat,
+    ProcessExit,
     PythonTypeStat,
     PythonWriterStat,
     RegionStat,
@@ -252,12 +253,16 @@ def _process(obj: Any, index: int, path: str) -> ProcessRow:
         exited=f.bool("exited"),
         exit_code=f.int("exit_code"),
         exit_signal=f.int("exit_signal"),
-        exit_copies=exit_copies,
+        exit=None
+        if exit_copies is None
+        else ProcessExit(
+            exit_copies,
+            tuple(
+                _writer(w, f"processes[{index}].exit_writers[{j}]", path)
+                for j, w in enumerate(exit_writers)
+            ),
+        ),
         ns_pid=f.int("ns_pid"),
-        exit_writers=[
-            _writer(w, f"processes[{index}].exit_writers[{j}]", path)
-            for j, w in enumerate(exit_writers)
-        ],
     )
 
 

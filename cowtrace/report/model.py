@@ -13,12 +13,13 @@ for the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cowtrace.model import ExitStatus
 from cowtrace.results import (
     AllocationStat,
+    ProcessExit,
     PythonTypeStat,
     PythonWriterStat,
     RegionStat,
@@ -54,8 +55,7 @@ class ProcessRow:
     exited: bool | None = None
     exit_code: int | None = None
     exit_signal: int | None = None
-    exit_copies: int | None = None  # None: the file has no exit-time accounting
-    exit_writers: list[WriterStat] = field(default_factory=list)
+    exit: ProcessExit | None = None  # None: the file has no exit-time accounting
     ns_pid: int | None = None  # its pid inside its container (summary "ns_pid"), if any
 
     @property

@@ -116,9 +116,9 @@ def resymbolize(data: ReportData, root: str | None = None) -> int:
     if data.writers is not None:
         data.writers = _merged([replace(w, frames=frames(w.frames)) for w in data.writers])
     for process in data.processes:
-        process.exit_writers = _merged(
-            [replace(w, frames=frames(w.frames)) for w in process.exit_writers]
-        )
+        if process.exit is not None:
+            writers = [replace(w, frames=frames(w.frames)) for w in process.exit.writers]
+            process.exit = replace(process.exit, writers=tuple(_merged(writers)))
     if data.allocations is not None:
         data.allocations = [replace(a, site=frames(a.site)) for a in data.allocations]
     if data.python_writers is not None:

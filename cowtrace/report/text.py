@@ -54,7 +54,7 @@ def process_table(processes: Sequence[ProcessRow], total_bytes: int) -> Table:
     """Columns a file cannot fill (comm from an event log, exit copies before attribution)
     are left out rather than shown as a column of question marks."""
     known = any(p.comm is not None for p in processes)
-    exits = any(p.exit_copies is not None for p in processes)
+    exits = any(p.exit is not None for p in processes)
     columns: list[tuple[str, bool]] = [("pid", True)]
     if known:
         columns += [("role", False), ("comm", False)]
@@ -77,7 +77,7 @@ def process_table(processes: Sequence[ProcessRow], total_bytes: int) -> Table:
             count(p.zero_fills),
         ]
         if exits:
-            row.append("-" if p.exit_copies is None else count(p.exit_copies))
+            row.append("-" if p.exit is None else count(p.exit.copies))
         if known:
             row.append(p.status())
         table.add_row(*(Text(cell) for cell in row))
@@ -102,8 +102,5 @@ def render_text(data: ReportData, console: Console, top: int = DEFAULT_TOP) -> N
     attr.writers_report(data.writers, console, top, whole, data.source)
     python_writers_report(data.python_writers, console, top, whole)
     python_types_report(data.python_types, console, top, whole)
-    attr.exits_report(
-        [(p.pid, p.comm, p.exit_copies, p.exit_writers) for p in data.processes if p.exit_copies],
-        console,
-        top,
-    )
+    exits = [(p.pid, p.comm, p.exit) for p in data.processes if p.exit and p.exit.copies]
+    attr.exits_report(exits, console, top)

@@ -35,7 +35,7 @@ def test_event_log_totals_and_processes(tmp_path: Path) -> None:
     assert (t.file_copies, t.gup_copies, t.lost_events) == (2, 1, None)
     rows = [(p.pid, p.copies, p.copied_bytes, p.reuses, p.zero_fills) for p in data.processes]
     assert rows == [(11, 3, 3 * PAGE, 1, 0), (12, 3, 3 * PAGE, 0, 0), (10, 1, PAGE, 0, 1)]
-    assert all(p.comm is None and p.exit_copies is None for p in data.processes)
+    assert all(p.comm is None and p.exit is None for p in data.processes)
     assert data.duration_s is not None and abs(data.duration_s - 0.02) < 1e-9
 
 
@@ -128,7 +128,7 @@ def test_core_summary(tmp_path: Path) -> None:
     assert [p.pid for p in data.processes] == [100, 101, 102]
     assert [p.status() for p in data.processes] == ["exit 0", "exit 0", "running"]
     assert data.regions is None and data.allocations is None and data.writers is None
-    assert all(p.exit_copies is None for p in data.processes)
+    assert all(p.exit is None for p in data.processes)
 
 
 def test_full_summary_sections(tmp_path: Path) -> None:
@@ -148,8 +148,8 @@ def test_full_summary_sections(tmp_path: Path) -> None:
     assert data.writers is not None and [w.copies for w in data.writers] == [30, 10, 5]
     assert data.python_writers is not None and len(data.python_writers) == 4
     worker = next(p for p in data.processes if p.pid == 101)
-    assert worker.exit_copies == 12
-    assert [(list(w.frames), w.copies) for w in worker.exit_writers] == [
+    assert worker.exit is not None and worker.exit.copies == 12
+    assert [(list(w.frames), w.copies) for w in worker.exit.writers] == [
         (["free (libc.so.6)", "cleanup (app)"], 12)
     ]
     assert data.why == ["refcount writes (32% of copies) under p1 (a.py:1)"]
