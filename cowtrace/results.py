@@ -30,6 +30,7 @@ class _CopiedBytes:
         if self.copied_bytes == UNSET:
             object.__setattr__(self, "copied_bytes", self.copies * PAGE_SIZE)
 
+
 # Mapping kinds, as reported everywhere (JSON "kind", metric label "mapping").
 MAPPING_KINDS = ("heap", "stack", "anon", "anon_named", "file", "shm", "other")
 

@@ -102,9 +102,7 @@ def _process(member: Member) -> dict[str, Any]:
     }
 
 
-def summary_dict(
-    snapshot: Snapshot, tracer_stats: dict[str, int] | None = None
-) -> dict[str, Any]:
+def summary_dict(snapshot: Snapshot, tracer_stats: dict[str, int] | None = None) -> dict[str, Any]:
     """The summary of a final snapshot; its view, when it is the engine's final one (with
     `exits`), adds the attribution sections and per-process fields, and `tracer_stats` the
     kernel's health counters (records lost, stack captures failed)."""

@@ -39,9 +39,7 @@ def python_types_pane(snapshot: Snapshot, rows: int = PANE_ROWS) -> RenderableTy
     view = snapshot.attribution
     if view is None or not view.python_types:
         return None
-    table = headed_table(
-        title="copied objects by type", title_justify="left", title_style="bold"
-    )
+    table = headed_table(title="copied objects by type", title_justify="left", title_style="bold")
     table.add_column("copied", justify="right", no_wrap=True)
     table.add_column("objects", justify="right", no_wrap=True)
     table.add_column("type", overflow="ellipsis", no_wrap=True)
