@@ -150,7 +150,7 @@ def run(n_events: int, batch: int, *, fields: bool, log: bool) -> float:
             events.write(records, extra)
     engine.flush()
     view = engine.view()
-    engine.summary_sections()
+    engine.view(final=True)
     elapsed = time.process_time() - started
     if events is not None:
         events.close()

@@ -12,9 +12,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from cowtrace.host.memory import PAGE_SIZE
+from cowtrace.results import AttributionView
 
 if TYPE_CHECKING:
-    from cowtrace.attribution.view import AttributionView
     from cowtrace.metrics.cost import TracerCost
 
 
@@ -70,9 +70,11 @@ class ExitStatus:
     code: int | None = None
     signal: int | None = None
 
-    def describe(self) -> str:
+    def describe(self, *, brief: bool = False) -> str:
+        """``killed by signal 9`` (``signal 9`` when ``brief``: the report's column), ``exit
+        0``, or ``exited`` when neither is known."""
         if self.signal is not None:
-            return f"killed by signal {self.signal}"
+            return f"signal {self.signal}" if brief else f"killed by signal {self.signal}"
         if self.code is not None:
             return f"exit {self.code}"
         return "exited"

@@ -17,7 +17,6 @@ import numpy as np
 
 from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.sink import AttributionSink, NullSink, StackResolver
-from cowtrace.attribution.view import AttributionView
 from cowtrace.core import TracingCore, Tracked
 from cowtrace.errors import CowtraceError
 from cowtrace.family import Family
@@ -42,6 +41,7 @@ from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
 from cowtrace.python.tracker import PythonStacks
 from cowtrace.python.writers import remedies
+from cowtrace.results import AttributionView
 
 FINAL_READ_GRACE_S = 2.0  # how long to wait for the root's task to be freed after it exits
 
@@ -247,7 +247,7 @@ class Session:
             ended=ended,
             end_reason=reason,
             attach_s=self.attach_s,
-            attribution=self._python_types_view(self._python_view(self.sink.view())),
+            attribution=self._python_types_view(self._python_view(self.sink.view(final=ended))),
             cost=self.cost if ended else None,
         )
 
@@ -337,7 +337,9 @@ class Session:
         """`view` with the copied bytes by Python type (python/copied_types.py)."""
         if self.python is None or not self.python.types.active:
             return view
-        return dataclasses.replace(view or AttributionView(), **self.python.types.view_fields())
+        return dataclasses.replace(
+            view or AttributionView(), python=True, **self.python.types.view_fields()
+        )
 
     def _python_view(self, view: AttributionView | None) -> AttributionView | None:
         """`view` with the Python writers and "why" lines (a view of its own if none)."""
@@ -352,6 +354,7 @@ class Session:
             python_writers=writers.stats(),
             python_remedies=remedies(writers),
             why=(*view.why, *writers.why()),
+            python=True,
         )
 
     def close(self) -> None:

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 
 from cowtrace.attribution.engine import AttributionEngine
-from cowtrace.attribution.view import AttributionView
 from cowtrace.core import TracingCore, Tracked
 from cowtrace.family import Family
 from cowtrace.host import procfs
@@ -24,6 +23,7 @@ from cowtrace.kernel.stacks import KernelStackResolver
 from cowtrace.kernel.tracer import KernelTracer, MemberState, ProcRecord, TracerConfig
 from cowtrace.model import Snapshot
 from cowtrace.python.tracker import PythonStacks, python_lifecycle
+from cowtrace.results import AttributionView
 
 LOST_FREE_GRACE_S = 5.0  # an exited member whose free record never came is final after this
 

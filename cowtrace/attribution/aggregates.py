@@ -16,9 +16,9 @@ import numpy as np
 from cowtrace.attribution.allocs import BlockRegistry, PageBlocks, Site
 from cowtrace.attribution.maps import RegionRegistry
 from cowtrace.attribution.tally import IdTally, RecentCopies, any_flagged
-from cowtrace.attribution.view import AllocationStat, BlockStat, RegionStat, WriterStat
 from cowtrace.attribution.writers import NO_STACK, Stack
 from cowtrace.kernel.abi import KIND_COPY
+from cowtrace.results import AllocationStat, BlockStat, RegionStat, WriterStat
 
 LARGEST_BLOCKS = 5
 StackOf = Callable[[int], Stack]  # a writer stack id -> its frames

@@ -22,11 +22,12 @@ How the session uses it (see sink.py for the call order):
     extra = sink.on_fault_events(fault_records)         # every drained fault batch
     events.write(fault_records, extra)                  # --events: one JSON suffix per record
     snapshot.attribution = sink.view()                  # each refresh
-    write_summary(final, path, sink)                    # --json sections + per-process fields
+    final.attribution = sink.view(final=True)           # the end: what write_summary writes
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -38,9 +39,9 @@ from cowtrace.attribution.changes import CUTS, EXEC, FORK, UNTRACKED, ChangeQueu
 from cowtrace.attribution.event_fields import EventFields
 from cowtrace.attribution.maps import PAGE, MapSnapshot, ProcessMap, RegionRegistry, read_proc_maps
 from cowtrace.attribution.sink import StackResolver
-from cowtrace.attribution.view import AttributionView
 from cowtrace.attribution.writers import NO_STACK, Stack, StackCache
 from cowtrace.kernel.abi import KIND_COPY
+from cowtrace.results import AttributionView, ProcessExit, WriterStat
 
 TOP_N = 50
 _PAGE_MASK = np.uint64(~(PAGE - 1) & 0xFFFFFFFFFFFFFFFF)
@@ -260,22 +261,25 @@ class AttributionEngine:
             return self.stacks.get(site.stack_id, site.pid)
         return self.stacks.caller(site.caller, site.pid)
 
-    # ---- views -----------------------------------------------------------------------------
-    def view(self) -> AttributionView | None:
-        regions = self._regions.stats(self.top)
-        if (
-            not regions
-            and not self._writers.writers.counts.any()
-            and not self._blocks.site_copies.any()
-        ):
-            return None
-        return AttributionView(
-            regions=tuple(regions),
+    # ---- views ----------------------------------------------------------------------------
+    def view(self, *, final: bool = False) -> AttributionView | None:
+        """The tables ranked now, None when they are empty.
+
+        final: the end of tracing (the summary's view): every queued change applied first,
+        and what only the summary shows added (each process' exit-time copies and their
+        writers, the modules of `module+0xOFFSET` frames); never None."""
+        if final:
+            self.flush()
+        view = AttributionView(
+            regions=tuple(self._regions.stats(self.top)),
             allocations=tuple(self._blocks.stats(self._site_stack, self.top)),
             writers=tuple(self._writers.stats(self._writer_stack, self.top)),
             copies_by_kind=dict(self._regions.by_kind),
             exit_copies=self._exits.copies(),
         )
+        if final:
+            return replace(view, exits=self._process_exits(), modules=self.modules())
+        return view if view.tables else None
 
     def metrics_view(self) -> AttributionView:
         """Only what the metrics read (copies by mapping kind, exit-time copies): the agent's
@@ -284,58 +288,11 @@ class AttributionEngine:
             copies_by_kind=dict(self._regions.by_kind), exit_copies=self._exits.copies()
         )
 
-    def summary_sections(self) -> dict[str, Any]:
-        """The --json sections (schema in cowtrace/output/summary.py)."""
-        self.flush()
-        return {
-            "regions": [
-                {
-                    "kind": r.kind,
-                    "name": r.name,
-                    "section": r.section,
-                    "copies": r.copies,
-                    "copied_bytes": r.copied_bytes,
-                    "reuses": r.reuses,
-                    "zero_fills": r.zero_fills,
-                    "processes": r.processes,
-                }
-                for r in self._regions.stats(self.top)
-            ],
-            "allocations": [
-                {
-                    "site": list(a.site),
-                    "origin": a.origin,
-                    "allocator": a.allocator,
-                    "blocks": a.blocks,
-                    "block_bytes": a.block_bytes,
-                    "copies": a.copies,
-                    "copied_bytes": a.copied_bytes,
-                    "largest": [
-                        {"addr": b.addr, "size": b.size, "copied_pages": b.copied_pages}
-                        for b in a.largest
-                    ],
-                }
-                for a in self._blocks.stats(self._site_stack, self.top)
-            ],
-            "writers": [
-                {
-                    "frames": list(w.frames),
-                    "copies": w.copies,
-                    "copied_bytes": w.copied_bytes,
-                    "processes": w.processes,
-                    "truncated": w.truncated,
-                }
-                for w in self._writers.stats(self._writer_stack, self.top)
-            ],
-        } | self.modules()
-
-    def modules(self) -> dict[str, Any]:
-        """`{"modules": ...}`, the objects of `module+0xOFFSET` frames (kernel/stacks.py), so
-        `cowtrace report` can name them from debug files found later; `{}` when there are
-        none."""
+    def modules(self) -> dict[str, dict[str, Any]]:
+        """The objects of `module+0xOFFSET` frames (kernel/stacks.py), so `cowtrace report`
+        can name them from debug files found later; empty when there are none."""
         modules = getattr(self.resolver, "modules", None)
-        found = modules() if callable(modules) else {}
-        return {"modules": found} if found else {}
+        return modules() if callable(modules) else {}
 
     def exit_writers(self, pid: int) -> list[tuple[Stack, int]]:
         """The writer stacks of a process' exit-time copies, most copies first.
@@ -345,11 +302,15 @@ class AttributionEngine:
         `exit_writers`, which shows frames only (a stack is truncated if any of its ids was)."""
         return self._exits.writers(pid, self._writer_stack)
 
-    def process_fields(self, pid: int) -> dict[str, Any]:
+    def _process_exits(self) -> dict[int, ProcessExit]:
+        """Exit-time copies and their writers (at most `top`) of every process still kept."""
         return {
-            "exit_copies": self._exits.of(pid),
-            "exit_writers": [
-                {"frames": list(stack.frames), "copies": n}
-                for stack, n in self.exit_writers(pid)[: self.top]
-            ],
+            pid: ProcessExit(
+                copies=self._exits.of(pid),
+                writers=tuple(
+                    WriterStat(stack.frames, n, None, stack.truncated)
+                    for stack, n in self.exit_writers(pid)[: self.top]
+                ),
+            )
+            for pid in self._exits.recent
         }

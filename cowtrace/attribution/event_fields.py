@@ -79,7 +79,7 @@ class EventFields:
             found = self._stack_text[sid] = self.stacks.get(sid, pid).json if sid >= 0 else "null"
             # Objects first named in a module+0xOFFSET frame: their build-ids go on this
             # stack's lines of this batch, once per log, for `cowtrace report` (events.py).
-            modules = self.modules().get("modules", {})
+            modules = self.modules()
             new = {name: info for name, info in modules.items() if name not in self._logged}
             if new:
                 self._logged.update(new)

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from cowtrace.attribution.maps import MapSnapshot
-from cowtrace.attribution.view import AttributionView
 from cowtrace.kernel.abi import PE_EXEC, PE_EXIT, PE_FORK
+from cowtrace.results import AttributionView
 
 
 class StackResolver(Protocol):
@@ -64,14 +64,9 @@ class AttributionSink(Protocol):
         of --events (None when there is nothing to add)."""
         ...
 
-    def view(self) -> AttributionView | None: ...
-
-    def summary_sections(self) -> dict[str, Any]:
-        """Top-level --json sections ("regions", "allocations", "writers", ...)."""
-        ...
-
-    def process_fields(self, pid: int) -> dict[str, Any]:
-        """Extra --json fields of one process ("exit_copies", "exit_writers")."""
+    def view(self, *, final: bool = False) -> AttributionView | None:
+        """The typed results (cowtrace/results.py): the tables now (None when empty), or with
+        `final` everything the summary writes (output/summary.py serializes it)."""
         ...
 
 
@@ -137,11 +132,5 @@ class NullSink:
     def on_fault_events(self, records: np.ndarray) -> Any:
         return None
 
-    def view(self) -> AttributionView | None:
+    def view(self, *, final: bool = False) -> AttributionView | None:
         return None
-
-    def summary_sections(self) -> dict[str, Any]:
-        return {}
-
-    def process_fields(self, pid: int) -> dict[str, Any]:
-        return {}

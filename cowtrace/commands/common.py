@@ -151,7 +151,7 @@ def trace_until_stopped(
     final = session.finish(reason)
     reporter.final(final)
     if options.json_path:
-        write_summary(final, options.json_path, session.sink, session.tracer_stats)
+        write_summary(final, options.json_path, session.tracer_stats)
     return final
 
 

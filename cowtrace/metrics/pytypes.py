@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cowtrace.attribution.view import PythonTypeStat
+from cowtrace.results import PythonTypeStat
 
 DEFAULT_TOP = 20
 OTHER = "other"

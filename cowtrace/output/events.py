@@ -12,7 +12,7 @@ With attribution on, each line also carries (after "via"):
 `"mapping": kind|null, "path": str|null, "offset": int|null,
  "alloc": {"addr": int, "size": int, "origin": "malloc"|"recovered"}|null,
  "stack": ["function (module)", ...]|null`
-(mapping kinds as in attribution/view.py; path for file, shm and named anonymous mappings;
+(mapping kinds as in cowtrace/results.py; path for file, shm and named anonymous mappings;
 offset into the file for file mappings; alloc the block covering most of the page; stack the
 writer's native stack, innermost first).  A frame of an object with no symbol there is
 `module+0xOFFSET (module)` (OFFSET into the file); the first lines whose stack names such an

@@ -3,9 +3,9 @@
 Schema 1: `{"schema": 1, "root_pid", "duration_s", "totals": {...}, "processes": [...]}`.
 Fields are only ever added, never renamed: other tools parse this (`cowtrace report` too).
 
-With attribution on (an AttributionSink, cowtrace/attribution/engine.py), three top-level
-sections are added, each sorted by copied bytes, most first, at most 50 entries; a frame is a
-string `"function (module)"`, stacks are innermost frame first:
+With attribution on (the engine's final view, cowtrace/results.py: an `AttributionView` with
+`exits`), three top-level sections are added, each sorted by copied bytes, most first, at most
+50 entries; a frame is a string `"function (module)"`, stacks are innermost frame first:
 
 - `"regions"`: copies by mapping, grouped by kind, name and section across the family:
   `[{"kind": "heap"|"stack"|"anon"|"anon_named"|"file"|"shm"|"other", "name": str,
@@ -64,15 +64,11 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cowtrace.attribution.sink import AttributionSink
-from cowtrace.attribution.view import PythonTypeStat
 from cowtrace.metrics.cost import cost_figures
 from cowtrace.model import Counts, Member, Snapshot
-
-if TYPE_CHECKING:
-    from cowtrace.attribution.sink import AttributionSink
+from cowtrace.results import AttributionView, ProcessExit, PythonTypeStat
 
 SCHEMA_VERSION = 1
 SUMMARY_TYPES = 100  # python_types rows of the family
@@ -106,23 +102,22 @@ def _process(member: Member) -> dict[str, Any]:
     }
 
 
-def summary_dict(
-    snapshot: Snapshot,
-    sink: AttributionSink | None = None,
-    tracer_stats: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    """The summary; `sink` adds the attribution sections and per-process fields, and
-    `tracer_stats` the kernel's health counters (records lost, stack captures failed)."""
+def summary_dict(snapshot: Snapshot, tracer_stats: dict[str, int] | None = None) -> dict[str, Any]:
+    """The summary of a final snapshot; its view, when it is the engine's final one (with
+    `exits`), adds the attribution sections and per-process fields, and `tracer_stats` the
+    kernel's health counters (records lost, stack captures failed)."""
+    view = snapshot.attribution
+    exits = view.exits if view is not None else None
     totals = _counts(snapshot.totals)
     totals["lost_events"] = snapshot.lost_events
     processes = [_process(member) for member in snapshot.members]
-    if snapshot.attribution is not None and snapshot.attribution.python_pages:
-        by_pid = snapshot.attribution.python_types_by_pid
+    if view is not None and view.python_pages:
+        by_pid = view.python_types_by_pid
         for process in processes:
             process["python_types"] = python_type_rows(by_pid.get(process["pid"], ()))
-    if sink is not None:
+    if exits is not None:
         for process in processes:
-            process.update(sink.process_fields(process["pid"]))
+            process.update(exit_fields(exits.get(process["pid"])))
     duration_s = round(snapshot.duration, 6)
     summary = {
         "schema": SCHEMA_VERSION,
@@ -132,12 +127,70 @@ def summary_dict(
         "totals": totals,
         "processes": processes,
         "tracer": _tracer(snapshot, duration_s, tracer_stats),
-        **_python_sections(snapshot),
-        **_python_types_sections(snapshot),
+        **_python_sections(view),
+        **_python_types_sections(view),
     }
-    if sink is not None:
-        summary.update(sink.summary_sections())
+    if view is not None and exits is not None:
+        summary.update(attribution_sections(view))
     return summary
+
+
+def exit_fields(ended: ProcessExit | None) -> dict[str, Any]:
+    """A process' `exit_copies` and `exit_writers` (frames only)."""
+    if ended is None:
+        return {"exit_copies": 0, "exit_writers": []}
+    return {
+        "exit_copies": ended.copies,
+        "exit_writers": [{"frames": list(w.frames), "copies": w.copies} for w in ended.writers],
+    }
+
+
+def attribution_sections(view: AttributionView) -> dict[str, Any]:
+    """`regions`, `allocations`, `writers` and, when any frame needs it, `modules`."""
+    sections: dict[str, Any] = {
+        "regions": [
+            {
+                "kind": r.kind,
+                "name": r.name,
+                "section": r.section,
+                "copies": r.copies,
+                "copied_bytes": r.copied_bytes,
+                "reuses": r.reuses,
+                "zero_fills": r.zero_fills,
+                "processes": r.processes,
+            }
+            for r in view.regions
+        ],
+        "allocations": [
+            {
+                "site": list(a.site),
+                "origin": a.origin,
+                "allocator": a.allocator,
+                "blocks": a.blocks,
+                "block_bytes": a.block_bytes,
+                "copies": a.copies,
+                "copied_bytes": a.copied_bytes,
+                "largest": [
+                    {"addr": b.addr, "size": b.size, "copied_pages": b.copied_pages}
+                    for b in a.largest
+                ],
+            }
+            for a in view.allocations
+        ],
+        "writers": [
+            {
+                "frames": list(w.frames),
+                "copies": w.copies,
+                "copied_bytes": w.copied_bytes,
+                "processes": w.processes,
+                "truncated": w.truncated,
+            }
+            for w in view.writers
+        ],
+    }
+    if view.modules:
+        sections["modules"] = view.modules
+    return sections
 
 
 def _tracer(
@@ -152,11 +205,11 @@ def _tracer(
     return tracer
 
 
-def _python_sections(snapshot: Snapshot) -> dict[str, Any]:
+def _python_sections(view: AttributionView | None) -> dict[str, Any]:
     """`python_writers` (copies per Python writer stack), `python_remedies` (what gc.freeze()
-    and moving data out of objects would have saved) and `why` (one-line causes)."""
-    view = snapshot.attribution
-    if view is None:
+    and moving data out of objects would have saved) and `why` (one-line causes); left out
+    when there is no view, or only the engine's final view with empty tables and no Python."""
+    if view is None or (view.exits is not None and not (view.tables or view.python)):
         return {}
     return {
         "python_writers": [
@@ -183,9 +236,8 @@ def _python_sections(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-def _python_types_sections(snapshot: Snapshot) -> dict[str, Any]:
+def _python_types_sections(view: AttributionView | None) -> dict[str, Any]:
     """`python_types` (copied bytes by Python type) and `python_pages`, when resolved."""
-    view = snapshot.attribution
     if view is None or not view.python_pages:
         return {}
     return {
@@ -209,12 +261,9 @@ def python_type_rows(stats: Iterable[PythonTypeStat]) -> list[dict[str, Any]]:
 
 
 def write_summary(
-    snapshot: Snapshot,
-    path: str,
-    sink: AttributionSink | None = None,
-    tracer_stats: dict[str, int] | None = None,
+    snapshot: Snapshot, path: str, tracer_stats: dict[str, int] | None = None
 ) -> None:
-    text = json.dumps(summary_dict(snapshot, sink, tracer_stats), indent=2) + "\n"
+    text = json.dumps(summary_dict(snapshot, tracer_stats), indent=2) + "\n"
     if path == "-":
         sys.stdout.write(text)
         sys.stdout.flush()

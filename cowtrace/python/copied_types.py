@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from cowtrace.attribution.view import PythonTypeStat
 from cowtrace.host import remote_reads
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.python.detect import PythonImage
@@ -45,6 +44,7 @@ from cowtrace.python.objects import (
 )
 from cowtrace.python.pools import ObjectLayout, live_offsets, object_layout, pool_header
 from cowtrace.python.writers import CATEGORIES
+from cowtrace.results import PythonTypeStat
 
 PAGE_CLASSES = ("objects", "no_object", "not_resolved", "unreadable")
 MAX_RUN_POOLS = 64  # pools per read at most (1 MiB)

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from cowtrace.attribution.view import PythonRemedy, PythonWriterStat
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.kernel.abi import PYF_FINALIZING, PYF_GC
+from cowtrace.results import PythonRemedy, PythonWriterStat
 
 CATEGORIES = ("gc", "refcount", "allocator", "teardown", "other")
 # The "why" line of a category, "<cause> (N% of copies): <advice>" (refcount's names instead

@@ -1,24 +1,41 @@
 """Attribution as text: top mappings, allocations, writers and exit-time copies.
 
-Shared by the live view (rich panes), the plain periodic lines and the final summary, so all
-three name a mapping or a stack the same way.  Everything here reads an AttributionView and
-the snapshot's members; nothing computes attribution.
+One renderer per section for every output: the live view (rich panes), the plain periodic
+lines, the final summary and `cowtrace report`'s tables (report/text.py), so all of them name
+a mapping or a stack the same way.  Everything here reads the result types of
+cowtrace/results.py (an AttributionView and the snapshot's members, or the rows a report
+loaded); nothing computes attribution.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cowtrace.attribution.view import AllocationStat, AttributionView, RegionStat
+from rich.console import Console
+from rich.text import Text
+
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
+from cowtrace.render.table import Ranked, frames_text, report_section, share
+from cowtrace.results import (
+    AllocationStat,
+    AttributionView,
+    ProcessExit,
+    RegionStat,
+    WriterStat,
+)
 
 STACK_FRAMES = 3  # frames shown per stack in tables (innermost first)
 
 
-def region_label(region: RegionStat) -> str:
-    """``[heap]``, ``anon``, ``[anon:cache]``, ``/usr/bin/python3 .data``, ``shm /dev/shm/x``."""
+def region_label(region: RegionStat, *, report: bool = False) -> str:
+    """``[heap]``, ``anonymous``, ``[anon:cache]``, ``/usr/bin/python3 .data``,
+    ``shm /dev/shm/x``; `report`: the report's wording, ``/usr/bin/python3 (.data)``, the kind
+    for a nameless mapping other than plain anonymous memory, no ``shm`` prefix."""
+    if report:
+        name = region.name or ("anonymous" if region.kind in ("anon", "") else region.kind)
+        return f"{name} ({region.section})" if region.section else name
     if region.kind == "anon":
         return "anonymous"
     label = region.name or region.kind
@@ -172,3 +189,89 @@ def plain_lines(snapshot: Snapshot, top: int) -> list[str]:
         for pid, comm, n in exit_rows(snapshot)[:top]
     ]
     return lines
+
+
+# ---- `cowtrace report`'s tables (report/text.py) -------------------------------------------
+REGIONS = Ranked(
+    "top mappings by copied bytes",
+    [("mapping", False), ("kind", False), ("copies", True), ("copied", True), ("share", True)]
+    + [("reuses", True), ("zero-fills", True), ("processes", True)],
+    what="mappings",
+)
+ALLOCATIONS = Ranked(
+    "top allocation sites by copied bytes",
+    [("allocation site (innermost first)", False), ("origin", False), ("blocks", True)]
+    + [("block bytes", True), ("copies", True), ("copied", True), ("share", True)],
+    lines=True,
+    what="allocations",
+)
+WRITERS = Ranked(
+    "top writer stacks by copied bytes",
+    [("writer stack (innermost first)", False), ("copies", True), ("copied", True)]
+    + [("share", True), ("processes", True)],
+    lines=True,
+    what="writer stacks",
+)
+
+
+def regions_report(
+    regions: Sequence[RegionStat] | None, console: Console, top: int, whole: int, source: str
+) -> None:
+    def cells(r: RegionStat) -> list[Text]:
+        texts = [region_label(r, report=True), r.kind, fmt.count(r.copies)]
+        texts += [fmt.human_bytes(r.copied_bytes), share(r.copied_bytes, whole)]
+        texts += [fmt.count(r.reuses), fmt.count(r.zero_fills), fmt.count(r.processes)]
+        return [Text(t) for t in texts]
+
+    report_section(console, REGIONS, regions, cells, top, source)
+
+
+def allocations_report(
+    allocations: Sequence[AllocationStat] | None,
+    console: Console,
+    top: int,
+    whole: int,
+    source: str,
+) -> None:
+    def cells(a: AllocationStat) -> list[Text]:
+        site = frames_text(a.site) if a.site else Text("(site unknown)", style="dim")
+        for block in a.largest:
+            site.append(
+                f"\n  block {block.addr:#x}: {fmt.human_bytes(block.size)}, "
+                f"{fmt.count(block.copied_pages)} pages copied",
+                style="dim",
+            )
+        origin = a.origin + (f" ({a.allocator})" if a.allocator else "")
+        texts = [fmt.count(a.blocks), fmt.human_bytes(a.block_bytes), fmt.count(a.copies)]
+        texts += [fmt.human_bytes(a.copied_bytes), share(a.copied_bytes, whole)]
+        return [site, Text(origin), *(Text(t) for t in texts)]
+
+    report_section(console, ALLOCATIONS, allocations, cells, top, source)
+
+
+def writers_report(
+    writers: Sequence[WriterStat] | None, console: Console, top: int, whole: int, source: str
+) -> None:
+    def cells(w: WriterStat) -> list[Text]:
+        procs = "-" if w.processes is None else fmt.count(w.processes)
+        texts = [fmt.count(w.copies), fmt.human_bytes(w.copied_bytes)]
+        texts += [share(w.copied_bytes, whole), procs]
+        return [frames_text(w.frames, w.truncated), *(Text(t) for t in texts)]
+
+    report_section(console, WRITERS, writers, cells, top, source)
+
+
+def exits_report(
+    exits: Sequence[tuple[int, str | None, ProcessExit]], console: Console, top: int
+) -> None:
+    """(pid, comm, exit-time copies and their writers) of the processes that made any."""
+    if not exits:
+        return
+    console.print()
+    console.print(Text("exit-time copies (made just before exit: wasted)", style="bold"))
+    for pid, comm, ended in sorted(exits, key=lambda e: (-e[2].copies, e[0])):
+        who = f"pid {pid}" + (f" ({comm})" if comm else "")
+        console.print(Text(f"  {who}: {fmt.count(ended.copies)} copies", style="red"))
+        for w in ended.writers[:top]:
+            frames = " ← ".join(w.frames) if w.frames else "(no frames)"
+            console.print(Text(f"    {fmt.count(w.copies):>8}  {frames}"))

@@ -1,24 +1,36 @@
-"""The "copied objects by type" pane: copied bytes of CPython members by the Python type of
+"""The "copied objects by type" section: copied bytes of CPython members by the Python type of
 the objects on the copied pages (cowtrace/python/copied_types.py), and the pages that held no
-object.  Shown under the Python writers when there is anything to show."""
+object.  One renderer for every output: the live pane, the end-of-run summary lines and
+`cowtrace report`'s table (report/text.py), from the same PythonTypeStat rows."""
 
 from __future__ import annotations
 
-from rich import box
-from rich.console import Group, RenderableType
-from rich.table import Table
+from collections.abc import Sequence
+
+from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
+from cowtrace.render.table import Ranked, headed_table, report_section, share
+from cowtrace.results import PythonTypeStat
 
 PANE_ROWS = 5  # types shown in the live view
+REPORT_TABLE = Ranked(
+    "copied objects by type",
+    [("type", False), ("objects", True), ("pages", True), ("copied", True), ("share", True)]
+    + [("by category", False)],
+)
 
 
-def _categories(by_category: dict[str, int]) -> str:
+def categories_text(by_category: dict[str, int], *, brief: bool = False) -> str:
+    """A type's copied bytes by the writers' category: ``refcount 80.0%, gc 20.0%`` (the
+    report), or with ``brief`` ``refcount 80% gc 20%`` (the live pane and the summary)."""
     total = sum(by_category.values())
     parts = sorted(by_category.items(), key=lambda item: -item[1])
-    return " ".join(f"{name} {100 * n // total}%" for name, n in parts if n) if total else "-"
+    if brief:
+        return " ".join(f"{name} {100 * n // total}%" for name, n in parts if n) if total else "-"
+    return ", ".join(f"{name} {share(n, total)}" for name, n in parts if n) or "-"
 
 
 def python_types_pane(snapshot: Snapshot, rows: int = PANE_ROWS) -> RenderableType | None:
@@ -27,16 +39,7 @@ def python_types_pane(snapshot: Snapshot, rows: int = PANE_ROWS) -> RenderableTy
     view = snapshot.attribution
     if view is None or not view.python_types:
         return None
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 0, 0, 1),
-        header_style="bold",
-        title="copied objects by type",
-        title_justify="left",
-        title_style="bold",
-    )
+    table = headed_table(title="copied objects by type", title_justify="left", title_style="bold")
     table.add_column("copied", justify="right", no_wrap=True)
     table.add_column("objects", justify="right", no_wrap=True)
     table.add_column("type", overflow="ellipsis", no_wrap=True)
@@ -46,7 +49,7 @@ def python_types_pane(snapshot: Snapshot, rows: int = PANE_ROWS) -> RenderableTy
             fmt.human_bytes(stat.copied_bytes),
             f"{stat.objects:,}",
             stat.type,
-            _categories(stat.by_category),
+            categories_text(stat.by_category, brief=True),
         )
     pages = view.python_pages
     if pages.get("no_object") or pages.get("not_resolved"):
@@ -63,15 +66,33 @@ def python_types_lines(snapshot: Snapshot, rows: int = 10) -> list[str]:
     view = snapshot.attribution
     if view is None or not view.python_types:
         return []
-    lines = ["copied objects by type:"]
-    for stat in view.python_types[:rows]:
-        lines.append(
-            f"  {fmt.human_bytes(stat.copied_bytes):>9}  {stat.objects:>9,}  {stat.type}  "
-            f"[{_categories(stat.by_category)}]"
-        )
     pages = view.python_pages
-    lines.append(
+    return [
+        "copied objects by type:",
+        *(
+            f"  {fmt.human_bytes(stat.copied_bytes):>9}  {stat.objects:>9,}  {stat.type}  "
+            f"[{categories_text(stat.by_category, brief=True)}]"
+            for stat in view.python_types[:rows]
+        ),
         f"  pages: {pages.get('objects', 0):,} with objects, {pages.get('no_object', 0):,} "
-        f"with none, {pages.get('not_resolved', 0):,} not resolved"
-    )
-    return lines
+        f"with none, {pages.get('not_resolved', 0):,} not resolved",
+    ]
+
+
+def python_types_report(
+    types: Sequence[PythonTypeStat] | None, console: Console, top: int, whole: int
+) -> None:
+    """`cowtrace report`'s table; nothing when the file has no such section (only CPython
+    members have one, as the writer stacks)."""
+
+    def cells(t: PythonTypeStat) -> list[Text]:
+        return [
+            Text(t.type),
+            Text("-" if t.objects is None else fmt.count(t.objects)),
+            Text("-" if t.pages is None else fmt.count(t.pages)),
+            Text(fmt.human_bytes(t.copied_bytes)),
+            Text(share(t.copied_bytes, whole)),
+            Text(categories_text(t.by_category)),
+        ]
+
+    report_section(console, REPORT_TABLE, types, cells, top)

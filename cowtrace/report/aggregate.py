@@ -20,16 +20,13 @@ from typing import Any
 
 from cowtrace.errors import CowtraceError
 from cowtrace.host.memory import PAGE_SIZE
-from cowtrace.report.model import (
-    AllocationRow,
-    BlockRow,
-    ProcessRow,
-    PythonWriterRow,
-    RegionRow,
-    ReportData,
-    StackSample,
-    Totals,
-    WriterRow,
+from cowtrace.report.model import ProcessRow, ReportData, StackSample, Totals
+from cowtrace.results import (
+    AllocationStat,
+    BlockStat,
+    PythonWriterStat,
+    RegionStat,
+    WriterStat,
 )
 
 KINDS = ("copy", "reuse", "zero_fill")
@@ -248,9 +245,9 @@ class EventAggregator:
             modules=self.modules or None,
         )
 
-    def _regions(self) -> list[RegionRow]:
+    def _regions(self) -> list[RegionStat]:
         rows = [
-            RegionRow(
+            RegionStat(
                 kind=kind,
                 name=name,
                 section=section,
@@ -265,33 +262,33 @@ class EventAggregator:
         rows.sort(key=lambda r: (-r.copies, -r.reuses - r.zero_fills, r.kind, r.name))
         return rows
 
-    def _allocations(self) -> list[AllocationRow]:
+    def _allocations(self) -> list[AllocationStat]:
         rows = []
         for (site, origin, allocator), s in self.sites.items():
             blocks = [
-                BlockRow(addr=a, size=size, copied_pages=len(pages))
+                BlockStat(addr=a, size=size, copied_pages=len(pages))
                 for (a, size), pages in s.blocks.items()
             ]
             largest = sorted(blocks, key=lambda b: (-b.size, b.addr))[:LARGEST_BLOCKS]
             rows.append(
-                AllocationRow(
-                    site=list(site),
+                AllocationStat(
+                    site=tuple(site),
                     origin=origin,
                     allocator=allocator if isinstance(allocator, str) else None,
                     blocks=len(blocks),
                     block_bytes=sum(b.size for b in blocks),
                     copies=s.copies,
                     copied_bytes=s.copies * PAGE_SIZE,
-                    largest=largest,
+                    largest=tuple(largest),
                 )
             )
         rows.sort(key=lambda r: (-r.copies, r.origin, r.site))
         return rows
 
-    def _writers(self) -> list[WriterRow]:
+    def _writers(self) -> list[WriterStat]:
         rows = [
-            WriterRow(
-                frames=list(frames),
+            WriterStat(
+                frames=tuple(frames),
                 copies=w.copies,
                 copied_bytes=w.copies * PAGE_SIZE,
                 processes=len(w.pids),
@@ -302,10 +299,10 @@ class EventAggregator:
         rows.sort(key=lambda r: (-r.copies, r.frames))
         return rows
 
-    def _python_writers(self) -> list[PythonWriterRow]:
+    def _python_writers(self) -> list[PythonWriterStat]:
         rows = [
-            PythonWriterRow(
-                frames=list(frames),
+            PythonWriterStat(
+                frames=tuple(frames),
                 native_leaf=leaf,
                 category=category if isinstance(category, str) else None,
                 copies=n,

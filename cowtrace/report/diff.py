@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
+from cowtrace.render.attribution import region_label
 from cowtrace.report.model import ReportData
 
 ROLE_NAMES = {"child": "worker"}
@@ -132,35 +133,22 @@ def _section(
 def _regions(data: ReportData) -> Keyed | None:
     if data.regions is None:
         return None
-    return _sum(((r.kind, r.label()), r.label(), None, r.copied_bytes) for r in data.regions)
+    labels = [(r, region_label(r, report=True)) for r in data.regions]
+    return _sum(((r.kind, label), label, None, r.copied_bytes) for r, label in labels)
 
 
 def _allocations(data: ReportData) -> Keyed | None:
     if data.allocations is None:
         return None
-    return _sum(
-        (
-            (tuple(a.site), a.origin),
-            a.origin if not a.site else f"{a.origin}: {a.site[0]}",
-            tuple(a.site) or None,
-            a.copied_bytes,
-        )
-        for a in data.allocations
-    )
+    labels = [(a, f"{a.origin}: {a.site[0]}" if a.site else a.origin) for a in data.allocations]
+    return _sum(((a.site, a.origin), label, a.site or None, a.copied_bytes) for a, label in labels)
 
 
 def _writers(data: ReportData) -> Keyed | None:
     if data.writers is None:
         return None
-    return _sum(
-        (
-            tuple(w.frames),
-            w.frames[0] if w.frames else "(no frames)",
-            tuple(w.frames),
-            w.copied_bytes,
-        )
-        for w in data.writers
-    )
+    leaves = [(w, w.frames[0] if w.frames else "(no frames)") for w in data.writers]
+    return _sum((w.frames, leaf, w.frames, w.copied_bytes) for w, leaf in leaves)
 
 
 def _categories(data: ReportData) -> Keyed | None:

@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.text import Text
 
 from cowtrace.render.format import count, human_bytes
+from cowtrace.render.table import ranked_table
 from cowtrace.report.diff import DiffRow, DiffSection, RunDiff
-from cowtrace.report.text import _table, describe_source
+from cowtrace.report.text import describe_source
 
 DEFAULT_TOP = 10
 
@@ -59,7 +60,7 @@ def _section(console: Console, section: DiffSection, top: int) -> None:
     if roles:
         columns.append(("processes", True))
     columns += [("before", True), ("after", True), ("change", True), ("change %", True)]
-    table = _table(title, columns, lines=any(r.frames for r in section.rows[:top]))
+    table = ranked_table(title, columns, lines=any(r.frames for r in section.rows[:top]))
     for row in section.rows[:top]:
         table.add_row(*_cells(row, roles))
     console.print(table)

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.report.frames import leaf_key
-from cowtrace.report.model import PythonWriterRow, ReportData, WriterRow
+from cowtrace.report.model import ReportData
+from cowtrace.results import PythonWriterStat, WriterStat
 
 NATIVE, PYTHON, SYNTHETIC = "native", "python", "synthetic"
 TRUNCATED = "[truncated stack]"
@@ -139,13 +140,13 @@ def _from_samples(data: ReportData) -> FlameTree:
 
 
 def _from_summary(
-    writers: list[WriterRow], python_writers: list[PythonWriterRow], total_bytes: int
+    writers: list[WriterStat], python_writers: list[PythonWriterStat], total_bytes: int
 ) -> FlameTree:
     tree = FlameTree(FlameNode(ROOT, SYNTHETIC))
-    by_leaf: dict[tuple[str, str] | None, list[PythonWriterRow]] = defaultdict(list)
+    by_leaf: dict[tuple[str, str] | None, list[PythonWriterStat]] = defaultdict(list)
     for pw in python_writers:
         by_leaf[leaf_key(pw.native_leaf) if pw.native_leaf else None].append(pw)
-    native_by_leaf: dict[tuple[str, str], list[WriterRow]] = defaultdict(list)
+    native_by_leaf: dict[tuple[str, str], list[WriterStat]] = defaultdict(list)
     for w in writers:
         if w.frames:
             native_by_leaf[leaf_key(w.frames[0])].append(w)
@@ -153,7 +154,7 @@ def _from_summary(
     # take may stand for (the others are copies some native stack already counts).
     room = max(0, total_bytes - sum(w.copied_bytes for w in writers)) // PAGE_SIZE
     # Pages of each native stack that Python stacks will sit on, and what goes above each.
-    above: dict[int, list[tuple[PythonWriterRow, int]]] = defaultdict(list)
+    above: dict[int, list[tuple[PythonWriterStat, int]]] = defaultdict(list)
     for key, pws in by_leaf.items():
         targets = native_by_leaf.get(key, []) if key else []
         py_pages = [pw.copied_bytes // PAGE_SIZE for pw in pws]

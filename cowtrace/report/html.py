@@ -9,19 +9,32 @@ writer stacks, processes, exit-time copies. Everything from the file is escaped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from html import escape
+from typing import TypeVar
 
 from cowtrace import __version__
+from cowtrace.render.attribution import region_label
 from cowtrace.render.format import count, human_bytes
+from cowtrace.render.table import share
+from cowtrace.render.types_pane import categories_text
 from cowtrace.report.assets import CSS, JS
 from cowtrace.report.flame import NATIVE, PYTHON, SYNTHETIC, build_tree
-from cowtrace.report.model import ReportData
+from cowtrace.report.model import ProcessRow, ReportData
 from cowtrace.report.svg import color, flame_svg
-from cowtrace.report.text import categories_text, describe_source, share
+from cowtrace.report.text import describe_source
+from cowtrace.results import (
+    AllocationStat,
+    PythonTypeStat,
+    PythonWriterStat,
+    RegionStat,
+    WriterStat,
+)
 
 DEFAULT_TOP = 50
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+Row = TypeVar("Row")
 
 
 def _share_cell(part: int, whole: int) -> str:
@@ -82,11 +95,7 @@ def render_html(data: ReportData, top: int = DEFAULT_TOP) -> str:
         body.append("</ul>")
     body += [
         _flame(data),
-        _regions(data, top, whole),
-        _allocations(data, top, whole),
-        _writers(data, top, whole),
-        _python(data, top, whole),
-        _types(data, top, whole),
+        *_sections(data, top, whole),
         _processes(data, whole),
         _exit(data, top),
         f"<footer>cowtrace {escape(__version__)} · report of {escape(data.path)}</footer>",
@@ -116,7 +125,7 @@ def _cards(data: ReportData) -> str:
     ]
     if t.lost_events is not None:
         cards.append(("lost detail events", count(t.lost_events)))
-    exits = [p.exit_copies for p in data.processes if p.exit_copies is not None]
+    exits = [p.exit.copies for p in data.processes if p.exit is not None]
     if exits:
         cards.append(("exit-time copies", count(sum(exits))))
     html = "".join(
@@ -172,122 +181,125 @@ def _flame(data: ReportData) -> str:
     )
 
 
-def _regions(data: ReportData, top: int, whole: int) -> str:
-    head = '<section id="mappings"><h2>Copies by mapping</h2>'
-    if data.regions is None:
-        return head + _missing("mapping attribution", data) + "</section>"
-    if not data.regions:
-        return head + '<p class="note">No copies were resolved to a mapping.</p></section>'
-    columns = [("mapping", False), ("kind", False), ("copies", True), ("copied", True)]
-    columns += [("share", True), ("", False), ("reuses", True), ("zero-fills", True)]
-    columns += [("processes", True)]
-    rows = [
-        f"<tr><td>{escape(r.label())}</td><td>{escape(r.kind)}</td>{_n(count(r.copies))}"
-        f"{_n(human_bytes(r.copied_bytes))}{_share_cell(r.copied_bytes, whole)}"
-        f"{_n(count(r.reuses))}{_n(count(r.zero_fills))}{_n(count(r.processes))}</tr>"
-        for r in data.regions[:top]
-    ]
-    return _table_section(head, columns, rows, top, len(data.regions))
+@dataclass(frozen=True)
+class _Section:
+    """A ranked table section of the page: anchor, heading, the note when it has no rows, what
+    the note on a section the file lacks names (None: say nothing, a section only some runs
+    have), and its columns ((header, numeric); a share's bar is a column of its own)."""
+
+    anchor: str
+    heading: str
+    empty: str
+    missing: str | None
+    columns: tuple[tuple[str, bool], ...]
 
 
-def _table_section(
-    head: str, columns: list[tuple[str, bool]], rows: list[str], top: int, total: int
-) -> str:
-    """The end every table section shares: the table, "N more" when cut, the close."""
-    return (
-        head
-        + f"<table>{_head(columns)}<tbody>{''.join(rows)}</tbody></table>"
-        + _more(top, total)
-        + "</section>"
-    )
+_SHARE = (("share", True), ("", False))
+_REGIONS = _Section(
+    "mappings", "Copies by mapping", "No copies were resolved to a mapping.",
+    "mapping attribution",
+    (("mapping", False), ("kind", False), ("copies", True), ("copied", True), *_SHARE,
+     ("reuses", True), ("zero-fills", True), ("processes", True)),
+)  # fmt: skip
+_ALLOCATIONS = _Section(
+    "allocations", "Copies by allocation site", "No copies fell in a known allocation.",
+    "allocation attribution",
+    (("allocation site (innermost first)", False), ("origin", False), ("blocks", True),
+     ("block bytes", True), ("copies", True), ("copied", True), *_SHARE,
+     ("largest blocks", False)),
+)  # fmt: skip
+_WRITERS = _Section(
+    "writers", "Top writer stacks", "No native writer stacks were captured.",
+    "native writer stacks",
+    (("writer stack (innermost first)", False), ("copies", True), ("copied", True), *_SHARE,
+     ("processes", True)),
+)  # fmt: skip
+_PYTHON = _Section(
+    "python-writers", "Top Python writer stacks", "No Python writer stacks were captured.", None,
+    (("Python stack (innermost first)", False), ("native leaf", False), ("category", False),
+     ("copies", True), ("copied", True), *_SHARE),
+)  # fmt: skip
+_TYPES = _Section(
+    "python-types", "Copied objects by type", "No Python objects were on the copied pages.", None,
+    (("type", False), ("objects", True), ("pages", True), ("copied", True), *_SHARE,
+     ("by category", False)),
+)  # fmt: skip
 
 
-def _allocations(data: ReportData, top: int, whole: int) -> str:
-    head = '<section id="allocations"><h2>Copies by allocation site</h2>'
-    if data.allocations is None:
-        return head + _missing("allocation attribution", data) + "</section>"
-    if not data.allocations:
-        return head + '<p class="note">No copies fell in a known allocation.</p></section>'
-    columns = [("allocation site (innermost first)", False), ("origin", False)]
-    columns += [("blocks", True), ("block bytes", True), ("copies", True), ("copied", True)]
-    columns += [("share", True), ("", False), ("largest blocks", False)]
-    rows = []
-    for a in data.allocations[:top]:
+def _section(
+    spec: _Section, rows: Sequence[Row] | None, cells: Callable[[Row], str], data: ReportData,
+    top: int,
+) -> str:  # fmt: skip
+    """The section: its first ``top`` rows (``cells`` of each, one <tr>), "N more" when cut."""
+    head = f'<section id="{spec.anchor}"><h2>{spec.heading}</h2>'
+    if rows is None:
+        return "" if spec.missing is None else head + _missing(spec.missing, data) + "</section>"
+    if not rows:
+        return head + f'<p class="note">{spec.empty}</p></section>'
+    body = "".join(f"<tr>{cells(row)}</tr>" for row in rows[:top])
+    table = f"<table>{_head(spec.columns)}<tbody>{body}</tbody></table>"
+    return head + table + _more(top, len(rows)) + "</section>"
+
+
+def _td(text: str) -> str:
+    return f"<td>{escape(text)}</td>"
+
+
+def _sections(data: ReportData, top: int, whole: int) -> list[str]:
+    """Mappings, allocation sites, writer stacks, Python writers and Python types."""
+
+    def copied(copies: int, copied_bytes: int) -> str:
+        """The copies, copied and share cells (with the share's bar)."""
+        return _n(count(copies)) + _n(human_bytes(copied_bytes)) + _share_cell(copied_bytes, whole)
+
+    def region(r: RegionStat) -> str:
+        return (
+            _td(region_label(r, report=True)) + _td(r.kind) + copied(r.copies, r.copied_bytes)
+            + _n(count(r.reuses)) + _n(count(r.zero_fills)) + _n(count(r.processes))
+        )  # fmt: skip
+
+    def allocation(a: AllocationStat) -> str:
         site = _frames(a.site) if a.site else '<span class="cut">(site unknown)</span>'
-        origin = a.origin + (f" ({a.allocator})" if a.allocator else "")
         blocks = "<br>".join(
             f"{b.addr:#x}: {escape(human_bytes(b.size))}, {count(b.copied_pages)} pages copied"
             for b in a.largest
         )
-        rows.append(
-            f'<tr><td class="frames">{site}</td><td>{escape(origin)}</td>'
-            f"{_n(count(a.blocks))}{_n(human_bytes(a.block_bytes))}{_n(count(a.copies))}"
-            f"{_n(human_bytes(a.copied_bytes))}{_share_cell(a.copied_bytes, whole)}"
-            f'<td class="frames">{blocks}</td></tr>'
+        origin = a.origin + (f" ({a.allocator})" if a.allocator else "")
+        return (
+            f'<td class="frames">{site}</td>{_td(origin)}{_n(count(a.blocks))}'
+            f"{_n(human_bytes(a.block_bytes))}{copied(a.copies, a.copied_bytes)}"
+            f'<td class="frames">{blocks}</td>'
         )
-    return _table_section(head, columns, rows, top, len(data.allocations))
 
+    def writer(w: WriterStat) -> str:
+        processes = "-" if w.processes is None else count(w.processes)
+        stack = _frames(w.frames, truncated=w.truncated)
+        return f'<td class="frames">{stack}</td>{copied(w.copies, w.copied_bytes)}{_n(processes)}'
 
-def _writers(data: ReportData, top: int, whole: int) -> str:
-    head = '<section id="writers"><h2>Top writer stacks</h2>'
-    if data.writers is None:
-        return head + _missing("native writer stacks", data) + "</section>"
-    if not data.writers:
-        return head + '<p class="note">No native writer stacks were captured.</p></section>'
-    columns = [("writer stack (innermost first)", False), ("copies", True), ("copied", True)]
-    columns += [("share", True), ("", False), ("processes", True)]
-    rows = [
-        f'<tr><td class="frames">{_frames(w.frames, truncated=w.truncated)}</td>'
-        f"{_n(count(w.copies))}{_n(human_bytes(w.copied_bytes))}"
-        f"{_share_cell(w.copied_bytes, whole)}"
-        f"{_n('-' if w.processes is None else count(w.processes))}</tr>"
-        for w in data.writers[:top]
+    def python(p: PythonWriterStat) -> str:
+        leaf = f'<td class="frames">{escape(p.native_leaf or "?")}</td>'
+        stack = f'<td class="frames">{_frames(p.frames, "py")}</td>'
+        return stack + leaf + _td(p.category or "-") + copied(p.copies, p.copied_bytes)
+
+    def python_type(t: PythonTypeStat) -> str:
+        objects = "-" if t.objects is None else count(t.objects)
+        pages = "-" if t.pages is None else count(t.pages)
+        share_ = _n(human_bytes(t.copied_bytes)) + _share_cell(t.copied_bytes, whole)
+        return _td(t.type) + _n(objects) + _n(pages) + share_ + _td(categories_text(t.by_category))
+
+    return [
+        _section(_REGIONS, data.regions, region, data, top),
+        _section(_ALLOCATIONS, data.allocations, allocation, data, top),
+        _section(_WRITERS, data.writers, writer, data, top),
+        _section(_PYTHON, data.python_writers, python, data, top),
+        _section(_TYPES, data.python_types, python_type, data, top),
     ]
-    return _table_section(head, columns, rows, top, len(data.writers))
-
-
-def _python(data: ReportData, top: int, whole: int) -> str:
-    if data.python_writers is None:
-        return ""
-    head = '<section id="python-writers"><h2>Top Python writer stacks</h2>'
-    if not data.python_writers:
-        return head + '<p class="note">No Python writer stacks were captured.</p></section>'
-    columns = [("Python stack (innermost first)", False), ("native leaf", False)]
-    columns += [("category", False), ("copies", True), ("copied", True), ("share", True)]
-    columns += [("", False)]
-    rows = [
-        f'<tr><td class="frames">{_frames(p.frames, "py")}</td>'
-        f'<td class="frames">{escape(p.native_leaf or "?")}</td>'
-        f"<td>{escape(p.category or '-')}</td>{_n(count(p.copies))}"
-        f"{_n(human_bytes(p.copied_bytes))}{_share_cell(p.copied_bytes, whole)}</tr>"
-        for p in data.python_writers[:top]
-    ]
-    return _table_section(head, columns, rows, top, len(data.python_writers))
-
-
-def _types(data: ReportData, top: int, whole: int) -> str:
-    if data.python_types is None:
-        return ""
-    head = '<section id="python-types"><h2>Copied objects by type</h2>'
-    if not data.python_types:
-        return head + '<p class="note">No Python objects were on the copied pages.</p></section>'
-    columns = [("type", False), ("objects", True), ("pages", True), ("copied", True)]
-    columns += [("share", True), ("", False), ("by category", False)]
-    rows = [
-        f"<tr><td>{escape(t.type)}</td>"
-        f"{_n('-' if t.objects is None else count(t.objects))}"
-        f"{_n('-' if t.pages is None else count(t.pages))}{_n(human_bytes(t.copied_bytes))}"
-        f"{_share_cell(t.copied_bytes, whole)}<td>{escape(categories_text(t.by_category))}</td>"
-        "</tr>"
-        for t in data.python_types[:top]
-    ]
-    return _table_section(head, columns, rows, top, len(data.python_types))
 
 
 def _processes(data: ReportData, whole: int) -> str:
     """Every process, never capped: this is the table people check their workers against."""
     known = any(p.comm is not None for p in data.processes)
-    exits = any(p.exit_copies is not None for p in data.processes)
+    exits = any(p.exit is not None for p in data.processes)
     columns: list[tuple[str, bool]] = [("pid", True)]
     if known:
         columns += [("ppid", True), ("role", False), ("comm", False)]
@@ -308,10 +320,10 @@ def _processes(data: ReportData, whole: int) -> str:
         cells += _share_cell(p.copied_bytes, whole)
         cells += f"{_n(count(p.reuses))}{_n(count(p.zero_fills))}"
         if exits:
-            cells += _n("-" if p.exit_copies is None else count(p.exit_copies))
+            cells += _n("-" if p.exit is None else count(p.exit.copies))
         if known:
             cells += f"<td>{escape(p.status())}</td>"
-        waste = ' class="waste"' if p.exit_copies else ""
+        waste = ' class="waste"' if _exit_copies(p) else ""
         rows.append(f"<tr{waste}>{cells}</tr>")
     return (
         '<section id="processes"><h2>Processes</h2>'
@@ -319,9 +331,13 @@ def _processes(data: ReportData, whole: int) -> str:
     )
 
 
+def _exit_copies(p: ProcessRow) -> int:
+    return p.exit.copies if p.exit is not None else 0
+
+
 def _exit(data: ReportData, top: int) -> str:
     flagged = sorted(
-        (p for p in data.processes if p.exit_copies), key=lambda p: (-(p.exit_copies or 0), p.pid)
+        (p for p in data.processes if _exit_copies(p)), key=lambda p: (-_exit_copies(p), p.pid)
     )
     if not flagged:
         return ""
@@ -332,12 +348,13 @@ def _exit(data: ReportData, top: int) -> str:
     ]
     for p in flagged:
         who = f"pid {p.pid}" + (f" ({p.comm})" if p.comm else "")
-        parts.append(f"<h3>{escape(who)}: {count(p.exit_copies or 0)} copies</h3>")
-        if p.exit_writers:
+        writers = p.exit.writers if p.exit is not None else ()
+        parts.append(f"<h3>{escape(who)}: {count(_exit_copies(p))} copies</h3>")
+        if writers:
             rows = "".join(
                 f'<tr><td class="frames">{_frames(w.frames, truncated=w.truncated)}</td>'
                 f"{_n(count(w.copies))}</tr>"
-                for w in p.exit_writers[:top]
+                for w in writers[:top]
             )
             parts.append(
                 f"<table>{_head([('writer stack (innermost first)', False), ('copies', True)])}"

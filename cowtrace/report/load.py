@@ -12,21 +12,21 @@ import itertools
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from cowtrace.errors import CowtraceError
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.report.aggregate import aggregate_events
-from cowtrace.report.model import (
-    AllocationRow,
-    BlockRow,
-    ProcessRow,
-    PythonTypeRow,
-    PythonWriterRow,
-    RegionRow,
-    ReportData,
-    Totals,
-    WriterRow,
+from cowtrace.report.model import ProcessRow, ReportData, Totals
+from cowtrace.results import (
+    AllocationStat,
+    BlockStat,
+    ProcessExit,
+    PythonTypeStat,
+    PythonWriterStat,
+    RegionStat,
+    WriterStat,
 )
 
 SUPPORTED_SCHEMA = 1
@@ -81,6 +81,14 @@ def _is_event_line(line: str) -> bool:
     return isinstance(obj, dict) and "kind" in obj and "pid" in obj and "schema" not in obj
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_frames(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(f, str) for f in value)
+
+
 class _Fields:
     """Typed access to one JSON object, with errors that say where in the file."""
 
@@ -94,14 +102,20 @@ class _Fields:
     def _bad(self, key: str, want: str) -> CowtraceError:
         return CowtraceError(f"{self.path}: {self.where}.{key} is not {want}")
 
-    def int(self, key: str, default: int | None = None, *, required: bool = False) -> int | None:
+    def _get(self, key: str, valid: Callable[[Any], bool], want: str) -> Any:
+        """The value at ``key``: None when absent, else what ``valid`` accepts (an error
+        saying ``want`` otherwise)."""
         value = self.obj.get(key)
+        if value is not None and not valid(value):
+            raise self._bad(key, want)
+        return value
+
+    def int(self, key: str, default: int | None = None, *, required: bool = False) -> int | None:
+        value = self._get(key, _is_int, "an integer")
         if value is None:
             if required:
                 raise CowtraceError(f"{self.path}: {self.where} has no {key!r}")
             return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._bad(key, "an integer")
         return value
 
     def count(self, key: str) -> int:
@@ -120,45 +134,33 @@ class _Fields:
         return self.int(key)
 
     def float(self, key: str) -> float | None:
-        value = self.obj.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self._bad(key, "a number")
-        return float(value)
+        value = self._get(key, lambda v: _is_int(v) or isinstance(v, float), "a number")
+        return None if value is None else float(value)
 
     def str(self, key: str) -> str | None:
-        value = self.obj.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self._bad(key, "a string")
-        return value
+        return self._get(key, lambda v: isinstance(v, str), "a string")
 
     def bool(self, key: str) -> bool | None:
-        value = self.obj.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, bool):
-            raise self._bad(key, "true or false")
-        return value
+        return self._get(key, lambda v: isinstance(v, bool), "true or false")
 
-    def frames(self, key: str) -> list[str]:
-        value = self.obj.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
-            raise self._bad(key, "a list of strings")
-        return list(value)
+    def frames(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, _is_frames, "a list of strings")
+        return () if value is None else tuple(value)
 
     def items(self, key: str) -> list[Any] | None:
         """A list section; None when the file does not have it."""
-        value = self.obj.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, list):
-            raise self._bad(key, "a list")
-        return value
+        return self._get(key, lambda v: isinstance(v, list), "a list")
+
+    def outcomes(self) -> dict[str, int]:
+        """``copies``, ``copied_bytes`` (see bytes_of), ``reuses``, ``zero_fills``: the
+        counts a process and the totals both carry."""
+        copies = self.count("copies")
+        return {
+            "copies": copies,
+            "copied_bytes": self.bytes_of(copies),
+            "reuses": self.count("reuses"),
+            "zero_fills": self.count("zero_fills"),
+        }
 
     def bytes_of(self, copies: int) -> int:
         """``copied_bytes`` as written, else copies × page size."""
@@ -182,12 +184,8 @@ def summary_report(document: Any, path: str) -> ReportData:
     if totals_obj is None:
         raise CowtraceError(f'{path}: summary has no "totals"')
     t = _Fields(totals_obj, "totals", path)
-    copies = t.count("copies")
     totals = Totals(
-        copies=copies,
-        copied_bytes=t.bytes_of(copies),
-        reuses=t.count("reuses"),
-        zero_fills=t.count("zero_fills"),
+        **t.outcomes(),
         file_copies=t.count("file_copies"),
         gup_copies=t.count("gup_copies"),
         lost_events=t.int("lost_events"),
@@ -239,7 +237,7 @@ def _modules(obj: Any, path: str) -> dict[str, Any] | None:
 
 def _process(obj: Any, index: int, path: str) -> ProcessRow:
     f = _Fields(obj, f"processes[{index}]", path)
-    copies = f.count("copies")
+    outcomes = f.outcomes()
     exit_writers = f.items("exit_writers") or []
     exit_copies = f.int("exit_copies")
     return ProcessRow(
@@ -247,26 +245,27 @@ def _process(obj: Any, index: int, path: str) -> ProcessRow:
         ppid=f.int("ppid"),
         comm=f.str("comm"),
         role=f.str("role"),
-        copies=copies,
-        copied_bytes=f.bytes_of(copies),
-        reuses=f.count("reuses"),
-        zero_fills=f.count("zero_fills"),
+        **outcomes,
         exited=f.bool("exited"),
         exit_code=f.int("exit_code"),
         exit_signal=f.int("exit_signal"),
-        exit_copies=exit_copies,
+        exit=None
+        if exit_copies is None
+        else ProcessExit(
+            exit_copies,
+            tuple(
+                _writer(w, f"processes[{index}].exit_writers[{j}]", path)
+                for j, w in enumerate(exit_writers)
+            ),
+        ),
         ns_pid=f.int("ns_pid"),
-        exit_writers=[
-            _writer(w, f"processes[{index}].exit_writers[{j}]", path)
-            for j, w in enumerate(exit_writers)
-        ],
     )
 
 
-def _region(obj: Any, where: str, path: str) -> RegionRow:
+def _region(obj: Any, where: str, path: str) -> RegionStat:
     f = _Fields(obj, where, path)
     copies = f.count("copies")
-    return RegionRow(
+    return RegionStat(
         kind=f.str("kind") or "other",
         name=f.str("name") or "",
         section=f.str("section"),
@@ -278,18 +277,18 @@ def _region(obj: Any, where: str, path: str) -> RegionRow:
     )
 
 
-def _allocation(obj: Any, where: str, path: str) -> AllocationRow:
+def _allocation(obj: Any, where: str, path: str) -> AllocationStat:
     f = _Fields(obj, where, path)
     copies = f.count("copies")
     largest = []
     for i, block in enumerate(f.items("largest") or []):
         b = _Fields(block, f"{where}.largest[{i}]", path)
         largest.append(
-            BlockRow(
+            BlockStat(
                 addr=b.count("addr"), size=b.count("size"), copied_pages=b.count("copied_pages")
             )
         )
-    return AllocationRow(
+    return AllocationStat(
         site=f.frames("site"),
         origin=f.str("origin") or "malloc",
         allocator=f.str("allocator"),
@@ -297,14 +296,14 @@ def _allocation(obj: Any, where: str, path: str) -> AllocationRow:
         block_bytes=f.count("block_bytes"),
         copies=copies,
         copied_bytes=f.bytes_of(copies),
-        largest=largest,
+        largest=tuple(largest),
     )
 
 
-def _writer(obj: Any, where: str, path: str) -> WriterRow:
+def _writer(obj: Any, where: str, path: str) -> WriterStat:
     f = _Fields(obj, where, path)
     copies = f.count("copies")
-    return WriterRow(
+    return WriterStat(
         frames=f.frames("frames"),
         copies=copies,
         copied_bytes=f.bytes_of(copies),
@@ -313,10 +312,10 @@ def _writer(obj: Any, where: str, path: str) -> WriterRow:
     )
 
 
-def _python_writer(obj: Any, where: str, path: str) -> PythonWriterRow:
+def _python_writer(obj: Any, where: str, path: str) -> PythonWriterStat:
     f = _Fields(obj, where, path)
     copies = f.count("copies")
-    return PythonWriterRow(
+    return PythonWriterStat(
         frames=f.frames("frames"),
         native_leaf=f.str("native_leaf"),
         category=f.str("category"),
@@ -325,14 +324,14 @@ def _python_writer(obj: Any, where: str, path: str) -> PythonWriterRow:
     )
 
 
-def _python_type(obj: Any, where: str, path: str) -> PythonTypeRow:
+def _python_type(obj: Any, where: str, path: str) -> PythonTypeStat:
     f = _Fields(obj, where, path)
     categories = obj.get("by_category") or {}
     if not isinstance(categories, dict) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in categories.values()
     ):
         raise CowtraceError(f"{path}: {where}.by_category is not an object of integers")
-    return PythonTypeRow(
+    return PythonTypeStat(
         type=f.str("type") or "?",
         objects=f.int("objects"),
         copied_bytes=f.count("copied_bytes"),

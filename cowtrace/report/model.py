@@ -1,7 +1,11 @@
 """What a report shows, whichever file it came from: plain tables, no I/O, no formatting.
 
 A summary (`--json`) and an event log (`--events`) both load into one :class:`ReportData`, so
-the text and HTML renderers never care which file they were given. A section the file did not
+the text and HTML renderers never care which file they were given.  Its rows are the tracer's
+own result types (cowtrace/results.py: mappings, allocation sites, writer stacks, Python
+writers and types), so the live view, the end-of-run summary and the report render a section
+with one renderer; only the totals, the processes and the exact stack pairs of an event log
+are the report's own. A section the file did not
 carry (attribution not run, an older tracer) is ``None``, told apart from an empty list
 (attribution ran and found nothing): renderers say "not in this file" for the one and "none"
 for the other.
@@ -9,8 +13,18 @@ for the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from cowtrace.model import ExitStatus
+from cowtrace.results import (
+    AllocationStat,
+    ProcessExit,
+    PythonTypeStat,
+    PythonWriterStat,
+    RegionStat,
+    WriterStat,
+)
 
 
 @dataclass
@@ -41,8 +55,7 @@ class ProcessRow:
     exited: bool | None = None
     exit_code: int | None = None
     exit_signal: int | None = None
-    exit_copies: int | None = None  # None: the file has no exit-time accounting
-    exit_writers: list[WriterRow] = field(default_factory=list)
+    exit: ProcessExit | None = None  # None: the file has no exit-time accounting
     ns_pid: int | None = None  # its pid inside its container (summary "ns_pid"), if any
 
     @property
@@ -56,86 +69,7 @@ class ProcessRow:
             return "?"
         if not self.exited:
             return "running"
-        if self.exit_signal is not None:
-            return f"signal {self.exit_signal}"
-        if self.exit_code is not None:
-            return f"exit {self.exit_code}"
-        return "exited"
-
-
-@dataclass
-class RegionRow:
-    """Copies in one mapping (kind and name, across the family)."""
-
-    kind: str
-    name: str
-    section: str | None
-    copies: int
-    copied_bytes: int
-    reuses: int
-    zero_fills: int
-    processes: int
-
-    def label(self) -> str:
-        """``/usr/bin/python3 (.data)``, ``[heap]``, or ``anonymous`` for a nameless mapping."""
-        name = self.name or ("anonymous" if self.kind in ("anon", "") else self.kind)
-        return f"{name} ({self.section})" if self.section else name
-
-
-@dataclass
-class BlockRow:
-    """One allocated block and how many of its pages were copied."""
-
-    addr: int
-    size: int
-    copied_pages: int
-
-
-@dataclass
-class AllocationRow:
-    """Copies attributed to the blocks of one allocation site."""
-
-    site: list[str]  # innermost frame first; empty when unknown (recovered, or an event log)
-    origin: str
-    allocator: str | None
-    blocks: int
-    block_bytes: int
-    copies: int
-    copied_bytes: int
-    largest: list[BlockRow] = field(default_factory=list)
-
-
-@dataclass
-class WriterRow:
-    """Copies made under one native writer stack."""
-
-    frames: list[str]  # innermost first
-    copies: int
-    copied_bytes: int
-    processes: int | None = None
-    truncated: bool = False
-
-
-@dataclass
-class PythonWriterRow:
-    """Copies made under one Python stack, written by the native function ``native_leaf``."""
-
-    frames: list[str]  # innermost first
-    native_leaf: str | None
-    category: str | None
-    copies: int
-    copied_bytes: int
-
-
-@dataclass
-class PythonTypeRow:
-    """Copied bytes apportioned to the Python objects of one type (summary ``python_types``)."""
-
-    type: str
-    objects: int | None
-    copied_bytes: int
-    pages: int | None
-    by_category: dict[str, int] = field(default_factory=dict)  # bytes by writer category
+        return ExitStatus(self.exit_code, self.exit_signal).describe(brief=True)
 
 
 @dataclass
@@ -160,12 +94,12 @@ class ReportData:
     root_pid: int | None = None
     duration_s: float | None = None
     end_reason: str | None = None
-    regions: list[RegionRow] | None = None
-    allocations: list[AllocationRow] | None = None
-    writers: list[WriterRow] | None = None
-    python_writers: list[PythonWriterRow] | None = None
+    regions: list[RegionStat] | None = None
+    allocations: list[AllocationStat] | None = None
+    writers: list[WriterStat] | None = None
+    python_writers: list[PythonWriterStat] | None = None
     why: list[str] | None = None
-    python_types: list[PythonTypeRow] | None = None
+    python_types: list[PythonTypeStat] | None = None
     samples: list[StackSample] | None = None  # event logs only: the exact stack pairs
     events: int | None = None  # lines read, for an event log
     modules: dict[str, Any] | None = None  # "modules": build-ids of module+0xOFFSET frames

@@ -19,7 +19,8 @@ from dataclasses import replace
 from typing import Any
 
 from cowtrace.host import elf
-from cowtrace.report.model import ReportData, WriterRow
+from cowtrace.report.model import ReportData
+from cowtrace.results import WriterStat
 
 DEBUG_DIR_ENV = "COWTRACE_DEBUG_DIR"
 # `module+0xOFFSET (module)` (a native frame) or `module+0xOFFSET` (a Python writer's leaf).
@@ -76,22 +77,27 @@ class Resymbolizer:
         return frame
 
 
-def _merged(rows: list[WriterRow]) -> list[WriterRow]:
+def _merged(rows: list[WriterStat]) -> list[WriterStat]:
     """Rows whose stacks became equal (two offsets in one function) as one row, heaviest
     first.  `processes` becomes the largest of theirs: the file does not say which processes
     the rows share, so this is a lower bound."""
-    merged: dict[tuple[str, ...], WriterRow] = {}
+    merged: dict[tuple[str, ...], WriterStat] = {}
     for row in rows:
         key = tuple(row.frames)
         found = merged.get(key)
         if found is None:
             merged[key] = row
             continue
-        found.copies += row.copies
-        found.copied_bytes += row.copied_bytes
-        found.truncated = found.truncated or row.truncated
+        processes = found.processes
         if row.processes is not None:
-            found.processes = max(found.processes or 0, row.processes)
+            processes = max(found.processes or 0, row.processes)
+        merged[key] = replace(
+            found,
+            copies=found.copies + row.copies,
+            copied_bytes=found.copied_bytes + row.copied_bytes,
+            truncated=found.truncated or row.truncated,
+            processes=processes,
+        )
     if len(merged) == len(rows):
         return rows
     return sorted(merged.values(), key=lambda r: -r.copied_bytes)
@@ -104,21 +110,23 @@ def resymbolize(data: ReportData, root: str | None = None) -> int:
         return 0
     names = Resymbolizer(data.modules, debug_root(root))
 
-    def frames(stack: list[str]) -> list[str]:
-        return [names.name(f) for f in stack]
+    def frames(stack: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(names.name(f) for f in stack)
 
     if data.writers is not None:
         data.writers = _merged([replace(w, frames=frames(w.frames)) for w in data.writers])
     for process in data.processes:
-        process.exit_writers = _merged(
-            [replace(w, frames=frames(w.frames)) for w in process.exit_writers]
-        )
-    for allocation in data.allocations or []:
-        allocation.site = frames(allocation.site)
-    for python in data.python_writers or []:
-        if python.native_leaf is not None:
-            python.native_leaf = names.name(python.native_leaf, leaf=True)
+        if process.exit is not None:
+            writers = [replace(w, frames=frames(w.frames)) for w in process.exit.writers]
+            process.exit = replace(process.exit, writers=tuple(_merged(writers)))
+    if data.allocations is not None:
+        data.allocations = [replace(a, site=frames(a.site)) for a in data.allocations]
+    if data.python_writers is not None:
+        data.python_writers = [
+            replace(p, native_leaf=names.name(p.native_leaf, leaf=True)) if p.native_leaf else p
+            for p in data.python_writers
+        ]
     for sample in data.samples or []:
         if sample.native is not None:
-            sample.native = tuple(frames(list(sample.native)))
+            sample.native = frames(sample.native)
     return names.named

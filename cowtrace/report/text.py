@@ -9,20 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cowtrace.render import attribution as attr
 from cowtrace.render.format import count, human_bytes
+from cowtrace.render.python_pane import python_writers_report
+from cowtrace.render.table import ranked_table, share
+from cowtrace.render.types_pane import python_types_report
 from cowtrace.report.model import ProcessRow, ReportData
 
 DEFAULT_TOP = 10
-
-
-def share(part: int, whole: int) -> str:
-    """``42.0%`` of all copied bytes; ``-`` when nothing was copied."""
-    return f"{100.0 * part / whole:.1f}%" if whole > 0 else "-"
 
 
 def describe_source(data: ReportData) -> str:
@@ -52,40 +50,11 @@ def totals_line(data: ReportData) -> str:
     return line
 
 
-def frames_text(frames: Sequence[str], truncated: bool = False) -> Text:
-    """Innermost frame first, one per line; an unfinished walk says so on its last line."""
-    text = Text("\n".join(frames) if frames else "(no frames)")
-    if truncated:
-        text.append("\n… stack truncated (no frame pointers)", style="dim")
-    return text
-
-
-def _missing(console: Console, what: str, data: ReportData) -> None:
-    hint = "run with attribution on" if data.source == "summary" else "the log has no such field"
-    console.print(Text(f"{what}: not in this file ({hint})", style="dim"))
-
-
-def _table(title: str, columns: Sequence[tuple[str, bool]], lines: bool = False) -> Table:
-    table = Table(
-        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, show_lines=lines
-    )
-    for header, numeric in columns:
-        # Numbers never wrap (a folded "592.0 / KiB" misreads); frames and paths fold instead.
-        table.add_column(
-            header,
-            justify="right" if numeric else "left",
-            overflow="fold",
-            no_wrap=numeric,
-            min_width=None if numeric else min(len(header), 8),
-        )
-    return table
-
-
 def process_table(processes: Sequence[ProcessRow], total_bytes: int) -> Table:
     """Columns a file cannot fill (comm from an event log, exit copies before attribution)
     are left out rather than shown as a column of question marks."""
     known = any(p.comm is not None for p in processes)
-    exits = any(p.exit_copies is not None for p in processes)
+    exits = any(p.exit is not None for p in processes)
     columns: list[tuple[str, bool]] = [("pid", True)]
     if known:
         columns += [("role", False), ("comm", False)]
@@ -95,7 +64,7 @@ def process_table(processes: Sequence[ProcessRow], total_bytes: int) -> Table:
         columns.append(("exit copies", True))
     if known:
         columns.append(("status", False))
-    table = _table("processes", columns)
+    table = ranked_table("processes", columns)
     for p in processes:
         row = [p.pid_label]
         if known:
@@ -108,7 +77,7 @@ def process_table(processes: Sequence[ProcessRow], total_bytes: int) -> Table:
             count(p.zero_fills),
         ]
         if exits:
-            row.append("-" if p.exit_copies is None else count(p.exit_copies))
+            row.append("-" if p.exit is None else count(p.exit.copies))
         if known:
             row.append(p.status())
         table.add_row(*(Text(cell) for cell in row))
@@ -128,144 +97,10 @@ def render_text(data: ReportData, console: Console, top: int = DEFAULT_TOP) -> N
         console.print(Text("why: " + line, style="yellow"))
     console.print()
     console.print(process_table(data.processes, whole))
-    _render_regions(data, console, top, whole)
-    _render_allocations(data, console, top, whole)
-    _render_writers(data, console, top, whole)
-    _render_python(data, console, top, whole)
-    _render_types(data, console, top, whole)
-    _render_exit(data, console, top)
-
-
-def _more(console: Console, shown: int, total: int) -> None:
-    if total > shown:
-        console.print(Text(f"… {total - shown} more (--top to show more)", style="dim"))
-
-
-def _render_regions(data: ReportData, console: Console, top: int, whole: int) -> None:
-    console.print()
-    if data.regions is None:
-        _missing(console, "mappings", data)
-        return
-    table = _table(
-        "top mappings by copied bytes",
-        [("mapping", False), ("kind", False), ("copies", True), ("copied", True), ("share", True)]
-        + [("reuses", True), ("zero-fills", True), ("processes", True)],
-    )
-    for r in data.regions[:top]:
-        cells = [r.label(), r.kind, count(r.copies), human_bytes(r.copied_bytes)]
-        cells += [share(r.copied_bytes, whole), count(r.reuses), count(r.zero_fills)]
-        cells.append(count(r.processes))
-        table.add_row(*(Text(c) for c in cells))
-    console.print(table if data.regions else Text("top mappings: none"))
-    _more(console, top, len(data.regions))
-
-
-def _render_allocations(data: ReportData, console: Console, top: int, whole: int) -> None:
-    console.print()
-    if data.allocations is None:
-        _missing(console, "allocations", data)
-        return
-    table = _table(
-        "top allocation sites by copied bytes",
-        [("allocation site (innermost first)", False), ("origin", False), ("blocks", True)]
-        + [("block bytes", True), ("copies", True), ("copied", True), ("share", True)],
-        lines=True,
-    )
-    for a in data.allocations[:top]:
-        site = frames_text(a.site) if a.site else Text("(site unknown)", style="dim")
-        for block in a.largest:
-            site.append(
-                f"\n  block {block.addr:#x}: {human_bytes(block.size)}, "
-                f"{count(block.copied_pages)} pages copied",
-                style="dim",
-            )
-        origin = a.origin + (f" ({a.allocator})" if a.allocator else "")
-        cells = [count(a.blocks), human_bytes(a.block_bytes), count(a.copies)]
-        cells += [human_bytes(a.copied_bytes), share(a.copied_bytes, whole)]
-        table.add_row(site, Text(origin), *(Text(c) for c in cells))
-    console.print(table if data.allocations else Text("top allocation sites: none"))
-    _more(console, top, len(data.allocations))
-
-
-def _render_writers(data: ReportData, console: Console, top: int, whole: int) -> None:
-    console.print()
-    if data.writers is None:
-        _missing(console, "writer stacks", data)
-        return
-    table = _table(
-        "top writer stacks by copied bytes",
-        [("writer stack (innermost first)", False), ("copies", True), ("copied", True)]
-        + [("share", True), ("processes", True)],
-        lines=True,
-    )
-    for w in data.writers[:top]:
-        procs = "-" if w.processes is None else count(w.processes)
-        cells = [count(w.copies), human_bytes(w.copied_bytes), share(w.copied_bytes, whole), procs]
-        table.add_row(frames_text(w.frames, w.truncated), *(Text(c) for c in cells))
-    console.print(table if data.writers else Text("top writer stacks: none"))
-    _more(console, top, len(data.writers))
-
-
-def _render_python(data: ReportData, console: Console, top: int, whole: int) -> None:
-    if data.python_writers is None:
-        return  # Python stacks exist only for CPython members: no note when absent
-    console.print()
-    table = _table(
-        "top Python writer stacks by copied bytes",
-        [("Python stack (innermost first)", False), ("native leaf", False), ("category", False)]
-        + [("copies", True), ("copied", True), ("share", True)],
-        lines=True,
-    )
-    for p in data.python_writers[:top]:
-        cells = [count(p.copies), human_bytes(p.copied_bytes), share(p.copied_bytes, whole)]
-        table.add_row(
-            frames_text(p.frames),
-            Text(p.native_leaf or "?"),
-            Text(p.category or "-"),
-            *(Text(c) for c in cells),
-        )
-    console.print(table if data.python_writers else Text("top Python writer stacks: none"))
-    _more(console, top, len(data.python_writers))
-
-
-def categories_text(by_category: dict[str, int]) -> str:
-    """`refcount 80%, gc 20%`: a type's copied bytes by the writers' category."""
-    total = sum(by_category.values())
-    parts = sorted(by_category.items(), key=lambda item: -item[1])
-    return ", ".join(f"{name} {share(n, total)}" for name, n in parts if n) or "-"
-
-
-def _render_types(data: ReportData, console: Console, top: int, whole: int) -> None:
-    if data.python_types is None:
-        return  # only for CPython members, as the writer stacks
-    console.print()
-    table = _table(
-        "copied objects by type",
-        [("type", False), ("objects", True), ("pages", True), ("copied", True)]
-        + [("share", True), ("by category", False)],
-    )
-    for t in data.python_types[:top]:
-        table.add_row(
-            Text(t.type),
-            Text("-" if t.objects is None else count(t.objects)),
-            Text("-" if t.pages is None else count(t.pages)),
-            Text(human_bytes(t.copied_bytes)),
-            Text(share(t.copied_bytes, whole)),
-            Text(categories_text(t.by_category)),
-        )
-    console.print(table if data.python_types else Text("copied objects by type: none"))
-    _more(console, top, len(data.python_types))
-
-
-def _render_exit(data: ReportData, console: Console, top: int) -> None:
-    flagged = [p for p in data.processes if p.exit_copies]
-    if not flagged:
-        return
-    console.print()
-    console.print(Text("exit-time copies (made just before exit: wasted)", style="bold"))
-    for p in sorted(flagged, key=lambda p: (-(p.exit_copies or 0), p.pid)):
-        who = f"pid {p.pid}" + (f" ({p.comm})" if p.comm else "")
-        console.print(Text(f"  {who}: {count(p.exit_copies or 0)} copies", style="red"))
-        for w in p.exit_writers[:top]:
-            frames = " ← ".join(w.frames) if w.frames else "(no frames)"
-            console.print(Text(f"    {count(w.copies):>8}  {frames}"))
+    attr.regions_report(data.regions, console, top, whole, data.source)
+    attr.allocations_report(data.allocations, console, top, whole, data.source)
+    attr.writers_report(data.writers, console, top, whole, data.source)
+    python_writers_report(data.python_writers, console, top, whole)
+    python_types_report(data.python_types, console, top, whole)
+    exits = [(p.pid, p.comm, p.exit) for p in data.processes if p.exit and p.exit.copies]
+    attr.exits_report(exits, console, top)

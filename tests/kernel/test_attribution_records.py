@@ -72,14 +72,8 @@ class RecordingSink:
         self.faults.append(records)
         return None
 
-    def view(self) -> None:
+    def view(self, *, final: bool = False) -> None:
         return None
-
-    def summary_sections(self) -> dict[str, Any]:
-        return {}
-
-    def process_fields(self, pid: int) -> dict[str, Any]:
-        return {}
 
     # ---- for the assertions ----------------------------------------------------------------
     def stack(self, pid: int, stack_id: int) -> list[str]:

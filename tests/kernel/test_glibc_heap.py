@@ -19,6 +19,7 @@ import pytest
 from cowtrace.attribution import glibc_heap
 from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.maps import read_proc_maps
+from cowtrace.output.summary import attribution_sections
 
 SOURCE = Path(__file__).with_name("heap_target.c")
 
@@ -92,7 +93,7 @@ def test_adopt_recovers_blocks_and_attributes_copies(target) -> None:
         records[i]["stack_id"] = -1
         records[i]["addr"] = ((biggest + 4096 * (i + 1)) // 4096) * 4096
     engine.on_fault_events(records)
-    sections = engine.summary_sections()
+    sections = attribution_sections(engine.view(final=True))
     (alloc,) = sections["allocations"]
     assert alloc["origin"] == "recovered" and alloc["site"] == []
     assert alloc["copies"] == 3 and alloc["blocks"] == 1
@@ -126,5 +127,6 @@ def test_adopted_map_resolves_real_regions(target) -> None:
     assert fields[0]["alloc"] == {"addr": block, "size": live[block], "origin": "recovered"}
     assert fields[1]["mapping"] == "file" and "libc.so" in fields[1]["path"]
     assert fields[1]["offset"] > 0
-    regions = {(r["kind"], r["section"]) for r in engine.summary_sections()["regions"]}
+    sections = attribution_sections(engine.view(final=True))
+    regions = {(r["kind"], r["section"]) for r in sections["regions"]}
     assert regions == {("heap", None), ("file", ".data")}

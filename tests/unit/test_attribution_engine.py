@@ -14,6 +14,7 @@ from cowtrace.kernel.abi import (
     ALLOC_OP_REALLOC,
 )
 from cowtrace.output.events import EventLog
+from cowtrace.output.summary import attribution_sections, exit_fields
 from tests.unit.attribution_records import (
     FakeResolver,
     alloc_events,
@@ -28,6 +29,20 @@ CODE = 0x400000
 PARENT, CHILD = 100, 101
 COPY, REUSE, ZERO = 1, 2, 3
 MS = 1_000_000
+
+
+def summary_sections(eng: AttributionEngine) -> dict:
+    """The summary's attribution sections, as the summary writes them from the final view."""
+    view = eng.view(final=True)
+    assert view is not None
+    return attribution_sections(view)
+
+
+def process_fields(eng: AttributionEngine, pid: int) -> dict:
+    """A process' `exit_copies` and `exit_writers` in the summary."""
+    view = eng.view(final=True)
+    assert view is not None and view.exits is not None
+    return exit_fields(view.exits.get(pid))
 
 
 def engine(**kw) -> AttributionEngine:
@@ -59,7 +74,7 @@ def replaced(ts: int, pid: int, *extra: tuple[int, int, str, str]):
 def regions(eng: AttributionEngine) -> list[tuple[str, int, int, int, int]]:
     return [
         (r["kind"], r["copies"], r["reuses"], r["zero_fills"], r["processes"])
-        for r in eng.summary_sections()["regions"]
+        for r in summary_sections(eng)["regions"]
     ]
 
 
@@ -169,7 +184,7 @@ def test_blocks_small_and_large_and_fork_inheritance() -> None:
             ]
         )
     )
-    sections = eng.summary_sections()
+    sections = summary_sections(eng)
     allocations = {tuple(a["site"]): a for a in sections["allocations"]}
     large = allocations[("f_400020 (prog)", "f_400030 (prog)")]
     assert (large["copies"], large["blocks"], large["block_bytes"]) == (3, 1, 16 * P)
@@ -194,7 +209,7 @@ def test_realloc_moves_a_block() -> None:
         )
     )
     eng.on_fault_events(faults([(10, PARENT, HEAP, COPY, -1), (11, PARENT, HEAP + 3 * P, 1, -1)]))
-    (alloc,) = eng.summary_sections()["allocations"]
+    (alloc,) = summary_sections(eng)["allocations"]
     assert alloc["largest"] == [{"addr": HEAP + 2 * P + 16, "size": 3 * P, "copied_pages": 1}]
     assert alloc["copies"] == 1
 
@@ -211,7 +226,7 @@ def test_writers_resolved_once_and_truncated_at_a_non_code_frame() -> None:
             + [(20, PARENT, HEAP, COPY, 7), (21, PARENT, ANON, COPY, 8), (22, PARENT, ANON, 2, 9)]
         )
     )
-    writers = eng.summary_sections()["writers"]
+    writers = summary_sections(eng)["writers"]
     assert writers == [
         {
             "frames": ["f_400100 (prog)", "f_400200 (prog)"],
@@ -228,7 +243,7 @@ def test_writers_resolved_once_and_truncated_at_a_non_code_frame() -> None:
             "truncated": False,
         },
     ]
-    eng.summary_sections()
+    summary_sections(eng)
     assert resolver.lookups == 2  # once per stack id; reuses (id 9) are not writers
 
 
@@ -244,7 +259,7 @@ def test_unknown_map_cuts_the_stack_at_a_frame_no_object_holds() -> None:
     resolver = Unmapped({7: [CODE + 0x100, 0x1234, CODE + 0x300], 8: [0x10, CODE]})
     eng = engine(resolver=resolver)  # no map for PARENT: unknown
     eng.on_fault_events(faults([(10, PARENT, HEAP, COPY, 7), (11, PARENT, HEAP + P, COPY, 8)]))
-    frames = {tuple(w["frames"]): w["truncated"] for w in eng.summary_sections()["writers"]}
+    frames = {tuple(w["frames"]): w["truncated"] for w in summary_sections(eng)["writers"]}
     assert frames == {("f_400100 (prog)",): True, ("[unknown]", "f_400000 (prog)"): False}
 
 
@@ -265,14 +280,14 @@ def test_exit_window_counts_only_the_last_moments() -> None:
     eng.on_exit(exit_ts, PARENT)
     # drained after the exit record arrived: still inside the window
     eng.on_fault_events(faults([(exit_ts - 1 * MS, PARENT, HEAP + 3 * P, COPY, -1)]))
-    fields = eng.process_fields(PARENT)
+    fields = process_fields(eng, PARENT)
     assert fields == {
         "exit_copies": 2,
         "exit_writers": [{"frames": ["f_400040 (prog)"], "copies": 1}, {"frames": [], "copies": 1}],
     }
     view = eng.view()
     assert view is not None and view.exit_copies == {PARENT: 2}
-    assert eng.process_fields(CHILD) == {"exit_copies": 0, "exit_writers": []}
+    assert process_fields(eng, CHILD) == {"exit_copies": 0, "exit_writers": []}
 
 
 def test_exit_writers_merge_stacks_with_the_same_frames() -> None:
@@ -291,7 +306,7 @@ def test_exit_writers_merge_stacks_with_the_same_frames() -> None:
         )
     )
     eng.on_exit(200 * MS, PARENT)
-    assert eng.process_fields(PARENT) == {
+    assert process_fields(eng, PARENT) == {
         "exit_copies": 3,
         "exit_writers": [{"frames": ["f_400040 (prog)"], "copies": 3}],
     }
@@ -304,7 +319,7 @@ def test_summary_schema() -> None:
     seed(eng)
     eng.on_alloc_events(alloc_events([(4, PARENT, ALLOC_OP_ALLOC, HEAP + 16, 64, 0, 1)]))
     eng.on_fault_events(faults([(10, PARENT, HEAP, COPY, 1)]))
-    sections = json.loads(json.dumps(eng.summary_sections()))
+    sections = json.loads(json.dumps(summary_sections(eng)))
     assert set(sections) == {"regions", "allocations", "writers"}
     assert set(sections["regions"][0]) == {
         "kind", "name", "section", "copies", "copied_bytes", "reuses", "zero_fills", "processes"
@@ -316,7 +331,7 @@ def test_summary_schema() -> None:
     assert set(sections["writers"][0]) == {
         "frames", "copies", "copied_bytes", "processes", "truncated"
     }  # fmt: skip
-    assert set(eng.process_fields(PARENT)) == {"exit_copies", "exit_writers"}
+    assert set(process_fields(eng, PARENT)) == {"exit_copies", "exit_writers"}
 
 
 def test_event_fields_in_the_log(tmp_path) -> None:
@@ -351,7 +366,7 @@ def test_event_fields_in_the_log(tmp_path) -> None:
 def test_no_data_no_view() -> None:
     eng = engine()
     assert eng.view() is None
-    assert eng.summary_sections() == {"regions": [], "allocations": [], "writers": []}
+    assert summary_sections(eng) == {"regions": [], "allocations": [], "writers": []}
 
 
 def test_blocks_are_seen_as_of_each_copy() -> None:
@@ -406,7 +421,7 @@ def test_largest_overlap_wins_across_tables() -> None:
         "size": 1800,
         "origin": "malloc",
     }
-    allocations = {a["origin"]: a for a in eng.summary_sections()["allocations"]}
+    allocations = {a["origin"]: a for a in summary_sections(eng)["allocations"]}
     assert allocations["malloc"]["copies"] == 1 and allocations["malloc"]["blocks"] == 1
     assert allocations["recovered"]["copies"] == 0 and allocations["recovered"]["blocks"] == 2
 
@@ -478,7 +493,7 @@ def test_untracked_allocations_match_no_block_from_then_on() -> None:
             ]
         )
     )
-    (site,) = eng.summary_sections()["allocations"]
+    (site,) = summary_sections(eng)["allocations"]
     assert (site["copies"], site["blocks"]) == (1, 1)
 
 
@@ -511,10 +526,10 @@ def test_forget_drops_every_per_pid_table_and_keeps_the_aggregates() -> None:
         )
     )
     eng.on_exit(20, CHILD)
-    before = eng.summary_sections()
+    before = summary_sections(eng)
     for pid in (CHILD, CHILD + 1):
         eng.forget(pid)
-    assert eng.summary_sections() == before  # copies and processes per row unchanged
+    assert summary_sections(eng) == before  # copies and processes per row unchanged
     assert set(eng.maps) == set(eng.tables) == {PARENT}
     assert set(eng._exits.recent) <= {PARENT}
     assert set(eng._writers.writers.seen) == set(eng._regions.pids.seen) == {PARENT}
@@ -538,16 +553,16 @@ def test_released_stack_ids_keep_their_writers_and_are_resolved_afresh() -> None
             + [(12, CHILD, ANON, REUSE, 8), (13, PARENT, HEAP + 2 * P, COPY, 9)]
         )
     )
-    before = eng.summary_sections()["writers"]
+    before = summary_sections(eng)["writers"]
     assert eng.release_stacks() == []  # both still kept
     eng.forget(CHILD)
     assert eng.release_stacks() == [7, 8]  # 9 is the parent's
     assert eng.release_stacks() == []
-    assert eng.summary_sections()["writers"] == before  # 2 + 1 copies, 2 processes, merged
+    assert summary_sections(eng)["writers"] == before  # 2 + 1 copies, 2 processes, merged
     resolver.stacks[7] = [CODE + 0x300]  # the id now names another stack
     eng.on_fault_events(faults([(20, PARENT, HEAP + 3 * P, COPY, 7)]))
     writers = {
-        tuple(w["frames"]): (w["copies"], w["processes"]) for w in eng.summary_sections()["writers"]
+        tuple(w["frames"]): (w["copies"], w["processes"]) for w in summary_sections(eng)["writers"]
     }
     assert writers == {("f_400100 (prog)",): (3, 2), ("f_400300 (prog)",): (1, 1)}
 
@@ -574,4 +589,4 @@ def test_modules_of_unnamed_frames_in_summary_and_log(tmp_path) -> None:
     lines = [json.loads("{" + e[2:] + "}") for e in extras]
     assert [line.get("modules") for line in lines] == [{"libx.so": info}, {"libx.so": info}, None]
     assert [line["stack"] for line in lines] == [["libx.so+0x10 (libx.so)"]] * 3
-    assert eng.summary_sections()["modules"] == {"libx.so": info}
+    assert summary_sections(eng)["modules"] == {"libx.so": info}

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
 from rich.console import Console
 
-from cowtrace.attribution.view import (
-    AllocationStat,
-    AttributionView,
-    BlockStat,
-    RegionStat,
-    WriterStat,
-)
 from cowtrace.model import Counts, ExitStatus, Member, Role, Snapshot
 from cowtrace.output.summary import summary_dict
 from cowtrace.render import LiveView, PlainReporter, render_summary, summary_lines
 from cowtrace.render import attribution as attr
+from cowtrace.results import (
+    AllocationStat,
+    AttributionView,
+    BlockStat,
+    ProcessExit,
+    RegionStat,
+    WriterStat,
+)
 
 VIEW = AttributionView(
     regions=(
@@ -115,17 +117,15 @@ def test_plain_lines_when_changed() -> None:
     assert "  exit_copies pid=201 comm=worker copies=950 waste=yes" in lines
 
 
-class _Sink:
-    def summary_sections(self) -> dict:
-        return {"regions": [], "allocations": [], "writers": []}
-
-    def process_fields(self, pid: int) -> dict:
-        return {"exit_copies": 950 if pid == 201 else 0, "exit_writers": []}
-
-
 def test_json_summary_gains_sections_and_process_fields() -> None:
-    data = json.loads(json.dumps(summary_dict(snapshot(), _Sink())))  # type: ignore[arg-type]
-    assert data["regions"] == [] and data["writers"] == [] and data["allocations"] == []
+    """The engine's final view (with `exits`) adds the sections and the per-process fields;
+    a live view (no `exits`) adds neither."""
+    final = dataclasses.replace(VIEW, exits={201: ProcessExit(950)})
+    data = json.loads(json.dumps(summary_dict(snapshot(final))))
+    assert [r["name"] for r in data["regions"]] == ["[heap]", "/usr/bin/python3"]
+    assert [w["frames"] for w in data["writers"]] == [["free (libc.so.6)"]]
+    assert [a["site"] for a in data["allocations"]] == [["load_model (app)", "main (app)"]]
     assert [p["exit_copies"] for p in data["processes"]] == [0, 950]
+    assert [p["exit_writers"] for p in data["processes"]] == [[], []]
     plain = summary_dict(snapshot())
     assert "regions" not in plain and "exit_copies" not in plain["processes"][0]

@@ -16,11 +16,11 @@ from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models import prometheus
 from grafana_foundation_sdk.models.dashboard import Dashboard, VariableModel
 
-from cowtrace.attribution.view import AttributionView
 from cowtrace.metrics.address import ListenAddress
 from cowtrace.metrics.collector import Health
 from cowtrace.metrics.exporter import MetricsExporter, MetricsOptions
 from cowtrace.model import Counts, Member, Role, Snapshot
+from cowtrace.results import AttributionView
 
 DASHBOARDS = sorted((Path(__file__).resolve().parents[2] / "dashboards").glob("*.json"))
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

@@ -10,7 +10,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cowtrace.agent.discovery import RootMatcher, new_roots
-from cowtrace.attribution.view import AttributionView
 from cowtrace.errors import CowtraceError
 from cowtrace.host.cgroup import PodIdentity
 from cowtrace.host.procfs import ProcStat
@@ -19,6 +18,7 @@ from cowtrace.metrics.collector import Health
 from cowtrace.metrics.exporter import MetricsExporter, MetricsOptions, metrics_options
 from cowtrace.metrics.series import MemberRow, SeriesBook
 from cowtrace.model import Counts, Member, Role, Snapshot
+from cowtrace.results import AttributionView
 
 
 # ---- --metrics-addr ------------------------------------------------------------------------

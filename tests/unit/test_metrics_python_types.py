@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from cowtrace.attribution.view import PythonTypeStat
 from cowtrace.metrics.collector import Exposition, SnapshotCollector
 from cowtrace.metrics.pytypes import TypeCounters
+from cowtrace.results import PythonTypeStat
 
 
 def stats(**bytes_by_type: int) -> list[PythonTypeStat]:

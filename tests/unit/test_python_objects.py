@@ -248,9 +248,9 @@ def test_a_page_whose_pool_is_mapped_in_part_is_no_pool(monkeypatch: pytest.Monk
 def test_live_pane_and_summary_lines() -> None:
     from rich.console import Console
 
-    from cowtrace.attribution.view import AttributionView, PythonTypeStat
     from cowtrace.model import Counts, Snapshot
     from cowtrace.render.types_pane import python_types_lines, python_types_pane
+    from cowtrace.results import AttributionView, PythonTypeStat
 
     stat = PythonTypeStat("app.A", 340, 16320, 4, {"refcount": 12240, "gc": 4080})
     view = AttributionView(python_types=(stat,), python_pages={"objects": 4, "no_object": 1})

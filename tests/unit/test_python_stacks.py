@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from cowtrace.attribution.view import AttributionView
 from cowtrace.host.elf import load as load_symbols
 from cowtrace.kernel.abi import EVENT_DTYPE, PYF_FINALIZING, PYF_GC
 from cowtrace.model import Counts, Snapshot
@@ -29,6 +28,7 @@ from cowtrace.python.offsets import (
 from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize, remedies
 from cowtrace.render.live import LiveView
 from cowtrace.render.summary import summary_lines
+from cowtrace.results import AttributionView
 
 PYENV = Path("/root/.pyenv/versions")
 GEN_OFFSETS = Path(__file__).resolve().parents[2] / "tools" / "gen_offsets.py"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cowtrace.render.attribution import region_label
 from cowtrace.report.aggregate import aggregate_events
 from cowtrace.report.load import load_report
-from cowtrace.report.model import BlockRow
+from cowtrace.results import BlockStat
 from tests.unit.report_samples import (
     CORE_EVENTS,
     EVAL,
@@ -34,7 +35,7 @@ def test_event_log_totals_and_processes(tmp_path: Path) -> None:
     assert (t.file_copies, t.gup_copies, t.lost_events) == (2, 1, None)
     rows = [(p.pid, p.copies, p.copied_bytes, p.reuses, p.zero_fills) for p in data.processes]
     assert rows == [(11, 3, 3 * PAGE, 1, 0), (12, 3, 3 * PAGE, 0, 0), (10, 1, PAGE, 0, 1)]
-    assert all(p.comm is None and p.exit_copies is None for p in data.processes)
+    assert all(p.comm is None and p.exit is None for p in data.processes)
     assert data.duration_s is not None and abs(data.duration_s - 0.02) < 1e-9
 
 
@@ -52,7 +53,7 @@ def test_event_log_regions(tmp_path: Path) -> None:
         ("unknown", "", None, 1, 0, 0, 1),
         ("anon", "", None, 0, 0, 1, 0),
     ]
-    assert [r.label() for r in data.regions] == [
+    assert [region_label(r, report=True) for r in data.regions] == [
         "[heap]",
         "/lib/x.so (.bss)",
         "/usr/bin/app (.data)",
@@ -65,21 +66,21 @@ def test_event_log_allocations_count_distinct_pages(tmp_path: Path) -> None:
     data = load_report(str(write_lines(tmp_path / "ev.jsonl", EVENTS)))
     assert data.allocations is not None and len(data.allocations) == 1
     a = data.allocations[0]
-    assert (a.site, a.origin, a.blocks, a.block_bytes) == (SITE, "malloc", 1, 0x3000)
+    assert (list(a.site), a.origin, a.blocks, a.block_bytes) == (SITE, "malloc", 1, 0x3000)
     assert (a.copies, a.copied_bytes) == (3, 3 * PAGE)
     # Pages 0x1000 (twice: pids 11 and 12) and 0x2000: two distinct pages of the block.
-    assert a.largest == [BlockRow(addr=0x1000, size=0x3000, copied_pages=2)]
+    assert list(a.largest) == [BlockStat(addr=0x1000, size=0x3000, copied_pages=2)]
 
 
 def test_event_log_writers_and_python_writers(tmp_path: Path) -> None:
     data = load_report(str(write_lines(tmp_path / "ev.jsonl", EVENTS)))
     assert data.writers is not None and data.python_writers is not None
-    assert [(w.frames, w.copies, w.processes, w.truncated) for w in data.writers] == [
+    assert [(list(w.frames), w.copies, w.processes, w.truncated) for w in data.writers] == [
         (WRITE_A, 2, 1, False),
         ([EVAL], 1, 1, True),
         (WRITE_B, 1, 1, False),
     ]
-    assert [(p.frames, p.native_leaf, p.copies) for p in data.python_writers] == [
+    assert [(list(p.frames), p.native_leaf, p.copies) for p in data.python_writers] == [
         (PY_GC, None, 1),
         (PY_HANDLE, EVAL, 1),
     ]
@@ -127,12 +128,12 @@ def test_core_summary(tmp_path: Path) -> None:
     assert [p.pid for p in data.processes] == [100, 101, 102]
     assert [p.status() for p in data.processes] == ["exit 0", "exit 0", "running"]
     assert data.regions is None and data.allocations is None and data.writers is None
-    assert all(p.exit_copies is None for p in data.processes)
+    assert all(p.exit is None for p in data.processes)
 
 
 def test_full_summary_sections(tmp_path: Path) -> None:
     data = load_report(str(write_json(tmp_path / "s.json", full_summary())))
-    assert data.regions is not None and [r.label() for r in data.regions] == [
+    assert data.regions is not None and [region_label(r, report=True) for r in data.regions] == [
         "[heap]",
         "/usr/bin/python3.11 (.data)",
     ]
@@ -141,14 +142,14 @@ def test_full_summary_sections(tmp_path: Path) -> None:
         ("malloc", 1, 50),
         ("recovered", 40, 4),
     ]
-    assert data.allocations[0].largest == [
-        BlockRow(addr=0x7F0000000000, size=64 << 20, copied_pages=50)
+    assert list(data.allocations[0].largest) == [
+        BlockStat(addr=0x7F0000000000, size=64 << 20, copied_pages=50)
     ]
     assert data.writers is not None and [w.copies for w in data.writers] == [30, 10, 5]
     assert data.python_writers is not None and len(data.python_writers) == 4
     worker = next(p for p in data.processes if p.pid == 101)
-    assert worker.exit_copies == 12
-    assert [(w.frames, w.copies) for w in worker.exit_writers] == [
+    assert worker.exit is not None and worker.exit.copies == 12
+    assert [(list(w.frames), w.copies) for w in worker.exit.writers] == [
         (["free (libc.so.6)", "cleanup (app)"], 12)
     ]
     assert data.why == ["refcount writes (32% of copies) under p1 (a.py:1)"]

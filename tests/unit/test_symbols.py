@@ -102,7 +102,7 @@ def test_report_names_frames_from_debug_tree(
     data = load_report(str(_summary(tmp_path, resolver, built)))
     assert resymbolize(data, str(built["root"])) == 2
     assert data.writers is not None and data.python_writers is not None
-    assert data.writers[0].frames == ["hidden_writer (libsym.so)", "main (app)"]
+    assert list(data.writers[0].frames) == ["hidden_writer (libsym.so)", "main (app)"]
     assert data.python_writers[0].native_leaf == "hidden_writer"
 
 
@@ -152,7 +152,7 @@ def test_event_log_modules_resymbolized(
     data = load_report(str(write_lines(tmp_path / "events.jsonl", [first, second])))
     assert resymbolize(data, str(built["root"])) == 2  # the writer row and the sample
     assert data.writers is not None
-    assert [w.frames for w in data.writers] == [["hidden_writer (libsym.so)", "main (app)"]]
+    assert [list(w.frames) for w in data.writers] == [["hidden_writer (libsym.so)", "main (app)"]]
     assert data.writers[0].copies == 2
     assert data.samples is not None
     assert all(s.native == ("hidden_writer (libsym.so)", "main (app)") for s in data.samples)
@@ -170,7 +170,7 @@ def test_two_offsets_in_one_function_become_one_writer(
     data = load_report(str(write_json(tmp_path / "summary.json", document)))
     assert resymbolize(data, str(built["root"])) == 2
     assert data.writers is not None
-    assert [(w.frames, w.copies, w.copied_bytes) for w in data.writers] == [
+    assert [(list(w.frames), w.copies, w.copied_bytes) for w in data.writers] == [
         (["hidden_writer (libsym.so)"], 90, 90 * 4096),
         (["main (app)"], 10, 10 * 4096),
     ]

@@ -1,22 +1,42 @@
-"""What attribution hands to renderers, the summary and the metrics: plain immutable tables.
+"""The typed results of a trace: what attribution found, as plain immutable tables.
 
-The engine (engine.py) builds an AttributionView on every refresh; nothing here computes.
-Sizes are in pages where the kernel counts pages (copies) and in bytes where the allocator
-counts bytes (block sizes); `copied_bytes` properties turn pages into bytes.
+The engine (attribution/engine.py) and the Python tracker build an AttributionView on every
+refresh; the live view, the summary (output/summary.py) and the metrics read it, and
+`cowtrace report` loads a summary or an event log back into the same row types
+(report/load.py), so one renderer serves each section.  Nothing here computes.  Sizes are in
+pages where the kernel counts pages (copies) and in bytes where the allocator counts bytes
+(block sizes).  A row's `copied_bytes` is copies × the page size unless given: a file read
+back keeps the figure it carries (written on a host whose page size may differ).  Fields a
+file may lack are Optional (None: the file does not say).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from cowtrace.host.memory import PAGE_SIZE
+
+UNSET = -1  # `copied_bytes` not given: copies × PAGE_SIZE
+
+
+class _CopiedBytes:
+    """`copied_bytes` from `copies` unless the row was given it (a file read back)."""
+
+    copies: int
+    copied_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.copied_bytes == UNSET:
+            object.__setattr__(self, "copied_bytes", self.copies * PAGE_SIZE)
+
 
 # Mapping kinds, as reported everywhere (JSON "kind", metric label "mapping").
 MAPPING_KINDS = ("heap", "stack", "anon", "anon_named", "file", "shm", "other")
 
 
 @dataclass(frozen=True)
-class RegionStat:
+class RegionStat(_CopiedBytes):
     """Copies in one mapping (grouped by kind and name across the family)."""
 
     kind: str  # one of MAPPING_KINDS
@@ -26,10 +46,7 @@ class RegionStat:
     reuses: int
     zero_fills: int
     processes: int  # members that copied in it
-
-    @property
-    def copied_bytes(self) -> int:
-        return self.copies * PAGE_SIZE
+    copied_bytes: int = UNSET
 
 
 @dataclass(frozen=True)
@@ -42,48 +59,48 @@ class BlockStat:
 
 
 @dataclass(frozen=True)
-class AllocationStat:
+class AllocationStat(_CopiedBytes):
     """Copies attributed to the blocks of one allocation site (allocation stack)."""
 
     site: tuple[str, ...]  # allocation stack, innermost frame first; () when recovered
     origin: str  # "malloc" (seen by uprobes) or "recovered" (found walking the heap at attach)
-    allocator: str  # "glibc", "jemalloc", "tcmalloc"
+    allocator: str | None  # "glibc", "jemalloc", "tcmalloc"; None: the file does not say
     blocks: int  # live blocks of this site that copies touched
     block_bytes: int  # their total size
     copies: int  # copies attributed to this site
     largest: tuple[BlockStat, ...] = ()
-
-    @property
-    def copied_bytes(self) -> int:
-        return self.copies * PAGE_SIZE
+    copied_bytes: int = UNSET
 
 
 @dataclass(frozen=True)
-class WriterStat:
+class WriterStat(_CopiedBytes):
     """Copies made by one native writer stack."""
 
     frames: tuple[str, ...]  # innermost first, symbolized
     copies: int
-    processes: int
+    processes: int | None  # None: not counted (a process' exit writers)
     truncated: bool  # the walk ended early (no frame pointers): only the leading frames are real
-
-    @property
-    def copied_bytes(self) -> int:
-        return self.copies * PAGE_SIZE
+    copied_bytes: int = UNSET
 
 
 @dataclass(frozen=True)
-class PythonWriterStat:
+class ProcessExit:
+    """Copies one process made in its last exit window before it exited (waste: the memory is
+    freed right after), and the writer stacks of those copies, most first."""
+
+    copies: int
+    writers: tuple[WriterStat, ...] = ()
+
+
+@dataclass(frozen=True)
+class PythonWriterStat(_CopiedBytes):
     """Copies made under one Python stack (CPython members)."""
 
     frames: tuple[str, ...]  # "function (file:line)", innermost first
-    native_leaf: str  # the native function the write happened in
-    category: str  # "gc", "refcount", "allocator", "teardown", "other"
+    native_leaf: str | None  # the native function the write happened in
+    category: str | None  # "gc", "refcount", "allocator", "teardown", "other"
     copies: int
-
-    @property
-    def copied_bytes(self) -> int:
-        return self.copies * PAGE_SIZE
+    copied_bytes: int = UNSET
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,20 @@ class AttributionView:
     python_types: tuple[PythonTypeStat, ...] = ()  # family, most copied bytes first
     python_types_by_pid: dict[int, tuple[PythonTypeStat, ...]] = field(default_factory=dict)
     python_pages: dict[str, int] = field(default_factory=dict)  # copied pages by class
+    # The end of a trace only (the engine's final view): each process' exit-time copies and
+    # their writers, by pid; None in the live views and when attribution is off.
+    exits: dict[int, ProcessExit] | None = None
+    # `module+0xOFFSET` frames name these objects: {basename: {"path", "build_id", "loads"}}
+    # (kernel/stacks.py), so `cowtrace report` can name the frames from debug files later.
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # CPython members were traced for Python stacks: the summary's Python sections are
+    # written, even empty.
+    python: bool = False
+
+    @property
+    def tables(self) -> bool:
+        """Anything in the engine's tables (mappings, allocation sites, writer stacks)."""
+        return bool(self.regions or self.allocations or self.writers)
 
 
 @dataclass(frozen=True)
@@ -131,7 +162,7 @@ class PythonTypeStat:
     copied_types.py): bytes of its objects on copied pages, by the category of the write."""
 
     type: str  # "pkg.mod.Class", "dict"
-    objects: int  # objects whose block starts on a copied page
+    objects: int | None  # objects whose block starts on a copied page
     copied_bytes: int
-    pages: int  # copied pages holding some of its bytes
+    pages: int | None  # copied pages holding some of its bytes
     by_category: dict[str, int] = field(default_factory=dict)  # bytes by writers.CATEGORIES
