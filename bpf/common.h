@@ -21,6 +21,9 @@ BPF_HASH(members, u32, struct member, MAX_MEMBERS);
 #define MEMBER_BITMAP_WORDS ((1U << 22) / 64)
 BPF_ARRAY(member_bits_kernel, u64, MEMBER_BITMAP_WORDS);
 BPF_ARRAY(member_bits_user, u64, MEMBER_BITMAP_WORDS);
+/* Moved by user space each time it adds or forgets members: a thread's episode remembers its
+ * membership only as of one value of it (see on_fault). */
+BPF_ARRAY(member_generation, u64, 1);
 /* tid -> open episode.  Deleted when the thread's task is freed. */
 BPF_HASH(episodes, u32, struct episode_state, MAX_THREADS);
 /* Health counters: detail records lost, tables full. */

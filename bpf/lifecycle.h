@@ -87,8 +87,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     if (!m)
         return 0;
     struct episode_state *ep = episodes.lookup(&tid);
-    if (ep)
+    if (ep) {
         close_episode(ep, tid, false);
+        ep->member_ok = 0;              /* the owner or the flags may change now */
+    }
     if (m->flags & MF_VFORK_CHILD) {
         /* It stops sharing its parent's memory now: from here on it is a member of its own,
          * forked (as far as the family goes) by the parent it borrowed memory from. */
@@ -197,8 +199,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     if (!m)
         return 0;
     struct episode_state *ep = episodes.lookup(&tid);
-    if (ep)
+    if (ep) {
         close_episode(ep, tid, false);
+        ep->member_ok = 0;              /* its member may be deleted now (below, or by user space) */
+    }
     if (!args->group_dead)
         return 0;
     if (m->flags & MF_VFORK_CHILD) {

@@ -244,6 +244,7 @@ class KernelTracer:
         leaf.flags = MF_AWAIT_EXEC if await_exec else 0
         table[table.Key(pid)] = leaf
         self._set_member_bit(pid, True)
+        self._move_member_generation()
 
     def _set_member_bit(self, pid: int, member: bool) -> None:
         """User space's half of the BPF membership filter (member_bits_user): a member's bit
@@ -255,13 +256,24 @@ class KernelTracer:
         mask = 1 << (pid & 63)
         bits[key] = bits.Leaf(word | mask if member else word & ~mask)
 
+    def _move_member_generation(self) -> None:
+        """Members were added or forgotten here: the fault path's threads, which remember
+        whether they are a member's (episode_state.member_ok in the BPF program), look the
+        members table up again.  Only this process writes the counter."""
+        generation = self._bpf["member_generation"]
+        key = generation.Key(0)
+        generation[key] = generation.Leaf(generation[key].value + 1)
+
     def forget(self, pids: Iterable[int]) -> None:
         """Drop members whose final counts have been read."""
         table = self._bpf["members"]
+        pids = list(pids)
         for pid in pids:
             with contextlib.suppress(KeyError):
                 del table[table.Key(pid)]
             self._set_member_bit(pid, False)
+        if pids:
+            self._move_member_generation()
 
     def members(self) -> dict[int, MemberState]:
         """Counters of every member the kernel knows (vfork children excluded)."""
