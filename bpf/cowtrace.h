@@ -81,6 +81,8 @@ struct episode_state {
     u16 py_gen;     /* py_generation (low bits) when py_known was learnt */
     u32 member_gen; /* member_generation when member_ok was learnt */
     u32 pad;
+    u64 tid;        /* the thread; last, cleared last when a slot is given back (64 bits: the
+                     * compare-and-swap that claims a slot has no 32-bit form here) */
 };
 
 /* Detail record of one classified event: fixed 40 bytes, parsed in bulk by user space. */

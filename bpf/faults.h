@@ -25,7 +25,7 @@ static __always_inline int take_writer_stacks(void *ctx, void *user_regs)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    struct episode_state *ep = episodes.lookup(&tid);
+    struct episode_state *ep = find_episode(tid);
     if (!ep || ep->state != EP_CAPTURING)
         return 0;
     /* User-mode faults: our own walk from the faulting registers; the kernel writing for the
@@ -64,7 +64,7 @@ static __always_inline int on_fault(void *ctx, void *user_regs, u64 address, u64
      * 1.117x -> 1.101x on the CoW storm, 2026-12-05).  What could change the answer forgets it: exec and exit (below: they change
      * the entry or end the thread), and user space adding or forgetting members (it moves
      * member_generation).  Forks only add new processes, whose threads have no episode. */
-    struct episode_state *ep = episodes.lookup(&tid);
+    struct episode_state *ep = find_episode(tid);
     int zero = 0;
     u64 *generation = member_generation.lookup(&zero);
     u32 member_gen = generation ? (u32)*generation : 0;
@@ -82,12 +82,7 @@ static __always_inline int on_fault(void *ctx, void *user_regs, u64 address, u64
     if (ep) {
         close_episode(ep, tid, true);
     } else if (wp) {
-        struct episode_state fresh = {};
-        if (episodes.insert(&tid, &fresh) != 0) {
-            stat_inc(STAT_THREADS_FULL);
-            return 0;
-        }
-        ep = episodes.lookup(&tid);
+        ep = new_episode(tid);
         if (!ep)
             return 0;
     }
@@ -193,7 +188,7 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
     else
         __sync_fetch_and_add(&m->copies, 1);
 
-    struct episode_state *ep = episodes.lookup(&tid);
+    struct episode_state *ep = find_episode(tid);
     u64 ts, addr = 0;
     u8 via = VIA_GUP;
     s32 stack_id = -1, pystack_id = -1;
@@ -263,7 +258,7 @@ RAW_TRACEPOINT_PROBE(rss_stat)
             return 0;
     }
     __sync_fetch_and_add(&m->file_copies, 1);
-    struct episode_state *ep = episodes.lookup(&tid);
+    struct episode_state *ep = find_episode(tid);
     if (ep && ep->state == EP_COPIED && ep->kind == KIND_COPY)
         ep->source = SOURCE_FILE;
     return 0;

@@ -86,7 +86,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     struct member *m = members.lookup(&tgid);
     if (!m)
         return 0;
-    struct episode_state *ep = episodes.lookup(&tid);
+    struct episode_state *ep = find_episode(tid);
     if (ep) {
         close_episode(ep, tid, false);
         ep->member_ok = 0;              /* the owner or the flags may change now */
@@ -198,7 +198,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     struct member *m = members.lookup(&tgid);
     if (!m)
         return 0;
-    struct episode_state *ep = episodes.lookup(&tid);
+    struct episode_state *ep = find_episode(tid);
     if (ep) {
         close_episode(ep, tid, false);
         ep->member_ok = 0;              /* its member may be deleted now (below, or by user space) */
@@ -221,10 +221,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 TRACEPOINT_PROBE(sched, sched_process_free)
 {
     u32 tid = args->pid;
-    struct episode_state *ep = episodes.lookup(&tid);
+    struct episode_state *ep = find_episode(tid);
     if (ep) {
         close_episode(ep, tid, false);
-        episodes.delete(&tid);
+        drop_episode(tid);
     }
     map_dirty.delete(&tid);
     alloc_calls.delete(&tid);

@@ -78,7 +78,7 @@ class TracerConfig:
     ring_bytes: int = 16 << 20
     single_ring_bytes: int = 2 << 20
     max_members: int = 16384
-    max_threads: int = 65536
+    max_threads: int = 65536  # a power of two (episode slots are indexed by tid bits)
     stacks: bool = True  # native user stacks of copies and allocations (--no-stacks: off)
     stack_entries: int = 32768  # stacks per map (32 frames each); a power of two
     alloc_ring_bytes: int = 0  # 64 bytes per allocator call; 0: no allocator probes planned
@@ -363,8 +363,15 @@ class KernelTracer:
         return self._alloc_ring.drain()
 
     def open_episodes(self) -> list[tuple[int, object]]:
-        """Episodes still open (tid, leaf): read after detach to account for them."""
-        return [
+        """Episodes still open (tid, leaf): read after detach to account for them.  They are in
+        episode_slots (a slot is taken when its tid is not 0) or, for threads whose slot was
+        taken, in the episodes hash."""
+        slots = [
+            (int(leaf.tid), leaf)
+            for _key, leaf in self._bpf["episode_slots"].items_lookup_batch()
+            if leaf.tid != 0 and leaf.state != EP_NONE
+        ]
+        return slots + [
             (key.value, leaf)
             for key, leaf in self._bpf["episodes"].items()
             if leaf.state != EP_NONE
