@@ -192,7 +192,8 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
     u64 ts, addr = 0;
     u8 via = VIA_GUP;
     s32 stack_id = -1, pystack_id = -1;
-    if (from_fault && ep && ep->state == EP_WP_FAULT) {
+    bool seen = from_fault && ep && ep->state == EP_WP_FAULT;
+    if (seen) {
         ts = ep->ts;            /* this allocation is the outcome of the open fault */
         addr = ep->addr;
         via = ep->via;
@@ -221,6 +222,16 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
     if (!ep) {
         /* No episode table entry for this thread: record it at once. */
         emit(ts, addr, tgid, tid, kind, SOURCE_ANON, via, stack_id, pystack_id, false);
+        return 0;
+    }
+    if (seen) {
+        /* The fault's episode already holds its time, address, writer and stacks. */
+        ep->kind = kind;
+        if (zero) {
+            ep->stack_id = -1;
+            ep->pystack_id = -1;
+        }
+        ep->state = EP_COPIED;
         return 0;
     }
     ep->kind = kind;
