@@ -21,7 +21,15 @@ BPF_HASH(members, u32, struct member, MAX_MEMBERS);
 #define MEMBER_BITMAP_WORDS ((1U << 22) / 64)
 BPF_ARRAY(member_bits_kernel, u64, MEMBER_BITMAP_WORDS);
 BPF_ARRAY(member_bits_user, u64, MEMBER_BITMAP_WORDS);
-/* tid -> open episode.  Deleted when the thread's task is freed. */
+/* Moved by user space each time it adds or forgets members: a thread's episode remembers its
+ * membership only as of one value of it (see on_fault). */
+BPF_ARRAY(member_generation, u64, 1);
+/* Each thread's episode (see find_episode): in episode_slots, the slot its tid maps to, or,
+ * when another thread holds that slot, in the episodes hash (tid -> episode).  Deleted when
+ * the thread's task is freed. */
+#define EPISODE_SLOTS MAX_THREADS       /* a power of two */
+_Static_assert((EPISODE_SLOTS & (EPISODE_SLOTS - 1)) == 0, "MAX_THREADS: a power of two");
+BPF_ARRAY(episode_slots, struct episode_state, EPISODE_SLOTS);
 BPF_HASH(episodes, u32, struct episode_state, MAX_THREADS);
 /* Health counters: detail records lost, tables full. */
 BPF_PERCPU_ARRAY(stats, u64, NSTATS);
@@ -100,4 +108,51 @@ static __always_inline u64 stack_word(void *ctx, int slot)
     u64 word = 0;
     bpf_probe_read_kernel(&word, sizeof(word), (char *)ctx + slot * 8);
     return word;
+}
+
+/* ---- episodes ------------------------------------------------------------------------------
+ * A member thread's episode is looked up twice per copy (its fault, its allocation).  A hash
+ * lookup (jhash and a bucket walk) cost ~0.014x per lookup pair on the CoW storm; an array
+ * slot chosen by the tid's low bits costs an inlined index.  Two live threads whose tids share
+ * the low bits cannot share the slot: the first takes it (compare-and-swap on its tid field,
+ * 0 = free), the other's episode lives in the episodes hash, as every episode did before.  A
+ * slot belongs to its thread until the task is freed; only that thread reads or writes it
+ * (sched_process_free, after the thread is gone, gives it back). */
+static __always_inline struct episode_state *find_episode(u32 tid)
+{
+    u32 index = tid & (EPISODE_SLOTS - 1);
+    struct episode_state *slot = episode_slots.lookup(&index);
+    if (slot && slot->tid == tid)
+        return slot;
+    return episodes.lookup(&tid);
+}
+
+/* A new episode (EP_NONE) for a thread that has none, or NULL when the hash is full. */
+static __always_inline struct episode_state *new_episode(u32 tid)
+{
+    u32 index = tid & (EPISODE_SLOTS - 1);
+    struct episode_state *slot = episode_slots.lookup(&index);
+    if (slot && slot->tid == 0 && __sync_val_compare_and_swap(&slot->tid, 0ULL, (u64)tid) == 0)
+        return slot;                    /* its other fields were cleared when it was given back */
+    struct episode_state fresh = {};
+    fresh.tid = tid;
+    if (episodes.insert(&tid, &fresh) != 0) {
+        stat_inc(STAT_THREADS_FULL);
+        return NULL;
+    }
+    return episodes.lookup(&tid);
+}
+
+/* The thread's task is freed: its episode (closed by then) goes. */
+static __always_inline void drop_episode(u32 tid)
+{
+    u32 index = tid & (EPISODE_SLOTS - 1);
+    struct episode_state *slot = episode_slots.lookup(&index);
+    if (slot && slot->tid == tid) {
+        __builtin_memset(slot, 0, __builtin_offsetof(struct episode_state, tid));
+        asm volatile("" ::: "memory");  /* cleared before the slot is seen free */
+        slot->tid = 0;
+        return;
+    }
+    episodes.delete(&tid);
 }

@@ -77,8 +77,12 @@ struct episode_state {
     u8 source;      /* enum source */
     u8 kind;        /* EP_COPIED: the waiting record's enum kind (copy or zero-fill) */
     u8 py_known;    /* enum py_known: this thread's process is CPython or not, as of py_gen */
-    u8 pad;
+    u8 member_ok;   /* the thread is a member's, counted on tgid, as of member_gen (on_fault) */
     u16 py_gen;     /* py_generation (low bits) when py_known was learnt */
+    u32 member_gen; /* member_generation when member_ok was learnt */
+    u32 pad;
+    u64 tid;        /* the thread; last, cleared last when a slot is given back (64 bits: the
+                     * compare-and-swap that claims a slot has no 32-bit form here) */
 };
 
 /* Detail record of one classified event: fixed 40 bytes, parsed in bulk by user space. */

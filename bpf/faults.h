@@ -5,13 +5,17 @@
 #pragma once
 
 /* ---- writer stacks, out of line --------------------------------------------------------------
- * The writer's stacks (the native walk above, then the Python one) are taken by a program of
+ * The writer's stacks (the native walk above, then the Python one) are taken in programs of
  * their own, reached from the fault programs by tail call, so that the fault programs stay
  * small.  Measured on the CoW storm (bench/interleaved.py): with the stack code inlined the
  * fault program was 3.8 KB of machine code, and a C program, which runs none of the Python
- * part, was slowed 0.015x more than with the same code out of line.  User space installs the
- * two programs in writer_stack_progs right after loading (kernel/tracer.py); a fault that
- * comes before that, or a failed tail call, just has no stacks. */
+ * part, was slowed 0.015x more than with the same code out of line.  A member's fault is
+ * handled whole in the tail-called program (on_fault with its stacks), so that its episode is
+ * looked up once: the attached program only checks the membership filter and calls it
+ * (default tracer on the CoW storm, 2026-12-05: 1.118x -> 1.109x against the stacks taken
+ * in a second pass over the episode).  User space installs the two programs in
+ * writer_stack_progs right after loading (kernel/tracer.py); a fault that comes before that,
+ * or a failed tail call, is handled by the attached program, without stacks. */
 #if !defined(NO_STACKS) || !defined(PYTHON_STACKS) || PYTHON_STACKS
 #define WRITER_STACKS 1
 #else
@@ -20,67 +24,53 @@
 enum writer_prog { WRITER_PROG_USER = 0, WRITER_PROG_KERNEL = 1 };
 BPF_PROG_ARRAY(writer_stack_progs, 2);
 
-/* The open episode's stacks: only for an episode that on_fault left EP_CAPTURING. */
-static __always_inline int take_writer_stacks(void *ctx, void *user_regs)
-{
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    struct episode_state *ep = episodes.lookup(&tid);
-    if (!ep || ep->state != EP_CAPTURING)
-        return 0;
-    /* User-mode faults: our own walk from the faulting registers; the kernel writing for the
-     * process (read() into a buffer...): the stack of the system call, taken by the kernel's
-     * walker, which finds the user registers itself. */
-    ep->stack_id = user_regs ? walk_fault_stack(user_regs) : capture_user_stack(ctx);
-    ep->pystack_id = capture_python_stack(ctx, tgid, ep);
-    ep->state = EP_WP_FAULT;
-    return 0;
-}
-
-/* Tail-call targets (not attached anywhere): raw tracepoint programs run with the fault
- * program's context, page_fault_user's or page_fault_kernel's. */
-int writer_stacks_user(struct bpf_raw_tracepoint_args *ctx)
-{
-    return take_writer_stacks(ctx, (void *)ctx->args[1]);
-}
-
-int writer_stacks_kernel(struct bpf_raw_tracepoint_args *ctx)
-{
-    return take_writer_stacks(ctx, NULL);
-}
-
 /* ---- hot path: faults, allocations ------------------------------------------------------------ */
 static __always_inline int on_fault(void *ctx, void *user_regs, u64 address, u64 error_code,
-                                    u8 via)
+                                    u8 via, bool with_stacks)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    struct member *m = active_member(tgid);
-    if (!m)
+    if (!maybe_member(tgid))
         return 0;
     bool wp = (error_code & PF_PRESENT_WRITE) == PF_PRESENT_WRITE;
-    struct episode_state *ep = episodes.lookup(&tid);
+    /* Whether the thread is a member's, and whose writes it makes: its episode remembers the
+     * answer (member_ok, the owner in tgid) from its last write fault, so that a thread's
+     * faults after its first skip the members lookup (bench/interleaved.py, core tracer:
+     * 1.117x -> 1.101x on the CoW storm, 2026-12-05).  What could change the answer forgets
+     * it: exec and exit (they change the entry or end the thread: lifecycle.h), and user
+     * space adding or forgetting members (it moves member_generation).  Forks only add new
+     * processes, whose threads have no episode yet. */
+    struct episode_state *ep = find_episode(tid);
+    int zero = 0;
+    u64 *generation = member_generation.lookup(&zero);
+    u32 member_gen = generation ? (u32)*generation : 0;
+    u32 owner;
+    if (ep && ep->member_ok && ep->member_gen == member_gen) {
+        owner = ep->tgid;
+    } else {
+        struct member *m = members.lookup(&tgid);
+        if (!m || (m->flags & MF_AWAIT_EXEC))
+            return 0;
+        owner = m->owner;
+    }
     if (ep && ep->state == EP_CAPTURING)
         return 0;                       /* a fault of our own stack walk, see EP_CAPTURING */
     if (ep) {
         close_episode(ep, tid, true);
     } else if (wp) {
-        struct episode_state fresh = {};
-        if (episodes.insert(&tid, &fresh) != 0) {
-            stat_inc(STAT_THREADS_FULL);
-            return 0;
-        }
-        ep = episodes.lookup(&tid);
+        ep = new_episode(tid);
         if (!ep)
             return 0;
     }
     if (wp && ep) {
         ep->ts = bpf_ktime_get_ns();
         ep->addr = address & ~0xfffULL;
-        ep->tgid = m->owner;
+        ep->tgid = owner;
         ep->pid = tgid;
         ep->via = via;
         ep->source = SOURCE_ANON;
+        ep->member_ok = 1;
+        ep->member_gen = member_gen;
         /* The writer's stacks are taken now, by the tail-called program, at the fault's entry,
          * not at the copy: the walk reads user memory, possibly the very page being faulted on
          * (a frame-pointer walk without frame pointers follows rbp, which often points at the
@@ -90,21 +80,41 @@ static __always_inline int on_fault(void *ctx, void *user_regs, u64 address, u64
          * reads the pte, the walk changes nothing the kernel compares. */
         ep->stack_id = -1;
         ep->pystack_id = -1;
-#if WRITER_STACKS
-        ep->state = EP_CAPTURING;
-        writer_stack_progs.call(ctx, user_regs ? WRITER_PROG_USER : WRITER_PROG_KERNEL);
-        /* Only reached when the tail call did not happen: the episode has no stacks. */
-#endif
+        if (with_stacks) {
+            /* User-mode faults: our own walk from the faulting registers; the kernel writing
+             * for the process (read() into a buffer...): the stack of the system call, taken
+             * by the kernel's walker, which finds the user registers itself. */
+            ep->state = EP_CAPTURING;
+            ep->stack_id = user_regs ? walk_fault_stack(user_regs) : capture_user_stack(ctx);
+            ep->pystack_id = capture_python_stack(ctx, tgid, ep);
+        }
         ep->state = EP_WP_FAULT;
     }
     return 0;
+}
+
+/* Tail-call targets (not attached anywhere): raw tracepoint programs run with the fault
+ * program's context, page_fault_user's or page_fault_kernel's. */
+int writer_stacks_user(struct bpf_raw_tracepoint_args *ctx)
+{
+    return on_fault(ctx, (void *)ctx->args[1], ctx->args[0], ctx->args[2], VIA_USER, true);
+}
+
+int writer_stacks_kernel(struct bpf_raw_tracepoint_args *ctx)
+{
+    return on_fault(ctx, NULL, ctx->args[0], ctx->args[2], VIA_KERNEL, true);
 }
 
 /* A write by the process' own instructions. */
 RAW_TRACEPOINT_PROBE(page_fault_user)
 {
     /* TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code) */
-    return on_fault(ctx, (void *)ctx->args[1], ctx->args[0], ctx->args[2], VIA_USER);
+#if WRITER_STACKS
+    if (!maybe_member(bpf_get_current_pid_tgid() >> 32))
+        return 0;
+    writer_stack_progs.call(ctx, WRITER_PROG_USER);
+#endif
+    return on_fault(ctx, (void *)ctx->args[1], ctx->args[0], ctx->args[2], VIA_USER, false);
 }
 
 /* A write by the kernel into user memory on the process' behalf (copy_to_user, put_user). */
@@ -113,7 +123,12 @@ RAW_TRACEPOINT_PROBE(page_fault_kernel)
     u64 address = ctx->args[0];
     if (address >= USER_ADDR_END)
         return 0;
-    return on_fault(ctx, NULL, address, ctx->args[2], VIA_KERNEL);
+#if WRITER_STACKS
+    if (!maybe_member(bpf_get_current_pid_tgid() >> 32))
+        return 0;
+    writer_stack_progs.call(ctx, WRITER_PROG_KERNEL);
+#endif
+    return on_fault(ctx, NULL, address, ctx->args[2], VIA_KERNEL, false);
 }
 
 /* Every page allocation: keep do_wp_page's, the copies and zero-fills. */
@@ -172,11 +187,12 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
     else
         __sync_fetch_and_add(&m->copies, 1);
 
-    struct episode_state *ep = episodes.lookup(&tid);
+    struct episode_state *ep = find_episode(tid);
     u64 ts, addr = 0;
     u8 via = VIA_GUP;
     s32 stack_id = -1, pystack_id = -1;
-    if (from_fault && ep && ep->state == EP_WP_FAULT) {
+    bool seen = from_fault && ep && ep->state == EP_WP_FAULT;
+    if (seen) {
         ts = ep->ts;            /* this allocation is the outcome of the open fault */
         addr = ep->addr;
         via = ep->via;
@@ -205,6 +221,16 @@ RAW_TRACEPOINT_PROBE(mm_page_alloc)
     if (!ep) {
         /* No episode table entry for this thread: record it at once. */
         emit(ts, addr, tgid, tid, kind, SOURCE_ANON, via, stack_id, pystack_id, false);
+        return 0;
+    }
+    if (seen) {
+        /* The fault's episode already holds its time, address, writer and stacks. */
+        ep->kind = kind;
+        if (zero) {
+            ep->stack_id = -1;
+            ep->pystack_id = -1;
+        }
+        ep->state = EP_COPIED;
         return 0;
     }
     ep->kind = kind;
@@ -242,7 +268,7 @@ RAW_TRACEPOINT_PROBE(rss_stat)
             return 0;
     }
     __sync_fetch_and_add(&m->file_copies, 1);
-    struct episode_state *ep = episodes.lookup(&tid);
+    struct episode_state *ep = find_episode(tid);
     if (ep && ep->state == EP_COPIED && ep->kind == KIND_COPY)
         ep->source = SOURCE_FILE;
     return 0;

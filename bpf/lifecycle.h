@@ -43,9 +43,12 @@ static __always_inline struct member *member_leaving_episode(u32 tgid, u32 tid)
     struct member *m = members.lookup(&tgid);
     if (!m)
         return NULL;
-    struct episode_state *ep = episodes.lookup(&tid);
-    if (ep)
+    struct episode_state *ep = find_episode(tid);
+    if (ep) {
         close_episode(ep, tid, false);
+        ep->member_ok = 0;              /* the owner or the flags may change now, or the
+                                         * member be deleted (below, or by user space) */
+    }
     return m;
 }
 
@@ -235,10 +238,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 TRACEPOINT_PROBE(sched, sched_process_free)
 {
     u32 tid = args->pid;
-    struct episode_state *ep = episodes.lookup(&tid);
+    struct episode_state *ep = find_episode(tid);
     if (ep) {
         close_episode(ep, tid, false);
-        episodes.delete(&tid);
+        drop_episode(tid);
     }
     map_dirty.delete(&tid);
     alloc_calls.delete(&tid);

@@ -78,7 +78,7 @@ class TracerConfig:
     ring_bytes: int = 16 << 20
     single_ring_bytes: int = 2 << 20
     max_members: int = 16384
-    max_threads: int = 65536
+    max_threads: int = 65536  # a power of two (episode slots are indexed by tid bits)
     stacks: bool = True  # native user stacks of copies and allocations (--no-stacks: off)
     stack_entries: int = 32768  # stacks per map (32 frames each); a power of two
     alloc_ring_bytes: int = 0  # 64 bytes per allocator call; 0: no allocator probes planned
@@ -244,6 +244,7 @@ class KernelTracer:
         leaf.flags = MF_AWAIT_EXEC if await_exec else 0
         table[table.Key(pid)] = leaf
         self._set_member_bit(pid, True)
+        self._move_member_generation()
 
     def _set_member_bit(self, pid: int, member: bool) -> None:
         """User space's half of the BPF membership filter (member_bits_user): a member's bit
@@ -255,13 +256,24 @@ class KernelTracer:
         mask = 1 << (pid & 63)
         bits[key] = bits.Leaf(word | mask if member else word & ~mask)
 
+    def _move_member_generation(self) -> None:
+        """Members were added or forgotten here: the fault path's threads, which remember
+        whether they are a member's (episode_state.member_ok in the BPF program), look the
+        members table up again.  Only this process writes the counter."""
+        generation = self._bpf["member_generation"]
+        key = generation.Key(0)
+        generation[key] = generation.Leaf(generation[key].value + 1)
+
     def forget(self, pids: Iterable[int]) -> None:
         """Drop members whose final counts have been read."""
         table = self._bpf["members"]
+        pids = list(pids)
         for pid in pids:
             with contextlib.suppress(KeyError):
                 del table[table.Key(pid)]
             self._set_member_bit(pid, False)
+        if pids:
+            self._move_member_generation()
 
     def members(self) -> dict[int, MemberState]:
         """Counters of every member the kernel knows (vfork children excluded)."""
@@ -351,8 +363,15 @@ class KernelTracer:
         return self._alloc_ring.drain()
 
     def open_episodes(self) -> list[tuple[int, object]]:
-        """Episodes still open (tid, leaf): read after detach to account for them."""
-        return [
+        """Episodes still open (tid, leaf): read after detach to account for them.  They are in
+        episode_slots (a slot is taken when its tid is not 0) or, for threads whose slot was
+        taken, in the episodes hash."""
+        slots = [
+            (int(leaf.tid), leaf)
+            for _key, leaf in self._bpf["episode_slots"].items_lookup_batch()
+            if leaf.tid != 0 and leaf.state != EP_NONE
+        ]
+        return slots + [
             (key.value, leaf)
             for key, leaf in self._bpf["episodes"].items()
             if leaf.state != EP_NONE
