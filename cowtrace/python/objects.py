@@ -202,22 +202,27 @@ def classify(
     offsets = sorted(layout.object_offsets(), key=lambda c: -table.hits.get(c, 0))
     for attempt in range(2):
         addrs, offset, basic, ids = table.arrays()
-        pending = np.arange(len(start))
+        # the blocks not matched yet, with their first word and size (carried, not gathered
+        # again for each offset)
+        pending, first, size = np.arange(len(start)), start, blocks.size
         tried: list[tuple[np.ndarray, np.ndarray]] = []
         for c in offsets:
-            idx = pending[blocks.size[pending] >= c + 16]
-            refcnt = flat[start[idx] + (c >> 3)]
-            idx = idx[(refcnt >= 1) & (refcnt < MAX_REFCNT)]
-            type_words = flat[start[idx] + (c >> 3) + 1]
+            fits = size >= c + 16
+            idx, at, room = pending[fits], first[fits] + (c >> 3), size[fits]
+            # 1 <= refcnt < MAX_REFCNT, in one comparison (0 wraps around)
+            plausible = flat[at] - np.uint64(1) < np.uint64(MAX_REFCNT - 1)
+            idx, at, room = idx[plausible], at[plausible], room[plausible]
+            type_words = flat[at + 1]
             if len(addrs):
                 pos = np.minimum(np.searchsorted(addrs, type_words), len(addrs) - 1)
                 known = addrs[pos] == type_words
-                ok = known & (offset[pos] == c) & (basic[pos] + c <= blocks.size[idx])
+                ok = known & (offset[pos] == c) & (basic[pos] + c <= room)
                 result[idx[ok]] = ids[pos[ok]]
                 table.hits[c] = table.hits.get(c, 0) + int(ok.sum())
                 unknown = ~known
                 idx, type_words = idx[unknown], type_words[unknown]
-                pending = pending[result[pending] < 0]
+                still = result[pending] < 0
+                pending, first, size = pending[still], first[still], size[still]
             tried.append((idx, type_words))
         if attempt or not len(pending):
             break
@@ -257,37 +262,43 @@ def apportion(
     `copied[pool, page]` is how many times that page was copied (0: not); blocks of type -1
     (no object) are left out, as are pages no object covers.
 
-    Summed with one bincount over (copied page, type present) slots: a few passes over the
-    blocks, no sort."""
+    Summed with bincounts over (copied page, type present) slots: one over the blocks, on
+    the page holding each one's start, one over the few that run into the next page.  No
+    sort."""
     keep = type_ids >= 0
     pool, start, size = blocks.pool[keep], blocks.offset[keep], blocks.size[keep]
     tid = type_ids[keep]
     if not len(tid):
         empty = np.zeros(0, np.int64)
         return Apportioned(empty, empty, empty, empty, empty)
-    pages = np.flatnonzero(copied.reshape(-1))  # copied pages, as pool * per_pool + page
-    slot_of = np.full(copied.size, -1, np.int64)
+    flat = copied.reshape(-1)
+    pages = np.flatnonzero(flat)  # copied pages, as pool * per_pool + page
+    slot_of = np.full(flat.size, -1, np.int64)
     slot_of[pages] = np.arange(len(pages))
     present = np.flatnonzero(np.bincount(tid))
-    local = np.zeros(int(present[-1]) + 1, np.int64)
-    local[present] = np.arange(len(present))
-    ltid = local[tid]
-    first = start // PAGE_SIZE
-    on_first = np.minimum(size, (first + 1) * PAGE_SIZE - start)
-    on_next = size - on_first
-    base = pool * pages_per_pool + first
-    slot_first = slot_of[base]
-    slot_next = np.where(on_next > 0, slot_of[np.minimum(base + 1, copied.size - 1)], -1)
-    flat = copied.reshape(-1)
-    w_first = np.where(slot_first >= 0, flat[base], 0)
-    w_next = np.where(slot_next >= 0, flat[np.minimum(base + 1, copied.size - 1)], 0)
     ntypes = len(present)
+    local = np.zeros(int(present[-1]) + 1, np.int64)
+    local[present] = np.arange(ntypes)
+    ltid = local[tid]
     bins = len(pages) * ntypes
-    key_first = np.maximum(slot_first, 0) * ntypes + ltid
-    key_next = np.maximum(slot_next, 0) * ntypes + ltid
-    nbytes = np.bincount(key_first, weights=on_first * w_first, minlength=bins)
-    nbytes += np.bincount(key_next, weights=on_next * w_next, minlength=bins)
-    objects = np.bincount(key_first, weights=w_first, minlength=bins)
+    first = start // PAGE_SIZE
+    base = pool * pages_per_pool + first
+    room = (first + 1) * PAGE_SIZE - start  # the block's bytes that fit on its first page
+    on_first = np.minimum(size, room)
+    slot = slot_of[base]
+    mine = slot >= 0
+    key = slot[mine] * ntypes + ltid[mine]
+    times = flat[base[mine]]  # how many times the page was copied
+    nbytes = np.bincount(key, weights=on_first[mine] * times, minlength=bins)
+    objects = np.bincount(key, weights=times, minlength=bins)
+    over = np.flatnonzero(size > room)  # blocks running into the next page (of their pool)
+    if len(over):
+        after = np.minimum(base[over] + 1, flat.size - 1)
+        slot = slot_of[after]
+        mine = slot >= 0
+        key = slot[mine] * ntypes + ltid[over[mine]]
+        rest = (size[over] - on_first[over])[mine] * flat[after[mine]]
+        nbytes += np.bincount(key, weights=rest, minlength=bins)
     used = np.flatnonzero(nbytes)
     page_key = pages[used // ntypes]
     return Apportioned(
