@@ -67,8 +67,11 @@ class TypeNames:
 
 
 class TypeTable:
-    """One process' types by address (None: read, and not a type), with sorted arrays for
-    vectorised lookups rebuilt when an address was added."""
+    """One process' types by address (None: read, and not a type), with arrays for
+    vectorised lookups rebuilt when an address was added: the entries sorted by address,
+    and an open-addressing hash of them (a block's type word is looked up in a few array
+    operations, however many non-types the table holds: a binary search costs one pass
+    per halving)."""
 
     def __init__(self, names: TypeNames) -> None:
         self.names = names
@@ -76,6 +79,7 @@ class TypeTable:
         self.hits: dict[int, int] = {}  # blocks matched per object offset (tried first)
         self._negative = 0
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._hash: _AddressHash | None = None
 
     def add(self, addr: int, info: TypeInfo | None) -> None:
         if info is None:
@@ -84,18 +88,71 @@ class TypeTable:
                 self.infos = {a: i for a, i in self.infos.items() if i is not None}
                 self._negative = 1
         self.infos[addr] = info
-        self._arrays = None
+        self._arrays = self._hash = None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(addresses sorted, offset (-1: no type), basic size, name id) of every entry."""
         if self._arrays is None:
-            items = sorted(self.infos.items())
-            addrs = np.array([a for a, _ in items], np.uint64)
-            offset = np.array([i.offset if i else -1 for _, i in items], np.int64)
-            basic = np.array([i.basicsize if i else 0 for _, i in items], np.int64)
-            ids = np.array([self.names.id(i.name) if i else -1 for _, i in items], np.int64)
-            self._arrays = (addrs, offset, basic, ids)
+            count, infos = len(self.infos), list(self.infos.values())
+            addrs = np.fromiter(self.infos, np.uint64, count)
+            offset = np.fromiter((i.offset if i else -1 for i in infos), np.int64, count)
+            basic = np.fromiter((i.basicsize if i else 0 for i in infos), np.int64, count)
+            ids = np.fromiter((self.names.id(i.name) if i else -1 for i in infos), np.int64, count)
+            order = np.argsort(addrs, kind="stable")
+            self._arrays = (addrs[order], offset[order], basic[order], ids[order])
         return self._arrays
+
+    def lookup(self, words: np.ndarray) -> np.ndarray:
+        """Each word's place in :meth:`arrays` (-1: no entry for it)."""
+        if self._hash is None:
+            self._hash = _AddressHash(self.arrays()[0])
+        return self._hash.find(words)
+
+
+class _AddressHash:
+    """Distinct addresses hashed into twice as many slots (linear probing, built once, never
+    deleted from), for lookups of many words at once: each round looks every word up at its
+    next slot, and a word stops at its address or at an empty slot."""
+
+    def __init__(self, addrs: np.ndarray) -> None:
+        self.addrs = addrs
+        self.bits = max(4, (2 * len(addrs)).bit_length())
+        self.mask = np.uint64((1 << self.bits) - 1)
+        self.entry = np.full(1 << self.bits, -1, np.int64)  # slot -> index in addrs
+        self.key = np.zeros(1 << self.bits, np.uint64)  # slot -> its address
+        self.rounds = 0  # the longest probe, in slots: lookups stop there
+        pending = np.arange(len(addrs))
+        slot = self._home(addrs)
+        while len(pending):
+            self.rounds += 1
+            empty = self.entry[slot] < 0
+            # of the entries reaching the same empty slot, the first takes it
+            taken, first = np.unique(slot[empty], return_index=True)
+            placed = np.flatnonzero(empty)[first]
+            self.entry[taken] = pending[placed]
+            self.key[taken] = addrs[pending[placed]]
+            left = np.ones(len(pending), bool)
+            left[placed] = False
+            pending, slot = pending[left], (slot[left] + np.uint64(1)) & self.mask
+
+    def _home(self, words: np.ndarray) -> np.ndarray:
+        """Fibonacci hashing of the word's 8-byte unit (object addresses are aligned)."""
+        mixed = (words >> np.uint64(3)) * np.uint64(0x9E3779B97F4A7C15)  # wraps mod 2**64
+        return mixed >> np.uint64(64 - self.bits)
+
+    def find(self, words: np.ndarray) -> np.ndarray:
+        words = np.asarray(words, np.uint64)
+        out = np.full(len(words), -1, np.int64)
+        todo, slot = np.arange(len(words)), self._home(words)
+        for _ in range(self.rounds):
+            if not len(todo):
+                break
+            entry = self.entry[slot]
+            match = (self.key[slot] == words) & (entry >= 0)
+            out[todo[match]] = entry[match]
+            go = ~match & (entry >= 0)  # occupied by another address: the next slot
+            todo, words, slot = todo[go], words[go], (slot[go] + np.uint64(1)) & self.mask
+        return out
 
 
 def read_type(
@@ -214,8 +271,8 @@ def classify(
             idx, at, room = idx[plausible], at[plausible], room[plausible]
             type_words = flat[at + 1]
             if len(addrs):
-                pos = np.minimum(np.searchsorted(addrs, type_words), len(addrs) - 1)
-                known = addrs[pos] == type_words
+                pos = table.lookup(type_words)
+                known = pos >= 0
                 ok = known & (offset[pos] == c) & (basic[pos] + c <= room)
                 result[idx[ok]] = ids[pos[ok]]
                 table.hits[c] = table.hits.get(c, 0) + int(ok.sum())
