@@ -344,7 +344,7 @@ def _read_pools(pages: np.ndarray, readers: Sequence[int], layout: ObjectLayout)
     data = _read_runs(runs, readers)
     failed: list[int] = []  # pools no reader could read whole
     if any(d is None for d in data):  # one unmapped pool fails its whole run: pool by pool
-        whole = [(r, d) for r, d in zip(runs, data, strict=True) if d is not None]
+        kept = [(r, d) for r, d in zip(runs, data, strict=True) if d is not None]
         single = [
             (start + offset, size)
             for (start, length), d in zip(runs, data, strict=True)
@@ -354,22 +354,15 @@ def _read_pools(pages: np.ndarray, readers: Sequence[int], layout: ObjectLayout)
         singles = _read_runs(single, readers)
         failed = [start for (start, _), d in zip(single, singles, strict=True) if d is None]
         read = [(r, d) for r, d in zip(single, singles, strict=True) if d is not None]
-        pairs = sorted([*whole, *read])
-        runs, data = [r for r, _ in pairs], [d for _, d in pairs]
-    # One array of every pool read (numpy's large arrays get huge pages: far fewer page
-    # faults than one bytes object joining them).
+        data = [d for _, d in sorted([*kept, *read])]
+    # One array of every pool read, ascending (numpy's large arrays get huge pages: far
+    # fewer page faults than one bytes object joining them).
     blobs = [np.frombuffer(d, "<u8") for d in data if d is not None]
     words = np.concatenate(blobs or [np.zeros(0, np.uint64)]).reshape(-1, size // 8)
-    bases = np.concatenate(
-        [np.arange(start, start + length, size, dtype=np.uint64) for start, length in runs]
-        or [np.zeros(0, np.uint64)]
-    )
+    whole = ~np.isin(wanted, np.array(failed, np.uint64))
+    bases = wanted[whole]
     headers = pool_headers(words, layout)
-    # each wanted pool's row (-1: not read whole)
-    pool_row = np.full(len(wanted), -1, np.int64)
-    if len(bases):
-        at = np.minimum(np.searchsorted(bases, wanted), len(bases) - 1)
-        pool_row = np.where(bases[at] == wanted, at, -1)
+    pool_row = np.where(whole, np.cumsum(whole) - 1, -1)  # -1: not read whole
     row = pool_row[page_pool]
     read_whole = row >= 0
     index = ((pages % np.uint64(size)) // np.uint64(PAGE_SIZE)).astype(np.int64)
