@@ -29,6 +29,7 @@ SYS_MOVE_PAGES = 279  # x86-64
 MPOL_MF_MOVE = 1 << 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
+SMALL_READ = 16384  # bytes read keeping the GIL at most (MemoryFile.read)
 _pread = ctypes.PyDLL(None).pread  # PyDLL: called with the GIL held (MemoryFile.read)
 _pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
 _pread.restype = ctypes.c_ssize_t
@@ -75,11 +76,16 @@ class MemoryFile:
         """Up to `size` bytes at `addr`: fewer where the mapping ends, b"" where nothing is
         readable.  Callers drain the LRU batches after a burst (:func:`drained_reads`).
 
-        pread(2) is called keeping the GIL (a read of another process' memory takes
-        microseconds): os.pread lets go of it, and a thread that lets go waits to get it
-        back for as long as another thread computes (the interpreter's switch interval,
-        5 ms): the thread naming new Python stacks (python/kernel.NewStackWatcher) fell
-        seconds behind that way."""
+        A small read is made keeping the GIL (microseconds): os.pread lets go of it, and a
+        thread that lets go waits to get it back for as long as another thread computes
+        (the interpreter's switch interval, 5 ms): the thread naming new Python stacks
+        (python/kernel.NewStackWatcher) fell seconds behind that way.  A large read (pools
+        by the run) lets go, as it takes a while."""
+        if size > SMALL_READ:
+            try:
+                return os.pread(self.fd, size, addr)
+            except (OSError, OverflowError, ValueError):  # OverflowError: a pointer >= 2**63
+                return b""
         if not 0 <= addr < 2**63 or size < 0:  # a garbage pointer: no such offset
             return b""
         buffer = ctypes.create_string_buffer(size)
