@@ -265,7 +265,10 @@ def classify(
         tried: list[tuple[np.ndarray, np.ndarray]] = []
         for c in offsets:
             fits = size >= c + 16
-            idx, at, room = pending[fits], first[fits] + (c >> 3), size[fits]
+            if fits.all():  # usually: no copies of the arrays
+                idx, at, room = pending, first + (c >> 3), size
+            else:
+                idx, at, room = pending[fits], first[fits] + (c >> 3), size[fits]
             # 1 <= refcnt < MAX_REFCNT, in one comparison (0 wraps around)
             plausible = flat[at] - np.uint64(1) < np.uint64(MAX_REFCNT - 1)
             idx, at, room = idx[plausible], at[plausible], room[plausible]
@@ -323,8 +326,9 @@ def apportion(
     the page holding each one's start, one over the few that run into the next page.  No
     sort."""
     keep = type_ids >= 0
-    pool, start, size = blocks.pool[keep], blocks.offset[keep], blocks.size[keep]
-    tid = type_ids[keep]
+    pool, start, size, tid = blocks.pool, blocks.offset, blocks.size, type_ids
+    if not keep.all():
+        pool, start, size, tid = pool[keep], start[keep], size[keep], tid[keep]
     if not len(tid):
         empty = np.zeros(0, np.int64)
         return Apportioned(empty, empty, empty, empty, empty)
@@ -338,15 +342,17 @@ def apportion(
     local[present] = np.arange(ntypes)
     ltid = local[tid]
     bins = len(pages) * ntypes
-    first = start // PAGE_SIZE
-    base = pool * pages_per_pool + first
-    room = (first + 1) * PAGE_SIZE - start  # the block's bytes that fit on its first page
+    shift = PAGE_SIZE.bit_length() - 1  # a page is a power of two: shifts, not divisions
+    base = pool * pages_per_pool + (start >> shift)
+    room = PAGE_SIZE - (start & (PAGE_SIZE - 1))  # the block's bytes on its first page
     on_first = np.minimum(size, room)
     slot = slot_of[base]
     mine = slot >= 0
     key = slot[mine] * ntypes + ltid[mine]
-    times = flat[base[mine]]  # how many times the page was copied
-    nbytes = np.bincount(key, weights=on_first[mine] * times, minlength=bins)
+    once = flat.max() == 1  # every page copied once (else weighed by its copies)
+    times = None if once else flat[base[mine]]
+    nbytes = np.bincount(key, weights=on_first[mine] if once else on_first[mine] * times,
+                         minlength=bins)  # fmt: skip
     objects = np.bincount(key, weights=times, minlength=bins)
     over = np.flatnonzero(size > room)  # blocks running into the next page (of their pool)
     if len(over):

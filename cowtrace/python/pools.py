@@ -250,10 +250,16 @@ def live_blocks(
     rows, size, lo, hi = rows[some], size[some], lo[some], hi[some]
     counts = hi - lo
     out = np.cumsum(counts) - counts  # each range's first place in the list
-    of = np.repeat(np.arange(len(counts)), counts)
-    block = np.arange(int(counts.sum())) - out[of] + lo[of]
+    # The offsets, range after range, as one running sum: each range's block size, and at
+    # its first place the jump from the previous range's last block to its own first.
+    offset = np.repeat(size, counts)
+    if len(counts):
+        starts = first + lo * size
+        ends = first + (hi - 1) * size
+        offset[out] = starts - np.concatenate([[0], ends[:-1]])
+    offset = np.cumsum(offset)
     # less the free blocks: each found in its row's range (keys ascending: row, then block)
-    live = np.ones(len(block), bool)
+    live = np.ones(len(offset), bool)
     listed = usable[free_rows]
     free_rows, free_index = free_rows[listed], free_index[listed]
     if len(rows) and len(free_rows):
@@ -262,8 +268,7 @@ def live_blocks(
         at = np.maximum(at, 0)
         inside = (rows[at] == free_rows) & (free_index < hi[at]) & (free_index >= lo[at])
         live[out[at[inside]] + free_index[inside] - lo[at[inside]]] = False
-    return rows[of[live]], first + block[live] * size[of[live]], torn
-
+    return np.repeat(rows, counts)[live], offset[live], torn
 
 def live_offsets(
     data: bytes,
