@@ -142,18 +142,24 @@ class _AddressHash:
 
     def find(self, words: np.ndarray) -> np.ndarray:
         words = np.asarray(words, np.uint64)
-        out = np.full(len(words), -1, np.int64)
-        todo, slot = np.arange(len(words)), self._home(words)
-        for _ in range(self.rounds):
+        if not self.rounds:
+            return np.full(len(words), -1, np.int64)
+        # the first round over every word (most stop at their home slot), then the others
+        slot = self._home(words)
+        entry = self.entry[slot]
+        match = (self.key[slot] == words) & (entry >= 0)
+        out = np.where(match, entry, -1)
+        todo = np.flatnonzero(~match & (entry >= 0))  # occupied by another address: go on
+        words, slot = words[todo], (slot[todo] + np.uint64(1)) & self.mask
+        for _ in range(self.rounds - 1):
             if not len(todo):
                 break
             entry = self.entry[slot]
             match = (self.key[slot] == words) & (entry >= 0)
             out[todo[match]] = entry[match]
-            go = ~match & (entry >= 0)  # occupied by another address: the next slot
+            go = ~match & (entry >= 0)
             todo, words, slot = todo[go], words[go], (slot[go] + np.uint64(1)) & self.mask
         return out
-
 
 def read_type(
     reader: remote_reads.Reader, image: PythonImage, layout: ObjectLayout, addr: int
