@@ -363,6 +363,8 @@ class Session:
             self.resolver.freeze()
         if self.allocators is not None:
             self.allocators.wait()
+        if self.python is not None:
+            self.python.close()
         self.tracer.close()
         if self.events is not None:
             self.events.close()

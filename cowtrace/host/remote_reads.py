@@ -29,6 +29,10 @@ SYS_MOVE_PAGES = 279  # x86-64
 MPOL_MF_MOVE = 1 << 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
+SMALL_READ = 16384  # bytes read keeping the GIL at most (MemoryFile.read)
+_pread = ctypes.PyDLL(None).pread  # PyDLL: called with the GIL held (MemoryFile.read)
+_pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
+_pread.restype = ctypes.c_ssize_t
 _scratch: mmap.mmap | None = None
 _address = 0
 
@@ -70,11 +74,23 @@ class MemoryFile:
 
     def read(self, addr: int, size: int) -> bytes:
         """Up to `size` bytes at `addr`: fewer where the mapping ends, b"" where nothing is
-        readable.  Callers drain the LRU batches after a burst (:func:`drained_reads`)."""
-        try:
-            return os.pread(self.fd, size, addr)
-        except (OSError, OverflowError, ValueError):  # OverflowError: a garbage pointer >= 2**63
+        readable.  Callers drain the LRU batches after a burst (:func:`drained_reads`).
+
+        A small read is made keeping the GIL (microseconds): os.pread lets go of it, and a
+        thread that lets go waits to get it back for as long as another thread computes
+        (the interpreter's switch interval, 5 ms): the thread naming new Python stacks
+        (python/kernel.NewStackWatcher) fell seconds behind that way.  A large read (pools
+        by the run) lets go, as it takes a while."""
+        if size > SMALL_READ:
+            try:
+                return os.pread(self.fd, size, addr)
+            except (OSError, OverflowError, ValueError):  # OverflowError: a pointer >= 2**63
+                return b""
+        if not 0 <= addr < 2**63 or size < 0:  # a garbage pointer: no such offset
             return b""
+        buffer = ctypes.create_string_buffer(size)
+        got = _pread(self.fd, buffer, size, addr)
+        return buffer.raw[:got] if got > 0 else b""
 
 
 def read(pid: int, addr: int, size: int) -> bytes | None:
@@ -113,6 +129,14 @@ def read_runs(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
     return out
 
 
+def close_files(files: dict[int, MemoryFile | None]) -> None:
+    """Close the memory files readers kept open, and forget them."""
+    for memory in files.values():
+        if memory is not None:
+            memory.close()
+    files.clear()
+
+
 class Reader:
     """Reads from the first of several processes that still has the memory (a forked family
     shares its pre-fork objects at the same addresses, so a parent can stand in for a child
@@ -120,12 +144,20 @@ class Reader:
 
     With `keep_open`, each process' /proc/PID/mem is opened once and kept until `close()`
     (a burst of many small reads: the type objects of a drain's copied pages), instead of an
-    open and a close around every read."""
+    open and a close around every read; in `files` when given, shared by several readers
+    and closed by its owner (:func:`close_files`), not by `close()`."""
 
-    def __init__(self, pids: list[int], *, keep_open: bool = False) -> None:
+    def __init__(
+        self,
+        pids: list[int],
+        *,
+        keep_open: bool = False,
+        files: dict[int, MemoryFile | None] | None = None,
+    ) -> None:
         self.pids = pids
-        self.keep_open = keep_open
-        self._files: dict[int, MemoryFile | None] = {}
+        self.keep_open = keep_open or files is not None
+        self._owned = files is None
+        self._files: dict[int, MemoryFile | None] = {} if files is None else files
 
     def _file(self, pid: int) -> MemoryFile | None:
         if pid not in self._files:
@@ -136,10 +168,8 @@ class Reader:
         return self._files[pid]
 
     def close(self) -> None:
-        for memory in self._files.values():
-            if memory is not None:
-                memory.close()
-        self._files.clear()
+        if self._owned:
+            close_files(self._files)
 
     def read(self, addr: int, size: int) -> bytes | None:
         if not 0 < addr < USER_ADDRESS_END or size <= 0:

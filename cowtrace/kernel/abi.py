@@ -140,6 +140,11 @@ for _dtype in (EVENT_DTYPE, ALLOC_EVENT_DTYPE, PROC_EVENT_DTYPE, PY_NEW_STACK_DT
     assert _dtype.itemsize % 8 == 0, "ring records are 8-byte aligned"
 
 
+def ring_record(dtype: np.dtype) -> np.dtype:
+    """`dtype` as a ring holds it: the 8-byte ring header first (ringbuf.FixedRecordRing)."""
+    return np.dtype([*_RING_HEADER, *[(name, dtype.fields[name][0]) for name in dtype.names]])
+
+
 def read_record(data: int, dtype: np.dtype) -> np.void:
     """One record of ``dtype`` at the address a ring callback was handed (copied out: the
     ring's memory is reused once the callback returns)."""

@@ -23,7 +23,7 @@ copy, so reading it shares nothing), else the same address in another process of
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,12 @@ from cowtrace.python.objects import (
     classify,
     read_type,
 )
-from cowtrace.python.pools import ObjectLayout, live_offsets, object_layout, pool_header
+from cowtrace.python.pools import (
+    ObjectLayout,
+    live_blocks,
+    object_layout,
+    pool_headers,
+)
 from cowtrace.python.writers import CATEGORIES
 from cowtrace.results import PythonTypeStat
 
@@ -107,14 +112,18 @@ class Tally:
 
 @dataclass
 class _Pools:
-    """The pools of one batch that were read and parsed."""
+    """The pools of one batch's copied pages, and what each copied page is.
 
-    rows: dict[int, int] = field(default_factory=dict)  # pool address -> row in `words`
-    data: list[bytes] = field(default_factory=list)
-    blocks: list[tuple[int, np.ndarray, int]] = field(default_factory=list)  # row, offsets, size
-    outside: set[int] = field(default_factory=set)  # pool addresses whose header is no pool's
-    torn: set[int] = field(default_factory=set)  # a pool whose free list did not add up
-    unreadable: set[int] = field(default_factory=set)
+    The pools read whole are the rows of `words` (each pool's bytes as little-endian words,
+    ascending addresses); per copied page, `row` is its pool's row (-1: not read whole), and
+    which of the page classes below it falls in."""
+
+    words: np.ndarray
+    row: np.ndarray  # per page
+    in_pool: np.ndarray  # per page: a pool's, its live blocks listed in `blocks`
+    torn: np.ndarray  # per page: a pool whose free list did not add up
+    unreadable: np.ndarray  # per page: no process of the image could be read there
+    blocks: Blocks  # the live blocks on the copied pages of the `in_pool` pages' pools
 
 
 class CopiedTypes:
@@ -172,30 +181,19 @@ class CopiedTypes:
             self._classes(tally, "not_resolved", len(addrs))
             return
         pages = addrs.astype(np.uint64) & np.uint64(~(PAGE_SIZE - 1) & (2**64 - 1))
-        pool_mask = np.uint64(~(layout.pool_size - 1) & (2**64 - 1))
-        pool_pages: dict[int, list[int]] = {}
-        for page in pages.tolist():
-            pool_pages.setdefault(page & ~(layout.pool_size - 1), []).append(
-                (page % layout.pool_size) // PAGE_SIZE
-            )
-        pools = _read_pools(pool_pages, readers, layout)
+        pools = _read_pools(pages, readers, layout)
         table = self.tables.setdefault(pid, TypeTable(self.names))
         reader = remote_reads.Reader(list(readers), keep_open=True)
         try:  # one open of each reader's /proc/PID/mem for the whole batch
+
             def read(addr: int) -> TypeInfo | None:
                 return read_type(reader, image, layout, addr)
 
-            pool_of = (pages & pool_mask).tolist()
-            in_pool = np.array([p in pools.rows for p in pool_of], bool)
-            if in_pool.any():
-                chosen = pages[in_pool], categories[in_pool]
-                self._pool_pages(pools, layout, table, read, *chosen, tally)
-            rest = np.flatnonzero(~in_pool)
-            unreadable = np.array([pool_of[i] in pools.unreadable for i in rest.tolist()], bool)
-            self._classes(tally, "unreadable", int(unreadable.sum()))
-            torn = np.array([pool_of[i] in pools.torn for i in rest.tolist()], bool)
-            self._classes(tally, "not_resolved", int(torn.sum()))
-            outside = rest[~unreadable & ~torn]
+            if pools.in_pool.any():
+                self._pool_pages(pools, layout, table, read, pages, categories, tally)
+            self._classes(tally, "unreadable", int(pools.unreadable.sum()))
+            self._classes(tally, "not_resolved", int(pools.torn.sum()))
+            outside = np.flatnonzero(~pools.in_pool & ~pools.unreadable & ~pools.torn)
             if len(outside):
                 self._block_pages(outside, pages, categories, blocks, table, read, reader, tally)
         finally:
@@ -216,27 +214,18 @@ class CopiedTypes:
         categories: np.ndarray,
         tally: Tally,
     ) -> None:
-        nrows = len(pools.data)
+        """The copied pages in pools: each live block's type, the pages' bytes apportioned."""
+        nrows = len(pools.words)
         per_pool = layout.pages_per_pool
-        words = np.frombuffer(b"".join(pools.data), "<u8").reshape(nrows, layout.pool_size // 8)
-        pool_mask = ~(layout.pool_size - 1)
-        rows = np.array([pools.rows[p & pool_mask] for p in pages.tolist()], np.int64)
-        index = ((pages % np.uint64(layout.pool_size)) // np.uint64(PAGE_SIZE)).astype(np.int64)
+        rows = pools.row[pools.in_pool]
+        index = ((pages[pools.in_pool] % np.uint64(layout.pool_size)) // np.uint64(PAGE_SIZE))
+        index = index.astype(np.int64)
         copied = np.zeros((nrows, per_pool), np.int64)
         np.add.at(copied, (rows, index), 1)
         category = np.zeros((nrows, per_pool), np.int64)
-        category[rows, index] = categories
-        sizes = [np.full(len(offsets), size, np.int64) for _, offsets, size in pools.blocks]
-        none = [np.zeros(0, np.int64)]
-        blocks = Blocks(
-            pool=np.concatenate(
-                [np.full(len(o), row, np.int64) for row, o, _ in pools.blocks] or none
-            ),
-            offset=np.concatenate([o for _, o, _ in pools.blocks] or none),
-            size=np.concatenate(sizes or none),
-        )
-        type_ids = classify(words, blocks, table, layout, read)
-        shares = apportion(blocks, type_ids, copied, per_pool)
+        category[rows, index] = categories[pools.in_pool]
+        type_ids = classify(pools.words, pools.blocks, table, layout, read)
+        shares = apportion(pools.blocks, type_ids, copied, per_pool)
         cats = category[shares.pool, shares.page]
         self.family.add(shares.type_id, cats, shares.nbytes, shares.objects)
         tally.add(shares.type_id, cats, shares.nbytes, shares.objects)
@@ -344,57 +333,76 @@ def _block_object(
     return None
 
 
-def _read_pools(
-    pool_pages: dict[int, list[int]], readers: Sequence[int], layout: ObjectLayout
-) -> _Pools:
-    """Read the pools in runs of adjacent ones, parse their headers, and list their live
-    blocks on the copied pages (`pool_pages`: pool address -> indexes of its copied pages)."""
-    out = _Pools()
-    runs: list[tuple[int, int]] = []
-    for pool in sorted(pool_pages):
-        if (
-            runs
-            and runs[-1][0] + runs[-1][1] == pool
-            and runs[-1][1] < MAX_RUN_POOLS * layout.pool_size
-        ):
-            runs[-1] = (runs[-1][0], runs[-1][1] + layout.pool_size)
-        else:
-            runs.append((pool, layout.pool_size))
+def _read_pools(pages: np.ndarray, readers: Sequence[int], layout: ObjectLayout) -> _Pools:
+    """Read the pools of the copied `pages` in runs of adjacent ones, parse their headers,
+    and list their live blocks on the copied pages; class each page."""
+    size = layout.pool_size
+    pool_of = pages & np.uint64(~(size - 1) & (2**64 - 1))
+    wanted, page_pool = np.unique(pool_of, return_inverse=True)
+    page_pool = page_pool.reshape(-1)
+    runs = _runs(wanted, size)
     data = _read_runs(runs, readers)
+    failed: list[int] = []  # pools no reader could read whole
     if any(d is None for d in data):  # one unmapped pool fails its whole run: pool by pool
-        whole = [(r, d) for r, d in zip(runs, data, strict=True) if d is not None]
+        kept = [(r, d) for r, d in zip(runs, data, strict=True) if d is not None]
         single = [
-            (start + offset, layout.pool_size)
-            for (start, size), d in zip(runs, data, strict=True)
+            (start + offset, size)
+            for (start, length), d in zip(runs, data, strict=True)
             if d is None
-            for offset in range(0, size, layout.pool_size)
+            for offset in range(0, length, size)
         ]
-        pairs = sorted([*whole, *zip(single, _read_runs(single, readers), strict=True)])
-        runs, data = [r for r, _ in pairs], [d for _, d in pairs]
-    for (start, size), blob in zip(runs, data, strict=True):
-        for offset in range(0, size, layout.pool_size):
-            pool = start + offset
-            if blob is None:
-                # pymalloc maps whole arenas: a pool is never mapped in part.  So when the
-                # pool-sized read failed but a copied page of it reads, the page is no pool's
-                # (a library's .data next to a guard region, the binary's .bss): outside.
-                pages = [(pool + index * PAGE_SIZE, PAGE_SIZE) for index in pool_pages[pool]]
-                readable = any(d is not None for d in _read_runs(pages, readers))
-                (out.outside if readable else out.unreadable).add(pool)
-                continue
-            chunk = blob[offset : offset + layout.pool_size]
-            header = pool_header(chunk, layout)
-            if header is None:
-                out.outside.add(pool)
-                continue
-            live = live_offsets(chunk, pool, header, layout, pool_pages[pool])
-            if live is None:
-                out.torn.add(pool)
-                continue
-            out.rows[pool] = len(out.data)
-            out.data.append(chunk)
-            out.blocks.append((out.rows[pool], live, header.block_size))
-    return out
+        singles = _read_runs(single, readers)
+        failed = [start for (start, _), d in zip(single, singles, strict=True) if d is None]
+        read = [(r, d) for r, d in zip(single, singles, strict=True) if d is not None]
+        data = [d for _, d in sorted([*kept, *read])]
+    # One array of every pool read, ascending (numpy's large arrays get huge pages: far
+    # fewer page faults than one bytes object joining them).
+    blobs = [np.frombuffer(d, "<u8") for d in data if d is not None]
+    words = np.concatenate(blobs or [np.zeros(0, np.uint64)]).reshape(-1, size // 8)
+    whole = ~np.isin(wanted, np.array(failed, np.uint64))
+    bases = wanted[whole]
+    headers = pool_headers(words, layout)
+    pool_row = np.where(whole, np.cumsum(whole) - 1, -1)  # -1: not read whole
+    row = pool_row[page_pool]
+    read_whole = row >= 0
+    index = ((pages % np.uint64(size)) // np.uint64(PAGE_SIZE)).astype(np.int64)
+    block_rows, offsets, torn_rows = live_blocks(
+        words, bases, headers, layout, row[read_whole], index[read_whole]
+    )
+    valid = np.zeros(len(pages), bool)
+    valid[read_whole] = headers.valid[row[read_whole]]
+    torn = np.zeros(len(pages), bool)
+    torn[read_whole] = torn_rows[row[read_whole]]
+    unreadable = np.zeros(len(pages), bool)
+    for pool in failed:
+        # pymalloc maps whole arenas: a pool is never mapped in part.  So when the pool-sized
+        # read failed but a copied page of it reads, the page is no pool's (a library's .data
+        # next to a guard region, the binary's .bss): outside.
+        mine = np.flatnonzero(pool_of == np.uint64(pool))
+        copied = [(int(pages[i]), PAGE_SIZE) for i in mine.tolist()]
+        if not any(d is not None for d in _read_runs(copied, readers)):
+            unreadable[mine] = True
+    return _Pools(
+        words=words,
+        row=row,
+        in_pool=valid & ~torn,
+        torn=valid & torn,
+        unreadable=unreadable,
+        blocks=Blocks(block_rows, offsets, headers.block_size[block_rows]),
+    )
+
+
+def _runs(pools: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """(start, length) runs of adjacent pools (`pools` ascending), MAX_RUN_POOLS at most."""
+    if not len(pools):
+        return []
+    breaks = np.ones(len(pools), bool)
+    breaks[1:] = np.diff(pools) != np.uint64(size)
+    stretch = np.cumsum(breaks) - 1
+    position = np.arange(len(pools)) - np.flatnonzero(breaks)[stretch]
+    starts = np.flatnonzero(breaks | (position % MAX_RUN_POOLS == 0))
+    lengths = np.diff(np.append(starts, len(pools))) * size
+    return list(zip(pools[starts].tolist(), lengths.tolist(), strict=True))
 
 
 def _read_runs(runs: list[tuple[int, int]], readers: Sequence[int]) -> list[bytes | None]:

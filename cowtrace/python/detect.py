@@ -56,6 +56,7 @@ class PythonImage:
     code_infos: dict[int, CodeInfo] = field(default_factory=dict)
     frame_names: dict[tuple[int, int | None], str] = field(default_factory=dict)
     leaf_names: dict[int, tuple[str, str]] = field(default_factory=dict)
+    leaf_mappings: dict[int, tuple[procmaps.MapLine, str] | None] = field(default_factory=dict)
     maps: list[procmaps.MapLine] = field(default_factory=list)
 
 

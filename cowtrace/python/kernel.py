@@ -1,15 +1,26 @@
-"""The BPF side of Python stacks: the per-process layout map and the captured stacks.
+"""The BPF side of Python stacks: the per-process layout map, the captured stacks, and the
+ring that announces each new stack.
 
-Mirrors `struct py_proc` and `struct py_stack` of bpf/python_stacks.h.
+Mirrors `struct py_proc`, `struct py_stack` and `struct py_new_stack` of bpf/python_stacks.h.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import select
+import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cowtrace.kernel.abi import PY_NEW_STACK_DTYPE, ring_record
+from cowtrace.kernel.ringbuf import FixedRecordRing
 from cowtrace.python.detect import PythonImage
+
+NEW_STACK_POLL_MS = 100  # how long the watcher waits in the kernel between looks at its stop
 
 PY_WINDOW = 64  # most bytes of each frame the kernel reads at once (code, previous, instr)
 PY_CODE_BITS = 47  # a frame word: code address below, instruction (code units) above
@@ -86,11 +97,25 @@ def has_layout(bpf: Any, pid: int) -> bool:
     return True
 
 
+@functools.cache
+def _lookup_elem() -> Any:
+    """libbcc's bpf_lookup_elem called as a Python C function (ctypes.PyDLL: the GIL is kept
+    through the system call, a few microseconds)."""
+    from bcc.libbcc import lib  # bcc only where a program is loaded
+
+    function = ctypes.PyDLL(lib._name).bpf_lookup_elem
+    function.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    function.restype = ctypes.c_int
+    return function
+
+
 def read_stack(bpf: Any, stack_id: int) -> RawStack | None:
+    """A captured stack, looked up without letting go of the GIL: the watcher's thread reads
+    one per new stack, and each time it let go it waited for the session's thread to hand
+    the GIL back (NewStackWatcher)."""
     table = bpf["py_stacks"]
-    try:
-        leaf = table[table.Key(stack_id)]
-    except KeyError:
+    key, leaf = table.Key(stack_id), table.Leaf()
+    if _lookup_elem()(table.map_fd, ctypes.byref(key), ctypes.byref(leaf)) != 0:
         return None
     depth = min(int(leaf.depth), len(leaf.code))
     frames = [split_frame(int(word)) for word in leaf.code[:depth]]
@@ -100,3 +125,77 @@ def read_stack(bpf: Any, stack_id: int) -> RawStack | None:
         codes=tuple(code for code, _ in frames),
         instrs=tuple(instr for _, instr in frames),
     )
+
+
+class NewStackWatcher:
+    """The `py_new_stacks` ring, served by a thread of its own: each new stack is handed to
+    `on_note(runtime, pid, stack_id)` within milliseconds, whatever the session's loop is
+    doing, and `after_notes()` is called after each bunch of them.  That loop can be busy
+    for a second at a time (a start-up's map snapshots and ELF files, the first symbol
+    tables), and a stack's code objects can only be read while a process of its family
+    lives: a pool worker that wrote and exited during such a stretch kept `<code 0x...>`
+    frames.
+
+    The thread keeps the GIL while it works: the ring is read as whole stretches of records
+    from its mapping (ringbuf.py), not through libbpf's consumer, which calls back into
+    Python once per record, the stack is looked up and the code objects read by calls that
+    keep the GIL (read_stack, remote_reads.MemoryFile): each time a thread lets go of it
+    while the session's thread computes, it waits up to the interpreter's switch interval
+    (5 ms) to get it back.  It lets go in select(2), when nothing is pending."""
+
+    def __init__(
+        self,
+        bpf: Any,
+        on_note: Callable[[int, int, int], None],
+        after_notes: Callable[[], None],
+    ) -> None:
+        table = bpf["py_new_stacks"]
+        self._fd = table.map_fd
+        self._ring: FixedRecordRing | None = FixedRecordRing(
+            self._fd, table.max_entries, ring_record(PY_NEW_STACK_DTYPE)
+        )
+        self._on_note = on_note
+        self._after_notes = after_notes
+        self.error: str | None = None  # the first failure, told once on stderr
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cowtrace-new-stacks", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                select.select([self._fd], [], [], NEW_STACK_POLL_MS / 1000)
+            except (OSError, ValueError):  # the program was unloaded under us
+                return
+            self._serve()
+
+    def _serve(self) -> None:
+        if self._ring is None:
+            return
+        notes = self._ring.drain()
+        if not len(notes):
+            return
+        try:
+            for runtime, pid, stack_id in zip(
+                notes["runtime"].tolist(),
+                notes["pid"].tolist(),
+                notes["stack_id"].tolist(),
+                strict=True,
+            ):
+                self._on_note(runtime, pid, stack_id)
+        except Exception as error:  # the thread goes on: the drain names what it misses
+            if self.error is None:
+                self.error = f"{type(error).__name__}: {error}"
+                sys.stderr.write(f"cowtrace: naming new Python stacks: {self.error}\n")
+        finally:
+            self._after_notes()
+
+    def close(self) -> None:
+        """Stop the thread, hand over what is left in the ring, release the ring."""
+        if self._ring is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._serve()
+        self._ring.close()
+        self._ring = None

@@ -67,8 +67,11 @@ class TypeNames:
 
 
 class TypeTable:
-    """One process' types by address (None: read, and not a type), with sorted arrays for
-    vectorised lookups rebuilt when an address was added."""
+    """One process' types by address (None: read, and not a type), with arrays for
+    vectorised lookups rebuilt when an address was added: the entries sorted by address,
+    and an open-addressing hash of them (a block's type word is looked up in a few array
+    operations, however many non-types the table holds: a binary search costs one pass
+    per halving)."""
 
     def __init__(self, names: TypeNames) -> None:
         self.names = names
@@ -76,6 +79,7 @@ class TypeTable:
         self.hits: dict[int, int] = {}  # blocks matched per object offset (tried first)
         self._negative = 0
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._hash: _AddressHash | None = None
 
     def add(self, addr: int, info: TypeInfo | None) -> None:
         if info is None:
@@ -84,19 +88,78 @@ class TypeTable:
                 self.infos = {a: i for a, i in self.infos.items() if i is not None}
                 self._negative = 1
         self.infos[addr] = info
-        self._arrays = None
+        self._arrays = self._hash = None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(addresses sorted, offset (-1: no type), basic size, name id) of every entry."""
         if self._arrays is None:
-            items = sorted(self.infos.items())
-            addrs = np.array([a for a, _ in items], np.uint64)
-            offset = np.array([i.offset if i else -1 for _, i in items], np.int64)
-            basic = np.array([i.basicsize if i else 0 for _, i in items], np.int64)
-            ids = np.array([self.names.id(i.name) if i else -1 for _, i in items], np.int64)
-            self._arrays = (addrs, offset, basic, ids)
+            count, infos = len(self.infos), list(self.infos.values())
+            addrs = np.fromiter(self.infos, np.uint64, count)
+            offset = np.fromiter((i.offset if i else -1 for i in infos), np.int64, count)
+            basic = np.fromiter((i.basicsize if i else 0 for i in infos), np.int64, count)
+            ids = np.fromiter((self.names.id(i.name) if i else -1 for i in infos), np.int64, count)
+            order = np.argsort(addrs, kind="stable")
+            self._arrays = (addrs[order], offset[order], basic[order], ids[order])
         return self._arrays
 
+    def lookup(self, words: np.ndarray) -> np.ndarray:
+        """Each word's place in :meth:`arrays` (-1: no entry for it)."""
+        if self._hash is None:
+            self._hash = _AddressHash(self.arrays()[0])
+        return self._hash.find(words)
+
+
+class _AddressHash:
+    """Distinct addresses hashed into twice as many slots (linear probing, built once, never
+    deleted from), for lookups of many words at once: each round looks every word up at its
+    next slot, and a word stops at its address or at an empty slot."""
+
+    def __init__(self, addrs: np.ndarray) -> None:
+        self.addrs = addrs
+        self.bits = max(4, (2 * len(addrs)).bit_length())
+        self.mask = np.uint64((1 << self.bits) - 1)
+        self.entry = np.full(1 << self.bits, -1, np.int64)  # slot -> index in addrs
+        self.key = np.zeros(1 << self.bits, np.uint64)  # slot -> its address
+        self.rounds = 0  # the longest probe, in slots: lookups stop there
+        pending = np.arange(len(addrs))
+        slot = self._home(addrs)
+        while len(pending):
+            self.rounds += 1
+            empty = self.entry[slot] < 0
+            # of the entries reaching the same empty slot, the first takes it
+            taken, first = np.unique(slot[empty], return_index=True)
+            placed = np.flatnonzero(empty)[first]
+            self.entry[taken] = pending[placed]
+            self.key[taken] = addrs[pending[placed]]
+            left = np.ones(len(pending), bool)
+            left[placed] = False
+            pending, slot = pending[left], (slot[left] + np.uint64(1)) & self.mask
+
+    def _home(self, words: np.ndarray) -> np.ndarray:
+        """Fibonacci hashing of the word's 8-byte unit (object addresses are aligned)."""
+        mixed = (words >> np.uint64(3)) * np.uint64(0x9E3779B97F4A7C15)  # wraps mod 2**64
+        return mixed >> np.uint64(64 - self.bits)
+
+    def find(self, words: np.ndarray) -> np.ndarray:
+        words = np.asarray(words, np.uint64)
+        if not self.rounds:
+            return np.full(len(words), -1, np.int64)
+        # the first round over every word (most stop at their home slot), then the others
+        slot = self._home(words)
+        entry = self.entry[slot]
+        match = (self.key[slot] == words) & (entry >= 0)
+        out = np.where(match, entry, -1)
+        todo = np.flatnonzero(~match & (entry >= 0))  # occupied by another address: go on
+        words, slot = words[todo], (slot[todo] + np.uint64(1)) & self.mask
+        for _ in range(self.rounds - 1):
+            if not len(todo):
+                break
+            entry = self.entry[slot]
+            match = (self.key[slot] == words) & (entry >= 0)
+            out[todo[match]] = entry[match]
+            go = ~match & (entry >= 0)
+            todo, words, slot = todo[go], words[go], (slot[go] + np.uint64(1)) & self.mask
+        return out
 
 def read_type(
     reader: remote_reads.Reader, image: PythonImage, layout: ObjectLayout, addr: int
@@ -202,22 +265,30 @@ def classify(
     offsets = sorted(layout.object_offsets(), key=lambda c: -table.hits.get(c, 0))
     for attempt in range(2):
         addrs, offset, basic, ids = table.arrays()
-        pending = np.arange(len(start))
+        # the blocks not matched yet, with their first word and size (carried, not gathered
+        # again for each offset)
+        pending, first, size = np.arange(len(start)), start, blocks.size
         tried: list[tuple[np.ndarray, np.ndarray]] = []
         for c in offsets:
-            idx = pending[blocks.size[pending] >= c + 16]
-            refcnt = flat[start[idx] + (c >> 3)]
-            idx = idx[(refcnt >= 1) & (refcnt < MAX_REFCNT)]
-            type_words = flat[start[idx] + (c >> 3) + 1]
+            fits = size >= c + 16
+            if fits.all():  # usually: no copies of the arrays
+                idx, at, room = pending, first + (c >> 3), size
+            else:
+                idx, at, room = pending[fits], first[fits] + (c >> 3), size[fits]
+            # 1 <= refcnt < MAX_REFCNT, in one comparison (0 wraps around)
+            plausible = flat[at] - np.uint64(1) < np.uint64(MAX_REFCNT - 1)
+            idx, at, room = idx[plausible], at[plausible], room[plausible]
+            type_words = flat[at + 1]
             if len(addrs):
-                pos = np.minimum(np.searchsorted(addrs, type_words), len(addrs) - 1)
-                known = addrs[pos] == type_words
-                ok = known & (offset[pos] == c) & (basic[pos] + c <= blocks.size[idx])
+                pos = table.lookup(type_words)
+                known = pos >= 0
+                ok = known & (offset[pos] == c) & (basic[pos] + c <= room)
                 result[idx[ok]] = ids[pos[ok]]
                 table.hits[c] = table.hits.get(c, 0) + int(ok.sum())
                 unknown = ~known
                 idx, type_words = idx[unknown], type_words[unknown]
-                pending = pending[result[pending] < 0]
+                still = result[pending] < 0
+                pending, first, size = pending[still], first[still], size[still]
             tried.append((idx, type_words))
         if attempt or not len(pending):
             break
@@ -257,37 +328,46 @@ def apportion(
     `copied[pool, page]` is how many times that page was copied (0: not); blocks of type -1
     (no object) are left out, as are pages no object covers.
 
-    Summed with one bincount over (copied page, type present) slots: a few passes over the
-    blocks, no sort."""
+    Summed with bincounts over (copied page, type present) slots: one over the blocks, on
+    the page holding each one's start, one over the few that run into the next page.  No
+    sort."""
     keep = type_ids >= 0
-    pool, start, size = blocks.pool[keep], blocks.offset[keep], blocks.size[keep]
-    tid = type_ids[keep]
+    pool, start, size, tid = blocks.pool, blocks.offset, blocks.size, type_ids
+    if not keep.all():
+        pool, start, size, tid = pool[keep], start[keep], size[keep], tid[keep]
     if not len(tid):
         empty = np.zeros(0, np.int64)
         return Apportioned(empty, empty, empty, empty, empty)
-    pages = np.flatnonzero(copied.reshape(-1))  # copied pages, as pool * per_pool + page
-    slot_of = np.full(copied.size, -1, np.int64)
+    flat = copied.reshape(-1)
+    pages = np.flatnonzero(flat)  # copied pages, as pool * per_pool + page
+    slot_of = np.full(flat.size, -1, np.int64)
     slot_of[pages] = np.arange(len(pages))
     present = np.flatnonzero(np.bincount(tid))
-    local = np.zeros(int(present[-1]) + 1, np.int64)
-    local[present] = np.arange(len(present))
-    ltid = local[tid]
-    first = start // PAGE_SIZE
-    on_first = np.minimum(size, (first + 1) * PAGE_SIZE - start)
-    on_next = size - on_first
-    base = pool * pages_per_pool + first
-    slot_first = slot_of[base]
-    slot_next = np.where(on_next > 0, slot_of[np.minimum(base + 1, copied.size - 1)], -1)
-    flat = copied.reshape(-1)
-    w_first = np.where(slot_first >= 0, flat[base], 0)
-    w_next = np.where(slot_next >= 0, flat[np.minimum(base + 1, copied.size - 1)], 0)
     ntypes = len(present)
+    local = np.zeros(int(present[-1]) + 1, np.int64)
+    local[present] = np.arange(ntypes)
+    ltid = local[tid]
     bins = len(pages) * ntypes
-    key_first = np.maximum(slot_first, 0) * ntypes + ltid
-    key_next = np.maximum(slot_next, 0) * ntypes + ltid
-    nbytes = np.bincount(key_first, weights=on_first * w_first, minlength=bins)
-    nbytes += np.bincount(key_next, weights=on_next * w_next, minlength=bins)
-    objects = np.bincount(key_first, weights=w_first, minlength=bins)
+    shift = PAGE_SIZE.bit_length() - 1  # a page is a power of two: shifts, not divisions
+    base = pool * pages_per_pool + (start >> shift)
+    room = PAGE_SIZE - (start & (PAGE_SIZE - 1))  # the block's bytes on its first page
+    on_first = np.minimum(size, room)
+    slot = slot_of[base]
+    mine = slot >= 0
+    key = slot[mine] * ntypes + ltid[mine]
+    once = flat.max() == 1  # every page copied once (else weighed by its copies)
+    times = None if once else flat[base[mine]]
+    nbytes = np.bincount(key, weights=on_first[mine] if once else on_first[mine] * times,
+                         minlength=bins)  # fmt: skip
+    objects = np.bincount(key, weights=times, minlength=bins)
+    over = np.flatnonzero(size > room)  # blocks running into the next page (of their pool)
+    if len(over):
+        after = np.minimum(base[over] + 1, flat.size - 1)
+        slot = slot_of[after]
+        mine = slot >= 0
+        key = slot[mine] * ntypes + ltid[over[mine]]
+        rest = (size[over] - on_first[over])[mine] * flat[after[mine]]
+        nbytes += np.bincount(key, weights=rest, minlength=bins)
     used = np.flatnonzero(nbytes)
     page_key = pages[used // ntypes]
     return Apportioned(

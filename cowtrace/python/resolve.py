@@ -44,13 +44,16 @@ def _unicode(reader: remote_reads.Reader, image: PythonImage, addr: int) -> str 
     return data.decode(encoding, errors="replace")
 
 
-def code_info(image: PythonImage, pids: list[int], addr: int) -> CodeInfo | None:
+def code_info(
+    image: PythonImage, pids: list[int], addr: int, reader: remote_reads.Reader | None = None
+) -> CodeInfo | None:
     """The code object at `addr` (name, file, line table); CodeInfo.name "" for no code object
     or a C-stack shim (the frame is dropped); None when no process can be read any more.
-    Cached in the image (None is not cached)."""
+    Cached in the image (None is not cached).  `reader`: one over `pids` kept open for a
+    burst of names (else each read opens the processes' memory anew)."""
     if addr in image.code_infos:
         return image.code_infos[addr]
-    reader = remote_reads.Reader(pids)
+    reader = reader or remote_reads.Reader(pids)
     o = image.offsets
     type_addr = reader.u64(addr + OB_TYPE)
     tp_name = reader.u64(type_addr + TP_NAME) if type_addr else None
@@ -91,16 +94,23 @@ def _line_table(
         return None
 
 
-def frame_name(image: PythonImage, pids: list[int], addr: int, instr: int | None) -> str | None:
+def frame_name(
+    image: PythonImage,
+    pids: list[int],
+    addr: int,
+    instr: int | None,
+    reader: remote_reads.Reader | None = None,
+) -> str | None:
     """`qualname (file:line)` of a frame running the code object at `addr`, `instr` code units
     from the object's start (the kernel's capture), `line` the line of that instruction; the
     first line when the instruction is unknown or has no line.  "" for a frame to drop, None
-    when nothing can be read any more.  Cached per (code object, instruction)."""
+    when nothing can be read any more.  Cached per (code object, instruction); `reader` as in
+    code_info."""
     key = (addr, instr)
     name = image.frame_names.get(key)
     if name is not None:
         return name
-    info = code_info(image, pids, addr)
+    info = code_info(image, pids, addr, reader)
     if info is None:
         return None
     name = info.frame(line_of(info, image.offsets.code_code_adaptive, instr))
@@ -128,13 +138,13 @@ def leaf_name(image: PythonImage, pid: int, ip: int) -> tuple[str, str]:
     file has no symbol for it (stripped static functions)."""
     if ip in image.leaf_names:
         return image.leaf_names[ip]
-    mapping = _mapping_of(image, pid, ip)
-    if mapping is None:
+    found = leaf_mapping(image, pid, ip)
+    if found is None:
         function, module = f"0x{ip:x}", ""
     else:
+        mapping, rooted = found
         module = os.path.basename(mapping.path) or "[anon]"
         function = None
-        rooted = host_path(pid, mapping.path)
         symbols = load_symbols(rooted) if mapping.path.startswith("/") else None
         if symbols is not None:
             bias = mapping.start - mapping.offset - symbols.min_vaddr
@@ -147,11 +157,28 @@ def leaf_name(image: PythonImage, pid: int, ip: int) -> tuple[str, str]:
     return function, module
 
 
+def leaf_mapping(image: PythonImage, pid: int, ip: int) -> tuple[procmaps.MapLine, str] | None:
+    """The mapping holding a native address and the path cowtrace opens for its file, kept per
+    address in the image: found while the process lives (its /proc/PID/maps, its root), they
+    name the leaf later (leaf_name), when the file's symbols are read."""
+    if ip not in image.leaf_mappings:
+        mapping = _mapping_of(image, pid, ip)
+        image.leaf_mappings[ip] = (
+            None if mapping is None else (mapping, host_path(pid, mapping.path))
+        )
+    return image.leaf_mappings[ip]
+
+
 def _mapping_of(image: PythonImage, pid: int, ip: int) -> procmaps.MapLine | None:
-    for maps in (image.maps, procmaps.read(pid)):
-        for mapping in maps:
-            if mapping.start <= ip < mapping.end:
-                if maps is not image.maps:
-                    image.maps = maps
-                return mapping
+    """From the maps last read for the image, else (a library mapped since) the process'
+    own, read now and kept.  Only on a miss: /proc/PID/maps takes a millisecond to read,
+    and every new stack's leaf asks."""
+    for mapping in image.maps:
+        if mapping.start <= ip < mapping.end:
+            return mapping
+    maps = procmaps.read(pid)
+    for mapping in maps:
+        if mapping.start <= ip < mapping.end:
+            image.maps = maps
+            return mapping
     return None

@@ -15,20 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from cowtrace.host.remote_reads import drained_reads
+from cowtrace.host import remote_reads
+from cowtrace.host.remote_reads import drain_lru_batches, drained_reads
 from cowtrace.kernel.abi import (
     KIND_COPY,
     PE_EXEC,
     PE_FORK,
     PE_FREE,
-    PY_NEW_STACK_DTYPE,
     PYF_TRUNCATED,
-    read_record,
 )
 from cowtrace.python import kernel
 from cowtrace.python.copied_types import CopiedTypes
 from cowtrace.python.detect import PythonImage, detect
-from cowtrace.python.resolve import frame_name, leaf_name
+from cowtrace.python.resolve import frame_name, leaf_mapping, leaf_name
 from cowtrace.python.writers import CATEGORIES, PythonWriters, ResolvedStack, categorize
 
 PENDING_S = 5.0  # how long an exec'd member may take to map libpython
@@ -38,6 +37,9 @@ EXEC_WAIT_TRIES, EXEC_WAIT_S = 10, 0.002  # waited for it at once, at most
 class PythonStacks:
     def __init__(self) -> None:
         self._bpf: Any = None
+        self._watcher: kernel.NewStackWatcher | None = None
+        # the memory files the watcher's thread keeps open for a bunch of new stacks
+        self._note_files: dict[int, remote_reads.MemoryFile | None] = {}
         self.images: dict[int, PythonImage] = {}
         self.pending: dict[int, float] = {}  # pid -> give-up time
         self.notices: list[str] = []
@@ -48,18 +50,27 @@ class PythonStacks:
 
     def bind(self, bpf: Any) -> None:
         """The loaded program whose maps hold layouts and stacks.  New stacks are announced on
-        a ring the session's lifecycle poll also serves: they are named at once."""
+        a ring a thread of its own serves (kernel.NewStackWatcher): they are named at once."""
         self._bpf = bpf
-        bpf["py_new_stacks"].open_ring_buffer(self._on_new_stack)
+        drain_lru_batches()  # its page is made here, not by two threads at once
+        self._watcher = kernel.NewStackWatcher(bpf, self._on_new_stack, self._after_new_stacks)
 
-    def _on_new_stack(self, _ctx: object, data: int, _size: int) -> None:
-        note = read_record(data, PY_NEW_STACK_DTYPE)
-        pid, stack_id = int(note["pid"]), int(note["stack_id"])
+    def close(self) -> None:
+        """Stop naming new stacks (before the program is unloaded); safe to call again."""
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+
+    def _on_new_stack(self, runtime: int, pid: int, stack_id: int) -> None:
+        """Names a new stack's code objects while its writer still lives, and notes where its
+        native leaf is: only what needs the process, and quickly (each process' memory opened
+        once for the bunch of notes at hand); the leaf's symbol (an ELF file's symbol table: tens of
+        milliseconds the first time) waits for the drain.  Runs on the watcher's thread:
+        the caches it fills (the image's) only gain entries, and the session's thread
+        fills them the same way when it comes first."""
         image = self.images.get(pid)
         if image is None:  # a child whose fork record is not applied yet: its parent's image
-            image = next(
-                (i for i in self.images.values() if i.runtime == int(note["runtime"])), None
-            )
+            image = next((i for i in list(self.images.values()) if i.runtime == runtime), None)
         if image is None:
             return
         raw = kernel.read_stack(self._bpf, stack_id)
@@ -67,14 +78,23 @@ class PythonStacks:
             return
         self._raw[stack_id] = raw
         readers = [pid, *self._readers(image, pid)]
-        with drained_reads():  # reads of the traced process' memory (see remote_reads.py)
-            for code, instr in zip(raw.codes, raw.instrs, strict=True):
-                frame_name(image, readers, code, instr)  # cached in the image
-            leaf_name(image, pid, raw.leaf_ip)
+        reader = remote_reads.Reader(readers, files=self._note_files)  # open for the bunch
+        for code, instr in zip(raw.codes, raw.instrs, strict=True):
+            frame_name(image, readers, code, instr, reader)  # cached in the image
+        leaf_mapping(image, pid, raw.leaf_ip)
+
+    def _after_new_stacks(self) -> None:
+        """The notes at hand are named: close the memory files they read, and drain the LRU
+        batches the reads filled, once for them all (see remote_reads.py: it waits for every
+        CPU, milliseconds on a busy machine; once per note, it made naming fall seconds
+        behind a start-up's burst of stacks)."""
+        if self._note_files:
+            remote_reads.close_files(self._note_files)
+            drain_lru_batches()
 
     def _readers(self, image: PythonImage, pid: int) -> list[int]:
         """Other processes of the same image, to read pre-fork objects from."""
-        return [p for p, other in self.images.items() if other is image and p != pid]
+        return [p for p, other in list(self.images.items()) if other is image and p != pid]
 
     # ---- membership ------------------------------------------------------------------------
     def adopt(self, pid: int) -> None:
@@ -217,13 +237,17 @@ class PythonStacks:
         readers = [pid, *self._readers(image, pid)]
         frames: list[str] = []
         complete = True
-        for code, instr in zip(raw.codes, raw.instrs, strict=True):
-            name = frame_name(image, readers, code, instr)
-            if name is None:
-                complete = False
-                frames.append(f"<code 0x{code:x}>")
-            elif name:
-                frames.append(name)
+        reader = remote_reads.Reader(readers, keep_open=True)
+        try:
+            for code, instr in zip(raw.codes, raw.instrs, strict=True):
+                name = frame_name(image, readers, code, instr, reader)
+                if name is None:
+                    complete = False
+                    frames.append(f"<code 0x{code:x}>")
+                elif name:
+                    frames.append(name)
+        finally:
+            reader.close()
         if raw.flags & PYF_TRUNCATED:
             frames.append("…")
         leaf, module = leaf_name(image, pid, raw.leaf_ip)

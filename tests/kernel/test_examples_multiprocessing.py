@@ -17,8 +17,6 @@ import sys
 import time
 from collections import Counter
 
-import pytest
-
 from cowtrace.host import smaps, taskstats
 from tests.e2e import EXAMPLES, PAGE, in_function, out_dir, python_frame, share
 from tests.helpers import COWTRACE, UNDER_A_SHELL, read_jsonl, run_args
@@ -55,18 +53,8 @@ def attribution_checks(
     assert len(in_array) == piece["pages"]
     for e in in_array:
         assert (e["pid"], e["mapping"], e["path"], e["alloc"]) == (writer, "anon", None, None), e
-    garbled = [
-        e["pystack"]
-        for e in in_array
-        if not (e["pystack"] and e["pystack"][0] == slice_frame)
-        or not e["pystack"][1].startswith("worker (")
-    ]
-    if garbled:
-        # Open bug (closing note of issue 14): the kernel's frame walk sometimes reads garbage
-        # code pointers for the innermost frames of a forked worker (`<code 0x...>`), on the
-        # original main too.  Every count and mapping assertion above has passed; only the
-        # Python-stack half is known to be wrong, so it is reported as an expected failure.
-        pytest.xfail(f"innermost Python frames garbled in {len(garbled)} events: {garbled[0]}")
+        assert e["pystack"] and e["pystack"][0] == slice_frame, e["pystack"]
+        assert e["pystack"][1].startswith("worker ("), e["pystack"]
     # The native leaf, from the Python writer table (named from numpy's own symbols): a write
     # outside the interpreter (category "other": a C extension).  The event's native stack is
     # not asserted: once in ~6 runs its leaf did not resolve (see the README).
