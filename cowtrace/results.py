@@ -8,12 +8,18 @@ pages where the kernel counts pages (copies) and in bytes where the allocator co
 (block sizes).  A row's `copied_bytes` is copies × the page size unless given: a file read
 back keeps the figure it carries (written on a host whose page size may differ).  Fields a
 file may lack are Optional (None: the file does not say).
+
+Per drained fault batch, what each record resolved to (FaultAttribution, FaultPythonStacks)
+is typed here too: output/events.py alone turns it into the --events JSON.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from cowtrace.host.memory import PAGE_SIZE
 
@@ -166,3 +172,82 @@ class PythonTypeStat:
     copied_bytes: int
     pages: int | None  # copied pages holding some of its bytes
     by_category: dict[str, int] = field(default_factory=dict)  # bytes by writers.CATEGORIES
+
+
+# ---- per record: what a drained fault batch resolved to (the --events fields) -------------
+
+
+@dataclass(frozen=True)
+class Region:
+    """A mapping as the tables group copies: kind, name and section (RegionStat's key)."""
+
+    kind: str  # one of MAPPING_KINDS
+    name: str
+    section: str | None
+
+    @property
+    def path(self) -> str | None:
+        """The --events "path": a file or shm object or anon name; None for heap/stack/anon."""
+        return self.name if self.kind in ("file", "shm", "anon_named") and self.name else None
+
+
+UNMAPPED = Region("other", "[unknown]", None)  # an address in no known mapping (or none)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A native stack, resolved (attribution/writers.py)."""
+
+    frames: tuple[str, ...]  # "function (module)", innermost first
+    truncated: bool  # the walk ended early: only these leading frames are real
+
+
+NO_STACK = Stack((), False)
+
+
+@dataclass(frozen=True)
+class Block:
+    """The allocator block a copied page is attributed to (the one covering most of it)."""
+
+    addr: int
+    size: int  # bytes
+    origin: str  # "malloc" or "recovered", as AllocationStat.origin
+
+
+@dataclass(frozen=True)
+class ResolvedStack:
+    """A Python writer stack, named (python/tracker.py)."""
+
+    frames: tuple[str, ...]  # "function (file:line)", innermost first
+    native_leaf: str
+    category: str  # one of python/writers.CATEGORIES
+
+
+@dataclass(frozen=True)
+class FaultAttribution:
+    """What the engine found for each record of one drained fault batch, in the batch's order.
+
+    Columns of indices into tables of typed rows rather than a row per record: a drain holds
+    tens of thousands of records but few distinct blocks and stacks, and output/events.py
+    writes each distinct row's text once.  -1: none."""
+
+    region: np.ndarray  # index into `regions` (UNMAPPED's for a record without address)
+    offset: np.ndarray  # offset into the mapped file, -1 for none
+    block: np.ndarray  # index into `blocks`
+    stack: np.ndarray  # index into `stacks` (the writer's native stack)
+    modules: np.ndarray  # index into `new_modules`
+    regions: Sequence[Region]  # every region the engine knows: only ever appended to
+    blocks: tuple[Block, ...]
+    stacks: tuple[Stack, ...]
+    # Objects of `module+0xOFFSET` frames first named while resolving a stack of this batch,
+    # {basename: {"path", "build_id", "loads"}} (as AttributionView.modules): the records of
+    # that stack carry them, so an event log names each object once.
+    new_modules: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class FaultPythonStacks:
+    """The Python writer stack of each record of one drained fault batch (python/tracker.py)."""
+
+    stack: np.ndarray  # index into `stacks`, -1: none (not a copy, not Python, not readable)
+    stacks: tuple[ResolvedStack, ...]

@@ -41,7 +41,7 @@ from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
 from cowtrace.python.tracker import PythonStacks
 from cowtrace.python.writers import remedies
-from cowtrace.results import AttributionView
+from cowtrace.results import AttributionView, FaultPythonStacks
 
 FINAL_READ_GRACE_S = 2.0  # how long to wait for the root's task to be freed after it exits
 
@@ -326,7 +326,7 @@ class Session:
         elif record.type == PE_FREE:
             self.python.on_exit(record.pid)
 
-    def _python_records(self, records: np.ndarray) -> list[str] | None:
+    def _python_records(self, records: np.ndarray) -> FaultPythonStacks | None:
         """Copies with a Python stack go to the writers; the --events "pystack" values."""
         if self.python is None or self.tracer.bpf is None:
             return None

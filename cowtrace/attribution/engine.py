@@ -19,8 +19,8 @@ How the session uses it (see sink.py for the call order):
     sink.adopt(pid, parent, recover_heap=attach_mode_without_malloc_uprobes)  # each adoptee
     sink.on_fork / on_exec / on_exit(ts_ns, ...)        # lifecycle records
     sink.on_map_snapshots(snapshots); sink.on_alloc_events(alloc_records)  # maps.MapWatcher
-    extra = sink.on_fault_events(fault_records)         # every drained fault batch
-    events.write(fault_records, extra)                  # --events: one JSON suffix per record
+    fields = sink.on_fault_events(fault_records)        # every drained fault batch
+    events.write(fault_records, fields)                 # --events: the typed fields per record
     snapshot.attribution = sink.view()                  # each refresh
     final.attribution = sink.view(final=True)           # the end: what write_summary writes
 """
@@ -36,12 +36,12 @@ from cowtrace.attribution import glibc_heap
 from cowtrace.attribution.aggregates import BlockCopies, ExitCopies, RegionCopies, WriterCopies
 from cowtrace.attribution.allocs import BlockRegistry, BlockTable, Site, match_pages
 from cowtrace.attribution.changes import CUTS, EXEC, FORK, UNTRACKED, ChangeQueue
-from cowtrace.attribution.event_fields import EventFields
+from cowtrace.attribution.event_fields import BatchFields, EventFields
 from cowtrace.attribution.maps import PAGE, MapSnapshot, ProcessMap, RegionRegistry, read_proc_maps
 from cowtrace.attribution.sink import StackResolver
 from cowtrace.attribution.writers import NO_STACK, Stack, StackCache
 from cowtrace.kernel.abi import KIND_COPY
-from cowtrace.results import AttributionView, ProcessExit, WriterStat
+from cowtrace.results import AttributionView, FaultAttribution, ProcessExit, WriterStat
 
 TOP_N = 50
 _PAGE_MASK = np.uint64(~(PAGE - 1) & 0xFFFFFFFFFFFFFFFF)
@@ -154,13 +154,14 @@ class AttributionEngine:
         self.changes.apply_until(None)
 
     # ---- faults ----------------------------------------------------------------------------
-    def on_fault_events(self, records: np.ndarray) -> list[str] | None:
-        """Resolve a batch; returns the --events suffix of each record (see output/events.py)."""
+    def on_fault_events(self, records: np.ndarray) -> FaultAttribution | None:
+        """Resolve a batch; returns each record's --events fields when asked (`event_fields`)
+        (output/events.py writes them)."""
         n = len(records)
-        extras = np.full(n, "", dtype=object) if self.event_fields else None
+        fields = self._fields.batch(n) if self.event_fields else None
         self._last_pairs = []  # every (record, block) overlap of this batch's copied pages
         if n == 0:
-            return [] if extras is not None else None
+            return fields.done() if fields is not None else None
         # contiguous columns: gathering them is much cheaper than gathering 48-byte records
         columns = {name: np.ascontiguousarray(records[name]) for name in _COLUMNS}
         ts = columns["ts"]
@@ -179,24 +180,24 @@ class AttributionEngine:
                 start, stop = group
                 cut = start + int(np.searchsorted(sorted_ts[start:stop], when, side="left"))
                 if cut > start:
-                    self._resolve(owner, columns, order[start:cut], extras)
+                    self._resolve(owner, columns, order[start:cut], fields)
                     group[0] = cut
 
         # Changes up to the newest fault, in ts order.
         self.changes.apply_until(int(ts.max()), before_change)
         for pid, (start, stop) in groups.items():
             if stop > start:
-                self._resolve(pid, columns, order[start:stop], extras)
+                self._resolve(pid, columns, order[start:stop], fields)
         for table in self.tables.values():
             table.compact()
-        return extras.tolist() if extras is not None else None
+        return fields.done() if fields is not None else None
 
     def _resolve(
         self,
         pid: int,
         columns: dict[str, np.ndarray],
         index: np.ndarray,
-        extras: np.ndarray | None,
+        fields: BatchFields | None,
     ) -> None:
         """Attribute one pid's faults (`index` into the columns) against its current state."""
         batch = {name: column[index] for name, column in columns.items()}
@@ -227,8 +228,8 @@ class AttributionEngine:
             self._blocks.count_sites(matched.best)
             if len(matched.pair_uid):
                 self._blocks.touch(matched)
-        if extras is not None:
-            self._fields.fill(pid, stack_ids, region, offset, has_addr, best, index, extras)
+        if fields is not None:
+            fields.fill(pid, stack_ids, region, offset, has_addr, best, index)
 
     def last_blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every live allocator block overlapping a copied page of the last batch: (record

@@ -21,7 +21,6 @@ numpy arrays rebuilt only when the map changed, and resolve a whole batch of add
 from __future__ import annotations
 
 import bisect
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -31,32 +30,18 @@ import numpy as np
 from cowtrace.host import elf, procmaps, rootfs
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.kernel.abi import PE_EXEC, PE_FORK, PE_FREE, PE_MAPS
+from cowtrace.results import UNMAPPED, Region
 
 PAGE = PAGE_SIZE
-UNKNOWN_REGION = 0  # an address in no known mapping
-
-
-@dataclass(frozen=True)
-class Region:
-    """What the tables group copies by: kind, name and section (view.RegionStat's key)."""
-
-    kind: str
-    name: str
-    section: str | None
-
-    @property
-    def path(self) -> str | None:
-        """The --events "path": a file or shm object or anon name; None for heap/stack/anon."""
-        return self.name if self.kind in ("file", "shm", "anon_named") and self.name else None
+UNKNOWN_REGION = 0  # the index of UNMAPPED: an address in no known mapping
 
 
 class RegionRegistry:
     """Interns regions as small integers, so batches aggregate with np.bincount."""
 
     def __init__(self) -> None:
-        self.regions: list[Region] = [Region("other", "[unknown]", None)]
-        self._ids: dict[Region, int] = {self.regions[0]: UNKNOWN_REGION}
-        self.fragments: list[str] = ['"mapping": null, "path": null']  # --events JSON, per id
+        self.regions: list[Region] = [UNMAPPED]
+        self._ids: dict[Region, int] = {UNMAPPED: UNKNOWN_REGION}
 
     def intern(self, kind: str, name: str, section: str | None = None) -> int:
         region = Region(kind, name, section)
@@ -65,7 +50,6 @@ class RegionRegistry:
             return found
         self._ids[region] = len(self.regions)
         self.regions.append(region)
-        self.fragments.append(f'"mapping": "{kind}", "path": {json.dumps(region.path)}')
         return self._ids[region]
 
     def __len__(self) -> int:

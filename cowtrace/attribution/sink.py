@@ -14,13 +14,13 @@ attribution is off.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from cowtrace.attribution.maps import MapSnapshot
 from cowtrace.kernel.abi import PE_EXEC, PE_EXIT, PE_FORK
-from cowtrace.results import AttributionView
+from cowtrace.results import AttributionView, FaultAttribution
 
 
 class StackResolver(Protocol):
@@ -59,9 +59,9 @@ class AttributionSink(Protocol):
         kernel/uprobes.py): its allocation table is unknown from then on."""
         ...
 
-    def on_fault_events(self, records: np.ndarray) -> Any:
-        """EVENT_DTYPE records; returns what EventLog.write needs for the attribution fields
-        of --events (None when there is nothing to add)."""
+    def on_fault_events(self, records: np.ndarray) -> FaultAttribution | None:
+        """EVENT_DTYPE records; returns what each record resolved to, for the attribution
+        fields of --events (None when there is nothing to add)."""
         ...
 
     def view(self, *, final: bool = False) -> AttributionView | None:
@@ -129,7 +129,7 @@ class NullSink:
     def allocations_untracked(self, ts_ns: int, pid: int) -> None:
         return None
 
-    def on_fault_events(self, records: np.ndarray) -> Any:
+    def on_fault_events(self, records: np.ndarray) -> FaultAttribution | None:
         return None
 
     def view(self, *, final: bool = False) -> AttributionView | None:

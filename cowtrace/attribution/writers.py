@@ -9,26 +9,11 @@ real" instead of printing garbage.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from cowtrace.attribution.sink import StackResolver
 from cowtrace.kernel.stacks import UNKNOWN
-
-
-@dataclass(frozen=True)
-class Stack:
-    frames: tuple[str, ...]  # "function (module)", innermost first
-    truncated: bool
-
-    @property
-    def json(self) -> str:
-        """The --events "stack" value, ready to splice into a line."""
-        return json.dumps(list(self.frames))
-
-
-NO_STACK = Stack((), False)
+from cowtrace.results import NO_STACK, Stack
 
 
 class StackCache:

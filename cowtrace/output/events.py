@@ -18,8 +18,9 @@ writer's native stack, innermost first).  A frame of an object with no symbol th
 `module+0xOFFSET (module)` (OFFSET into the file); the first lines whose stack names such an
 object also carry `"modules": {module: {"path", "build_id", "loads"}}` (as in the summary,
 once per object per log), so `cowtrace report` can name it from a debug file later.
-The engine builds these as ready-made JSON text (AttributionEngine.on_fault_events), so the
-log's per-line cost stays one f-string.
+The engine hands them typed (results.FaultAttribution: per record, indices into tables of
+regions, blocks and stacks); the text of each distinct row is made once and kept, so the log's
+per-line cost stays one f-string.
 
 With Python stacks on, each record also has `"pystack": ["function (file:line)", ...] | null`
 (the writer's Python stack, innermost first; null for reuses, zero-fills and non-Python writers).
@@ -27,6 +28,7 @@ With Python stacks on, each record also has `"pystack": ["function (file:line)",
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +37,7 @@ from typing import IO
 import numpy as np
 
 from cowtrace.kernel.abi import KIND_NAMES, SOURCE_NAMES, VIA_NAMES
+from cowtrace.results import UNMAPPED, Block, FaultAttribution, FaultPythonStacks, Region
 
 
 def monotonic_to_unix_offset() -> float:
@@ -52,24 +55,29 @@ class EventLog:
             open(path, "w", buffering=1 << 20) if self._own else sys.stdout  # noqa: SIM115
         )
         self._offset = monotonic_to_unix_offset()
+        self._texts = FieldTexts()
         self.written = 0
 
     def write(
         self,
         records: np.ndarray,
-        extra: Sequence[str] | None = None,
-        pystacks: Sequence[str] | None = None,
+        fields: FaultAttribution | None = None,
+        pystacks: FaultPythonStacks | None = None,
     ) -> None:
         """Write a batch of EVENT_DTYPE records, in kernel order.
 
-        `extra`, when given, holds one string per record spliced in before the closing brace:
-        the attribution fields, starting with ", " (what the sink's on_fault_events returns).
-        `pystacks`: when Python stacks are on, each record's `"pystack"` value as JSON text (a
-        list of frames, innermost first, or null).
+        `fields`, when given, holds each record's attribution fields (what the sink's
+        on_fault_events returns); `pystacks`, when Python stacks are on, each record's Python
+        stack (the tracker's on_fault_events).
         """
         if len(records) == 0:
             return
-        suffixes = extra if extra is not None else [""] * len(records)
+        suffixes = self._texts.attribution(fields) if fields is not None else [""] * len(records)
+        if pystacks is not None:
+            suffixes = [
+                f'{suffix}, "pystack": {stack}'
+                for suffix, stack in zip(suffixes, self._texts.pystacks(pystacks), strict=True)
+            ]
         ts = (records["ts"] / 1e9 + self._offset).tolist()
         addrs = records["addr"].tolist()
         pids = records["pid"].tolist()
@@ -87,11 +95,6 @@ class EventLog:
                 f'"addr": {address}, "source": "{SOURCE_NAMES[source]}", '
                 f'"via": "{VIA_NAMES[via]}"{suffix}}}\n'
             )
-        if pystacks is not None:
-            lines = [
-                f'{line[:-2]}, "pystack": {stack}}}\n'
-                for line, stack in zip(lines, pystacks, strict=True)
-            ]
         self._file.write("".join(lines))
         self.written += len(lines)
 
@@ -100,3 +103,66 @@ class EventLog:
             self._file.close()
         else:
             self._file.flush()
+
+
+class FieldTexts:
+    """The JSON text of the typed fields, made once per distinct region, block and stack."""
+
+    def __init__(self) -> None:
+        self._regions: list[str] = []  # per region index (the engine's table only grows)
+        self._region_table: Sequence[Region] | None = None
+        self._blocks: dict[int, str] = {}  # by identity: the rows are kept in _kept
+        self._kept: list[Block] = []
+        self._stacks: dict[tuple[str, ...], str] = {}  # by frames (native or Python)
+
+    def attribution(self, fields: FaultAttribution) -> list[str]:
+        """Each record's fields after "via", starting with ", "."""
+        mapping = np.array(self._region_texts(fields.regions), dtype=object)[fields.region]
+        offsets = [str(o) if o >= 0 else "null" for o in fields.offset.tolist()]
+        known = self._blocks.get
+        blocks = _with_null([known(id(b)) or self._block(b) for b in fields.blocks])
+        blocks = blocks[fields.block]
+        stacks = _with_null([self._stack(s.frames) for s in fields.stacks])[fields.stack]
+        for index in np.flatnonzero(fields.modules >= 0).tolist():
+            modules = fields.new_modules[int(fields.modules[index])]
+            stacks[index] = f'{stacks[index]}, "modules": {json.dumps(modules)}'
+        return [
+            f', {m}, "offset": {o}, "alloc": {a}, "stack": {st}'
+            for m, o, a, st in zip(
+                mapping.tolist(), offsets, blocks.tolist(), stacks.tolist(), strict=True
+            )
+        ]
+
+    def pystacks(self, pystacks: FaultPythonStacks) -> list[str]:
+        """Each record's "pystack" value."""
+        texts = _with_null([self._stack(s.frames) for s in pystacks.stacks])
+        return texts[pystacks.stack].tolist()
+
+    def _region_texts(self, regions: Sequence[Region]) -> list[str]:
+        if regions is not self._region_table:  # another engine's table: start over
+            self._region_table, self._regions = regions, []
+        for region in regions[len(self._regions) :]:
+            self._regions.append(
+                '"mapping": null, "path": null'
+                if region == UNMAPPED
+                else f'"mapping": "{region.kind}", "path": {json.dumps(region.path)}'
+            )
+        return self._regions
+
+    def _block(self, block: Block) -> str:
+        self._kept.append(block)  # so that its id stays its own
+        text = self._blocks[id(block)] = (
+            f'{{"addr": {block.addr}, "size": {block.size}, "origin": "{block.origin}"}}'
+        )
+        return text
+
+    def _stack(self, frames: tuple[str, ...]) -> str:
+        found = self._stacks.get(frames)
+        if found is None:
+            found = self._stacks[frames] = json.dumps(list(frames))
+        return found
+
+
+def _with_null(texts: list[str]) -> np.ndarray:
+    """`texts` with "null" last, so that index -1 (none) picks it."""
+    return np.array([*texts, "null"], dtype=object)

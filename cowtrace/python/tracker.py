@@ -8,7 +8,6 @@ parent's image (the kernel copied the layout at the fork, before the child ran).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any
@@ -28,7 +27,8 @@ from cowtrace.python import kernel
 from cowtrace.python.copied_types import CopiedTypes
 from cowtrace.python.detect import PythonImage, detect
 from cowtrace.python.resolve import frame_name, leaf_mapping, leaf_name
-from cowtrace.python.writers import CATEGORIES, PythonWriters, ResolvedStack, categorize
+from cowtrace.python.writers import CATEGORIES, PythonWriters, categorize
+from cowtrace.results import FaultPythonStacks, ResolvedStack
 
 PENDING_S = 5.0  # how long an exec'd member may take to map libpython
 EXEC_WAIT_TRIES, EXEC_WAIT_S = 10, 0.002  # waited for it at once, at most
@@ -159,21 +159,22 @@ class PythonStacks:
             self.images[pid] = found.image
 
     # ---- records ---------------------------------------------------------------------------
-    def on_fault_events(self, records: np.ndarray, blocks: Any = None) -> list[str] | None:
+    def on_fault_events(self, records: np.ndarray, blocks: Any = None) -> FaultPythonStacks:
         """Fold copies with a Python stack into the writers and every copy of a CPython member
-        into the copied types; returns the `"pystack"` value of each record for --events, as
-        JSON text ("null" when none).  `blocks`: the allocator blocks the attribution found
-        on the copied pages, when allocator probes ran: (record index, block address, block
-        size), a row per (copy, block) overlap."""
+        into the copied types; returns the Python stack of each record (for --events).
+        `blocks`: the allocator blocks the attribution found on the copied pages, when
+        allocator probes ran: (record index, block address, block size), a row per (copy,
+        block) overlap."""
+        out = np.full(len(records), -1, np.int64)
         if len(records) == 0:
-            return []
+            return FaultPythonStacks(out, ())
         has_stack = (records["kind"] == KIND_COPY) & (records["pystack_id"] >= 0)
-        out = ["null"] * len(records)
         categories = np.full(len(records), CATEGORIES.index("other"), np.int64)
+        stacks: tuple[ResolvedStack, ...] = ()
         if has_stack.any():
-            self._fold_stacks(records, has_stack, out, categories)
+            stacks = self._fold_stacks(records, has_stack, out, categories)
         self._copied_types(records, categories, blocks)
-        return out
+        return FaultPythonStacks(out, stacks)
 
     def _copied_types(self, records: np.ndarray, categories: np.ndarray, blocks: Any) -> None:
         """The objects on each copied page of a CPython member (copied_types.py)."""
@@ -197,29 +198,29 @@ class PythonStacks:
         self.types.end_drain()
 
     def _fold_stacks(
-        self, records: np.ndarray, has_stack: np.ndarray, out: list[str], categories: np.ndarray
-    ) -> None:
+        self, records: np.ndarray, has_stack: np.ndarray, out: np.ndarray, categories: np.ndarray
+    ) -> tuple[ResolvedStack, ...]:
+        """Each record's stack as an index (into the stacks returned) into `out`."""
         keys = (records["pid"].astype(np.int64) << 32) | records["pystack_id"].astype(np.int64)
         unique, inverse, counts = np.unique(
             keys[has_stack], return_inverse=True, return_counts=True
         )
-        texts = []
         with drained_reads():  # names are read from the traced processes (remote_reads.py)
             resolved = [self._resolve(key >> 32, key & 0xFFFFFFFF) for key in unique.tolist()]
-        codes = []
+        stacks: list[ResolvedStack] = []
+        positions, codes = [], []
         for stack, copies in zip(resolved, counts.tolist(), strict=True):
             if stack is None:
-                texts.append("null")
+                positions.append(-1)
                 codes.append(CATEGORIES.index("other"))
                 continue
             self.writers.add(stack, copies)
-            texts.append(json.dumps(list(stack.frames)))
+            positions.append(len(stacks))
+            stacks.append(stack)
             codes.append(CATEGORIES.index(stack.category))
-        for index, position in zip(
-            np.flatnonzero(has_stack).tolist(), inverse.tolist(), strict=True
-        ):
-            out[index] = texts[position]
+        out[has_stack] = np.array(positions, np.int64)[inverse.reshape(-1)]
         categories[has_stack] = np.array(codes, np.int64)[inverse.reshape(-1)]
+        return tuple(stacks)
 
     def _resolve(self, pid: int, stack_id: int) -> ResolvedStack | None:
         image = self.images.get(pid)

@@ -15,11 +15,10 @@ Category of a copy, from the interpreter's state at the write and its native lea
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.kernel.abi import PYF_FINALIZING, PYF_GC
-from cowtrace.results import PythonRemedy, PythonWriterStat
+from cowtrace.results import PythonRemedy, PythonWriterStat, ResolvedStack
 
 CATEGORIES = ("gc", "refcount", "allocator", "teardown", "other")
 # The "why" line of a category, "<cause> (N% of copies): <advice>" (refcount's names instead
@@ -121,13 +120,6 @@ def categorize(flags: int, leaf: str, module: str) -> str:
     if is_interpreter_module(module):
         return "refcount"
     return "other"
-
-
-@dataclass(frozen=True)
-class ResolvedStack:
-    frames: tuple[str, ...]  # "function (file:line)", innermost first
-    native_leaf: str
-    category: str
 
 
 class PythonWriters:

@@ -19,6 +19,7 @@ import pytest
 from cowtrace.attribution import glibc_heap
 from cowtrace.attribution.engine import AttributionEngine
 from cowtrace.attribution.maps import read_proc_maps
+from cowtrace.output.events import FieldTexts
 from cowtrace.output.summary import attribution_sections
 
 SOURCE = Path(__file__).with_name("heap_target.c")
@@ -122,7 +123,7 @@ def test_adopted_map_resolves_real_regions(target) -> None:
     records["addr"] = [(block + 4095) & ~4095, libc_data]  # a page wholly inside the block
     extra = engine.on_fault_events(records)
     assert extra is not None
-    fields = [json.loads("{" + e[2:] + "}") for e in extra]
+    fields = [json.loads("{" + e[2:] + "}") for e in FieldTexts().attribution(extra)]
     assert fields[0]["mapping"] == "heap"
     assert fields[0]["alloc"] == {"addr": block, "size": live[block], "origin": "recovered"}
     assert fields[1]["mapping"] == "file" and "libc.so" in fields[1]["path"]

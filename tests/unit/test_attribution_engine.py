@@ -13,7 +13,7 @@ from cowtrace.kernel.abi import (
     ALLOC_OP_FREE,
     ALLOC_OP_REALLOC,
 )
-from cowtrace.output.events import EventLog
+from cowtrace.output.events import EventLog, FieldTexts
 from cowtrace.output.summary import attribution_sections, exit_fields
 from tests.unit.attribution_records import (
     FakeResolver,
@@ -398,7 +398,7 @@ def test_blocks_are_seen_as_of_each_copy() -> None:
         )
     )
     assert extras is not None
-    sizes = [json.loads("{" + e[2:] + "}")["alloc"] for e in extras]
+    sizes = [json.loads("{" + e[2:] + "}")["alloc"] for e in FieldTexts().attribution(extras)]
     assert [s and s["size"] for s in sizes] == [2000, 2000, None, 100, None, 300]
 
 
@@ -415,7 +415,9 @@ def test_largest_overlap_wins_across_tables() -> None:
     sizes = np.array([1000, 600], np.uint64)
     table.add_many(addrs, eng.blocks.add_many(addrs, sizes, site))
     eng.on_alloc_events(alloc_events([(4, PARENT, ALLOC_OP_ALLOC, HEAP + 1100, 1800, 0, -1)]))
-    (extra,) = eng.on_fault_events(faults([(10, PARENT, HEAP, COPY, -1)]))
+    fields = eng.on_fault_events(faults([(10, PARENT, HEAP, COPY, -1)]))
+    assert fields is not None
+    (extra,) = FieldTexts().attribution(fields)
     assert json.loads("{" + extra[2:] + "}")["alloc"] == {
         "addr": HEAP + 1100,
         "size": 1800,
@@ -586,7 +588,7 @@ def test_modules_of_unnamed_frames_in_summary_and_log(tmp_path) -> None:
     )
     extras = eng.on_fault_events(records)
     assert extras is not None
-    lines = [json.loads("{" + e[2:] + "}") for e in extras]
+    lines = [json.loads("{" + e[2:] + "}") for e in FieldTexts().attribution(extras)]
     assert [line.get("modules") for line in lines] == [{"libx.so": info}, {"libx.so": info}, None]
     assert [line["stack"] for line in lines] == [["libx.so+0x10 (libx.so)"]] * 3
     assert summary_sections(eng)["modules"] == {"libx.so": info}

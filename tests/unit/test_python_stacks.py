@@ -28,7 +28,7 @@ from cowtrace.python.offsets import (
 from cowtrace.python.writers import PythonWriters, ResolvedStack, categorize, remedies
 from cowtrace.render.live import LiveView
 from cowtrace.render.summary import summary_lines
-from cowtrace.results import AttributionView
+from cowtrace.results import AttributionView, FaultPythonStacks
 
 PYENV = Path("/root/.pyenv/versions")
 GEN_OFFSETS = Path(__file__).resolve().parents[2] / "tools" / "gen_offsets.py"
@@ -202,7 +202,8 @@ def test_events_carry_the_python_stack(tmp_path):
     records["pid"] = 7
     path = tmp_path / "events.jsonl"
     log = EventLog(str(path))
-    log.write(records, pystacks=['["touch (f.py:3)"]', "null"])
+    touch = ResolvedStack(("touch (f.py:3)",), "PyObject_Malloc (python3.11)", "refcount")
+    log.write(records, pystacks=FaultPythonStacks(np.array([0, -1]), (touch,)))
     log.write(records)  # Python stacks off: no field
     log.close()
     lines = [json.loads(line) for line in path.read_text().splitlines()]
