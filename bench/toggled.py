@@ -12,7 +12,12 @@ cycle, so every arm meets the same machine as the untraced chunks of its cycle.
 Arms (`--arm NAME=SPEC`, SPEC a comma-separated list, empty for the defaults):
   member (default) / non-member   the child is a member of that copy, or not: non-member is
                                   what running next to cowtrace costs any other process;
-  no-stacks, no-python-stacks     the CLI options of the same names.
+  no-stacks, no-python-stacks     the CLI options of the same names;
+  empty                           not cowtrace: a program whose hooks on the same tracepoints
+                                  return at once.  What any tracer on these tracepoints costs
+                                  a process (the tracepoints being on, the program's entry and
+                                  exit), measured in the same cycles as the other arms, so
+                                  that an arm's figure can be read against this floor.
 The default arms: default (member, native and Python stacks, as `cowtrace PID`), core
 (--no-stacks --no-python-stacks) and non-member.
 
@@ -46,24 +51,53 @@ from cowtrace.kernel.tracer import RAW_TRACEPOINTS, KernelTracer, TracerConfig  
 DEFAULT_ARMS = ("default=", "core=no-stacks,no-python-stacks", "non-member=non-member")
 
 
+class EmptyPrograms:
+    """A BPF object with an empty program on each of cowtrace's raw tracepoints (the `empty`
+    arm): the tracer-shaped handle Arm needs (open, bpf, add_member, stats, close)."""
+
+    def __init__(self) -> None:
+        self.bpf = None
+
+    def open(self) -> None:
+        from bcc import BPF
+
+        text = "".join(
+            f"RAW_TRACEPOINT_PROBE({name}) {{ return 0; }}\n" for name in RAW_TRACEPOINTS
+        )
+        self.bpf = BPF(text=text)
+
+    def add_member(self, pid: int, root: int) -> None:
+        """Nothing to trace: the empty programs have no members."""
+
+    def stats(self) -> dict[str, int]:
+        return {"lost_events": 0}
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+
 @dataclass
 class Arm:
     name: str
     config: TracerConfig
     member: bool
-    tracer: KernelTracer | None = None
+    empty: bool = False
+    tracer: KernelTracer | EmptyPrograms | None = None
 
     @classmethod
     def parse(cls, text: str) -> Arm:
         name, _, spec = text.partition("=")
         words = {word for word in spec.split(",") if word}
-        unknown = words - {"member", "non-member", "no-stacks", "no-python-stacks"}
+        unknown = words - {"member", "non-member", "no-stacks", "no-python-stacks", "empty"}
         if unknown:
             raise SystemExit(f"toggled.py: unknown arm words {sorted(unknown)}")
         config = TracerConfig(
             stacks="no-stacks" not in words, python_stacks="no-python-stacks" not in words
         )
-        return cls(name, config, member="non-member" not in words)
+        empty = "empty" in words
+        return cls(name, config, member="non-member" not in words and not empty, empty=empty)
 
     def attach(self, attached: bool) -> None:
         bpf = self.tracer.bpf
@@ -83,7 +117,7 @@ def run_round(
     storm = Storm(binary, pages, chunk, warm)
     try:
         for arm in arms:  # each copy attaches on load; only one at a time from here on
-            arm.tracer = KernelTracer(arm.config)
+            arm.tracer = EmptyPrograms() if arm.empty else KernelTracer(arm.config)
             arm.tracer.open()
             arm.attach(False)
             if arm.member:
