@@ -25,13 +25,14 @@ enum writer_prog { WRITER_PROG_USER = 0, WRITER_PROG_KERNEL = 1 };
 BPF_PROG_ARRAY(writer_stack_progs, 2);
 
 /* ---- hot path: faults, allocations ------------------------------------------------------------ */
+/* A write fault of a process the membership filter let through (maybe_member: the fault
+ * programs below check it once, before the tail call, so that a member's fault with stacks
+ * on does not check it twice). */
 static __always_inline int on_fault(void *ctx, void *user_regs, u64 address, u64 error_code,
                                     u8 via, bool with_stacks)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    if (!maybe_member(tgid))
-        return 0;
     bool wp = (error_code & PF_PRESENT_WRITE) == PF_PRESENT_WRITE;
     /* Whether the thread is a member's, and whose writes it makes: its episode remembers the
      * answer (member_ok, the owner in tgid) from its last write fault, so that a thread's
@@ -109,9 +110,9 @@ int writer_stacks_kernel(struct bpf_raw_tracepoint_args *ctx)
 RAW_TRACEPOINT_PROBE(page_fault_user)
 {
     /* TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code) */
-#if WRITER_STACKS
     if (!maybe_member(bpf_get_current_pid_tgid() >> 32))
         return 0;
+#if WRITER_STACKS
     writer_stack_progs.call(ctx, WRITER_PROG_USER);
 #endif
     return on_fault(ctx, (void *)ctx->args[1], ctx->args[0], ctx->args[2], VIA_USER, false);
@@ -123,9 +124,9 @@ RAW_TRACEPOINT_PROBE(page_fault_kernel)
     u64 address = ctx->args[0];
     if (address >= USER_ADDR_END)
         return 0;
-#if WRITER_STACKS
     if (!maybe_member(bpf_get_current_pid_tgid() >> 32))
         return 0;
+#if WRITER_STACKS
     writer_stack_progs.call(ctx, WRITER_PROG_KERNEL);
 #endif
     return on_fault(ctx, NULL, address, ctx->args[2], VIA_KERNEL, false);
