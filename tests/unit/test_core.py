@@ -432,8 +432,8 @@ def test_session_runs_on_an_injected_tracer(monkeypatch):
     assert tracer.calls[-1] == ("forget", [11])  # final: out of the kernel's table
     assert {m.pid: m.counts.copies for m in snapshot.members} == {10: 0, 11: 5}
     assert [m.pid for m in snapshot.exited] == [11]
-    assert snapshot.events_drained == 2 and session.events_drained == 2
-    assert snapshot.lost_events == 0 and session.tracer_stats == {"lost_events": 0}
+    assert snapshot.events_drained == 2 and session.core.events_drained == 2
+    assert snapshot.lost_events == 0 and session.core.tracer_stats == {"lost_events": 0}
     assert not session.root_exited()
 
     tracer.waiting = [record(PE_EXIT, 10), record(PE_FREE, 10)]
