@@ -403,35 +403,36 @@ def _interrupted(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")  # run() stops the agent and the workload
 
 
+# The flags that set a SoakConfig field: (flag, field, help). Type and default are the field's.
+FLAGS = (
+    ("--duration", "duration_s", "seconds (default 1 h)"),
+    ("--warmup", "warmup_s", "seconds before judging"),
+    ("--sample", "sample_s", "seconds between samples"),
+    ("--workers", "workers", None),
+    ("--life", "life_s", "seconds a worker lives"),
+    ("--family-every", "family_every_s", None),
+    ("--family-life", "family_life_s", None),
+    ("--grace", "grace_s", "agent --pid-label-grace"),
+    ("--port", "port", "the agent's (0: a free one)"),
+    ("--name", "name", "the workload's comm (--comm of the agent)"),
+)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3600.0, help="seconds (default 1 h)")
-    parser.add_argument("--warmup", type=float, default=300.0, help="seconds before judging")
-    parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--life", type=float, default=0.5, help="seconds a worker lives")
-    parser.add_argument("--family-every", type=float, default=60.0)
-    parser.add_argument("--family-life", type=float, default=30.0)
-    parser.add_argument("--grace", type=float, default=30.0, help="agent --pid-label-grace")
-    parser.add_argument("--port", type=int, default=0, help="the agent's (0: a free one)")
-    parser.add_argument("--name", default=COMM, help="the workload's comm (--comm of the agent)")
+    defaults = SoakConfig()
+    for flag, name, help_text in FLAGS:
+        default = getattr(defaults, name)
+        metavar = flag[2:].replace("-", "_").upper()
+        parser.add_argument(
+            flag, dest=name, metavar=metavar, type=type(default), default=default, help=help_text
+        )
     parser.add_argument("--out", type=Path, default=Path("soak-out"))
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("soak.py: run as root (the agent loads BPF programs)", file=sys.stderr)
         return 2
-    config = SoakConfig(
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-        sample_s=args.sample,
-        workers=args.workers,
-        life_s=args.life,
-        family_every_s=args.family_every,
-        family_life_s=args.family_life,
-        grace_s=args.grace,
-        port=args.port,
-        name=args.name,
-    )
+    config = SoakConfig(**{name: getattr(args, name) for _, name, _ in FLAGS})
     args.out.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupted)  # a background job ignores SIGINT
     samples = run(config, args.out / "agent.log")
