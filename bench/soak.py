@@ -31,8 +31,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -146,20 +147,28 @@ def scrape(port: int, timeout: float = 60.0) -> tuple[int, int, int]:
 
 
 # ---- the run -------------------------------------------------------------------------------------
+def _flag(default: Any, flag: str, help_text: str | None = None) -> Any:
+    """A SoakConfig field that ``flag`` sets on soak.py's command line (main())."""
+    return field(default=default, metadata={"flag": flag, "help": help_text})
+
+
 @dataclass
 class SoakConfig:
-    duration_s: float = 3600.0
-    warmup_s: float = 300.0
-    sample_s: float = 30.0
-    workers: int = 2
-    life_s: float = 0.5  # a worker's life: 2 workers -> ~4 recycles a second
+    """One soak. The fields made with _flag are the command line, type and default included."""
+
+    duration_s: float = _flag(3600.0, "--duration", "seconds (default 1 h)")
+    warmup_s: float = _flag(300.0, "--warmup", "seconds before judging")
+    sample_s: float = _flag(30.0, "--sample", "seconds between samples")
+    workers: int = _flag(2, "--workers")
+    life_s: float = _flag(0.5, "--life", "seconds a worker lives")  # 2 workers: ~4 recycles/s
     records: int = 20000
-    family_every_s: float = 60.0  # a short family starts this often (0: none)
-    family_life_s: float = 30.0
-    grace_s: float = 30.0  # --pid-label-grace
+    family_every_s: float = _flag(60.0, "--family-every")  # a short family this often (0: none)
+    family_life_s: float = _flag(30.0, "--family-life")
+    grace_s: float = _flag(30.0, "--grace", "agent --pid-label-grace")
     interval_s: float = 5.0  # the agent's --interval
-    port: int = 0  # 0: a free port
-    name: str = COMM  # the workload's comm (the agent's --comm): distinct per concurrent soak
+    port: int = _flag(0, "--port", "the agent's (0: a free one)")
+    # distinct per concurrent soak: each agent follows its own comm
+    name: str = _flag(COMM, "--name", "the workload's comm (--comm of the agent)")
     python: str = sys.executable
 
 
@@ -403,36 +412,25 @@ def _interrupted(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")  # run() stops the agent and the workload
 
 
-# The flags that set a SoakConfig field: (flag, field, help). Type and default are the field's.
-FLAGS = (
-    ("--duration", "duration_s", "seconds (default 1 h)"),
-    ("--warmup", "warmup_s", "seconds before judging"),
-    ("--sample", "sample_s", "seconds between samples"),
-    ("--workers", "workers", None),
-    ("--life", "life_s", "seconds a worker lives"),
-    ("--family-every", "family_every_s", None),
-    ("--family-life", "family_life_s", None),
-    ("--grace", "grace_s", "agent --pid-label-grace"),
-    ("--port", "port", "the agent's (0: a free one)"),
-    ("--name", "name", "the workload's comm (--comm of the agent)"),
-)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    defaults = SoakConfig()
-    for flag, name, help_text in FLAGS:
-        default = getattr(defaults, name)
-        metavar = flag[2:].replace("-", "_").upper()
+    flagged = [spec for spec in fields(SoakConfig) if "flag" in spec.metadata]
+    for spec in flagged:
+        flag = spec.metadata["flag"]
         parser.add_argument(
-            flag, dest=name, metavar=metavar, type=type(default), default=default, help=help_text
+            flag,
+            dest=spec.name,
+            metavar=flag[2:].replace("-", "_").upper(),
+            type=type(spec.default),
+            default=spec.default,
+            help=spec.metadata["help"],
         )
     parser.add_argument("--out", type=Path, default=Path("soak-out"))
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("soak.py: run as root (the agent loads BPF programs)", file=sys.stderr)
         return 2
-    config = SoakConfig(**{name: getattr(args, name) for _, name, _ in FLAGS})
+    config = SoakConfig(**{spec.name: getattr(args, spec.name) for spec in flagged})
     args.out.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupted)  # a background job ignores SIGINT
     samples = run(config, args.out / "agent.log")
