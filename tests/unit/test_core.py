@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from cowtrace import core
-from cowtrace.attribution.sink import NullSink
 from cowtrace.core import ADOPTION_ROUNDS, TracingCore, Tracked
 from cowtrace.family import Family
 from cowtrace.host.memory import PAGE_SIZE
@@ -29,6 +28,7 @@ from cowtrace.kernel.abi import (
 from cowtrace.kernel.tracer import KernelTracer, MemberState, ProcRecord
 from cowtrace.model import Counts, Role
 from cowtrace.session import Session, SessionOptions, null_sink
+from tests.sinks import LoggingSink
 
 
 class FakeTracer:
@@ -84,23 +84,8 @@ class FakeTracer:
         return dict(self.counters)
 
 
-class FakeSink(NullSink):
+class FakeSink(LoggingSink):
     """Logs what the core feeds the attribution sink, in order."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-
-    def adopt(self, pid: int, parent: int | None, *, recover_heap: bool) -> None:
-        self.calls.append(("adopt", pid, parent, recover_heap))
-
-    def on_fork(self, ts_ns: int, parent: int, child: int) -> None:
-        self.calls.append(("fork", parent, child))
-
-    def on_exec(self, ts_ns: int, pid: int) -> None:
-        self.calls.append(("exec", pid))
-
-    def on_exit(self, ts_ns: int, pid: int) -> None:
-        self.calls.append(("exit", pid))
 
     def on_map_snapshots(self, snapshots) -> None:  # noqa: ANN001
         self.calls.append(("maps", [s.pid for s in snapshots]))
