@@ -31,8 +31,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -146,20 +147,28 @@ def scrape(port: int, timeout: float = 60.0) -> tuple[int, int, int]:
 
 
 # ---- the run -------------------------------------------------------------------------------------
+def _flag(default: Any, flag: str, help_text: str | None = None) -> Any:
+    """A SoakConfig field that ``flag`` sets on soak.py's command line (main())."""
+    return field(default=default, metadata={"flag": flag, "help": help_text})
+
+
 @dataclass
 class SoakConfig:
-    duration_s: float = 3600.0
-    warmup_s: float = 300.0
-    sample_s: float = 30.0
-    workers: int = 2
-    life_s: float = 0.5  # a worker's life: 2 workers -> ~4 recycles a second
+    """One soak. The fields made with _flag are the command line, type and default included."""
+
+    duration_s: float = _flag(3600.0, "--duration", "seconds (default 1 h)")
+    warmup_s: float = _flag(300.0, "--warmup", "seconds before judging")
+    sample_s: float = _flag(30.0, "--sample", "seconds between samples")
+    workers: int = _flag(2, "--workers")
+    life_s: float = _flag(0.5, "--life", "seconds a worker lives")  # 2 workers: ~4 recycles/s
     records: int = 20000
-    family_every_s: float = 60.0  # a short family starts this often (0: none)
-    family_life_s: float = 30.0
-    grace_s: float = 30.0  # --pid-label-grace
+    family_every_s: float = _flag(60.0, "--family-every")  # a short family this often (0: none)
+    family_life_s: float = _flag(30.0, "--family-life")
+    grace_s: float = _flag(30.0, "--grace", "agent --pid-label-grace")
     interval_s: float = 5.0  # the agent's --interval
-    port: int = 0  # 0: a free port
-    name: str = COMM  # the workload's comm (the agent's --comm): distinct per concurrent soak
+    port: int = _flag(0, "--port", "the agent's (0: a free one)")
+    # distinct per concurrent soak: each agent follows its own comm
+    name: str = _flag(COMM, "--name", "the workload's comm (--comm of the agent)")
     python: str = sys.executable
 
 
@@ -405,33 +414,23 @@ def _interrupted(signum: int, _frame: object) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3600.0, help="seconds (default 1 h)")
-    parser.add_argument("--warmup", type=float, default=300.0, help="seconds before judging")
-    parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--life", type=float, default=0.5, help="seconds a worker lives")
-    parser.add_argument("--family-every", type=float, default=60.0)
-    parser.add_argument("--family-life", type=float, default=30.0)
-    parser.add_argument("--grace", type=float, default=30.0, help="agent --pid-label-grace")
-    parser.add_argument("--port", type=int, default=0, help="the agent's (0: a free one)")
-    parser.add_argument("--name", default=COMM, help="the workload's comm (--comm of the agent)")
+    flagged = [spec for spec in fields(SoakConfig) if "flag" in spec.metadata]
+    for spec in flagged:
+        flag = spec.metadata["flag"]
+        parser.add_argument(
+            flag,
+            dest=spec.name,
+            metavar=flag[2:].replace("-", "_").upper(),
+            type=type(spec.default),
+            default=spec.default,
+            help=spec.metadata["help"],
+        )
     parser.add_argument("--out", type=Path, default=Path("soak-out"))
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("soak.py: run as root (the agent loads BPF programs)", file=sys.stderr)
         return 2
-    config = SoakConfig(
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-        sample_s=args.sample,
-        workers=args.workers,
-        life_s=args.life,
-        family_every_s=args.family_every,
-        family_life_s=args.family_life,
-        grace_s=args.grace,
-        port=args.port,
-        name=args.name,
-    )
+    config = SoakConfig(**{spec.name: getattr(args, spec.name) for spec in flagged})
     args.out.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupted)  # a background job ignores SIGINT
     samples = run(config, args.out / "agent.log")

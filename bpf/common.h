@@ -118,10 +118,18 @@ static __always_inline u64 stack_word(void *ctx, int slot)
  * 0 = free), the other's episode lives in the episodes hash, as every episode did before.  A
  * slot belongs to its thread until the task is freed; only that thread reads or writes it
  * (sched_process_free, after the thread is gone, gives it back). */
-static __always_inline struct episode_state *find_episode(u32 tid)
+
+/* The array slot `tid` maps to (its low bits), whoever holds it: the caller checks its tid. */
+static __always_inline struct episode_state *episode_slot(u32 tid)
 {
     u32 index = tid & (EPISODE_SLOTS - 1);
-    struct episode_state *slot = episode_slots.lookup(&index);
+    return episode_slots.lookup(&index);
+}
+
+/* The thread's episode: its slot when it holds it, else its entry in the hash (NULL: none). */
+static __always_inline struct episode_state *find_episode(u32 tid)
+{
+    struct episode_state *slot = episode_slot(tid);
     if (slot && slot->tid == tid)
         return slot;
     return episodes.lookup(&tid);
@@ -130,8 +138,7 @@ static __always_inline struct episode_state *find_episode(u32 tid)
 /* A new episode (EP_NONE) for a thread that has none, or NULL when the hash is full. */
 static __always_inline struct episode_state *new_episode(u32 tid)
 {
-    u32 index = tid & (EPISODE_SLOTS - 1);
-    struct episode_state *slot = episode_slots.lookup(&index);
+    struct episode_state *slot = episode_slot(tid);
     if (slot && slot->tid == 0 && __sync_val_compare_and_swap(&slot->tid, 0ULL, (u64)tid) == 0)
         return slot;                    /* its other fields were cleared when it was given back */
     struct episode_state fresh = {};
@@ -146,8 +153,7 @@ static __always_inline struct episode_state *new_episode(u32 tid)
 /* The thread's task is freed: its episode (closed by then) goes. */
 static __always_inline void drop_episode(u32 tid)
 {
-    u32 index = tid & (EPISODE_SLOTS - 1);
-    struct episode_state *slot = episode_slots.lookup(&index);
+    struct episode_state *slot = episode_slot(tid);
     if (slot && slot->tid == tid) {
         __builtin_memset(slot, 0, __builtin_offsetof(struct episode_state, tid));
         asm volatile("" ::: "memory");  /* cleared before the slot is seen free */

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
 
 class CowtraceError(Exception):
     """A problem the user can act on: the message is shown as is, on one line.
@@ -19,3 +22,23 @@ class CowtraceError(Exception):
         if self.hint:
             return f"{self.message} (fix: {self.hint})"
         return self.message
+
+
+@contextmanager
+def user_file(
+    path: str, action: str, plainer: Mapping[type[OSError], str] | None = None
+) -> Iterator[None]:
+    """Turn an OSError on a file the user named into one line, ``cannot ACTION PATH: reason``,
+    never a traceback.
+
+    ``plainer`` maps the errors whose system words would mislead here to the message said
+    instead (``{path}`` stands for the path): writing into a missing directory is "no such
+    directory", not "No such file or directory".
+    """
+    try:
+        yield
+    except OSError as error:
+        for kind, message in (plainer or {}).items():
+            if isinstance(error, kind):
+                raise CowtraceError(message.format(path=path)) from None
+        raise CowtraceError(f"cannot {action} {path}: {error.strerror or error}") from None

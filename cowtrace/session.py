@@ -113,7 +113,7 @@ class Session:
                 python_stacks=self.options.python_stacks,
             )
         )
-        self.core = TracingCore(self.tracer, route=lambda _record: self.family)
+        self.core = TracingCore(self.tracer, route=lambda _record: self.tracked.family)
         self.core.on_record = self._on_record
         self.core.on_faults = self._on_faults
         self.core.on_adopted = self._python_adopt
@@ -129,27 +129,6 @@ class Session:
         self._bpf_stats_at_start = False
         self.cost: TracerCost | None = None  # read in finish(), before the program is unloaded
         self.python = PythonStacks() if self.options.python_stacks else None
-
-    # ---- what the core keeps ---------------------------------------------------------------
-    @property
-    def family(self) -> Family:
-        return self.tracked.family
-
-    @property
-    def started(self) -> float:
-        return self.tracked.started
-
-    @property
-    def sink(self) -> AttributionSink:
-        return self.core.sink
-
-    @property
-    def events_drained(self) -> int:
-        return self.core.events_drained
-
-    @property
-    def tracer_stats(self) -> dict[str, int]:
-        return self.core.tracer_stats
 
     # ---- set-up ----------------------------------------------------------------------------
     def set_root(self, root_pid: int) -> None:
@@ -170,7 +149,7 @@ class Session:
             self.allocators = AllocatorProbes(self.tracer.bpf)
             self.core.allocators = self.allocators
         # Maps are re-read after a change only for those who use them.
-        uses_maps = not isinstance(self.sink, NullSink) or self.allocators is not None
+        uses_maps = not isinstance(self.core.sink, NullSink) or self.allocators is not None
         self.core.maps_watch.read_proc = uses_maps
         if self.python is not None:
             self.python.bind(self.tracer.bpf)
@@ -185,7 +164,7 @@ class Session:
     ) -> None:
         """Make the root a member, then adopt its existing descendants (core.adopt_family)."""
         self.core.recover_heap = adopted
-        self.core.adopt_family(stat, self.family, adopted=adopted, await_exec=await_exec)
+        self.core.adopt_family(stat, self.tracked.family, adopted=adopted, await_exec=await_exec)
         own = procfs.read_stat(os.getpid())
         if own is not None:
             self.attach_s = max(0.0, time.monotonic() - own.start_monotonic())
@@ -223,7 +202,7 @@ class Session:
         """The root exited and its counts are final (or waiting longer would not help)."""
         if self._root_exit_seen is None:
             return False
-        if self.root_pid in self.family.final:
+        if self.root_pid in self.tracked.family.final:
             return True
         return time.monotonic() - self._root_exit_seen > FINAL_READ_GRACE_S
 
@@ -235,19 +214,20 @@ class Session:
         now = time.monotonic()
         states = self.tracer.members()
         self.core.update(self.tracked, states, now)
-        done = [pid for pid in self.family.final if pid in states and pid != self.root_pid]
+        done = [pid for pid in self.tracked.family.final if pid in states and pid != self.root_pid]
         self.core.forget(done)
         self.core.read_health()
         return self._snapshot(now)
 
     def _snapshot(self, now: float, *, ended: bool = False, reason: str = "") -> Snapshot:
+        view = self.core.sink.view(final=ended)
         return self.core.snapshot(
             self.tracked,
             now,
             ended=ended,
             end_reason=reason,
             attach_s=self.attach_s,
-            attribution=self._python_types_view(self._python_view(self.sink.view(final=ended))),
+            attribution=self._python_types_view(self._python_view(view)),
             cost=self.cost if ended else None,
         )
 
@@ -261,7 +241,7 @@ class Session:
         extra = self._close_open_episodes()
         snapshot = self.refresh()
         for pid, counts in extra.items():
-            self.family.add_counts(pid, counts)
+            self.tracked.family.add_counts(pid, counts)
         self.cost = self._read_cost()
         if self.resolver is not None:
             self.resolver.freeze()  # the summary may resolve stacks after the unload
@@ -330,7 +310,7 @@ class Session:
         """Copies with a Python stack go to the writers; the --events "pystack" values."""
         if self.python is None or self.tracer.bpf is None:
             return None
-        last_blocks = getattr(self.sink, "last_blocks", None)  # the engine's block per record
+        last_blocks = getattr(self.core.sink, "last_blocks", None)  # the engine's block per record
         return self.python.on_fault_events(records, last_blocks() if last_blocks else None)
 
     def _python_types_view(self, view: AttributionView | None) -> AttributionView | None:
@@ -381,7 +361,7 @@ def run_loop(
 ) -> str:
     """Step the session until a stop reason appears; returns the reason."""
     next_refresh = time.monotonic() + interval
-    deadline = None if duration is None else session.started + duration
+    deadline = None if duration is None else session.tracked.started + duration
     while True:
         reason = should_stop()
         if reason:

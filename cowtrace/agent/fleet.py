@@ -65,10 +65,6 @@ class Fleet:
         self.core.on_record = lambda record: python_lifecycle(self.python, record)
         self.core.on_faults = lambda faults, _extra: self.python.on_fault_events(faults)
 
-    @property
-    def events_drained(self) -> int:
-        return self.core.events_drained
-
     # ---- set-up ----------------------------------------------------------------------------
     def open(self) -> None:
         self.tracer.open()

@@ -92,7 +92,7 @@ def serve(
         if now >= next_refresh:
             snapshots = fleet.refresh()
             health = tracer_health(
-                fleet.core.tracer_stats, fleet.events_drained, fleet.tracer.program_fds()
+                fleet.core.tracer_stats, fleet.core.events_drained, fleet.tracer.program_fds()
             )
             exporter.update(snapshots, health)
             roots = set(fleet.families)

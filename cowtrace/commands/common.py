@@ -136,7 +136,7 @@ def trace_until_stopped(
             from cowtrace.metrics.exporter import tracer_health
 
             health = tracer_health(
-                session.tracer_stats, session.events_drained, session.tracer.program_fds()
+                session.core.tracer_stats, session.core.events_drained, session.tracer.program_fds()
             )
             exporter.update([snapshot], health)
 
@@ -151,7 +151,7 @@ def trace_until_stopped(
     final = session.finish(reason)
     reporter.final(final)
     if options.json_path:
-        write_summary(final, options.json_path, session.tracer_stats)
+        write_summary(final, options.json_path, session.core.tracer_stats)
     return final
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cowtrace.errors import CowtraceError
+from cowtrace.errors import CowtraceError, user_file
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -102,6 +102,12 @@ def command(
     raise typer.Exit(report(file, html, top, fmt=fmt, out=output, diff=diff, debug_dir=debug_dir))
 
 
+WRITE_ERRORS = {
+    FileNotFoundError: "cannot write {path}: no such directory",
+    IsADirectoryError: "cannot write {path}: it is a directory",
+}
+
+
 def write_page(page: str | bytes, out: str) -> None:
     """Write the output to ``out`` ('-': stdout), as one file written whole."""
     if out == "-":
@@ -112,19 +118,13 @@ def write_page(page: str | bytes, out: str) -> None:
             sys.stdout.write(page)
             sys.stdout.flush()
         return
-    try:
+    with user_file(out, "write", WRITE_ERRORS):
         if isinstance(page, bytes):
             with open(out, "wb") as binary:
                 binary.write(page)
         else:
             with open(out, "w", encoding="utf-8") as stream:
                 stream.write(page)
-    except FileNotFoundError:
-        raise CowtraceError(f"cannot write {out}: no such directory") from None
-    except IsADirectoryError:
-        raise CowtraceError(f"cannot write {out}: it is a directory") from None
-    except OSError as error:
-        raise CowtraceError(f"cannot write {out}: {error.strerror or error}") from None
 
 
 PIPE_WIDTH = 160

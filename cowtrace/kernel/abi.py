@@ -136,7 +136,26 @@ PROC_EVENT_DTYPE = np.dtype(
 # struct py_new_stack: a Python stack seen for the first time, read by a callback.
 PY_NEW_STACK_DTYPE = np.dtype([("runtime", "<u8"), ("pid", "<u4"), ("stack_id", "<i4")])
 
-for _dtype in (EVENT_DTYPE, ALLOC_EVENT_DTYPE, PROC_EVENT_DTYPE, PY_NEW_STACK_DTYPE):
+# struct sample of bpf/calibrate.bpf.c: an allocation (kind 1) or a file rss_stat change (kind
+# 2) of the calibration process, its stack as unwound and the raw words above ctx (calibrate.py).
+CALIBRATION_SAMPLE_DTYPE = np.dtype(
+    [
+        ("kind", "<u4"),
+        ("arg", "<u4"),  # allocation: its order; rss_stat: the counter
+        ("gfp", "<u8"),
+        ("nframes_bytes", "<i8"),  # bpf_get_stack's return: bytes of `frames` filled
+        ("frames", "<u8", (24,)),  # NFRAMES
+        ("words", "<u8", (160,)),  # NWORDS
+    ]
+)
+
+for _dtype in (
+    EVENT_DTYPE,
+    ALLOC_EVENT_DTYPE,
+    PROC_EVENT_DTYPE,
+    PY_NEW_STACK_DTYPE,
+    CALIBRATION_SAMPLE_DTYPE,
+):
     assert _dtype.itemsize % 8 == 0, "ring records are 8-byte aligned"
 
 

@@ -12,7 +12,6 @@ The result depends only on the kernel build, so it is cached per `uname -r` and 
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import mmap
@@ -22,9 +21,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cowtrace.deathsig import die_with_parent
 from cowtrace.errors import CowtraceError
 from cowtrace.host.memory import PAGE_SIZE
+from cowtrace.kernel.abi import CALIBRATION_SAMPLE_DTYPE, read_record
 from cowtrace.kernel.bpfsource import compile_program
 from cowtrace.kernel.kallsyms import FunctionRange, KernelSymbols
 
@@ -38,21 +40,10 @@ def cache_dir() -> Path:
     ours."""
     configured = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
     return Path(configured) if configured else CACHE_DIR
-NWORDS = 160
-NFRAMES = 24
+
+
 CALIBRATION_PAGES = 32
 PAGE = PAGE_SIZE
-
-
-class _Sample(ctypes.Structure):
-    _fields_ = [
-        ("kind", ctypes.c_uint32),
-        ("arg", ctypes.c_uint32),
-        ("gfp", ctypes.c_uint64),
-        ("nframes_bytes", ctypes.c_int64),
-        ("frames", ctypes.c_uint64 * NFRAMES),
-        ("words", ctypes.c_uint64 * NWORDS),
-    ]
 
 
 @dataclass(frozen=True)
@@ -169,16 +160,14 @@ def calibrate(symbols: KernelSymbols) -> Calibration:
             status = 1
         os._exit(status)
     os.close(go_read)
-    samples: list[_Sample] = []
+    samples: list[np.void] = []
     bpf = second = None
     try:
         bpf = compile_program("calibrate.bpf.c", [f"-DCALIB_TGID={child}"])
         second = compile_program("calibrate.bpf.c", ["-DCALIB_TGID=0xffffffffU"])
 
         def collect(_ctx: object, data: int, _size: int) -> None:
-            samples.append(
-                _Sample.from_buffer_copy(ctypes.cast(data, ctypes.POINTER(_Sample)).contents)
-            )
+            samples.append(read_record(data, CALIBRATION_SAMPLE_DTYPE))
 
         bpf["samples"].open_ring_buffer(collect)
         os.write(go_write, b"x")
@@ -223,7 +212,7 @@ def _iterator_shift(frames: list[int], words: list[int], symbols: KernelSymbols)
     return 0
 
 
-def analyse(samples: list[_Sample], symbols: KernelSymbols) -> Calibration:
+def analyse(samples: list[np.void], symbols: KernelSymbols) -> Calibration:
     """Derive the slots from recorded samples (pure: testable on recorded data).
 
     Slots are returned for the direct layout (one program on the tracepoint); the iterator
@@ -237,22 +226,23 @@ def analyse(samples: list[_Sample], symbols: KernelSymbols) -> Calibration:
     shifts: dict[int, Counter[int]] = {1: Counter(), 2: Counter()}
     alloc_functions: Counter[str] = Counter()
 
-    for sample in samples:
-        count = max(0, sample.nframes_bytes) // 8
-        frames = list(sample.frames)[:count]
-        words = list(sample.words)
+    for sample in samples:  # CALIBRATION_SAMPLE_DTYPE records
+        kind = int(sample["kind"])
+        count = max(0, int(sample["nframes_bytes"])) // 8
+        frames = sample["frames"][:count].tolist()
+        words = sample["words"].tolist()
         wp_index = next((i for i, frame in enumerate(frames) if frame in wp), None)
         if wp_index is None or wp_index == 0:
             continue
         shift = _iterator_shift(frames, words, symbols)
         if shift is None:
             continue
-        shifts[sample.kind][shift] += 1
+        shifts[kind][shift] += 1
 
         def direct(value: int, words: list[int] = words, shift: int = shift) -> set[int]:
             return {slot - shift for slot in _slot_of(words, value)}
 
-        if sample.kind == 2:
+        if kind == 2:
             rss_slots.append(direct(frames[wp_index]))
             continue
         callee: FunctionRange | None = symbols.containing(frames[wp_index - 1])

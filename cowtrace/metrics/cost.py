@@ -33,14 +33,9 @@ BPF_STATS_ON = "sysctl -w kernel.bpf_stats_enabled=1"  # how to turn the run-tim
 class OwnUsage:
     """cowtrace's own process at one moment."""
 
-    cpu_user_s: float = 0.0
-    cpu_system_s: float = 0.0
+    cpu_s: float = 0.0  # user + system time: every figure reads only their sum
     rss_bytes: int = 0
     peak_rss_bytes: int = 0
-
-    @property
-    def cpu_s(self) -> float:
-        return self.cpu_user_s + self.cpu_system_s
 
 
 def _status_kib(text: str, name: str) -> int:
@@ -56,8 +51,7 @@ def own_usage() -> OwnUsage:
     except OSError:
         status = ""
     return OwnUsage(
-        cpu_user_s=usage.ru_utime,
-        cpu_system_s=usage.ru_stime,
+        cpu_s=usage.ru_utime + usage.ru_stime,
         rss_bytes=_status_kib(status, "VmRSS") * 1024,
         peak_rss_bytes=_status_kib(status, "VmHWM") * 1024,
     )

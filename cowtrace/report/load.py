@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from cowtrace.errors import CowtraceError
+from cowtrace.errors import CowtraceError, user_file
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.report.aggregate import aggregate_events
 from cowtrace.report.model import ProcessRow, ReportData, Totals
@@ -30,6 +30,10 @@ from cowtrace.results import (
 )
 
 SUPPORTED_SCHEMA = 1
+READ_ERRORS = {
+    FileNotFoundError: "no such file: {path}",
+    PermissionError: "cannot read {path}: permission denied",
+}
 
 
 def load_report(path: str) -> ReportData:
@@ -38,15 +42,11 @@ def load_report(path: str) -> ReportData:
         return _read(sys.stdin, "stdin")
     if os.path.isdir(path):
         raise CowtraceError(f"{path} is a directory, not a summary or event log")
-    try:
-        with open(path, encoding="utf-8") as stream:
-            return _read(stream, path)
-    except FileNotFoundError:
-        raise CowtraceError(f"no such file: {path}") from None
-    except PermissionError:
-        raise CowtraceError(f"cannot read {path}: permission denied") from None
-    except OSError as error:
-        raise CowtraceError(f"cannot read {path}: {error.strerror or error}") from None
+    with (
+        user_file(path, "read", READ_ERRORS),
+        open(path, encoding="utf-8") as stream,
+    ):
+        return _read(stream, path)
 
 
 def _read(stream: TextIO, name: str) -> ReportData:

@@ -33,31 +33,20 @@ from cowtrace.kernel.abi import (
 from cowtrace.session import SessionOptions
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import run_cowtrace, wait_until_unloaded
+from tests.sinks import LoggingSink
 
 build = load_build()
 
 
-class RecordingSink:
+class RecordingSink(LoggingSink):
     """An AttributionSink that keeps everything, in the order the session calls it."""
 
     def __init__(self, resolver: Any) -> None:
+        super().__init__()
         self.resolver = resolver
-        self.calls: list[tuple] = []
         self.maps: list[MapSnapshot] = []
         self.allocs: list[np.ndarray] = [np.empty(0, ALLOC_EVENT_DTYPE)]
         self.faults: list[np.ndarray] = [np.empty(0, EVENT_DTYPE)]
-
-    def adopt(self, pid: int, parent: int | None, *, recover_heap: bool) -> None:
-        self.calls.append(("adopt", pid, parent, recover_heap))
-
-    def on_fork(self, ts_ns: int, parent: int, child: int) -> None:
-        self.calls.append(("fork", parent, child))
-
-    def on_exec(self, ts_ns: int, pid: int) -> None:
-        self.calls.append(("exec", pid))
-
-    def on_exit(self, ts_ns: int, pid: int) -> None:
-        self.calls.append(("exit", pid))
 
     def on_map_snapshots(self, snapshots: list[MapSnapshot]) -> None:
         self.calls.append(("maps", len(snapshots)))
@@ -70,9 +59,6 @@ class RecordingSink:
     def on_fault_events(self, records: np.ndarray) -> Any:
         self.calls.append(("faults", len(records)))
         self.faults.append(records)
-        return None
-
-    def view(self, *, final: bool = False) -> None:
         return None
 
     # ---- for the assertions ----------------------------------------------------------------

@@ -13,7 +13,7 @@ from cowtrace.kernel import abi
 from tests.cdecl import CSource, CStruct
 
 BPF = Path(__file__).resolve().parents[2] / "bpf"
-SOURCE = CSource(*sorted(BPF.glob("cowtrace*.c")), *sorted(BPF.glob("*.h")))
+SOURCE = CSource(*sorted(BPF.glob("*.c")), *sorted(BPF.glob("*.h")))
 
 # The C enums whose every enumerator user space reads, each with its Python prefix.
 SHARED_ENUMS = (
@@ -37,6 +37,7 @@ RECORDS = {
     "alloc_event": (abi.ALLOC_EVENT_DTYPE, RING_HEADER),
     "proc_event": (abi.PROC_EVENT_DTYPE, 0),
     "py_new_stack": (abi.PY_NEW_STACK_DTYPE, 0),
+    "sample": (abi.CALIBRATION_SAMPLE_DTYPE, 0),  # calibrate.bpf.c
 }
 
 

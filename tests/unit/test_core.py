@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from cowtrace import core
-from cowtrace.attribution.sink import NullSink
 from cowtrace.core import ADOPTION_ROUNDS, TracingCore, Tracked
 from cowtrace.family import Family
 from cowtrace.host.memory import PAGE_SIZE
@@ -29,6 +28,7 @@ from cowtrace.kernel.abi import (
 from cowtrace.kernel.tracer import KernelTracer, MemberState, ProcRecord
 from cowtrace.model import Counts, Role
 from cowtrace.session import Session, SessionOptions, null_sink
+from tests.sinks import LoggingSink
 
 
 class FakeTracer:
@@ -84,23 +84,8 @@ class FakeTracer:
         return dict(self.counters)
 
 
-class FakeSink(NullSink):
+class FakeSink(LoggingSink):
     """Logs what the core feeds the attribution sink, in order."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-
-    def adopt(self, pid: int, parent: int | None, *, recover_heap: bool) -> None:
-        self.calls.append(("adopt", pid, parent, recover_heap))
-
-    def on_fork(self, ts_ns: int, parent: int, child: int) -> None:
-        self.calls.append(("fork", parent, child))
-
-    def on_exec(self, ts_ns: int, pid: int) -> None:
-        self.calls.append(("exec", pid))
-
-    def on_exit(self, ts_ns: int, pid: int) -> None:
-        self.calls.append(("exit", pid))
 
     def on_map_snapshots(self, snapshots) -> None:  # noqa: ANN001
         self.calls.append(("maps", [s.pid for s in snapshots]))
@@ -432,8 +417,8 @@ def test_session_runs_on_an_injected_tracer(monkeypatch):
     assert tracer.calls[-1] == ("forget", [11])  # final: out of the kernel's table
     assert {m.pid: m.counts.copies for m in snapshot.members} == {10: 0, 11: 5}
     assert [m.pid for m in snapshot.exited] == [11]
-    assert snapshot.events_drained == 2 and session.events_drained == 2
-    assert snapshot.lost_events == 0 and session.tracer_stats == {"lost_events": 0}
+    assert snapshot.events_drained == 2 and session.core.events_drained == 2
+    assert snapshot.lost_events == 0 and session.core.tracer_stats == {"lost_events": 0}
     assert not session.root_exited()
 
     tracer.waiting = [record(PE_EXIT, 10), record(PE_FREE, 10)]

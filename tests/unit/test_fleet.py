@@ -71,7 +71,7 @@ def test_families_are_routed_by_root_and_retire(monkeypatch):
     fake.set_counts(20, 3)
     fake.records = [record(PE_FORK, 11, 10, 10, 1000.0)]
     fleet.step(0)
-    assert fleet.events_drained == 3
+    assert fleet.core.events_drained == 3
     snapshots = {s.root_pid: s for s in fleet.refresh()}
     assert {m.pid: m.counts.copies for m in snapshots[10].members} == {10: 0, 11: 7}
     assert {m.pid: m.counts.copies for m in snapshots[20].members} == {20: 3}
