@@ -263,3 +263,27 @@ def test_exporter_sums_each_view_once(monkeypatch: pytest.MonkeyPatch) -> None:
     exporter.update([dataclasses.replace(shared, attribution=None)], Health())
     assert exporter.collector.exposition.python_pages_over_budget is None
 
+
+# ---- the option ------------------------------------------------------------------------------
+
+
+def test_option_reaches_trace_run_and_agent(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # noqa: ANN001
+    from cowtrace.cli import main
+    from cowtrace.commands import agent as agent_module
+    from cowtrace.commands import run as run_module
+    from cowtrace.commands import trace as trace_module
+
+    sessions: list = []
+    monkeypatch.setattr(trace_module, "trace", lambda _pid, _o, s: sessions.append(s) or 0)
+    monkeypatch.setattr(run_module, "run", lambda _argv, _o, s: sessions.append(s) or 0)
+    agents: list = []
+    monkeypatch.setattr(agent_module, "agent", lambda options: agents.append(options) or 0)
+    assert main(["trace", "1"]) == 0
+    assert main(["trace", "1", "--python-types-budget", "0.5"]) == 0
+    assert main(["run", "--python-types-budget", "none", "--", "true"]) == 0
+    assert [s.python_types_budget for s in sessions] == [0.25, 0.5, None]
+    assert main(["agent", "--pid", "1"]) == 0
+    assert main(["agent", "--pid", "1", "--python-types-budget", "0.1"]) == 0
+    assert [a.python_types_budget for a in agents] == [0.25, 0.1]
+    assert main(["trace", "1", "--python-types-budget", "0"]) == 2
+    assert "Invalid value for '--python-types-budget'" in capsys.readouterr().err
