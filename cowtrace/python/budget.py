@@ -23,11 +23,14 @@ orders the batch by member and address, so each member gets its share of the exa
 spread over its address space, whatever order the ring delivered them in (its per-CPU
 batches interleave the writers in a near-regular pattern that a stride over the ring's order
 could alias with: every third page one member's).  The types' shares within a batch are so
-kept in expectation.  Skipping whole batches instead would drop whole stretches of time (a
-start-up's burst, a worker's exit); a random sample would serve as well but could not be
-derived by hand in a test (tests/unit/test_python_types_budget.py).  The figures are what was
-examined, never scaled up; what was not is counted (copied_types.CopiedTypes.over_budget, the
-summary's `python_pages["over_budget"]`): never dropped silently.
+kept in expectation.  (A stride that is a multiple of a pymalloc pool's 4 pages, over densely
+copied memory, picks the same page of every pool; all pages of a pool hold blocks of one size
+class, so only the first page's 48-byte pool header sets it apart.)  Skipping whole batches
+instead would drop whole stretches of time (a start-up's burst, a worker's exit); a random
+sample would serve as well but could not be derived by hand in a test
+(tests/unit/test_python_types_budget.py).  The figures are what was examined, never scaled
+up; what was not is counted (copied_types.CopiedTypes.over_budget, the summary's
+`python_pages["over_budget"]`): never dropped silently.
 """
 
 from __future__ import annotations
