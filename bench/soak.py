@@ -5,7 +5,9 @@ gunicorn `--max-requests` under load) plus short families started one after anot
 lives `--family-life` seconds, so families begin and end all the time), all found by the
 agent's `--comm`.  Every `--sample` seconds it records the agent's RSS and open fds, the
 entries of each of the agent's kernel maps (counted with BPF_MAP_GET_NEXT_KEY on a copy of the
-agent's own map fds, pidfd_getfd), and the series and pid labels of its /metrics.  It writes
+agent's own map fds, pidfd_getfd), the series and pid labels of its /metrics, and the copied
+pages it left unexamined for Python types (`--types-budget`: its --python-types-budget, the
+share of wall time it may spend on them; column `over_budget`).  It writes
 soak.csv and soak.svg into `--out`, prints the figures, and exits non-zero when a pass
 criterion fails:
 
@@ -133,17 +135,19 @@ def open_fds(pid: int) -> int:
 _PID_LABEL = re.compile(r'pid="(\d+)"')
 
 
-def scrape(port: int, timeout: float = 60.0) -> tuple[int, int, int]:
-    """(series, distinct pid labels, families) of the agent's /metrics.  Patient: on a loaded
-    machine a scrape of thousands of series can take seconds."""
+def scrape(port: int, timeout: float = 60.0) -> tuple[int, int, int, int]:
+    """(series, distinct pid labels, families, copied pages not examined for Python types) of
+    the agent's /metrics.  Patient: on a loaded machine a scrape of thousands of series can
+    take seconds."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as reply:
         text = reply.read().decode()
     samples = [line for line in text.splitlines() if line and not line.startswith("#")]
     pids = {m.group(1) for line in samples for m in [_PID_LABEL.search(line)] if m}
-    families = next(
-        (int(float(s.split()[-1])) for s in samples if s.startswith("cowtrace_families ")), 0
-    )
-    return len(samples), len(pids), families
+    def value(name: str) -> int:
+        return next((int(float(s.split()[-1])) for s in samples if s.startswith(f"{name} ")), 0)
+
+    over_budget = value("cowtrace_python_type_pages_over_budget_total")
+    return len(samples), len(pids), value("cowtrace_families"), over_budget
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -170,6 +174,9 @@ class SoakConfig:
     # distinct per concurrent soak: each agent follows its own comm
     name: str = _flag(COMM, "--name", "the workload's comm (--comm of the agent)")
     python: str = sys.executable
+    types_budget: str | None = _flag(
+        None, "--types-budget", "the agent's --python-types-budget (SHARE|none; default: its own)"
+    )
 
 
 @dataclass
@@ -181,6 +188,7 @@ class Sample:
     pid_labels: int
     families: int
     maps: dict[str, int] = field(default_factory=dict)
+    over_budget: int = 0  # copied pages the agent left unexamined for Python types, so far
 
     @property
     def map_total(self) -> int:
@@ -245,11 +253,13 @@ def run(config: SoakConfig, log_path: Path, log: bool = True) -> list[Sample]:
     if config.port == 0:
         config.port = _free_port()
     procs: list[subprocess.Popen] = [_churn(config)]
+    budget = [] if config.types_budget is None else ["--python-types-budget", config.types_budget]
     agent = subprocess.Popen(
         [
             config.python, "-m", "cowtrace", "agent", "--comm", f"^{config.name}$",
             "--pid-label-grace", str(config.grace_s), "--interval", str(config.interval_s),
             "--metrics-addr", f"127.0.0.1:{config.port}",
+            *budget,
         ],
         cwd=ROOT,
         env={**os.environ, "COWTRACE_DEBUG": "1"},  # an internal error's traceback in the log
@@ -270,7 +280,7 @@ def run(config: SoakConfig, log_path: Path, log: bool = True) -> list[Sample]:
                 procs.append(_churn(config, config.family_life_s))
                 next_family += config.family_every_s
             if now >= next_sample:
-                series, pids, families = scrape(config.port)
+                series, pids, families, over_budget = scrape(config.port)
                 sample = Sample(
                     t=now - start,
                     rss_mib=rss_mib(agent.pid),
@@ -279,13 +289,15 @@ def run(config: SoakConfig, log_path: Path, log: bool = True) -> list[Sample]:
                     pid_labels=pids,
                     families=families,
                     maps=map_entries(agent.pid),
+                    over_budget=over_budget,
                 )
                 samples.append(sample)
                 if log:
                     print(
                         f"{sample.t:7.0f}s rss {sample.rss_mib:6.1f} MiB  fds {sample.fds}  "
                         f"series {series}  pids {pids}  families {families}  "
-                        f"map entries {sample.map_total} {sample.maps}",
+                        f"map entries {sample.map_total} {sample.maps}  "
+                        f"pages over the types budget {over_budget}",
                         flush=True,
                     )
                 if now - start >= config.duration_s:
@@ -359,12 +371,13 @@ def write_csv(samples: list[Sample], path: Path) -> None:
     with path.open("w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(
-            ["t_s", "rss_mib", "fds", "series", "pid_labels", "families", "map_entries", *names]
-        )
+            ["t_s", "rss_mib", "fds", "series", "pid_labels", "families", "over_budget",
+             "map_entries", *names]
+        )  # fmt: skip
         for s in samples:
             out.writerow(
                 [f"{s.t:.1f}", f"{s.rss_mib:.2f}", s.fds, s.series, s.pid_labels, s.families,
-                 s.map_total, *(s.maps.get(name, 0) for name in names)]
+                 s.over_budget, s.map_total, *(s.maps.get(name, 0) for name in names)]
             )  # fmt: skip
 
 
@@ -421,7 +434,7 @@ def main() -> int:
             flag,
             dest=spec.name,
             metavar=flag[2:].replace("-", "_").upper(),
-            type=type(spec.default),
+            type=str if spec.default is None else type(spec.default),
             default=spec.default,
             help=spec.metadata["help"],
         )

@@ -24,6 +24,9 @@ import numpy as np
 from cowtrace.host.memory import PAGE_SIZE
 
 UNSET = -1  # `copied_bytes` not given: copies × PAGE_SIZE
+# The `python_pages` class of the copied pages of CPython members left unexamined for Python
+# types because their resolution was over its time budget (cowtrace/python/budget.py).
+OVER_BUDGET = "over_budget"
 
 
 class _CopiedBytes:

@@ -39,6 +39,7 @@ from cowtrace.metrics.cost import OwnUsage, TracerCost, own_usage
 from cowtrace.metrics.samplers import bpf_stats_enabled, program_run_ns
 from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
+from cowtrace.python.budget import DEFAULT_SHARE, TypesBudget
 from cowtrace.python.tracker import PythonStacks
 from cowtrace.python.writers import remedies
 from cowtrace.results import AttributionView, FaultPythonStacks
@@ -74,6 +75,8 @@ class SessionOptions:
     exit_window_s: float = 0.5  # for the engine: copies this close to a member's exit
     sink_factory: SinkFactory = attribution_engine  # null_sink: attribution off
     python_stacks: bool = True  # Python writer stacks of CPython members (cowtrace/python/)
+    # Share of wall time the Python-types resolution may take (python/budget.py; None: no limit)
+    python_types_budget: float | None = DEFAULT_SHARE
 
 
 def validate_target(pid: int) -> procfs.ProcStat:
@@ -128,7 +131,11 @@ class Session:
         self._usage_at_start = OwnUsage()
         self._bpf_stats_at_start = False
         self.cost: TracerCost | None = None  # read in finish(), before the program is unloaded
-        self.python = PythonStacks() if self.options.python_stacks else None
+        self.python = (
+            PythonStacks(TypesBudget(self.options.python_types_budget))
+            if self.options.python_stacks
+            else None
+        )
 
     # ---- set-up ----------------------------------------------------------------------------
     def set_root(self, root_pid: int) -> None:

@@ -22,6 +22,7 @@ from cowtrace.host import procfs
 from cowtrace.kernel.stacks import KernelStackResolver
 from cowtrace.kernel.tracer import KernelTracer, MemberState, ProcRecord, TracerConfig
 from cowtrace.model import Snapshot
+from cowtrace.python.budget import DEFAULT_SHARE, TypesBudget
 from cowtrace.python.tracker import PythonStacks, python_lifecycle
 from cowtrace.results import AttributionView
 
@@ -45,6 +46,7 @@ class Fleet:
         ring_bytes: int = 16 << 20,
         grace_s: float = 300.0,
         tracer: KernelTracer | None = None,
+        python_types_budget: float | None = DEFAULT_SHARE,
     ) -> None:
         self.tracer = tracer or KernelTracer(TracerConfig(ring_bytes=ring_bytes))
         # An adopted worker gets a symbol cache of its own (it may have exec'd something else).
@@ -59,8 +61,9 @@ class Fleet:
         self.engine: AttributionEngine | None = None
         self._view: AttributionView | None = None
         # CPython members: the Python types of the objects on copied pages (no Python stacks
-        # in the agent, so no writer category: "other").
-        self.python = PythonStacks()
+        # in the agent, so no writer category: "other"), within their time budget, so that
+        # a starved agent still reads exits and forgets members in time (python/budget.py).
+        self.python = PythonStacks(TypesBudget(python_types_budget))
         self.core.on_adopted = lambda pid, _await_exec: self.python.adopt(pid)
         self.core.on_record = lambda record: python_lifecycle(self.python, record)
         self.core.on_faults = lambda faults, _extra: self.python.on_fault_events(faults)

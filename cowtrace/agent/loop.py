@@ -17,6 +17,7 @@ from cowtrace.agent.fleet import Fleet
 from cowtrace.commands.common import StopSignals
 from cowtrace.host import procfs
 from cowtrace.metrics.exporter import MetricsExporter, MetricsOptions, tracer_health
+from cowtrace.python.budget import DEFAULT_SHARE
 
 
 @dataclass
@@ -30,6 +31,7 @@ class AgentOptions:
     scan_interval: float = 1.0
     duration: float | None = None
     ring_bytes: int = 16 << 20
+    python_types_budget: float | None = DEFAULT_SHARE  # python/budget.py; None: no limit
 
 
 def log(message: str) -> None:

@@ -15,10 +15,12 @@ from cowtrace.commands.options import (
     Duration,
     NoPidLabels,
     PidLabelGrace,
+    PythonTypesBudget,
     PythonTypesTop,
     RingMb,
 )
 from cowtrace.errors import CowtraceError
+from cowtrace.python.budget import DEFAULT_SHARE
 
 if TYPE_CHECKING:
     from cowtrace.agent.loop import AgentOptions
@@ -65,6 +67,7 @@ def command(
     duration: Duration = None,
     ring_mb: RingMb = 16,
     python_types_top: PythonTypesTop = 20,
+    python_types_budget: PythonTypesBudget = DEFAULT_SHARE,
 ) -> None:
     """Export metrics for every matching process family on this node, until stopped.
 
@@ -90,6 +93,7 @@ def command(
         scan_interval=scan_interval,
         duration=duration,
         ring_bytes=ring_mb << 20,
+        python_types_budget=python_types_budget,
     )
     raise typer.Exit(agent(options))
 
@@ -112,7 +116,11 @@ def agent(options: AgentOptions) -> int:
         if procfs.read_stat(pid) is None:
             log(f"no process with pid {pid} yet: it will be traced if it appears")
     require_tracing_ready()
-    fleet = Fleet(ring_bytes=options.ring_bytes, grace_s=options.metrics.pid_label_grace_s)
+    fleet = Fleet(
+        ring_bytes=options.ring_bytes,
+        grace_s=options.metrics.pid_label_grace_s,
+        python_types_budget=options.python_types_budget,
+    )
     exporter = MetricsExporter(options.metrics, log=log)
     try:
         with StopSignals() as stops:

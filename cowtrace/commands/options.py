@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
 import typer
 
+from cowtrace.python.budget import DEFAULT_SHARE, parse_share
+
 if TYPE_CHECKING:
     from cowtrace.commands.common import OutputOptions
     from cowtrace.session import SessionOptions
@@ -120,6 +122,29 @@ PythonTypesTop = Annotated[
         'cowtrace_python_type_copied_bytes_total (the rest: type="other").',
     ),
 ]
+
+
+def _budget_share(text: str | float | None) -> float | None:
+    """The option's value; typer passes its default through here as it is."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return parse_share(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+PythonTypesBudget = Annotated[
+    float | None,
+    typer.Option(
+        "--python-types-budget",
+        metavar="SHARE|none",
+        parser=_budget_share,
+        help="The share of wall time (of one core) resolving copied pages to Python types may "
+        "take, averaged, with a burst allowance; pages beyond it are counted as over_budget, "
+        "the copy counts stay exact ('none': no limit).",
+    ),
+]
 PythonStacks = Annotated[
     bool,
     typer.Option(
@@ -150,6 +175,7 @@ class TracingOptions:
     delayacct: Delayacct = False
     python_stacks: PythonStacks = True
     python_types_top: PythonTypesTop = 20
+    python_types_budget: PythonTypesBudget = DEFAULT_SHARE
 
     def output_options(self) -> OutputOptions:
         """What the command loop and the views need (metrics options checked here)."""
@@ -184,6 +210,7 @@ class TracingOptions:
             stacks=not self.no_stacks,
             exit_window_s=self.exit_window,
             python_stacks=self.python_stacks,
+            python_types_budget=self.python_types_budget,
         )
 
 

@@ -130,6 +130,9 @@ class Exposition:
     events_per_second: float | None = None  # over the last refresh; None on the first
     bpf_seconds_per_event: float | None = None  # same span; None: no events or stats off
     python_types: tuple[tuple[str, float], ...] = ()  # (type, copied bytes): metrics/pytypes.py
+    # Copied pages of CPython members not examined for types (python/budget.py); None: no
+    # CPython member, no series.
+    python_pages_over_budget: int | None = None
 
 
 def _member_families(
@@ -272,6 +275,15 @@ class SnapshotCollector(Collector):
         for name, value in exp.python_types:
             by_type.add_metric([name], value)
         yield by_type
+        over_budget = CounterMetricFamily(
+            "cowtrace_python_type_pages_over_budget",
+            "Copied pages of CPython members not examined for Python types because resolving "
+            "them was over its time budget (--python-types-budget): the copied bytes by type "
+            "leave them out; copy counts are exact regardless.",
+        )
+        if exp.python_pages_over_budget is not None:
+            over_budget.add_metric([], exp.python_pages_over_budget)
+        yield over_budget
 
         yield _gauge(
             "cowtrace_delayacct_enabled",

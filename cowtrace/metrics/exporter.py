@@ -24,6 +24,7 @@ from cowtrace.metrics.pytypes import TypeCounters
 from cowtrace.metrics.samplers import DelayBook, bpf_stats_enabled, program_run_stats, rollup_gauges
 from cowtrace.metrics.series import MemberRow, SeriesBook
 from cowtrace.model import Member, Snapshot
+from cowtrace.results import OVER_BUDGET
 
 DEFAULT_GRACE_S = 300.0
 
@@ -203,6 +204,9 @@ class MetricsExporter:
         # A view shared by several families' snapshots (the agent's) counts once.
         views = {id(s.attribution): s.attribution for s in snapshots if s.attribution is not None}
         self.types.update(stat for view in views.values() for stat in view.python_types)
+        # One count per tracer, only ever added to: a counter as it is.
+        python = [view.python_pages for view in views.values() if view.python_pages]
+        over_budget = sum(pages.get(OVER_BUDGET, 0) for pages in python) if python else None
         bpf_stats = program_run_stats(health.program_fds) if bpf_stats_enabled() else None
         events_per_second, bpf_per_event = self._interval_cost(now, health, bpf_stats)
         self.collector.exposition = Exposition(
@@ -219,6 +223,7 @@ class MetricsExporter:
             events_per_second=events_per_second,
             bpf_seconds_per_event=bpf_per_event,
             python_types=tuple(self.types.series()),
+            python_pages_over_budget=over_budget,
         )
 
     def _interval_cost(

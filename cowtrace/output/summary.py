@@ -52,8 +52,10 @@ copied pages (cowtrace/python/copied_types.py), most first, at most 100 rows:
 {"refcount"|"gc"|"allocator"|"teardown"|"other": bytes}}]` (a page's bytes go to the objects
 on it; `objects` counts those whose block starts on a copied page; by_category by the writer's
 category, writers.py), and `"python_pages"`, those members' copied pages by class:
-`{"objects", "no_object", "not_resolved", "unreadable"}`.  Each process of such a family
-has its own `"python_types"` (at most 20 rows).
+`{"objects", "no_object", "not_resolved", "unreadable", "over_budget"}`; `over_budget` counts
+the copied pages not examined for types because their resolution was over its time budget
+(`--python-types-budget`, python/budget.py): `python_types` leaves them out, the copy counts
+do not.  Each process of such a family has its own `"python_types"` (at most 20 rows).
 
 Each process gains `"exit_copies"` (copies in the last exit window before it exited, waste:
 the memory is freed right after) and `"exit_writers": [{"frames", "copies"}]`, their stacks.

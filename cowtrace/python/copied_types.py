@@ -13,7 +13,9 @@ an object; else it is "not resolved".  Pages are classed:
   no_object     read, and no object on it (free or never-used pool blocks, PyMem buffers
                 such as list item arrays, a malloc'd block that is no object: C data);
   not_resolved  outside every pool, and no allocator block known for it;
-  unreadable    no process of the image could be read any more.
+  unreadable    no process of the image could be read any more;
+  over_budget   not examined: the resolution was over its time budget (budget.py; counted
+                for the family only, results.OVER_BUDGET).
 
 The page being read is the writer's own copy when the writer still lives (private since the
 copy, so reading it shares nothing), else the same address in another process of the image
@@ -49,7 +51,7 @@ from cowtrace.python.pools import (
     pool_headers,
 )
 from cowtrace.python.writers import CATEGORIES
-from cowtrace.results import PythonTypeStat
+from cowtrace.results import OVER_BUDGET, PythonTypeStat
 
 PAGE_CLASSES = ("objects", "no_object", "not_resolved", "unreadable")
 MAX_RUN_POOLS = 64  # pools per read at most (1 MiB)
@@ -136,6 +138,7 @@ class CopiedTypes:
         self.by_pid: dict[int, Tally] = {}
         self._retiring: list[int] = []
         self._retire_next: list[int] = []
+        self.over_budget = 0  # copied pages not examined (budget.py)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def on_fork(self, parent: int, child: int) -> None:
@@ -161,6 +164,11 @@ class CopiedTypes:
         self.tables.pop(pid, None)
 
     # ---- copies ----------------------------------------------------------------------------
+    def skip(self, pages: int) -> None:
+        """`pages` copied pages of CPython members were not examined (over the time budget):
+        counted, so the types' figures say what they leave out."""
+        self.over_budget += pages
+
     def add_copies(
         self,
         image: PythonImage,
@@ -303,12 +311,12 @@ class CopiedTypes:
             "python_types_by_pid": {
                 pid: self.process_stats(pid, TOP_TYPES_PER_PROCESS) for pid in self.by_pid
             },
-            "python_pages": self.family.page_stats(),
+            "python_pages": {**self.family.page_stats(), OVER_BUDGET: self.over_budget},
         }
 
     @property
     def active(self) -> bool:
-        return any(self.family.page_classes.values())
+        return any(self.family.page_classes.values()) or self.over_budget > 0
 
 
 def _block_object(

@@ -24,6 +24,7 @@ from cowtrace.kernel.abi import (
     PYF_TRUNCATED,
 )
 from cowtrace.python import kernel
+from cowtrace.python.budget import TypesBudget
 from cowtrace.python.copied_types import CopiedTypes
 from cowtrace.python.detect import PythonImage, detect
 from cowtrace.python.resolve import frame_name, leaf_mapping, leaf_name
@@ -35,7 +36,7 @@ EXEC_WAIT_TRIES, EXEC_WAIT_S = 10, 0.002  # waited for it at once, at most
 
 
 class PythonStacks:
-    def __init__(self) -> None:
+    def __init__(self, budget: TypesBudget | None = None) -> None:
         self._bpf: Any = None
         self._watcher: kernel.NewStackWatcher | None = None
         # the memory files the watcher's thread keeps open for a bunch of new stacks
@@ -47,6 +48,7 @@ class PythonStacks:
         self._raw: dict[int, kernel.RawStack] = {}
         self._resolved: dict[tuple[int, int], ResolvedStack] = {}
         self.types = CopiedTypes()
+        self.budget = budget or TypesBudget()  # of the types resolution (budget.py)
 
     def bind(self, bpf: Any) -> None:
         """The loaded program whose maps hold layouts and stacks.  New stacks are announced on
@@ -177,16 +179,25 @@ class PythonStacks:
         return FaultPythonStacks(out, stacks)
 
     def _copied_types(self, records: np.ndarray, categories: np.ndarray, blocks: Any) -> None:
-        """The objects on each copied page of a CPython member (copied_types.py)."""
-        copies = (records["kind"] == KIND_COPY) & (records["addr"] != 0)
-        if copies.any():
-            pids = records["pid"]
+        """The objects on each copied page of a CPython member (copied_types.py), as many of
+        the batch's pages as the time budget allows (budget.py); the rest are counted."""
+        pids = records["pid"]
+        python = (records["kind"] == KIND_COPY) & (records["addr"] != 0)
+        python &= np.isin(pids, np.fromiter(self.images, np.int64, len(self.images)))
+        candidates = np.flatnonzero(python)
+        # By member and address: the budget's sample is then each member's share of the
+        # batch, spread over its address space, whatever the ring's order (budget.py).
+        candidates = candidates[np.lexsort((records["addr"][candidates], pids[candidates]))]
+        examined = candidates[self.budget.plan(len(candidates))]
+        self.types.skip(len(candidates) - len(examined))
+        if len(examined):
+            chosen = np.zeros(len(records), bool)
+            chosen[examined] = True
+            started = self.budget.clock()
             with drained_reads():  # pages and types read from the members (remote_reads.py)
-                for pid in np.unique(pids[copies]).tolist():
-                    image = self.images.get(pid)
-                    if image is None:
-                        continue
-                    mine = copies & (pids == pid)
+                for pid in np.unique(pids[chosen]).tolist():
+                    image = self.images[pid]
+                    mine = chosen & (pids == pid)
                     self.types.add_copies(
                         image,
                         pid,
@@ -195,6 +206,7 @@ class PythonStacks:
                         categories[mine],
                         None if blocks is None else _pairs_of(blocks, mine),
                     )
+            self.budget.spend(self.budget.clock() - started, len(examined))
         self.types.end_drain()
 
     def _fold_stacks(

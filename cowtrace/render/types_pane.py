@@ -1,7 +1,9 @@
 """The "copied objects by type" section: copied bytes of CPython members by the Python type of
-the objects on the copied pages (cowtrace/python/copied_types.py), and the pages that held no
-object.  One renderer for every output: the live pane, the end-of-run summary lines and
-`cowtrace report`'s table (report/text.py), from the same PythonTypeStat rows."""
+the objects on the copied pages (cowtrace/python/copied_types.py), the pages that held no
+object, and the pages not examined, over the resolution's time budget (python/budget.py): the
+types' figures leave those out, so wherever they are shown that count is too.  One renderer
+for every output: the live pane, the end-of-run summary lines and `cowtrace report`'s table
+(report/text.py), from the same PythonTypeStat rows."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from rich.text import Text
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
 from cowtrace.render.table import Ranked, headed_table, report_section, share
-from cowtrace.results import PythonTypeStat
+from cowtrace.results import OVER_BUDGET, AttributionView, PythonTypeStat
 
 PANE_ROWS = 5  # types shown in the live view
 REPORT_TABLE = Ranked(
@@ -33,11 +35,20 @@ def categories_text(by_category: dict[str, int], *, brief: bool = False) -> str:
     return ", ".join(f"{name} {share(n, total)}" for name, n in parts if n) or "-"
 
 
+def over_budget(view: AttributionView) -> int:
+    """Copied pages left unexamined for types (over the time budget)."""
+    return view.python_pages.get(OVER_BUDGET, 0)
+
+
 def python_types_pane(snapshot: Snapshot, rows: int = PANE_ROWS) -> RenderableType | None:
     """ "copied objects by type": copied bytes of CPython members by the Python type of the
-    objects on the copied pages (cowtrace/python/copied_types.py); None when there is none."""
+    objects on the copied pages (cowtrace/python/copied_types.py); None when there is none
+    and no page was left unexamined."""
     view = snapshot.attribution
-    if view is None or not view.python_types:
+    if view is None:
+        return None
+    skipped = over_budget(view)
+    if not view.python_types and not skipped:
         return None
     table = headed_table(title="copied objects by type", title_justify="left", title_style="bold")
     table.add_column("copied", justify="right", no_wrap=True)
@@ -52,19 +63,26 @@ def python_types_pane(snapshot: Snapshot, rows: int = PANE_ROWS) -> RenderableTy
             categories_text(stat.by_category, brief=True),
         )
     pages = view.python_pages
+    notes: list[RenderableType] = []
     if pages.get("no_object") or pages.get("not_resolved"):
         note = (
             f"pages with no Python object: {pages.get('no_object', 0):,}; "
             f"not resolved (no pool, no allocator block): {pages.get('not_resolved', 0):,}"
         )
-        return Group(table, Text(note, style="dim"))
-    return table
+        notes.append(Text(note, style="dim"))
+    if skipped:
+        note = f"pages not examined, over the time budget (--python-types-budget): {skipped:,}"
+        notes.append(Text(note, style="dim"))
+    return Group(table, *notes) if notes else table
 
 
 def python_types_lines(snapshot: Snapshot, rows: int = 10) -> list[str]:
     """The same as plain text lines, for the final summary."""
     view = snapshot.attribution
-    if view is None or not view.python_types:
+    if view is None:
+        return []
+    skipped = over_budget(view)
+    if not view.python_types and not skipped:
         return []
     pages = view.python_pages
     return [
@@ -75,7 +93,8 @@ def python_types_lines(snapshot: Snapshot, rows: int = 10) -> list[str]:
             for stat in view.python_types[:rows]
         ),
         f"  pages: {pages.get('objects', 0):,} with objects, {pages.get('no_object', 0):,} "
-        f"with none, {pages.get('not_resolved', 0):,} not resolved",
+        f"with none, {pages.get('not_resolved', 0):,} not resolved"
+        + (f", {skipped:,} not examined (over the time budget)" if skipped else ""),
     ]
 
 

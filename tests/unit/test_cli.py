@@ -197,6 +197,7 @@ def test_completion_offers_commands_and_options():
         "--pid-label-grace",
         "--python-stacks",
         "--python-types-top",
+        "--python-types-budget",
     }
     assert complete("cowtrace agent --sc") == ["--scan-interval"]
 
@@ -204,6 +205,7 @@ def test_completion_offers_commands_and_options():
 def test_completion_after_the_pid_shorthand():
     """`cowtrace PID --p<TAB>` and `cowtrace -p PID --p<TAB>` complete trace's options."""
     expected = {"--pid", "--plain", "--pid-label-grace", "--python-stacks", "--python-types-top"}
+    expected.add("--python-types-budget")
     assert set(complete("cowtrace 1234 --p")) == expected
     assert set(complete("cowtrace -p 1234 --p")) == expected - {"--pid"}  # given once already
     assert complete("cowtrace 1234 --dur") == ["--duration"]
