@@ -18,6 +18,7 @@ the last response.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import selectors
 import socket
 import subprocess
@@ -94,7 +95,9 @@ class HttpLoad:
         return int(requests), float(elapsed)
 
     def close(self) -> None:
-        self.proc.stdin.close()
+        self.proc.stdin.close()  # its loop ends at the end of its input
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
         self.reaper.stop(self.proc, timeout=10)
 
 
