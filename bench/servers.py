@@ -57,7 +57,7 @@ never counts cowtrace's own process, in either method).
 
 Usage (root): .venv/bin/python bench/servers.py [--method same|twin] [--pairs 7] [--rounds 5]
     [--server gunicorn,redis] [--arms attach,run,agent,control] [--seconds 5] [--warmup 2]
-    [--slice 0.5] [--slices 16] [--records 100000] [--redis-requests 100000]
+    [--slice 0.25] [--slices 32] [--records 100000] [--redis-requests 100000]
 """
 
 from __future__ import annotations
@@ -478,9 +478,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="gunicorn: wrk -d")
     parser.add_argument("--warmup", type=float, default=2.0, help="gunicorn: seconds of load "
                         "before measuring (redis: one --redis-requests / 10 run)")
-    parser.add_argument("--slice", type=float, default=0.5, help="twin method, gunicorn: "
+    parser.add_argument("--slice", type=float, default=0.25, help="twin method, gunicorn: "
                         "seconds of load per slice")
-    parser.add_argument("--slices", type=int, default=16, help="twin method: measured slices "
+    parser.add_argument("--slices", type=int, default=32, help="twin method: measured slices "
                         "per leg (half on each twin)")
     parser.add_argument("--records", type=int, default=100000, help="gunicorn's table")
     parser.add_argument("--redis-requests", type=int, default=100000, help="per command")
