@@ -38,9 +38,10 @@ gunicorn's CPU per request moved +-30% between 6-second periods with nothing tra
 same-server control read 0.88-1.14): two identical servers ("twins": the same command, the
 same records, the same PYTHONHASHSEED, their own loopback ports), both pinned to the server
 CPU, are loaded in turns in slices of --slice seconds, --slices slices per leg, in the order
-T R R T T R R T... (T the traced twin, R the reference), so both see the same moments of the
-VM's CPU and a drift within 4 slices cancels. A leg's figures are the traced twin's over the
-reference's, each summed over its slices: requests per second, and CPU per request (the
+T R R T R T T R... (T the traced twin, R the reference; the Thue-Morse sequence), so both see
+the same moments of the VM's CPU and a smooth drift within 8 slices cancels. A leg's
+figures are the traced twin's over the reference's, each summed over its slices: requests
+per second, and CPU per request (the
 twin family's schedstat time over its slices / its requests). Each round has two legs, twin A
 traced then twin B traced (B first in odd rounds), and its figure is the geometric mean of the
 two legs' ratios, so what differs between the twins themselves cancels; the figure is the
@@ -383,11 +384,13 @@ def start_twins(server, reaper: Reaper, under_run: int | None,
 
 def in_turns(twins: list[Twin], traced: int, load: Slicer, slice_s: float,
              slices: int) -> tuple[Measure, Measure]:
-    """`slices` slices in the order T R R T T R R T ...: (traced twin, reference twin), each
-    its requests per second and CPU per request over its own slices."""
+    """`slices` slices in the order T R R T R T T R ... (the Thue-Morse sequence: a drift
+    that is linear, quadratic or cubic over 8 slices cancels, and either twin ends as often
+    as it starts): (traced twin, reference twin), each its requests per second and CPU per
+    request over its own slices."""
     totals = [[0, 0.0, 0], [0, 0.0, 0]]  # per twin: requests, seconds, CPU ns
     for index in range(slices):
-        which = traced if index % 4 in (0, 3) else 1 - traced
+        which = traced if bin(index).count("1") % 2 == 0 else 1 - traced
         twin = twins[which]
         cpu = twin.cpu_ns()
         done = load(twin.port, slice_s)
