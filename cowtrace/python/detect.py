@@ -30,8 +30,9 @@ _LIBPYTHON = re.compile(r"libpython3\.\d+")
 
 
 # What tells one code object from another that later sits at the same address (resolve.py):
-# its type, co_qualname, co_filename and co_linetable pointers and co_firstlineno.
-Fingerprint = tuple[int, int, int, int, int]
+# its type, co_qualname, co_filename and co_linetable pointers and co_firstlineno, packed
+# little-endian ("<QQQQi": bytes compare and hash fastest).
+Fingerprint = bytes
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ and process (read_fingerprints), before naming them (tracker.py).
 from __future__ import annotations
 
 import functools
-import operator
 import os
 import struct
-from collections.abc import Callable
+
+import numpy as np
 
 from cowtrace.host import procmaps, remote_reads
 from cowtrace.host.elf import load as load_symbols
@@ -35,6 +35,7 @@ from cowtrace.python.offsets import PyOffsets
 OB_TYPE, TP_NAME = 8, 24  # PyObject.ob_type, PyTypeObject.tp_name: fixed on x86-64 3.11-3.13
 MAX_STRING = 1024
 MAX_LINETABLE = 4 << 20  # a location table larger than this is taken for garbage
+_TYPE_AND_FIRST = struct.Struct("<Q24xi")  # of a Fingerprint
 MAX_VARIANTS = 4  # code objects kept per address (freed and reallocated, a child's own)
 SHIM_FILENAMES = {"<shim>"}  # 3.12: "<interpreter trampoline>", the C-stack entry frames
 
@@ -78,8 +79,7 @@ def code_info(
         if known is not None:
             return known
     reader = reader or remote_reads.Reader(pids)
-    size, _ = _fingerprint_layout(image.offsets)
-    found = parse_fingerprint(image, reader.read(addr, size))
+    found = parse_fingerprint(image, reader.read(addr, fingerprint_size(image)))
     if found is None or (fingerprint is not None and found != fingerprint):
         return None  # unreadable now, or not the code object the frame ran: not cached
     known = variants.get(found) if variants is not None else None
@@ -100,7 +100,7 @@ def _read_code(
 ) -> CodeInfo | None:
     """The code object at `addr` whose fingerprint was just read; None when unreadable."""
     o = image.offsets
-    type_addr = found[0]
+    type_addr, first = _TYPE_AND_FIRST.unpack_from(found)
     if not image.code_type or type_addr != image.code_type:
         tp_name = reader.u64(type_addr + TP_NAME) if type_addr else None
         if tp_name is None:
@@ -110,32 +110,33 @@ def _read_code(
         image.code_type = type_addr
     qualname = _pointer_string(reader, image, addr + o.code_qualname)
     filename = _pointer_string(reader, image, addr + o.code_filename)
-    first = found[4]
     if qualname is None or filename is None or filename in SHIM_FILENAMES:
         return CodeInfo("", "", 0, None)
     return CodeInfo(qualname, filename, first, _line_table(reader, image, addr, first))
 
 
+FINGERPRINT = np.dtype(  # the fields of a Fingerprint, packed in its order
+    [("type", "<u8"), ("qualname", "<u8"), ("filename", "<u8"), ("linetable", "<u8"),
+     ("firstlineno", "<i4")]
+)  # fmt: skip
+
+
 @functools.cache
-def _fingerprint_layout(offsets: PyOffsets) -> tuple[int, Callable[[bytes], Fingerprint]]:
-    """(bytes read from a code object's start, what makes them a Fingerprint): one struct over
-    the fields in the order of their offsets, put in the Fingerprint's order after."""
-    fields = [
-        (OB_TYPE, "Q"),
-        (offsets.code_qualname, "Q"),
-        (offsets.code_filename, "Q"),
-        (offsets.code_linetable, "Q"),
-        (offsets.code_firstlineno, "i"),
-    ]
-    by_offset = sorted(range(len(fields)), key=lambda i: fields[i][0])
-    layout, at = "<", 0
-    for i in by_offset:
-        offset, code = fields[i]
-        layout += f"{offset - at}x{code}"
-        at = offset + struct.calcsize(code)
-    unpack = struct.Struct(layout).unpack_from
-    order = operator.itemgetter(*(by_offset.index(i) for i in range(len(fields))))
-    return at, lambda data: order(unpack(data))
+def _fingerprint_layout(offsets: PyOffsets) -> tuple[int, np.dtype]:
+    """(bytes read from a code object's start, the dtype of the fingerprint's fields in
+    them)."""
+    at = [OB_TYPE, offsets.code_qualname, offsets.code_filename, offsets.code_linetable]
+    at.append(offsets.code_firstlineno)
+    size = max(at) + 8
+    fields = FINGERPRINT.fields
+    return size, np.dtype(
+        {
+            "names": list(FINGERPRINT.names),
+            "formats": [fields[name][0] for name in FINGERPRINT.names],
+            "offsets": at,
+            "itemsize": size,
+        }
+    )
 
 
 def fingerprint_size(image: PythonImage) -> int:
@@ -143,27 +144,43 @@ def fingerprint_size(image: PythonImage) -> int:
     return _fingerprint_layout(image.offsets)[0]
 
 
+def _fingerprints_of(image: PythonImage, rows: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+    """The fingerprints in rows of bytes read from code objects' starts, and whether each is
+    a code object's (as far as known: any, until the first code object was read)."""
+    size, dtype = _fingerprint_layout(image.offsets)
+    fields = rows.reshape(-1).view(dtype)
+    packed = np.empty(len(fields), FINGERPRINT)
+    for name in FINGERPRINT.names:
+        packed[name] = fields[name]
+    blob, step = packed.tobytes(), FINGERPRINT.itemsize
+    code = fields["type"] == image.code_type if image.code_type else np.ones(len(fields), bool)
+    return [blob[at : at + step] for at in range(0, len(blob), step)], code
+
+
 def parse_fingerprint(image: PythonImage, data: bytes | None) -> Fingerprint | None:
     """The fingerprint in the first bytes of a code object (or what now sits there); None when
     they were not read."""
-    size, fingerprint = _fingerprint_layout(image.offsets)
+    size = fingerprint_size(image)
     if data is None or len(data) < size:
         return None
-    return fingerprint(data)
+    return _fingerprints_of(image, np.frombuffer(data[:size], np.uint8))[0][0]
 
 
 def is_code(image: PythonImage, fingerprint: Fingerprint | None) -> bool:
     """Whether a fingerprint is a code object's, as far as known (any, until the first code
     object was read and its type known)."""
-    return fingerprint is not None and (not image.code_type or fingerprint[0] == image.code_type)
+    return fingerprint is not None and (
+        not image.code_type or int.from_bytes(fingerprint[:8], "little") == image.code_type
+    )
 
 
 def read_fingerprints(image: PythonImage, pid: int, addrs: list[int]) -> list[Fingerprint | None]:
-    """The fingerprints of what `pid` holds now at each address, one open of its memory and
-    a read each; None where it cannot be read (the process gone)."""
-    size, _ = _fingerprint_layout(image.offsets)
-    blobs = remote_reads.read_runs(pid, [(addr, size) for addr in addrs])
-    return [parse_fingerprint(image, blob) for blob in blobs]
+    """The fingerprints of the code objects `pid` holds now at each address, read in one go
+    (remote_reads.read_scattered); None where it holds none (freed), or cannot be read (the
+    process gone)."""
+    rows, ok = remote_reads.read_scattered(pid, addrs, fingerprint_size(image))
+    found, code = _fingerprints_of(image, rows)
+    return [fp if good else None for fp, good in zip(found, (ok & code).tolist(), strict=True)]
 
 
 def _line_table(

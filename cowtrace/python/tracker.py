@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,9 @@ class PythonStacks:
         # (pid, stack id) -> (drain, fingerprints read when the kernel announced the stack)
         self._fresh: dict[tuple[int, int], tuple[int, Fingerprints]] = {}
         self._drains = 0
+        # per pid: the fingerprints its last drain read by address, and its stacks' tuples
+        self._last_read: dict[int, tuple[dict[int, Fingerprint | None], dict[int, Fingerprints]]]
+        self._last_read = {}
         self.types = CopiedTypes()
 
     def bind(self, bpf: Any) -> None:
@@ -143,6 +147,7 @@ class PythonStacks:
 
     def on_exec(self, pid: int) -> None:
         self.images.pop(pid, None)  # the kernel dropped its layout at the exec
+        self._last_read.pop(pid, None)
         self.adopt(pid)
 
     def on_exit(self, pid: int) -> None:
@@ -154,6 +159,7 @@ class PythonStacks:
         """Drop what is kept for a member long gone (the agent, after its grace period)."""
         self.images.pop(pid, None)
         self.pending.pop(pid, None)
+        self._last_read.pop(pid, None)
         self.types.forget(pid)
 
     def retry_pending(self) -> None:
@@ -276,14 +282,25 @@ class PythonStacks:
                 out[key] = fresh[1]
             else:
                 stale.setdefault(pid, []).append((key, raw))
+        wanted: dict[int, list[int]] = {}  # per image: the code addresses of its stacks
         for pid, stacks in stale.items():
             image = self.images[pid]
-            addrs = sorted({code for _, raw in stacks for code in raw.codes})
+            if id(image) not in wanted:  # a family's processes mostly run the same code
+                codes = {key & 0xFFFFFFFF: raw.codes for p in stale for key, raw in stale[p]
+                         if self.images[p] is image}  # fmt: skip
+                wanted[id(image)] = list(set(chain.from_iterable(codes.values())))
+            addrs = wanted[id(image)]
             found = dict(zip(addrs, read_fingerprints(image, pid, addrs), strict=True))
+            # Nothing moved since the process' last drain (the usual case): its stacks'
+            # tuples as they were (compared by identity first in _resolve).
+            last = self._last_read.get(pid)
+            made = last[1] if last is not None and last[0] == found else {}
             for key, raw in stacks:
-                out[key] = tuple(
-                    fp if is_code(image, fp) else None for fp in map(found.__getitem__, raw.codes)
-                )
+                fingerprints = made.get(key)
+                if fingerprints is None:
+                    fingerprints = made[key] = tuple(map(found.__getitem__, raw.codes))
+                out[key] = fingerprints
+            self._last_read[pid] = (found, made)
         return out
 
     def _resolve(
@@ -300,6 +317,8 @@ class PythonStacks:
         cached = self._resolved.get((id(image), stack_id))
         if cached is not None:
             before, stack = cached
+            if fingerprints == before:
+                return stack
             fingerprints = tuple(
                 now if now is not None else then
                 for now, then in zip(fingerprints, before, strict=True)

@@ -31,7 +31,8 @@ class Memory:
 
     def __init__(self) -> None:
         self.objects: dict[int, dict[int, bytes]] = {}
-        self.opens: list[int] = []
+        self.opens: list[int] = []  # memory files opened, by pid
+        self.scattered: list[int] = []  # batched reads, by pid
         self._next = 0x30_0000
 
     def put(self, pid: int, addr: int, data: bytes) -> None:
@@ -93,7 +94,17 @@ def memory(monkeypatch: pytest.MonkeyPatch) -> Memory:
         def close(self) -> None:
             pass
 
+    def read_scattered(pid: int, addrs: list[int], size: int) -> tuple[np.ndarray, np.ndarray]:
+        fake.scattered.append(pid)
+        rows = [fake.read(pid, addr, size) if pid in fake.objects else b"" for addr in addrs]
+        ok = np.array([len(row) == size for row in rows], bool)
+        data = np.zeros((len(addrs), size), np.uint8)
+        for i, row in enumerate(rows):
+            data[i, : len(row)] = np.frombuffer(row, np.uint8)
+        return data, ok
+
     monkeypatch.setattr(remote_reads, "MemoryFile", FakeFile)
+    monkeypatch.setattr(remote_reads, "read_scattered", read_scattered)
     monkeypatch.setattr(remote_reads, "drain_lru_batches", lambda: None)
     return fake
 
@@ -132,13 +143,13 @@ def test_an_address_reused_by_another_code_object_is_named_anew(memory: Memory) 
 
     # handler_a freed, handler_b compiled at the same address: the same kernel stack.
     memory.code(PARENT, X, "handler_b", "app.py", 20)
-    memory.opens.clear()
     assert drain(python, [PARENT]) == [("handler_b (app.py:20)", "<module> (app.py:1)")]
 
-    # Unchanged since: the fingerprints are read, once for the process, and nothing else.
+    # Unchanged since: the fingerprints are read, in one go for the process, and nothing else.
     memory.opens.clear()
+    memory.scattered.clear()
     assert drain(python, [PARENT]) == [("handler_b (app.py:20)", "<module> (app.py:1)")]
-    assert memory.opens == [PARENT]
+    assert (memory.scattered, memory.opens) == ([PARENT], [])
 
     # handler_b freed and nothing there: the frame ran the code object last seen there.
     memory.free(PARENT, X)
@@ -163,7 +174,7 @@ def test_parent_and_child_with_other_code_at_one_address(memory: Memory) -> None
         ("<lambda> (<string>:1)", "<module> (app.py:1)"),
         ("parent_work (app.py:30)", "<module> (app.py:1)"),
     ]
-    assert sorted(memory.opens[:2]) == [PARENT, CHILD]  # fingerprints: one open per process
+    assert sorted(memory.scattered) == [PARENT, CHILD]  # fingerprints: one read per process
 
 
 def test_a_new_stack_keeps_the_code_read_when_it_was_announced(
