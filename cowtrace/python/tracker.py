@@ -97,12 +97,14 @@ class PythonStacks:
         readers = [pid, *self._readers(image, pid)]
         reader = remote_reads.Reader(readers, files=self._note_files)  # open for the bunch
         size = fingerprint_size(image)
-        fingerprints = []
-        for code, instr in zip(raw.codes, raw.instrs, strict=True):
-            found = parse_fingerprint(image, reader.read(code, size))
+        fingerprints = read_fingerprints(image, pid, list(raw.codes))  # the writer's, at once
+        for i, (code, instr) in enumerate(zip(raw.codes, raw.instrs, strict=True)):
+            found = fingerprints[i]
+            if found is None:  # the writer is gone (or the object freed): any process' then
+                found = parse_fingerprint(image, reader.read(code, size))
             if frame_name(image, readers, code, instr, reader, found) is None:
                 found = None
-            fingerprints.append(found if is_code(image, found) else None)
+            fingerprints[i] = found if is_code(image, found) else None
         self._fresh[(pid, stack_id)] = (self._drains, tuple(fingerprints))
         leaf_mapping(image, pid, raw.leaf_ip)
 
@@ -154,6 +156,7 @@ class PythonStacks:
         """The member is gone: its type cache goes (after the drain that may hold its last
         copies)."""
         self.types.retire(pid)
+        self._last_read.pop(pid, None)  # a drain after rebuilds it: nothing to compare with
 
     def forget(self, pid: int) -> None:
         """Drop what is kept for a member long gone (the agent, after its grace period)."""
