@@ -64,6 +64,7 @@ class PythonImage:
     runtime: int  # address of _PyRuntime
     path: str  # the file holding _PyRuntime
     code_infos: dict[int, dict[Fingerprint, CodeInfo]] = field(default_factory=dict)
+    latest_infos: dict[int, CodeInfo] = field(default_factory=dict)  # last named, by address
     code_type: int = 0  # address of the code type object, once a code object was read
     leaf_names: dict[int, tuple[str, str]] = field(default_factory=dict)
     leaf_mappings: dict[int, tuple[procmaps.MapLine, str] | None] = field(default_factory=dict)

@@ -92,6 +92,8 @@ def code_info(
     if len(variants) >= MAX_VARIANTS:
         del variants[next(iter(variants))]  # the oldest
     variants[found] = info
+    if info.name:
+        image.latest_infos[addr] = info
     return info
 
 
@@ -217,7 +219,11 @@ def frame_name(
     `fingerprint` as in code_info."""
     info = code_info(image, pids, addr, reader, fingerprint)
     if info is None:
-        return None
+        # Nothing of it can be read now (freed and unmapped, every process gone): the code
+        # object last named at the address, as the address alone named frames before.
+        info = image.latest_infos.get(addr)
+        if info is None:
+            return None
     name = info.frames.get(instr)
     if name is None:
         name = info.frame(line_of(info, image.offsets.code_code_adaptive, instr))

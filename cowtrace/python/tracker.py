@@ -60,6 +60,8 @@ class PythonStacks:
         # (pid, stack id) -> (drain, fingerprints read when the kernel announced the stack)
         self._fresh: dict[tuple[int, int], tuple[int, Fingerprints]] = {}
         self._drains = 0
+        # (image, stack id) -> the fingerprints read when the kernel announced the stack
+        self._noted: dict[tuple[int, int], Fingerprints] = {}
         # per pid: the fingerprints its last drain read by address, and its stacks' tuples
         self._last_read: dict[int, tuple[dict[int, Fingerprint | None], dict[int, Fingerprints]]]
         self._last_read = {}
@@ -97,15 +99,15 @@ class PythonStacks:
         readers = [pid, *self._readers(image, pid)]
         reader = remote_reads.Reader(readers, files=self._note_files)  # open for the bunch
         size = fingerprint_size(image)
-        fingerprints = read_fingerprints(image, pid, list(raw.codes))  # the writer's, at once
-        for i, (code, instr) in enumerate(zip(raw.codes, raw.instrs, strict=True)):
-            found = fingerprints[i]
-            if found is None:  # the writer is gone (or the object freed): any process' then
-                found = parse_fingerprint(image, reader.read(code, size))
+        fingerprints: list[Fingerprint | None] = []
+        for code, instr in zip(raw.codes, raw.instrs, strict=True):
+            # the writer's object if it still has it, else any process' of the image
+            found = parse_fingerprint(image, reader.read(code, size))
             if frame_name(image, readers, code, instr, reader, found) is None:
                 found = None
-            fingerprints[i] = found if is_code(image, found) else None
+            fingerprints.append(found if is_code(image, found) else None)
         self._fresh[(pid, stack_id)] = (self._drains, tuple(fingerprints))
+        self._noted[(id(image), stack_id)] = tuple(fingerprints)
         leaf_mapping(image, pid, raw.leaf_ip)
 
     def _after_new_stacks(self) -> None:
@@ -318,16 +320,19 @@ class PythonStacks:
         if image is None or raw is None or fingerprints is None:
             return None
         cached = self._resolved.get((id(image), stack_id))
-        if cached is not None:
-            before, stack = cached
-            if fingerprints == before:
-                return stack
+        if cached is not None and fingerprints == cached[0]:
+            return cached[1]
+        # Frames whose object is gone from this process (freed, or the process exited) keep
+        # the one they were last named with, else the one read when the kernel announced the
+        # stack (by whichever process of the image made it first).
+        before = cached[0] if cached is not None else self._noted.get((id(image), stack_id))
+        if before is not None:
             fingerprints = tuple(
                 now if now is not None else then
                 for now, then in zip(fingerprints, before, strict=True)
             )
-            if fingerprints == before:
-                return stack
+            if cached is not None and fingerprints == cached[0]:
+                return cached[1]
         readers = [pid, *self._readers(image, pid)]
         frames: list[str] = []
         complete = True
