@@ -549,11 +549,10 @@ def python_fixture(python: Path, script: Path, *args: str) -> Iterator[subproces
 
 
 def trace_python_fixture(
-    python: Path, script: Path, tmp_path: Path, *args: str, drain_meanwhile: bool = False
+    python: Path, script: Path, tmp_path: Path, *args: str
 ) -> tuple[dict, dict, list[dict]]:
     """A Session (this process) attached to a Python fixture before its fork: on `go` it forks
-    and prints one JSON line of facts.  Returns (facts, --json summary, --events).  With
-    `drain_meanwhile` the session steps while the fixture runs (else it drains once, after)."""
+    and prints one JSON line of facts.  Returns (facts, --json summary, --events)."""
     from cowtrace.output.summary import summary_dict
     from cowtrace.session import Session, SessionOptions
 
@@ -566,8 +565,6 @@ def trace_python_fixture(
             assert fixture.pid in session.python.images, "the fixture was not detected as CPython"
             fixture.stdin.write("go\n")
             fixture.stdin.flush()
-            while drain_meanwhile and not select.select([fixture.stdout], [], [], 0)[0]:
-                session.step(0.05)
             facts = json.loads(fixture.stdout.readline())
             session.step(0.05)
             final = session.finish("done")

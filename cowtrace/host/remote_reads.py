@@ -1,8 +1,7 @@
 """Reading a traced process' memory, without changing what the kernel does with its pages.
 
 cowtrace reads other processes' memory through /proc/PID/mem (glibc's heap at attach, CPython
-code objects), or process_vm_readv(2) for many small scattered reads, here and nowhere else;
-it runs as root.  The kernel marks every page read that
+code objects), here and nowhere else; it runs as root.  The kernel marks every page read that
 way as accessed, which queues it in a per-CPU LRU batch, and a page in a batch carries an extra
 reference until the batch is drained.  A write fault in the traced process on such a page
 cannot reuse it (the reuse test drains only the faulting CPU's batch, then refuses a page with
@@ -19,13 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import mmap
 import os
 import struct
 from collections.abc import Iterator
-
-import numpy as np
 
 from cowtrace.host.memory import PAGE_SIZE, USER_ADDRESS_END
 
@@ -131,58 +127,6 @@ def read_runs(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
     finally:
         memory.close()
     return out
-
-
-IOV_MAX = 1024  # iovecs per process_vm_readv call
-_process_vm_readv = ctypes.PyDLL(None, use_errno=True).process_vm_readv  # keeps the GIL
-_process_vm_readv.argtypes = [
-    ctypes.c_int,
-    ctypes.c_void_p,
-    ctypes.c_ulong,
-    ctypes.c_void_p,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-]
-_process_vm_readv.restype = ctypes.c_ssize_t
-
-
-def read_scattered(pid: int, addrs: list[int], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`size` bytes at each of many scattered addresses of `pid` (a few fields of each of a
-    drain's code objects), in one process_vm_readv(2) per IOV_MAX of them instead of a
-    pread each: (one row of bytes per address, whether the row was read whole).  Where an
-    address cannot be read the call stops; the rest are read by the next call.  Callers
-    drain the LRU batches after (:func:`drained_reads`): these reads take the pages as
-    /proc/PID/mem's do."""
-    count = len(addrs)
-    out = np.zeros((count, size), np.uint8)
-    ok = np.zeros(count, bool)
-    wanted = np.array(addrs, np.uint64) if count else np.zeros(0, np.uint64)
-    valid = (wanted > 0) & (wanted < USER_ADDRESS_END - size)
-    remote = np.zeros((count, 2), np.uint64)  # struct iovec: base, length
-    remote[:, 0], remote[:, 1] = wanted, size
-    at = 0
-    while at < count:
-        if not valid[at]:
-            at += 1
-            continue
-        batch = min(IOV_MAX, count - at)
-        end = at + batch
-        stop = np.flatnonzero(~valid[at:end])
-        if len(stop):  # up to the next invalid address
-            end = at + int(stop[0])
-        local = (ctypes.c_uint64 * 2)(out[at:end].ctypes.data, (end - at) * size)
-        got = _process_vm_readv(
-            pid, local, 1, remote[at:end].ctypes.data, end - at, 0
-        )
-        if got < 0:
-            if ctypes.get_errno() in (errno.ESRCH, errno.EPERM, errno.ENOSYS):
-                break  # the process is gone (or not ours): nothing more to read
-            at += 1  # the first address failed (EFAULT): skip it
-            continue
-        whole = got // size
-        ok[at : at + whole] = True
-        at += whole + (whole < end - at)  # past the one that stopped the call
-    return out, ok
 
 
 def close_files(files: dict[int, MemoryFile | None]) -> None:

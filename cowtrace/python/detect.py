@@ -29,12 +29,6 @@ from cowtrace.python.offsets import (
 _LIBPYTHON = re.compile(r"libpython3\.\d+")
 
 
-# What tells one code object from another that later sits at the same address (resolve.py):
-# its type, co_qualname, co_filename and co_linetable pointers and co_firstlineno, packed
-# little-endian ("<QQQQi": bytes compare and hash fastest).
-Fingerprint = bytes
-
-
 @dataclass(frozen=True)
 class CodeInfo:
     """A code object read from the target: what names its frames.  `name` "" marks no code
@@ -44,8 +38,6 @@ class CodeInfo:
     filename: str
     firstlineno: int
     lines: LineTable | None  # co_linetable decoded; None: unreadable, frames show firstlineno
-    # frame names by instruction (resolve.frame_name), kept as long as the code object is
-    frames: dict[int | None, str] = field(default_factory=dict, compare=False, repr=False)
 
     def frame(self, line: int) -> str:
         return f"{self.name} ({self.filename}:{line})" if self.name else ""
@@ -54,18 +46,15 @@ class CodeInfo:
 @dataclass
 class PythonImage:
     """One interpreter in memory, shared by a process and the children it forks (same
-    addresses), so caches of names live here.  Code objects are kept by address and
-    fingerprint: an address can hold another code object later (one freed, another
-    allocated there) or in a child after its fork (resolve.py)."""
+    addresses), so caches of names live here."""
 
     pid: int  # the process it was detected in
     version: str
     offsets: PyOffsets
     runtime: int  # address of _PyRuntime
     path: str  # the file holding _PyRuntime
-    code_infos: dict[int, dict[Fingerprint, CodeInfo]] = field(default_factory=dict)
-    latest_infos: dict[int, CodeInfo] = field(default_factory=dict)  # last named, by address
-    code_type: int = 0  # address of the code type object, once a code object was read
+    code_infos: dict[int, CodeInfo] = field(default_factory=dict)
+    frame_names: dict[tuple[int, int | None], str] = field(default_factory=dict)
     leaf_names: dict[int, tuple[str, str]] = field(default_factory=dict)
     leaf_mappings: dict[int, tuple[procmaps.MapLine, str] | None] = field(default_factory=dict)
     maps: list[procmaps.MapLine] = field(default_factory=list)

@@ -7,36 +7,22 @@ A code object is read from the writer if it is still alive, else from any other 
 same image (pre-fork code objects sit at the same address in the whole family).  What is read is
 checked (the object's type must be named "code"), so a stale address yields no frame rather
 than a wrong one.
-
-An address does not name a code object for good: a long-running process frees code objects
-(lambdas, exec'd or compiled code, reloaded modules, a module's body once imported) and
-allocates others in their place, and a forked child may hold other code than its parent at an
-address.  So code objects are cached by address and *fingerprint* (the first bytes that tell
-them apart: type, co_qualname, co_filename and co_linetable pointers, co_firstlineno), and the
-tracker reads the fingerprints of a drain's frames from their own processes, once per drain
-and process (read_fingerprints), before naming them (tracker.py).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
-
-import numpy as np
 
 from cowtrace.host import procmaps, remote_reads
 from cowtrace.host.elf import load as load_symbols
 from cowtrace.host.rootfs import host_path
-from cowtrace.python.detect import CodeInfo, Fingerprint, PythonImage
+from cowtrace.python.detect import CodeInfo, PythonImage
 from cowtrace.python.linetable import CODE_UNIT, LineTable
-from cowtrace.python.offsets import PyOffsets
 
 OB_TYPE, TP_NAME = 8, 24  # PyObject.ob_type, PyTypeObject.tp_name: fixed on x86-64 3.11-3.13
 MAX_STRING = 1024
 MAX_LINETABLE = 4 << 20  # a location table larger than this is taken for garbage
-_TYPE_AND_FIRST = struct.Struct("<Q24xi")  # of a Fingerprint
-MAX_VARIANTS = 4  # code objects kept per address (freed and reallocated, a child's own)
 SHIM_FILENAMES = {"<shim>"}  # 3.12: "<interpreter trampoline>", the C-stack entry frames
 
 
@@ -59,130 +45,34 @@ def _unicode(reader: remote_reads.Reader, image: PythonImage, addr: int) -> str 
 
 
 def code_info(
-    image: PythonImage,
-    pids: list[int],
-    addr: int,
-    reader: remote_reads.Reader | None = None,
-    fingerprint: Fingerprint | None = None,
+    image: PythonImage, pids: list[int], addr: int, reader: remote_reads.Reader | None = None
 ) -> CodeInfo | None:
     """The code object at `addr` (name, file, line table); CodeInfo.name "" for no code object
     or a C-stack shim (the frame is dropped); None when no process can be read any more.
-    Cached in the image by address and fingerprint (None is not cached).  `fingerprint`: the
-    one the frame's own process holds at `addr` (read_fingerprints), when known: a cached
-    object with it answers without reading, and an object read must have it (another process
-    of the family may hold other code there).  Without it the object is read as it is now.
-    `reader`: one over `pids` kept open for a burst of names (else each read opens the
-    processes' memory anew)."""
-    variants = image.code_infos.get(addr)
-    if fingerprint is not None and variants is not None:
-        known = variants.get(fingerprint)
-        if known is not None:
-            return known
+    Cached in the image (None is not cached).  `reader`: one over `pids` kept open for a
+    burst of names (else each read opens the processes' memory anew)."""
+    if addr in image.code_infos:
+        return image.code_infos[addr]
     reader = reader or remote_reads.Reader(pids)
-    found = parse_fingerprint(image, reader.read(addr, fingerprint_size(image)))
-    if found is None or (fingerprint is not None and found != fingerprint):
-        return None  # unreadable now, or not the code object the frame ran: not cached
-    known = variants.get(found) if variants is not None else None
-    if known is not None:
-        return known
-    info = _read_code(reader, image, addr, found)
-    if info is None:
-        return None
-    variants = image.code_infos.setdefault(addr, {})
-    if len(variants) >= MAX_VARIANTS:
-        del variants[next(iter(variants))]  # the oldest
-    variants[found] = info
-    if info.name:
-        image.latest_infos[addr] = info
-    return info
-
-
-def _read_code(
-    reader: remote_reads.Reader, image: PythonImage, addr: int, found: Fingerprint
-) -> CodeInfo | None:
-    """The code object at `addr` whose fingerprint was just read; None when unreadable."""
     o = image.offsets
-    type_addr, first = _TYPE_AND_FIRST.unpack_from(found)
-    if not image.code_type or type_addr != image.code_type:
-        tp_name = reader.u64(type_addr + TP_NAME) if type_addr else None
-        if tp_name is None:
-            return None
-        if reader.cstring(tp_name, 16) != "code":
-            return CodeInfo("", "", 0, None)
-        image.code_type = type_addr
-    qualname = _pointer_string(reader, image, addr + o.code_qualname)
-    filename = _pointer_string(reader, image, addr + o.code_filename)
-    if qualname is None or filename is None or filename in SHIM_FILENAMES:
-        return CodeInfo("", "", 0, None)
-    return CodeInfo(qualname, filename, first, _line_table(reader, image, addr, first))
-
-
-FINGERPRINT = np.dtype(  # the fields of a Fingerprint, packed in its order
-    [("type", "<u8"), ("qualname", "<u8"), ("filename", "<u8"), ("linetable", "<u8"),
-     ("firstlineno", "<i4")]
-)  # fmt: skip
-
-
-@functools.cache
-def _fingerprint_layout(offsets: PyOffsets) -> tuple[int, np.dtype]:
-    """(bytes read from a code object's start, the dtype of the fingerprint's fields in
-    them)."""
-    at = [OB_TYPE, offsets.code_qualname, offsets.code_filename, offsets.code_linetable]
-    at.append(offsets.code_firstlineno)
-    size = max(at) + 8
-    fields = FINGERPRINT.fields
-    return size, np.dtype(
-        {
-            "names": list(FINGERPRINT.names),
-            "formats": [fields[name][0] for name in FINGERPRINT.names],
-            "offsets": at,
-            "itemsize": size,
-        }
-    )
-
-
-def fingerprint_size(image: PythonImage) -> int:
-    """Bytes to read from a code object's start for its fingerprint."""
-    return _fingerprint_layout(image.offsets)[0]
-
-
-def _fingerprints_of(image: PythonImage, rows: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-    """The fingerprints in rows of bytes read from code objects' starts, and whether each is
-    a code object's (as far as known: any, until the first code object was read)."""
-    size, dtype = _fingerprint_layout(image.offsets)
-    fields = rows.reshape(-1).view(dtype)
-    packed = np.empty(len(fields), FINGERPRINT)
-    for name in FINGERPRINT.names:
-        packed[name] = fields[name]
-    blob, step = packed.tobytes(), FINGERPRINT.itemsize
-    code = fields["type"] == image.code_type if image.code_type else np.ones(len(fields), bool)
-    return [blob[at : at + step] for at in range(0, len(blob), step)], code
-
-
-def parse_fingerprint(image: PythonImage, data: bytes | None) -> Fingerprint | None:
-    """The fingerprint in the first bytes of a code object (or what now sits there); None when
-    they were not read."""
-    size = fingerprint_size(image)
-    if data is None or len(data) < size:
-        return None
-    return _fingerprints_of(image, np.frombuffer(data[:size], np.uint8))[0][0]
-
-
-def is_code(image: PythonImage, fingerprint: Fingerprint | None) -> bool:
-    """Whether a fingerprint is a code object's, as far as known (any, until the first code
-    object was read and its type known)."""
-    return fingerprint is not None and (
-        not image.code_type or int.from_bytes(fingerprint[:8], "little") == image.code_type
-    )
-
-
-def read_fingerprints(image: PythonImage, pid: int, addrs: list[int]) -> list[Fingerprint | None]:
-    """The fingerprints of the code objects `pid` holds now at each address, read in one go
-    (remote_reads.read_scattered); None where it holds none (freed), or cannot be read (the
-    process gone)."""
-    rows, ok = remote_reads.read_scattered(pid, addrs, fingerprint_size(image))
-    found, code = _fingerprints_of(image, rows)
-    return [fp if good else None for fp, good in zip(found, (ok & code).tolist(), strict=True)]
+    type_addr = reader.u64(addr + OB_TYPE)
+    tp_name = reader.u64(type_addr + TP_NAME) if type_addr else None
+    if tp_name is None:
+        return None  # unreadable now (every process gone): not cached
+    info = CodeInfo("", "", 0, None)
+    if reader.cstring(tp_name, 16) == "code":
+        qualname = _pointer_string(reader, image, addr + o.code_qualname)
+        filename = _pointer_string(reader, image, addr + o.code_filename)
+        first = reader.i32(addr + o.code_firstlineno)
+        if (
+            qualname is not None
+            and filename is not None
+            and first is not None
+            and filename not in SHIM_FILENAMES
+        ):
+            info = CodeInfo(qualname, filename, first, _line_table(reader, image, addr, first))
+    image.code_infos[addr] = info
+    return info
 
 
 def _line_table(
@@ -210,24 +100,21 @@ def frame_name(
     addr: int,
     instr: int | None,
     reader: remote_reads.Reader | None = None,
-    fingerprint: Fingerprint | None = None,
 ) -> str | None:
     """`qualname (file:line)` of a frame running the code object at `addr`, `instr` code units
     from the object's start (the kernel's capture), `line` the line of that instruction; the
     first line when the instruction is unknown or has no line.  "" for a frame to drop, None
-    when nothing can be read any more.  Cached per (code object, instruction); `reader` and
-    `fingerprint` as in code_info."""
-    info = code_info(image, pids, addr, reader, fingerprint)
+    when nothing can be read any more.  Cached per (code object, instruction); `reader` as in
+    code_info."""
+    key = (addr, instr)
+    name = image.frame_names.get(key)
+    if name is not None:
+        return name
+    info = code_info(image, pids, addr, reader)
     if info is None:
-        # Nothing of it can be read now (freed and unmapped, every process gone): the code
-        # object last named at the address, as the address alone named frames before.
-        info = image.latest_infos.get(addr)
-        if info is None:
-            return None
-    name = info.frames.get(instr)
-    if name is None:
-        name = info.frame(line_of(info, image.offsets.code_code_adaptive, instr))
-        info.frames[instr] = name
+        return None
+    name = info.frame(line_of(info, image.offsets.code_code_adaptive, instr))
+    image.frame_names[key] = name
     return name
 
 

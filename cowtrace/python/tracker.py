@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -26,20 +25,11 @@ from cowtrace.kernel.abi import (
 )
 from cowtrace.python import kernel
 from cowtrace.python.copied_types import CopiedTypes
-from cowtrace.python.detect import Fingerprint, PythonImage, detect
-from cowtrace.python.resolve import (
-    fingerprint_size,
-    frame_name,
-    is_code,
-    leaf_mapping,
-    leaf_name,
-    parse_fingerprint,
-    read_fingerprints,
-)
+from cowtrace.python.detect import PythonImage, detect
+from cowtrace.python.resolve import frame_name, leaf_mapping, leaf_name
 from cowtrace.python.writers import CATEGORIES, PythonWriters, categorize
 from cowtrace.results import FaultPythonStacks, ResolvedStack
 
-Fingerprints = tuple[Fingerprint | None, ...]  # a stack's code objects (None: not known)
 PENDING_S = 5.0  # how long an exec'd member may take to map libpython
 EXEC_WAIT_TRIES, EXEC_WAIT_S = 10, 0.002  # waited for it at once, at most
 
@@ -55,16 +45,7 @@ class PythonStacks:
         self.notices: list[str] = []
         self.writers = PythonWriters()
         self._raw: dict[int, kernel.RawStack] = {}
-        # (image, stack id) -> the fingerprints its frames were named with, and the names
-        self._resolved: dict[tuple[int, int], tuple[Fingerprints, ResolvedStack]] = {}
-        # (pid, stack id) -> (drain, fingerprints read when the kernel announced the stack)
-        self._fresh: dict[tuple[int, int], tuple[int, Fingerprints]] = {}
-        self._drains = 0
-        # (image, stack id) -> the fingerprints read when the kernel announced the stack
-        self._noted: dict[tuple[int, int], Fingerprints] = {}
-        # per pid: the fingerprints its last drain read by address, and its stacks' tuples
-        self._last_read: dict[int, tuple[dict[int, Fingerprint | None], dict[int, Fingerprints]]]
-        self._last_read = {}
+        self._resolved: dict[tuple[int, int], ResolvedStack] = {}
         self.types = CopiedTypes()
 
     def bind(self, bpf: Any) -> None:
@@ -98,16 +79,8 @@ class PythonStacks:
         self._raw[stack_id] = raw
         readers = [pid, *self._readers(image, pid)]
         reader = remote_reads.Reader(readers, files=self._note_files)  # open for the bunch
-        size = fingerprint_size(image)
-        fingerprints: list[Fingerprint | None] = []
         for code, instr in zip(raw.codes, raw.instrs, strict=True):
-            # the writer's object if it still has it, else any process' of the image
-            found = parse_fingerprint(image, reader.read(code, size))
-            if frame_name(image, readers, code, instr, reader, found) is None:
-                found = None
-            fingerprints.append(found if is_code(image, found) else None)
-        self._fresh[(pid, stack_id)] = (self._drains, tuple(fingerprints))
-        self._noted[(id(image), stack_id)] = tuple(fingerprints)
+            frame_name(image, readers, code, instr, reader)  # cached in the image
         leaf_mapping(image, pid, raw.leaf_ip)
 
     def _after_new_stacks(self) -> None:
@@ -151,20 +124,17 @@ class PythonStacks:
 
     def on_exec(self, pid: int) -> None:
         self.images.pop(pid, None)  # the kernel dropped its layout at the exec
-        self._last_read.pop(pid, None)
         self.adopt(pid)
 
     def on_exit(self, pid: int) -> None:
         """The member is gone: its type cache goes (after the drain that may hold its last
         copies)."""
         self.types.retire(pid)
-        self._last_read.pop(pid, None)  # a drain after rebuilds it: nothing to compare with
 
     def forget(self, pid: int) -> None:
         """Drop what is kept for a member long gone (the agent, after its grace period)."""
         self.images.pop(pid, None)
         self.pending.pop(pid, None)
-        self._last_read.pop(pid, None)
         self.types.forget(pid)
 
     def retry_pending(self) -> None:
@@ -235,17 +205,8 @@ class PythonStacks:
         unique, inverse, counts = np.unique(
             keys[has_stack], return_inverse=True, return_counts=True
         )
-        keys = unique.tolist()
         with drained_reads():  # names are read from the traced processes (remote_reads.py)
-            fingerprints = self._fingerprints(keys)
-            resolved = [
-                self._resolve(key >> 32, key & 0xFFFFFFFF, fingerprints.get(key))
-                for key in keys
-            ]
-        self._drains += 1
-        for noted, (drain, _) in list(self._fresh.items()):
-            if drain < self._drains - 2:  # its records were lost: not to be used later
-                self._fresh.pop(noted, None)
+            resolved = [self._resolve(key >> 32, key & 0xFFFFFFFF) for key in unique.tolist()]
         stacks: list[ResolvedStack] = []
         positions, codes = [], []
         for stack, copies in zip(resolved, counts.tolist(), strict=True):
@@ -261,85 +222,26 @@ class PythonStacks:
         categories[has_stack] = np.array(codes, np.int64)[inverse.reshape(-1)]
         return tuple(stacks)
 
-    def _raw_stack(self, stack_id: int) -> kernel.RawStack | None:
-        raw = self._raw.get(stack_id)
-        if raw is None and self._bpf is not None:
-            raw = kernel.read_stack(self._bpf, stack_id)
-            if raw is not None:
-                self._raw[stack_id] = raw
-        return raw
-
-    def _fingerprints(self, keys: list[int]) -> dict[int, Fingerprints]:
-        """The fingerprints of the code objects of each (pid << 32 | stack id) key's stack:
-        of a stack new since the last drain, those read when the kernel announced it (nearest
-        its first writes: a module's body, say, is freed once imported and its address soon
-        holds other code); of the others, what the process holds there now, read in one go
-        per process.  Keys whose stack cannot be named are left out."""
-        out: dict[int, Fingerprints] = {}
-        stale: dict[int, list[tuple[int, kernel.RawStack]]] = {}
-        for key in keys:
-            pid, stack_id = key >> 32, key & 0xFFFFFFFF
-            raw = self._raw_stack(stack_id) if pid in self.images else None
-            if raw is None:
-                continue
-            fresh = self._fresh.pop((pid, stack_id), None)
-            if fresh is not None:
-                out[key] = fresh[1]
-            else:
-                stale.setdefault(pid, []).append((key, raw))
-        wanted: dict[int, list[int]] = {}  # per image: the code addresses of its stacks
-        for pid, stacks in stale.items():
-            image = self.images[pid]
-            if id(image) not in wanted:  # a family's processes mostly run the same code
-                codes = {key & 0xFFFFFFFF: raw.codes for p in stale for key, raw in stale[p]
-                         if self.images[p] is image}  # fmt: skip
-                wanted[id(image)] = list(set(chain.from_iterable(codes.values())))
-            addrs = wanted[id(image)]
-            found = dict(zip(addrs, read_fingerprints(image, pid, addrs), strict=True))
-            # Nothing moved since the process' last drain (the usual case): its stacks'
-            # tuples as they were (compared by identity first in _resolve).
-            last = self._last_read.get(pid)
-            made = last[1] if last is not None and last[0] == found else {}
-            for key, raw in stacks:
-                fingerprints = made.get(key)
-                if fingerprints is None:
-                    fingerprints = made[key] = tuple(map(found.__getitem__, raw.codes))
-                out[key] = fingerprints
-            self._last_read[pid] = (found, made)
-        return out
-
-    def _resolve(
-        self, pid: int, stack_id: int, fingerprints: Fingerprints | None
-    ) -> ResolvedStack | None:
-        """The stack named with the code objects its process holds (`fingerprints`, from
-        _fingerprints).  A frame whose address holds no code object now (freed; or the process
-        is gone) keeps the code object it was last named with: the frame ran before it was
-        freed.  The names of a stack are kept while its fingerprints stay the same."""
+    def _resolve(self, pid: int, stack_id: int) -> ResolvedStack | None:
         image = self.images.get(pid)
-        raw = self._raw_stack(stack_id)
-        if image is None or raw is None or fingerprints is None:
+        if image is None or self._bpf is None:
             return None
         cached = self._resolved.get((id(image), stack_id))
-        if cached is not None and fingerprints == cached[0]:
-            return cached[1]
-        # Frames whose object is gone from this process (freed, or the process exited) keep
-        # the one they were last named with, else the one read when the kernel announced the
-        # stack (by whichever process of the image made it first).
-        before = cached[0] if cached is not None else self._noted.get((id(image), stack_id))
-        if before is not None:
-            fingerprints = tuple(
-                now if now is not None else then
-                for now, then in zip(fingerprints, before, strict=True)
-            )
-            if cached is not None and fingerprints == cached[0]:
-                return cached[1]
+        if cached is not None:
+            return cached
+        raw = self._raw.get(stack_id)
+        if raw is None:
+            raw = kernel.read_stack(self._bpf, stack_id)
+            if raw is None:
+                return None
+            self._raw[stack_id] = raw
         readers = [pid, *self._readers(image, pid)]
         frames: list[str] = []
         complete = True
         reader = remote_reads.Reader(readers, keep_open=True)
         try:
-            for code, instr, fp in zip(raw.codes, raw.instrs, fingerprints, strict=True):
-                name = frame_name(image, readers, code, instr, reader, fp)
+            for code, instr in zip(raw.codes, raw.instrs, strict=True):
+                name = frame_name(image, readers, code, instr, reader)
                 if name is None:
                     complete = False
                     frames.append(f"<code 0x{code:x}>")
@@ -352,7 +254,7 @@ class PythonStacks:
         leaf, module = leaf_name(image, pid, raw.leaf_ip)
         stack = ResolvedStack(tuple(frames), leaf, categorize(raw.flags, leaf, module))
         if complete:
-            self._resolved[(id(image), stack_id)] = (fingerprints, stack)
+            self._resolved[(id(image), stack_id)] = stack
         return stack
 
 

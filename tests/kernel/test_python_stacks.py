@@ -166,22 +166,6 @@ def test_freeze_spares_the_collector(version, tmp_path):
     assert gc_copies < len(facts["gc_pages"]) // 4  # objects made after the freeze only
 
 
-@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
-def test_a_reused_code_address_is_named_after_its_new_code(version, tmp_path):
-    """A code object freed and another allocated at its address, both writing under one
-    kernel stack, in drains of their own: each one's pages carry its own name
-    (tests/fixtures/py_code_reuse.py)."""
-    reuse = FIXTURE.parent / "py_code_reuse.py"
-    facts, _summary, events = trace_python_fixture(
-        INTERPRETERS[version], reuse, tmp_path, drain_meanwhile=True
-    )
-    assert facts["reused"], "work_b never landed at work_a's address"
-    stacks = stacks_by_page(events, facts["pid"])
-    for name, pages in (("work_a", facts["a"]), ("work_b", facts["b"])):
-        innermost = [(stacks.get(page) or ["<none>"])[0] for page in pages]
-        assert Counter(innermost) == {f"{name} (<{name}>:2)": len(pages)}, name
-
-
 def child_copies(summary: dict, pid: int) -> int:
     (process,) = [p for p in summary["processes"] if p["pid"] == pid]
     return process["copies"]
