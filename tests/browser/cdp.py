@@ -101,7 +101,7 @@ class Chromium:
     def _end_group(pgid: int) -> None:
         """SIGKILL what is left of the browser's process group and wait until it is gone
         (helpers the zygote double-forked are reaped by init, so poll rather than wait)."""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 os.killpg(pgid, 9)

@@ -19,7 +19,7 @@ from cowtrace.host import taskstats
 from cowtrace.host.cgroup import POD_LABELS, pod_identity
 from tests.e2e import until_ready, wait_until
 from tests.fixtures.conftest_helpers import load_build
-from tests.helpers import COWTRACE
+from tests.helpers import COWTRACE, EXIT_RECORD_TIMEOUT_S
 from tests.kernel.streams import Lines
 from tests.promserver import http_get, metrics_url, promtool_check
 
@@ -81,7 +81,7 @@ def run_one_family(binary, url: str, listener: taskstats.ExitListener) -> list[i
     facts = build.parse_lines(lines)
     expected = {}
     for pid in pids:
-        final = listener.wait_for(pid, timeout=10)
+        final = listener.wait_for(pid, timeout=EXIT_RECORD_TIMEOUT_S)
         assert final is not None, f"no exit record for {pid}"
         expected[pid] = final.wpcopy_count - base[pid]
 

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cowtrace.host import taskstats
 from cowtrace.switch_users import USERS_ROOT, read_users
 from tests.e2e import kill_tree, outcomes, plain_trace_args, wait_until
-from tests.helpers import COWTRACE, read_jsonl
+from tests.helpers import COWTRACE, EXIT_RECORD_TIMEOUT_S, read_jsonl
 from tests.kernel.streams import Lines, Prefork
 from tests.promserver import http_get, metrics_url
 
@@ -148,7 +148,7 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
             facts = dialogue.write()
             kernel = {}
             for name, pid in children.items():
-                record = listener.wait_for(pid, timeout=10)
+                record = listener.wait_for(pid, timeout=EXIT_RECORD_TIMEOUT_S)
                 assert record is not None, f"no exit record for {name}"
                 kernel[pid] = record.wpcopy_count
             expected = {pid: (float(n), float(n)) for pid, n in kernel.items()}
@@ -162,7 +162,7 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
             a_view.wait_for_all([rf"pid={pid} .* state=exit:0" for pid in pids], 30)
             dialogue.exit()
             assert fixture.wait(timeout=30) == 0
-            root_record = listener.wait_for(root, timeout=10)
+            root_record = listener.wait_for(root, timeout=EXIT_RECORD_TIMEOUT_S)
             assert root_record is not None
             if not root_accounted:
                 assert root_record.wpcopy_count == baseline == 0
