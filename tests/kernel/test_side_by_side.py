@@ -139,7 +139,7 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
         )
         started.append(b)
         b_err.wait_for("ready:", timeout=60)
-        wait_until(lambda: ("cowtrace_copies_total", root) in scrape(b_url), 30, "B traces")
+        wait_until(lambda: ("cowtrace_copies_total", root) in scrape(b_url), 60, "B traces")
         # The root sits in readline: nothing it does from here is before both tracers.
         baseline = taskstats.query_tgid(root).wpcopy_count
         with taskstats.ExitListener() as listener:
@@ -156,7 +156,7 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
             for url, who in ((a_url, "A"), (b_url, "B")):
                 wait_until(
                     lambda url=url: figures(url, pids) == expected,
-                    10,
+                    60,
                     f"{who} exports {expected}: {figures(url, pids)}",
                 )
             a_view.wait_for_all([rf"pid={pid} .* state=exit:0" for pid in pids], 30)
@@ -181,7 +181,7 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
             # B counts the root as A does (both since attach; it sat idle in between).
             wait_until(
                 lambda: (figures(b_url, [root]) or {}).get(root, (None,))[0] == counted[root],
-                10,
+                60,
                 f"B counts the root's {counted[root]}: {figures(b_url, [root])}",
             )
         # A gone, B still uses delay accounting: it stays on.
