@@ -328,7 +328,7 @@ class AttachedTrace:
         finally:
             cont_all(members)
 
-    def finish(self, timeout: float = 60.0) -> dict:
+    def finish(self, timeout: float = 120.0) -> dict:
         assert self.tracer is not None
         members = family_of(self.root)
         stop_all(members)
