@@ -106,7 +106,7 @@ def bpf_map_has_key(holder: int, name: str, key: int) -> bool:
     shown = subprocess.run(
         ["bpftool", "map", "show", "--json"], capture_output=True, text=True, check=True
     ).stdout
-    ids = [m["id"] for m in json.loads(shown or "[]") if m["id"] in held and m["name"] == name]
+    ids = [m["id"] for m in json.loads(shown or "[]") if m["id"] in held and m.get("name") == name]
     key_bytes = [f"0x{byte:02x}" for byte in key.to_bytes(4, "little")]
     return any(
         subprocess.run(
