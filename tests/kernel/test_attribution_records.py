@@ -178,7 +178,7 @@ def test_an_allocator_loaded_with_dlopen_is_probed(fixture_binaries, tmp_path):
     of the fixture's after that recorded exactly, as jemalloc's, with the calling function."""
     binary = fixture_binaries("alloc_dlopen")
     facts, sink, _maps, allocs, _faults = trace_fixture(
-        binary, ["20"], tmp_path / "out.jsonl", via_shell=False
+        binary, ["20", "1500"], tmp_path / "out.jsonl", via_shell=False
     )
     parent = facts.pid_of("parent")
     mine = allocs[(allocs["pid"] == parent) & (allocs["allocator"] == ALLOCATOR_JEMALLOC)]
