@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cowtrace.host import procfs, smaps, taskstats
-from tests.helpers import COWTRACE, read_jsonl
+from tests.helpers import COWTRACE, EXIT_RECORD_TIMEOUT_S, read_jsonl
 
 PAGE = 4096
 REPO = Path(__file__).resolve().parents[1]
@@ -90,8 +90,9 @@ def comm_of(pid: int) -> str:
         return "?"
 
 
-def stop_all(pids: list[int], timeout: float = 10.0) -> None:
-    """SIGSTOP every process and wait until each is stopped (or gone)."""
+def stop_all(pids: list[int], timeout: float = 60.0) -> None:
+    """SIGSTOP every process and wait until each is stopped (or gone): a process stops once it
+    next runs, which on a busy machine can take a while (the timeout only bounds a failure)."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGSTOP)
@@ -120,7 +121,7 @@ def _run_ns(pid: int) -> int | None:
         return None
 
 
-def wait_idle(pids: list[int], timeout: float = 30.0, quiet_s: float = 0.2) -> None:
+def wait_idle(pids: list[int], timeout: float = 120.0, quiet_s: float = 0.2) -> None:
     """Wait until every process of `pids` is idle: asleep, and its threads ran no CPU time for
     `quiet_s`.  A server's workers that have finished booting block in accept() or poll();
     waiting for that instead of a fixed pause holds on a loaded machine too, where booting
@@ -158,7 +159,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+def wait_port(port: int, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -170,7 +171,7 @@ def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = 
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def kill_tree(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def kill_tree(proc: subprocess.Popen, timeout: float = 60.0) -> None:
     """Kill a server and every descendant, then reap the direct child.
 
     The whole family is stopped first, root first: a master that saw a worker die would
@@ -327,7 +328,7 @@ class AttachedTrace:
         finally:
             cont_all(members)
 
-    def finish(self, timeout: float = 60.0) -> dict:
+    def finish(self, timeout: float = 120.0) -> dict:
         assert self.tracer is not None
         members = family_of(self.root)
         stop_all(members)
@@ -367,7 +368,7 @@ class AttachedTrace:
             if pid in self.end.wpcopy:
                 final = self.end.wpcopy[pid]
             else:
-                self.listener.wait_for(pid, timeout=5.0)
+                self.listener.wait_for(pid, timeout=EXIT_RECORD_TIMEOUT_S)
                 exits = self.listener.records
                 threads = [r for r in exits.values() if (r.tgid or r.pid) == pid]
                 assert threads, f"no exit record for {pid} ({proc['comm']})"
@@ -545,7 +546,7 @@ def python_fixture(python: Path, script: Path, *args: str) -> Iterator[subproces
     finally:
         fixture.stdin.write("exit\n")
         fixture.stdin.close()
-        fixture.wait(timeout=10)
+        fixture.wait(timeout=60)
 
 
 def trace_python_fixture(

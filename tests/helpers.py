@@ -13,6 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 COWTRACE = [sys.executable, "-m", "cowtrace"]
+# How long a test waits for a process' exit record (taskstats.ExitListener.wait_for): it is
+# there within milliseconds of the exit, and this bound only fails a test whose record never
+# comes, on a machine whose cores are all busy too (the listener's thread waits its turn).
+EXIT_RECORD_TIMEOUT_S = 60.0
 # Names bcc gives the programs of bpf/cowtrace.bpf.c and bpf/calibrate.bpf.c (bpftool shows
 # them truncated to 15 characters for some program types).
 PROGRAM_NAMES = (
@@ -69,9 +73,9 @@ def _session_pids() -> list[int]:
     return pids
 
 
-def _prog_ids_held_by(pid: int) -> set[int]:
-    """Ids of the BPF programs whose fds `pid` holds (from /proc/PID/fdinfo: this bpftool
-    cannot list a program's holders)."""
+def _bpf_ids_held_by(pid: int, kind: str) -> set[int]:
+    """Ids of the BPF objects of `kind` ("prog" or "map") whose fds `pid` holds (from
+    /proc/PID/fdinfo: this bpftool cannot list an object's holders)."""
     ids = set()
     try:
         fdinfos = list(Path(f"/proc/{pid}/fdinfo").iterdir())
@@ -83,9 +87,35 @@ def _prog_ids_held_by(pid: int) -> set[int]:
         except OSError:
             continue
         for line in text.splitlines():
-            if line.startswith("prog_id:"):
+            if line.startswith(f"{kind}_id:"):
                 ids.add(int(line.split()[1]))
     return ids
+
+
+def _prog_ids_held_by(pid: int) -> set[int]:
+    return _bpf_ids_held_by(pid, "prog")
+
+
+def bpf_map_has_key(holder: int, name: str, key: int) -> bool:
+    """Whether the map `name` that process `holder` (a cowtrace) holds has the u32 `key`:
+    how a test sees that cowtrace has told its kernel program something (e.g. a pid's
+    CPython layout in `py_procs`), instead of waiting a while and hoping it has."""
+    held = _bpf_ids_held_by(holder, "map")
+    if not held:
+        return False
+    shown = subprocess.run(
+        ["bpftool", "map", "show", "--json"], capture_output=True, text=True, check=True
+    ).stdout
+    ids = [m["id"] for m in json.loads(shown or "[]") if m["id"] in held and m.get("name") == name]
+    key_bytes = [f"0x{byte:02x}" for byte in key.to_bytes(4, "little")]
+    return any(
+        subprocess.run(
+            ["bpftool", "map", "lookup", "id", str(map_id), "key", *key_bytes],
+            capture_output=True,
+        ).returncode
+        == 0
+        for map_id in ids
+    )
 
 
 def cowtrace_programs_loaded(pids: list[int] | None = None) -> list[str]:
@@ -117,9 +147,21 @@ def poll_until_empty(read: Callable[[], list[str]], timeout: float, step: float)
     return found
 
 
-def wait_until_unloaded(timeout: float = 5.0) -> list[str]:
-    """Programs are freed asynchronously after their last fd closes: wait for that."""
+def wait_until_unloaded(timeout: float = 60.0) -> list[str]:
+    """Programs are freed asynchronously after their last fd closes (a kernel worker, which
+    waits its turn on a busy machine): wait for that.  It returns as soon as none is left; the
+    timeout only bounds a real leak's failure."""
     return poll_until_empty(cowtrace_programs_loaded, timeout, 0.1)
+
+
+def in_read(pid: int) -> bool:
+    """Whether `pid` sits in read(2) (x86-64 system call 0, from /proc/PID/syscall): e.g. `run`'s
+    launcher at its hold point, waiting for its release byte.  How a test knows a process got
+    there, rather than supposing it did after a pause."""
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().split()[:1] == ["0"]
+    except OSError:
+        return False
 
 
 def run_cowtrace(

@@ -29,7 +29,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http_get(url: str, timeout: float = 5.0) -> str:
+def http_get(url: str, timeout: float = 60.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as answer:
         return answer.read().decode()
 
@@ -70,7 +70,7 @@ class Prometheus:
             cwd=workdir,
         )
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             assert self.process.poll() is None, "prometheus exited"

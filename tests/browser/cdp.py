@@ -43,7 +43,7 @@ class Chromium:
     """Headless Chromium with a fresh profile; use as a context manager (it always ends the
     browser and removes the profile, even when a test fails)."""
 
-    def __init__(self, binary: str, timeout: float = 30.0) -> None:
+    def __init__(self, binary: str, timeout: float = 120.0) -> None:
         self.binary = binary
         self.timeout = timeout
         self.events: list[dict[str, Any]] = []
@@ -87,7 +87,7 @@ class Chromium:
                     self.proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     os.killpg(self.proc.pid, 9)
-                    self.proc.wait(timeout=5)
+                    self.proc.wait(timeout=60)
             if self.proc is not None:
                 # Renderer and zygote children share the session: make sure none outlive us.
                 self._end_group(self.proc.pid)
@@ -101,7 +101,7 @@ class Chromium:
     def _end_group(pgid: int) -> None:
         """SIGKILL what is left of the browser's process group and wait until it is gone
         (helpers the zygote double-forked are reaped by init, so poll rather than wait)."""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 os.killpg(pgid, 9)

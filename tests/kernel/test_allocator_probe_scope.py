@@ -31,6 +31,7 @@ from cowtrace.commands.run import run
 from cowtrace.kernel.abi import ALLOC_OP_ALLOC, ALLOC_OP_FREE, ALLOCATOR_GLIBC
 from cowtrace.kernel.uprobes import resolve_object
 from cowtrace.session import SessionOptions
+from tests.e2e import wait_until
 from tests.kernel.test_attribution_records import RecordingSink
 
 SOURCE = Path(__file__).with_name("probe_scope.c")
@@ -108,12 +109,13 @@ def foreign_breakpoints() -> bool:
     prove nothing about this cowtrace."""
     probe = subprocess.Popen(["sleep", "30"])
     try:
-        libc = ""
-        for _ in range(100):  # until the loader has mapped libc
-            libc, _ = _libc_of(probe.pid)
-            if libc:
-                break
-            time.sleep(0.01)
+        # sleep(1) sleeping: the loader has mapped all of libc (x86-64 nanosleep, clock_nanosleep)
+        wait_until(
+            lambda: Path(f"/proc/{probe.pid}/syscall").read_text().split()[:1] in (["35"], ["230"]),
+            60,
+            "sleep(1) reaches its sleep",
+        )
+        libc, _ = _libc_of(probe.pid)
         return INT3 in site_bytes(probe.pid, probe_sites(os.path.realpath(libc))).values()
     finally:
         probe.kill()

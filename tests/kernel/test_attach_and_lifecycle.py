@@ -15,6 +15,7 @@ from tests.e2e import trace_attached, wait_attached
 from tests.fixtures.conftest_helpers import load_build
 from tests.helpers import (
     COWTRACE,
+    EXIT_RECORD_TIMEOUT_S,
     read_jsonl,
     run_cowtrace,
     wait_until_unloaded,
@@ -137,7 +138,7 @@ def test_lost_events_are_counted_and_counts_stay_exact(fixture_binaries, tmp_pat
         assert result.returncode == 0, result.stderr
         facts = build.parse_lines(result.stdout)
         child = facts.pid_of("child")
-        exit_record = listener.wait_for(child, timeout=5.0)
+        exit_record = listener.wait_for(child, timeout=EXIT_RECORD_TIMEOUT_S)
     taskstats.restore_delayacct(previous)
     summary = json.loads(summary_path.read_text())
     events = read_jsonl(events_path)

@@ -30,7 +30,7 @@ import pytest
 
 from cowtrace.host import taskstats
 from tests.e2e import kill_tree, marker_line, outcomes, plain_trace_args
-from tests.helpers import COWTRACE, read_jsonl
+from tests.helpers import COWTRACE, EXIT_RECORD_TIMEOUT_S, read_jsonl
 from tests.kernel.streams import Lines, Prefork
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_prefork.py"
@@ -131,7 +131,7 @@ def check_trace(
     assert facts["pid"] == 1
     # Whole processes: the kernel's count at exit, exactly.
     for name, pid in host.items():
-        record = listener.wait_for(pid, timeout=10)
+        record = listener.wait_for(pid, timeout=EXIT_RECORD_TIMEOUT_S)
         assert record is not None, f"no exit record for {name} ({pid})"
         got = processes[pid]["copies"] + processes[pid]["zero_fills"]
         assert got == record.wpcopy_count, (name, got, record.wpcopy_count)
@@ -304,7 +304,7 @@ def test_run_a_container(tmp_path, delayacct):
             for process in summary["processes"]:
                 if process["pid"] == summary["root_pid"]:
                     continue
-                record = listener.wait_for(process["pid"], timeout=10)
+                record = listener.wait_for(process["pid"], timeout=EXIT_RECORD_TIMEOUT_S)
                 assert record is not None, process
                 got = process["copies"] + process["zero_fills"]
                 assert got == record.wpcopy_count, (process, record.wpcopy_count)

@@ -16,7 +16,13 @@ import pytest
 
 from cowtrace.host import taskstats
 from tests.fixtures.conftest_helpers import load_build
-from tests.helpers import UNDER_A_SHELL, read_jsonl, run_args, run_cowtrace
+from tests.helpers import (
+    EXIT_RECORD_TIMEOUT_S,
+    UNDER_A_SHELL,
+    read_jsonl,
+    run_args,
+    run_cowtrace,
+)
 
 build = load_build()
 
@@ -43,7 +49,7 @@ def trace_fixture(binary: Path, args: tuple[str, ...], tmp_path: Path):
         facts = build.parse_lines(result.stdout)
         summary = json.loads(summary_path.read_text())
         for pid in [summary["root_pid"], *facts.processes]:
-            listener.wait_for(pid, timeout=5.0)
+            listener.wait_for(pid, timeout=EXIT_RECORD_TIMEOUT_S)
         exits = dict(listener.records)
     events = read_jsonl(events_path)
     return facts, summary, events, exits

@@ -19,7 +19,7 @@ from collections import Counter
 
 from cowtrace.host import smaps, taskstats
 from tests.e2e import EXAMPLES, PAGE, in_function, out_dir, python_frame, share
-from tests.helpers import COWTRACE, UNDER_A_SHELL, read_jsonl, run_args
+from tests.helpers import COWTRACE, EXIT_RECORD_TIMEOUT_S, UNDER_A_SHELL, read_jsonl, run_args
 
 EXAMPLE = EXAMPLES / "multiprocessing" / "shared_array.py"
 MIB = 64
@@ -178,7 +178,7 @@ def test_shared_array_copies_exactly_the_written_slice(tmp_path, delayacct_on, r
     for pid, p in processes.items():
         if p["role"] == "root":
             continue
-        listener.wait_for(pid, timeout=5.0)
+        listener.wait_for(pid, timeout=EXIT_RECORD_TIMEOUT_S)
         threads = [r for r in listener.records.values() if (r.tgid or r.pid) == pid]
         assert threads, f"no exit record for {pid}"
         kernel = sum(r.wpcopy_count or 0 for r in threads)

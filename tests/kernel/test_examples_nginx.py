@@ -69,12 +69,12 @@ def start_nginx(reaper) -> tuple[subprocess.Popen, int, Path]:
             stderr=subprocess.PIPE,
         )
     )  # fmt: skip
-    wait_port(port, timeout=30, proc=proc)
+    wait_port(port, proc=proc)
     wait_workers(proc.pid, set())
     return proc, port, rundir
 
 
-def wait_workers(master: int, old: set[int], timeout: float = 30.0) -> list[int]:
+def wait_workers(master: int, old: set[int], timeout: float = 120.0) -> list[int]:
     """Wait until the master has exactly WORKERS children, none of them in ``old``."""
     deadline = time.monotonic() + timeout
     while True:

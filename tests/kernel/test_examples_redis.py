@@ -60,7 +60,7 @@ def start_redis(tmp_path, reaper) -> tuple[subprocess.Popen, int]:
             stderr=subprocess.PIPE,
         )
     )  # fmt: skip
-    wait_port(port, timeout=30, proc=proc)
+    wait_port(port, proc=proc)
     return proc, port
 
 

@@ -58,7 +58,7 @@ def target(target_binary: Path):
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
-        proc.wait(timeout=10)
+        proc.wait(timeout=60)
 
 
 @pytest.mark.parametrize("whole_read", [glibc_heap.WHOLE_READ, 4096], ids=["whole", "windowed"])

@@ -21,7 +21,7 @@ import pytest
 from cowtrace.host import taskstats
 from cowtrace.metrics.samplers import BPF_STATS_SYSCTL
 from tests.fixtures.conftest_helpers import load_build
-from tests.helpers import COWTRACE, read_jsonl
+from tests.helpers import COWTRACE, EXIT_RECORD_TIMEOUT_S, read_jsonl
 from tests.kernel.streams import Lines
 from tests.promserver import Prometheus, http_get, metrics_url, promtool_check, value
 
@@ -104,14 +104,16 @@ def test_dashboard_panels_have_data_and_counters_are_exact(fixture_binaries, tmp
             stdout.wait_for(r'"reaped"', timeout=60)
             facts = build.parse_lines(stdout.lines)
             child = facts.pid_of("child")
-            kernel = listener.wait_for(child, timeout=10)
+            kernel = listener.wait_for(child, timeout=EXIT_RECORD_TIMEOUT_S)
             assert kernel is not None and kernel.wpcopy_count is not None
 
             # The child's series, final (it was reaped), in a few consecutive scrapes.
             selector = f'{{pid="{child}"}}'
-            prometheus.wait_query(f"count_over_time(cowtrace_copies_total{selector}[10s]) >= 3", 30)
             prometheus.wait_query(
-                "count_over_time(cowtrace_build_info[10s]) >= 5", 30
+                f"count_over_time(cowtrace_copies_total{selector}[10s]) >= 3", 120
+            )
+            prometheus.wait_query(
+                "count_over_time(cowtrace_build_info[10s]) >= 5", 120
             )  # rate() windows hold enough samples
             copies = value(prometheus.query(f"cowtrace_copies_total{selector}"))
             zero_fills = value(prometheus.query(f"cowtrace_zero_fills_total{selector}"))

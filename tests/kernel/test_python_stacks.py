@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import json
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -27,8 +28,9 @@ import pytest
 
 from cowtrace.report.load import load_report
 from cowtrace.report.pprof import render_pprof
-from tests.e2e import marker_line, trace_python_fixture
-from tests.helpers import read_jsonl, run_cowtrace
+from tests.e2e import marker_line, trace_python_fixture, wait_until
+from tests.helpers import COWTRACE, bpf_map_has_key, read_jsonl, run_cowtrace
+from tests.kernel.streams import Lines, send
 from tests.pprof_reader import read_pprof, stacks
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_writers.py"
@@ -216,23 +218,68 @@ def test_teardown_is_reported_apart(version, tmp_path):
     assert any(line.startswith("interpreter teardown at exit (") for line in summary["why"])
 
 
+# How long the scripts' parent outlives its child: code objects are named by reading them from
+# a live process of the family (see the report's known limits), by cowtrace's thread that names
+# each new stack within milliseconds of its capture.  Nothing outside cowtrace shows that it
+# has, so this is a pause, with room for a machine whose cores are all busy.
+PARENT_STAYS_S = 2
+
+
+def _layout_set(tracer: int) -> bool:
+    """Whether cowtrace `tracer` has told its kernel program the CPython layout of its command
+    (the launcher it spawned, exec'd into the command: its child)."""
+    try:
+        children = Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split()
+    except OSError:
+        return False
+    return any(bpf_map_has_key(tracer, "py_procs", int(child)) for child in children)
+
+
+def run_released_once_found(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """`cowtrace ARGS`: a `run` of a CPython script that reads one line from its stdin before
+    it forks, the line sent once cowtrace has found the interpreter (it does at the exec, once
+    libpython is mapped) and told its kernel program the layout: the child's writes then carry
+    Python stacks however long that took, which a pause in the script could only guess."""
+    tracer = subprocess.Popen(
+        [*COWTRACE, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdout, stderr = Lines(tracer.stdout), Lines(tracer.stderr)
+    try:
+        wait_until(
+            lambda: tracer.poll() is not None or _layout_set(tracer.pid),
+            120,
+            "cowtrace tells its kernel program the command's CPython layout",
+        )
+        if tracer.poll() is None:
+            send(tracer, "go")
+        tracer.wait(timeout=300)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+    return subprocess.CompletedProcess(tracer.args, tracer.returncode, stdout.text(), stderr.text())
+
+
 def test_run_detects_python_at_exec_and_c_programs_get_no_stack(fixture_binaries, tmp_path):
     """`cowtrace run`: the layout is set once the command has exec'd and mapped libpython (the
-    script sleeps well past that before it forks); a C program's copies carry no stack.
+    script forks only once it is: run_released_once_found); a C program's copies carry no
+    stack.
 
-    The script's parent outlives its child by half a second: code objects are named by reading
-    them from a live process of the family (see the report's known limits)."""
+    The script's parent outlives its child (PARENT_STAYS_S)."""
     script = (
-        "import os, time\n"
+        "import os, sys, time\n"
         "def build():\n    return [bytes(5000) + bytes([i % 7]) for i in range(50)]\n"
         "def touch_in_child(objects):\n    for _o in objects:\n        pass\n"
-        "objects = build()\ntime.sleep(0.5)\npid = os.fork()\n"
+        "objects = build()\nsys.stdin.readline()\npid = os.fork()\n"
         "if pid == 0:\n    touch_in_child(objects)\n    os._exit(0)\nos.waitpid(pid, 0)\n"
-        # Names are read from a live process of the family: the parent stays a moment.
-        "time.sleep(0.5)\n"
+        f"time.sleep({PARENT_STAYS_S})\n"
     )
     summary_path = tmp_path / "summary.json"
-    result = run_cowtrace(
+    result = run_released_once_found(
         [
             "run",
             "--quiet",
@@ -280,21 +327,21 @@ def test_run_detects_python_at_exec_and_c_programs_get_no_stack(fixture_binaries
     assert all(event["pystack"] is None for event in events)
 
 
-RUN_SCRIPT = """\
-import os, time
+RUN_SCRIPT = f"""\
+import os, sys, time
 def build():
     return [bytes(5000) + bytes([i % 7]) for i in range(50)]
 def touch_in_child(objects):
     for _o in objects:  # @loop
         pass
 objects = build()
-time.sleep(0.5)
+sys.stdin.readline()
 pid = os.fork()
 if pid == 0:
     touch_in_child(objects)  # @call
     os._exit(0)
 os.waitpid(pid, 0)
-time.sleep(0.5)
+time.sleep({PARENT_STAYS_S})
 """
 
 
@@ -311,7 +358,7 @@ def test_run_mode_shows_executing_lines_everywhere(version, tmp_path):
     call = next(i for i, line in enumerate(lines, 1) if line.endswith("@call"))
     stack = [f"touch_in_child ({script}:{loop})", f"<module> ({script}:{call})"]
     summary_path, events_path = tmp_path / "summary.json", tmp_path / "events.jsonl"
-    result = run_cowtrace(
+    result = run_released_once_found(
         ["run", "--json", str(summary_path), "--events", str(events_path), "--"]
         + [str(INTERPRETERS[version]), str(script)]
     )

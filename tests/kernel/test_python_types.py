@@ -95,7 +95,7 @@ def test_agent_exports_copied_bytes_by_type() -> None:
                 want = classes["Charlie"]["type"]
                 return found if found.get(want, 0) >= classes["Charlie"]["bytes"] * 0.9 else None
 
-            found = wait_until(by_type, 10, "Charlie's bytes in the metrics")
+            found = wait_until(by_type, 60, "Charlie's bytes in the metrics")
             for name in ("Alpha", "Charlie"):
                 want = classes[name]
                 assert abs(found[want["type"]] - want["bytes"]) <= TOLERANCE * want["bytes"], found

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cowtrace.host import taskstats
 from cowtrace.switch_users import USERS_ROOT, read_users
 from tests.e2e import kill_tree, outcomes, plain_trace_args, wait_until
-from tests.helpers import COWTRACE, read_jsonl
+from tests.helpers import COWTRACE, EXIT_RECORD_TIMEOUT_S, read_jsonl
 from tests.kernel.streams import Lines, Prefork
 from tests.promserver import http_get, metrics_url
 
@@ -139,7 +139,7 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
         )
         started.append(b)
         b_err.wait_for("ready:", timeout=60)
-        wait_until(lambda: ("cowtrace_copies_total", root) in scrape(b_url), 30, "B traces")
+        wait_until(lambda: ("cowtrace_copies_total", root) in scrape(b_url), 60, "B traces")
         # The root sits in readline: nothing it does from here is before both tracers.
         baseline = taskstats.query_tgid(root).wpcopy_count
         with taskstats.ExitListener() as listener:
@@ -148,7 +148,7 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
             facts = dialogue.write()
             kernel = {}
             for name, pid in children.items():
-                record = listener.wait_for(pid, timeout=10)
+                record = listener.wait_for(pid, timeout=EXIT_RECORD_TIMEOUT_S)
                 assert record is not None, f"no exit record for {name}"
                 kernel[pid] = record.wpcopy_count
             expected = {pid: (float(n), float(n)) for pid, n in kernel.items()}
@@ -156,13 +156,13 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
             for url, who in ((a_url, "A"), (b_url, "B")):
                 wait_until(
                     lambda url=url: figures(url, pids) == expected,
-                    10,
+                    60,
                     f"{who} exports {expected}: {figures(url, pids)}",
                 )
             a_view.wait_for_all([rf"pid={pid} .* state=exit:0" for pid in pids], 30)
             dialogue.exit()
             assert fixture.wait(timeout=30) == 0
-            root_record = listener.wait_for(root, timeout=10)
+            root_record = listener.wait_for(root, timeout=EXIT_RECORD_TIMEOUT_S)
             assert root_record is not None
             if not root_accounted:
                 assert root_record.wpcopy_count == baseline == 0
@@ -181,7 +181,7 @@ def test_a_trace_and_the_agent_side_by_side(tmp_path, delayacct_alone):
             # B counts the root as A does (both since attach; it sat idle in between).
             wait_until(
                 lambda: (figures(b_url, [root]) or {}).get(root, (None,))[0] == counted[root],
-                10,
+                60,
                 f"B counts the root's {counted[root]}: {figures(b_url, [root])}",
             )
         # A gone, B still uses delay accounting: it stays on.

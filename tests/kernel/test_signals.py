@@ -80,9 +80,25 @@ def command_started(tracer: subprocess.Popen) -> bool:
         return False
 
 
+def _being_killed(pid: int) -> bool:
+    """Whether the kernel has already queued SIGKILL for `pid` (a launcher's death signal, sent
+    at cowtrace's exit): it is gone as soon as it next runs, which on a machine whose cores are
+    all busy can be a while.  A process that would live on has none queued."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    kill_bit = 1 << (signal.SIGKILL - 1)
+    return any(
+        line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & kill_bit
+        for line in status.splitlines()
+    )
+
+
 def leftovers() -> list[str]:
     """Live processes of this test session other than the test itself (zombies excluded:
-    they hold nothing, and the harness' init reaps orphans when it gets to it)."""
+    they hold nothing, and the harness' init reaps orphans when it gets to it; so are those
+    the kernel is already killing)."""
     out = []
     for pid in _session_pids():
         try:
@@ -90,7 +106,7 @@ def leftovers() -> list[str]:
         except OSError:
             continue
         state = stat[stat.rindex(")") + 2]
-        if state not in "ZX":
+        if state not in "ZX" and not _being_killed(pid):
             out.append(f"{pid} ({stat[stat.index('(') + 1 : stat.rindex(')')]}, {state})")
     return out
 

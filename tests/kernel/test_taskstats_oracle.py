@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,7 +24,9 @@ import pytest
 
 from cowtrace import launcher
 from cowtrace.host import smaps, taskstats
+from tests.e2e import wait_until
 from tests.fixtures.conftest_helpers import load_oracle
+from tests.helpers import in_read
 
 PAGE = 4096
 _FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -102,7 +103,8 @@ def test_held_launcher_has_made_no_copy() -> None:
         pytest.skip("the launcher is x86-64 only")
     command = launcher.LaunchedCommand("/bin/true", ["true"])
     try:
-        time.sleep(0.1)  # well past its exec: it waits on the release pipe
+        # It has run all it runs before the release: it waits on the release pipe.
+        wait_until(lambda: in_read(command.pid), 60, "the launcher waits for its release")
         held = taskstats.query_pid(command.pid)
         assert held.comm.isdigit()  # /proc/self/fd/N: still the launcher
         assert held.wpcopy_count == 0
