@@ -117,9 +117,9 @@ static __always_inline u64 stack_word(void *ctx, int slot)
  * the low bits cannot share the slot: the first takes it (compare-and-swap on its tid field,
  * 0 = free), the other's episode lives in the episodes hash, as every episode did before.  A
  * slot belongs to its thread until the task is freed; only that thread reads or writes it
- * (sched_process_free, after the thread is gone, gives it back). */
-
-/* The array slot `tid` maps to (its low bits), whoever holds it: the caller checks its tid. */
+ * (sched_process_free, after the thread is gone, gives it back).
+ *
+ * The array slot `tid` maps to (its low bits), whoever holds it: the caller checks its tid. */
 static __always_inline struct episode_state *episode_slot(u32 tid)
 {
     u32 index = tid & (EPISODE_SLOTS - 1);
