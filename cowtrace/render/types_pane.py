@@ -4,7 +4,7 @@ object, and the pages not examined, over the resolution's time budget (python/bu
 types' figures leave those out, so wherever they are shown that count is too.  One renderer
 for every output: the live pane, the end-of-run summary lines, `cowtrace report`'s table
 (report/text.py) and page (report/html.py) from the same PythonTypeStat rows, and the pages
-line (`pages_line`) wherever the pages are shown with them."""
+line (`pages_line`) wherever the pages are shown with them, `report --diff` too."""
 
 from __future__ import annotations
 
@@ -54,6 +54,12 @@ def pages_line(pages: Mapping[str, int]) -> str:
         f"with none, {pages.get('not_resolved', 0):,} not resolved"
         + (f", {skipped:,} {NOT_EXAMINED}" if skipped else "")
     )
+
+
+def not_examined_change(before: int, after: int) -> str:
+    """`report --diff`'s note under the types: their bytes changed partly because fewer or
+    more pages were examined, not only because the workers copied other objects."""
+    return f"pages {NOT_EXAMINED}: {before:,} → {after:,}"
 
 
 def python_types_pane(snapshot: Snapshot, rows: int = PANE_ROWS) -> RenderableType | None:
