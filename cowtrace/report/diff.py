@@ -10,7 +10,7 @@ listed. Ranking is by the size of the change, largest first, whichever its sign.
 
 The Python types' bytes are those of the pages examined: a run whose resolution was over its
 time budget left pages out (`python_pages["over_budget"]`), so that section also carries both
-runs' counts of them, and a type can shrink only because fewer of its pages were examined.
+runs' counts of them: a type's bytes can shrink merely because fewer of its pages were examined.
 """
 
 from __future__ import annotations
