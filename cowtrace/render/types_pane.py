@@ -2,12 +2,13 @@
 the objects on the copied pages (cowtrace/python/copied_types.py), the pages that held no
 object, and the pages not examined, over the resolution's time budget (python/budget.py): the
 types' figures leave those out, so wherever they are shown that count is too.  One renderer
-for every output: the live pane, the end-of-run summary lines and `cowtrace report`'s table
-(report/text.py), from the same PythonTypeStat rows."""
+for every output: the live pane, the end-of-run summary lines, `cowtrace report`'s table
+(report/text.py) and page (report/html.py) from the same PythonTypeStat rows, and the pages
+line (`pages_line`) wherever the pages are shown with them, `report --diff` too."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
@@ -35,9 +36,30 @@ def categories_text(by_category: dict[str, int], *, brief: bool = False) -> str:
     return ", ".join(f"{name} {share(n, total)}" for name, n in parts if n) or "-"
 
 
+NOT_EXAMINED = "not examined (over the time budget)"  # what the pages over budget are called
+
+
 def over_budget(view: AttributionView) -> int:
     """Copied pages left unexamined for types (over the time budget)."""
     return view.python_pages.get(OVER_BUDGET, 0)
+
+
+def pages_line(pages: Mapping[str, int]) -> str:
+    """The copied pages of CPython members by class (a summary's `python_pages`): ``pages: 3
+    with objects, 0 with none, 0 not resolved, 7 not examined (over the time budget)``; the
+    last only when some were, since the types' figures then leave those pages out."""
+    skipped = pages.get(OVER_BUDGET, 0)
+    return (
+        f"pages: {pages.get('objects', 0):,} with objects, {pages.get('no_object', 0):,} "
+        f"with none, {pages.get('not_resolved', 0):,} not resolved"
+        + (f", {skipped:,} {NOT_EXAMINED}" if skipped else "")
+    )
+
+
+def not_examined_change(before: int, after: int) -> str:
+    """`report --diff`'s note under the types: their bytes changed partly because fewer or
+    more pages were examined, not only because the workers copied other objects."""
+    return f"pages {NOT_EXAMINED}: {before:,} → {after:,}"
 
 
 def python_types_pane(snapshot: Snapshot, rows: int = PANE_ROWS) -> RenderableType | None:
@@ -84,7 +106,6 @@ def python_types_lines(snapshot: Snapshot, rows: int = 10) -> list[str]:
     skipped = over_budget(view)
     if not view.python_types and not skipped:
         return []
-    pages = view.python_pages
     return [
         "copied objects by type:",
         *(
@@ -92,17 +113,20 @@ def python_types_lines(snapshot: Snapshot, rows: int = 10) -> list[str]:
             f"[{categories_text(stat.by_category, brief=True)}]"
             for stat in view.python_types[:rows]
         ),
-        f"  pages: {pages.get('objects', 0):,} with objects, {pages.get('no_object', 0):,} "
-        f"with none, {pages.get('not_resolved', 0):,} not resolved"
-        + (f", {skipped:,} not examined (over the time budget)" if skipped else ""),
+        "  " + pages_line(view.python_pages),
     ]
 
 
 def python_types_report(
-    types: Sequence[PythonTypeStat] | None, console: Console, top: int, whole: int
+    types: Sequence[PythonTypeStat] | None,
+    pages: Mapping[str, int] | None,
+    console: Console,
+    top: int,
+    whole: int,
 ) -> None:
-    """`cowtrace report`'s table; nothing when the file has no such section (only CPython
-    members have one, as the writer stacks)."""
+    """`cowtrace report`'s table and, when the file has them, the pages by class under it (as
+    the summary lines have); nothing when the file has no such section (only CPython members
+    have one, as the writer stacks)."""
 
     def cells(t: PythonTypeStat) -> list[Text]:
         return [
@@ -115,3 +139,5 @@ def python_types_report(
         ]
 
     report_section(console, REPORT_TABLE, types, cells, top)
+    if types is not None and pages:
+        console.print(Text(pages_line(pages), style="dim"))

@@ -7,6 +7,10 @@ the same roles, mappings and code. Each breakdown is compared only when both fil
 summary written without attribution has no mappings); the section then says which file lacks
 it instead of reporting everything as new or gone. Rows that did not change are counted, not
 listed. Ranking is by the size of the change, largest first, whichever its sign.
+
+The Python types' bytes are those of the pages examined: a run whose resolution was over its
+time budget left pages out (`python_pages["over_budget"]`), so that section also carries both
+runs' counts of them: a type's bytes can shrink merely because fewer of its pages were examined.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 
 from cowtrace.render.attribution import region_label
 from cowtrace.report.model import ReportData
+from cowtrace.results import OVER_BUDGET
 
 ROLE_NAMES = {"child": "worker"}
 """As the text report names roles: the summary's ``child`` is a worker of the root."""
@@ -50,6 +55,9 @@ class DiffSection:
     rows: list[DiffRow] = field(default_factory=list)
     unchanged: int = 0
     missing: list[str] = field(default_factory=list)
+    # Python types: pages not examined (over the time budget), before and after; None when
+    # neither run left any out.
+    not_examined: tuple[int, int] | None = None
 
     @property
     def grew(self) -> list[DiffRow]:
@@ -179,6 +187,11 @@ def _python_types(data: ReportData) -> Keyed | None:
     return _sum((t.type, t.type, None, t.copied_bytes) for t in data.python_types)
 
 
+def _over_budget(data: ReportData) -> int:
+    """Pages not examined for types; 0 in a summary from before the budget (all were)."""
+    return (data.python_pages or {}).get(OVER_BUDGET, 0)
+
+
 def diff_runs(before: ReportData, after: ReportData) -> RunDiff:
     """Every breakdown of ``before`` against ``after``. The Python-type section is left out
     when neither file has one (a cowtrace that does not resolve objects yet)."""
@@ -191,7 +204,11 @@ def diff_runs(before: ReportData, after: ReportData) -> RunDiff:
         _section("Python writer stack", before, after, _python_writers),
     ]
     if before.python_types is not None or after.python_types is not None:
-        sections.append(_section("Python type", before, after, _python_types))
+        types = _section("Python type", before, after, _python_types)
+        skipped = _over_budget(before), _over_budget(after)
+        if not types.missing and any(skipped):
+            types.not_examined = skipped
+        sections.append(types)
     return RunDiff(
         before=before,
         after=after,

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from cowtrace.render.format import count, human_bytes
 from cowtrace.render.table import ranked_table
+from cowtrace.render.types_pane import not_examined_change
 from cowtrace.report.diff import DiffRow, DiffSection, RunDiff
 from cowtrace.report.text import describe_source
 
@@ -43,6 +44,8 @@ def render_diff(diff: RunDiff, console: Console, top: int = DEFAULT_TOP) -> None
     for section in diff.sections:
         console.print()
         _section(console, section, top)
+        if section.not_examined is not None:
+            console.print(Text(not_examined_change(*section.not_examined), style="dim"))
 
 
 def _section(console: Console, section: DiffSection, top: int) -> None:

@@ -18,7 +18,7 @@ from cowtrace import __version__
 from cowtrace.render.attribution import region_label
 from cowtrace.render.format import count, human_bytes
 from cowtrace.render.table import share
-from cowtrace.render.types_pane import categories_text
+from cowtrace.render.types_pane import categories_text, pages_line
 from cowtrace.report.assets import CSS, JS
 from cowtrace.report.flame import NATIVE, PYTHON, SYNTHETIC, build_tree
 from cowtrace.report.model import ProcessRow, ReportData
@@ -220,7 +220,8 @@ _PYTHON = _Section(
      ("copies", True), ("copied", True), *_SHARE),
 )  # fmt: skip
 _TYPES = _Section(
-    "python-types", "Copied objects by type", "No Python objects were on the copied pages.", None,
+    "python-types", "Copied objects by type",
+    "No Python objects were on the copied pages examined.", None,
     (("type", False), ("objects", True), ("pages", True), ("copied", True), *_SHARE,
      ("by category", False)),
 )  # fmt: skip
@@ -228,17 +229,19 @@ _TYPES = _Section(
 
 def _section(
     spec: _Section, rows: Sequence[Row] | None, cells: Callable[[Row], str], data: ReportData,
-    top: int,
+    top: int, note: str = "",
 ) -> str:  # fmt: skip
-    """The section: its first ``top`` rows (``cells`` of each, one <tr>), "N more" when cut."""
+    """The section: its first ``top`` rows (``cells`` of each, one <tr>), "N more" when cut,
+    then ``note`` (text) when the section is there."""
     head = f'<section id="{spec.anchor}"><h2>{spec.heading}</h2>'
     if rows is None:
         return "" if spec.missing is None else head + _missing(spec.missing, data) + "</section>"
+    tail = f'<p class="note">{escape(note)}</p></section>' if note else "</section>"
     if not rows:
-        return head + f'<p class="note">{spec.empty}</p></section>'
+        return head + f'<p class="note">{spec.empty}</p>' + tail
     body = "".join(f"<tr>{cells(row)}</tr>" for row in rows[:top])
     table = f"<table>{_head(spec.columns)}<tbody>{body}</tbody></table>"
-    return head + table + _more(top, len(rows)) + "</section>"
+    return head + table + _more(top, len(rows)) + tail
 
 
 def _td(text: str) -> str:
@@ -287,12 +290,13 @@ def _sections(data: ReportData, top: int, whole: int) -> list[str]:
         share_ = _n(human_bytes(t.copied_bytes)) + _share_cell(t.copied_bytes, whole)
         return _td(t.type) + _n(objects) + _n(pages) + share_ + _td(categories_text(t.by_category))
 
+    types_note = pages_line(data.python_pages) if data.python_pages else ""  # as the summary
     return [
         _section(_REGIONS, data.regions, region, data, top),
         _section(_ALLOCATIONS, data.allocations, allocation, data, top),
         _section(_WRITERS, data.writers, writer, data, top),
         _section(_PYTHON, data.python_writers, python, data, top),
-        _section(_TYPES, data.python_types, python_type, data, top),
+        _section(_TYPES, data.python_types, python_type, data, top, types_note),
     ]
 
 

@@ -221,6 +221,7 @@ def summary_report(document: Any, path: str) -> ReportData:
         python_writers=section("python_writers", _python_writer),
         why=why,
         python_types=section("python_types", _python_type),
+        python_pages=_python_pages(document.get("python_pages"), path),
         modules=_modules(document.get("modules"), path),
     )
 
@@ -233,6 +234,15 @@ def _modules(obj: Any, path: str) -> dict[str, Any] | None:
     if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
         raise CowtraceError(f"{path}: summary.modules is not an object of objects")
     return obj
+
+
+def _python_pages(obj: Any, path: str) -> dict[str, int] | None:
+    """The summary's "python_pages" ({class: pages}, over_budget among them)."""
+    if obj is None:
+        return None
+    if not isinstance(obj, dict) or not all(_is_int(v) and v >= 0 for v in obj.values()):
+        raise CowtraceError(f"{path}: summary.python_pages is not an object of counts")
+    return {str(k): v for k, v in obj.items()}
 
 
 def _process(obj: Any, index: int, path: str) -> ProcessRow:

@@ -100,6 +100,10 @@ class ReportData:
     python_writers: list[PythonWriterStat] | None = None
     why: list[str] | None = None
     python_types: list[PythonTypeStat] | None = None
+    # The copied pages of CPython members by class (summary "python_pages"): how many were
+    # resolved, and how many were not examined over the time budget (results.OVER_BUDGET),
+    # which python_types leaves out. None: the file does not say (an event log).
+    python_pages: dict[str, int] | None = None
     samples: list[StackSample] | None = None  # event logs only: the exact stack pairs
     events: int | None = None  # lines read, for an event log
     modules: dict[str, Any] | None = None  # "modules": build-ids of module+0xOFFSET frames

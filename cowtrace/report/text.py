@@ -101,6 +101,6 @@ def render_text(data: ReportData, console: Console, top: int = DEFAULT_TOP) -> N
     attr.allocations_report(data.allocations, console, top, whole, data.source)
     attr.writers_report(data.writers, console, top, whole, data.source)
     python_writers_report(data.python_writers, console, top, whole)
-    python_types_report(data.python_types, console, top, whole)
+    python_types_report(data.python_types, data.python_pages, console, top, whole)
     exits = [(p.pid, p.comm, p.exit) for p in data.processes if p.exit and p.exit.copies]
     attr.exits_report(exits, console, top)

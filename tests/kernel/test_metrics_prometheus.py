@@ -30,9 +30,14 @@ DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "cowtrace.json"
 PAGES = 256
 # Series that exist only when attribution is on in the tracer (see cowtrace_attribution_enabled).
 ATTRIBUTION_METRICS = ("cowtrace_mapping_copies_total", "cowtrace_exit_copies_total")
-# Series only a CPython member has (copied bytes by Python type): this family is C, so the
-# panels reading them must have no data at all (tests/kernel/test_python_types.py checks them).
-PYTHON_METRICS = ("cowtrace_python_type_copied_bytes_total",)
+# Series only a CPython member has (copied bytes by Python type, and the pages left out of them
+# over the time budget): this family is C, so the panels reading them must have no data at all
+# (tests/kernel/test_python_types.py checks the bytes; tests/unit/test_python_types_budget.py
+# the pages).
+PYTHON_METRICS = (
+    "cowtrace_python_type_copied_bytes_total",
+    "cowtrace_python_type_pages_over_budget_total",
+)
 # What Grafana would put in place of the dashboard's variables.
 VARIABLES = {
     "$__rate_interval": "10s",

@@ -157,3 +157,59 @@ def test_every_query_reads_served_metrics(path: Path, monkeypatch: pytest.Monkey
         assert used <= served, (
             f"{where} reads {sorted(used - served)}, which cowtrace does not serve"
         )
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_panels_do_not_overlap(path: Path) -> None:
+    """Every panel inside Grafana's 24 columns, no two sharing a cell: Grafana would push one
+    down and the layout read in the file would not be the one shown."""
+    cells: dict[tuple[int, int], str] = {}
+    for panel in load(path)["panels"]:
+        pos = panel["gridPos"]
+        assert pos["w"] > 0 and pos["h"] > 0 and 0 <= pos["x"] <= 24 - pos["w"], panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
+
+
+def panels_reading(dashboard: dict, metric: str) -> list[dict]:
+    return [p for p in dashboard["panels"] if any(metric in t["expr"] for t in p["targets"])]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_python_type_metric_has_a_panel(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python types' metrics, each read by a panel (the copied bytes by type, and the
+    pages left out of them over the time budget): a figure only scraped is seldom seen."""
+    served = {
+        name
+        for name in served_metric_names(monkeypatch)
+        if name.startswith("cowtrace_python_type_") and name.endswith("_total")
+    }
+    assert served == {
+        "cowtrace_python_type_copied_bytes_total",
+        "cowtrace_python_type_pages_over_budget_total",
+    }
+    dashboard = load(path)
+    for metric in served:
+        assert panels_reading(dashboard, metric), f"no panel reads {metric}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_pages_over_budget_panel(path: Path) -> None:
+    """A rate per instance (the counter has no other label: one per tracer), its description
+    saying what is left out and which flag sets the budget, right under the types' panel."""
+    dashboard = load(path)
+    (types,) = panels_reading(dashboard, "cowtrace_python_type_copied_bytes_total")
+    (panel,) = panels_reading(dashboard, "cowtrace_python_type_pages_over_budget_total")
+    assert panel["type"] == "timeseries"
+    assert [t["expr"] for t in panel["targets"]] == [
+        "sum by (instance) (rate(cowtrace_python_type_pages_over_budget_total"
+        '{instance=~"$instance"}[$__rate_interval]))'
+    ]
+    assert panel["fieldConfig"]["defaults"]["unit"] == "short"
+    assert "--python-types-budget" in panel["description"]
+    assert "not examined" in panel["description"]
+    above = types["gridPos"]
+    assert panel["gridPos"] == {**above, "y": above["y"] + above["h"]}
+    assert panel["id"] == max(p["id"] for p in dashboard["panels"])

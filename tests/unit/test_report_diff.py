@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from cowtrace.cli import main
-from cowtrace.report.diff import DiffRow, diff_runs
+from cowtrace.report.diff import DiffRow, DiffSection, diff_runs
 from cowtrace.report.load import load_report
 from tests.unit.report_samples import full_summary, process, python_writer, write_json, writer
 
@@ -230,3 +230,52 @@ def test_diff_with_a_bad_file_is_one_line(
     code = main(["report", "--diff", str(tmp_path / "nope.json"), str(files[1])])
     err = capsys.readouterr().err
     assert code != 0 and err == f"cowtrace: error: no such file: {tmp_path / 'nope.json'}\n"
+
+
+def with_pages(summary: dict[str, Any], over_budget: int | None) -> dict[str, Any]:
+    """``summary`` with python_pages; ``over_budget`` None: a tracer from before the budget
+    (no such key: every page was examined)."""
+    pages = {"objects": 50, "no_object": 0, "not_resolved": 0, "unreadable": 0}
+    if over_budget is not None:
+        pages["over_budget"] = over_budget
+    return {**summary, "python_pages": pages}
+
+
+def types_section(tmp_path: Path, before: dict[str, Any], after: dict[str, Any]) -> DiffSection:
+    diff = diff_runs(
+        load_report(str(write_json(tmp_path / "b.json", before))),
+        load_report(str(write_json(tmp_path / "a.json", after))),
+    )
+    return next(s for s in diff.sections if s.title == "Python type")
+
+
+def test_pages_over_budget_are_noted_under_the_types(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """AFTER left 500 pages unexamined (over the time budget), BEFORE none (a tracer from
+    before the budget): dict's drop is partly pages not looked at, and the diff says so."""
+    before = write_json(tmp_path / "before.json", with_pages(before_summary(), None))
+    after = write_json(tmp_path / "after.json", with_pages(after_summary(), 500))
+    assert main(["report", "--diff", str(before), str(after)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("pages not examined (over the time budget): 0 → 500")
+    assert lines[at - 1].lstrip().startswith("list ")  # under the types' table, its last row
+    title = next(i for i, line in enumerate(lines) if line.startswith("by Python type: "))
+    assert lines[title].rstrip() == "by Python type: 1 grew, 1 shrank, 1 the same" and title < at
+
+
+def test_no_note_when_no_page_was_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    same = types_section(tmp_path, with_pages(before_summary(), 0), with_pages(after_summary(), 0))
+    assert same.not_examined is None
+    both = types_section(tmp_path, with_pages(before_summary(), 7), with_pages(after_summary(), 0))
+    assert both.not_examined == (7, 0)
+    lacking = before_summary()
+    del lacking["python_types"]
+    missing = types_section(tmp_path, lacking, with_pages(after_summary(), 9))
+    assert (missing.missing, missing.not_examined) == (["before"], None)
+    before = write_json(tmp_path / "before.json", with_pages(before_summary(), 0))
+    after = write_json(tmp_path / "after.json", with_pages(after_summary(), 0))
+    assert main(["report", "--diff", str(before), str(after)]) == 0
+    assert "not examined" not in capsys.readouterr().out
