@@ -171,6 +171,14 @@ class Reader:
         if self._owned:
             close_files(self._files)
 
+    def first(self) -> Reader:
+        """A reader of the first process only (the writer of a new stack: its objects are the
+        ones its stack names; another process may hold another object at the address),
+        sharing this reader's open files."""
+        if not self.keep_open:
+            return Reader(self.pids[:1])
+        return Reader(self.pids[:1], files=self._files)
+
     def read(self, addr: int, size: int) -> bytes | None:
         if not 0 < addr < USER_ADDRESS_END or size <= 0:
             return None

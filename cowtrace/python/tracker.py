@@ -46,6 +46,9 @@ class PythonStacks:
         self.notices: list[str] = []
         self.writers = PythonWriters()
         self._raw: dict[int, kernel.RawStack] = {}
+        # Each new stack's frame names, bound when it was first seen (by (image, stack id)): the
+        # cache by address may hold another code object's by the drain.
+        self._frames: dict[tuple[int, int], tuple[str | None, ...]] = {}
         self._resolved: dict[tuple[int, int], ResolvedStack] = {}
         self.types = CopiedTypes()
         self.budget = budget or TypesBudget()  # of the types resolution (budget.py)
@@ -67,9 +70,11 @@ class PythonStacks:
         """Names a new stack's code objects while its writer still lives, and notes where its
         native leaf is: only what needs the process, and quickly (each process' memory opened
         once for the bunch of notes at hand); the leaf's symbol (an ELF file's symbol table: tens of
-        milliseconds the first time) waits for the drain.  Runs on the watcher's thread:
-        the caches it fills (the image's) only gain entries, and the session's thread
-        fills them the same way when it comes first."""
+        milliseconds the first time) waits for the drain.  The frames' names are bound to the
+        stack now, each code object checked against the writer's (an address may hold another
+        code object than the one cached: issue 14).  Runs on the watcher's thread: the image's
+        caches it fills are filled the same way by the session's thread when it comes first
+        (single dict operations: either thread's entry for an address is a true reading)."""
         image = self.images.get(pid)
         if image is None:  # a child whose fork record is not applied yet: its parent's image
             image = next((i for i in list(self.images.values()) if i.runtime == runtime), None)
@@ -81,8 +86,7 @@ class PythonStacks:
         self._raw[stack_id] = raw
         readers = [pid, *self._readers(image, pid)]
         reader = remote_reads.Reader(readers, files=self._note_files)  # open for the bunch
-        for code, instr in zip(raw.codes, raw.instrs, strict=True):
-            frame_name(image, readers, code, instr, reader)  # cached in the image
+        self._frames[(id(image), stack_id)] = _frame_names(image, readers, raw, reader)
         leaf_mapping(image, pid, raw.leaf_ip)
 
     def _after_new_stacks(self) -> None:
@@ -252,8 +256,12 @@ class PythonStacks:
         complete = True
         reader = remote_reads.Reader(readers, keep_open=True)
         try:
-            for code, instr in zip(raw.codes, raw.instrs, strict=True):
-                name = frame_name(image, readers, code, instr, reader)
+            noted = self._frames.get((id(image), stack_id))
+            if noted is None:  # not seen by the watcher (it fell behind): new here
+                noted = _frame_names(image, readers, raw, reader)
+            for code, instr, name in zip(raw.codes, raw.instrs, noted, strict=True):
+                if name is None:  # nothing could be read when it was new: the cache, if any
+                    name = frame_name(image, readers, code, instr, reader)
                 if name is None:
                     complete = False
                     frames.append(f"<code 0x{code:x}>")
@@ -268,6 +276,17 @@ class PythonStacks:
         if complete:
             self._resolved[(id(image), stack_id)] = stack
         return stack
+
+
+def _frame_names(
+    image: PythonImage, readers: list[int], raw: kernel.RawStack, reader: remote_reads.Reader
+) -> tuple[str | None, ...]:
+    """The names of a stack seen for the first time, `readers[0]` its writer: each code object
+    checked against the writer's (resolve.code_info's `check`)."""
+    return tuple(
+        frame_name(image, readers, code, instr, reader, check=True)
+        for code, instr in zip(raw.codes, raw.instrs, strict=True)
+    )
 
 
 def python_lifecycle(python: PythonStacks, record: Any) -> None:
