@@ -14,6 +14,7 @@ by a fingerprint (code_info's `check`): one small read per frame, once per new s
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 
@@ -22,6 +23,7 @@ from cowtrace.host.elf import load as load_symbols
 from cowtrace.host.rootfs import host_path
 from cowtrace.python.detect import CodeInfo, PythonImage
 from cowtrace.python.linetable import CODE_UNIT, LineTable
+from cowtrace.python.offsets import PyOffsets
 
 # PyObject.ob_type, PyVarObject.ob_size, PyTypeObject.tp_name: fixed on x86-64 3.11-3.13
 OB_TYPE, OB_SIZE, TP_NAME = 8, 16, 24
@@ -48,24 +50,40 @@ def _unicode(reader: remote_reads.Reader, image: PythonImage, addr: int) -> str 
     return data.decode(encoding, errors="replace")
 
 
-def fingerprint(
-    reader: remote_reads.Reader, image: PythonImage, addr: int
-) -> tuple[int, ...] | None:
+Fingerprint = tuple[int, ...]
+
+
+@functools.cache
+def _head_layout(offsets: PyOffsets) -> struct.Struct:
+    """The fields of a code object's head a fingerprint is made of, from ob_type on, as one
+    struct (one unpack per frame: the thread naming new stacks does it for every frame)."""
+    fields = (
+        (OB_TYPE, "Q"),
+        (OB_SIZE, "q"),
+        (offsets.code_firstlineno, "i"),
+        (offsets.code_filename, "Q"),
+        (offsets.code_qualname, "Q"),
+        (offsets.code_linetable, "Q"),
+    )
+    at, layout = OB_TYPE, "<"
+    for offset, code in fields:
+        if offset < at:
+            raise ValueError(f"CPython {offsets.version}: code object fields out of order")
+        layout += f"{offset - at}x{code}"
+        at = offset + struct.calcsize(code)
+    return struct.Struct(layout)
+
+
+def fingerprint(reader: remote_reads.Reader, image: PythonImage, addr: int) -> Fingerprint | None:
     """What tells the code object at `addr` from another one later allocated there: its type,
     size (code units), first line and the addresses of its file name, qualified name and line
-    table, all from one read of its head (ob_type to co_linetable: 136 bytes on 3.11-3.13).
-    None when `reader` cannot read it.  Another object with every one of these equal (same
-    size and first line, and its three strings recycled at the same addresses) goes
+    table (in that order), all from one read of its head (ob_type to co_linetable: 136 bytes
+    on 3.11-3.13); None when `reader` cannot read it.  Another object with every one of these
+    equal (same size and first line, its three strings recycled at the same addresses) goes
     unnoticed: the price of one small read per frame."""
-    o = image.offsets
-    fields = (o.code_firstlineno, o.code_filename, o.code_qualname, o.code_linetable)
-    head = reader.read(addr + OB_TYPE, max(fields) + 8 - OB_TYPE)
-    if head is None:
-        return None
-    return tuple(
-        struct.unpack_from("<i" if at == o.code_firstlineno else "<Q", head, at - OB_TYPE)[0]
-        for at in (OB_TYPE, OB_SIZE, *fields)
-    )
+    layout = _head_layout(image.offsets)
+    head = reader.read(addr + OB_TYPE, layout.size)
+    return None if head is None else layout.unpack(head)
 
 
 def code_info(
@@ -74,33 +92,28 @@ def code_info(
     addr: int,
     reader: remote_reads.Reader | None = None,
     *,
-    check: bool = False,
+    checked: bool = False,
+    now: Fingerprint | None = None,
 ) -> CodeInfo | None:
     """The code object at `addr` (name, file, line table); CodeInfo.name "" for no code object
     or a C-stack shim (the frame is dropped); None when no process can be read any more.
     Cached in the image by address (None is not cached).  `reader`: one over `pids` kept open
     for a burst of names (else each read opens the processes' memory anew).
 
-    `check` (a stack seen for the first time; pids[0] its writer): the address may hold
-    another object than the one cached (the first freed, another allocated there, in this
-    process or after the fork in another), so the writer's object is fingerprinted (one small
-    read) and read anew if it differs.  Only the writer: a sibling or parent may hold another
-    object at the address.  When the writer cannot be read any more, the cache is the best
-    knowledge there is and names the frame."""
+    `checked` (a stack seen for the first time, pids[0] its writer; new_stack_names): the
+    address may hold another object than the one cached (the first freed, another allocated
+    there, in this process or after the fork in another), so the cached one is taken only if
+    `now`, the writer's object's fingerprint, is its own; else the writer's object is read.
+    Only the writer: a sibling or parent may hold another object at the address.  `now` None
+    (the writer cannot be read any more): the cache is the best knowledge there is and names
+    the frame."""
     cached = image.code_infos.get(addr)
-    if cached is not None and not check:
+    if cached is not None and (not checked or now is None or cached.fingerprint == now):
         return cached
     reader = reader or remote_reads.Reader(pids)
-    if check:
-        writer = reader.first()
-        now = fingerprint(writer, image, addr)
-        if now is None and cached is not None:
-            return cached  # the writer is gone: the best knowledge there is
-        if now is not None:
-            if cached is not None and cached.fingerprint == now:
-                return cached
-            image.code_infos.pop(addr, None)  # another object now: never its name
-            return _cache(image, addr, _read_code(writer, image, addr, now))
+    if checked and now is not None:
+        image.code_infos.pop(addr, None)  # another object now: never the cached one's name
+        return _cache(image, addr, _read_code(reader.first(), image, addr, now))
     return _cache(image, addr, _read_code(reader, image, addr))
 
 
@@ -111,7 +124,7 @@ def _cache(image: PythonImage, addr: int, info: CodeInfo | None) -> CodeInfo | N
 
 
 def _read_code(
-    reader: remote_reads.Reader, image: PythonImage, addr: int, now: tuple[int, ...] | None = None
+    reader: remote_reads.Reader, image: PythonImage, addr: int, now: Fingerprint | None = None
 ) -> CodeInfo | None:
     """The code object at `addr` read whole; `now` its fingerprint when already read."""
     now = now or fingerprint(reader, image, addr)
@@ -153,14 +166,15 @@ def frame_name(
     instr: int | None,
     reader: remote_reads.Reader | None = None,
     *,
-    check: bool = False,
+    checked: bool = False,
+    now: Fingerprint | None = None,
 ) -> str | None:
     """`qualname (file:line)` of a frame running the code object at `addr`, `instr` code units
     from the object's start (the kernel's capture), `line` the line of that instruction; the
     first line when the instruction is unknown or has no line.  "" for a frame to drop, None
     when nothing can be read any more.  Cached per (code object, instruction) in its CodeInfo;
-    `reader` and `check` as in code_info."""
-    info = code_info(image, pids, addr, reader, check=check)
+    `reader`, `checked` and `now` as in code_info."""
+    info = code_info(image, pids, addr, reader, checked=checked, now=now)
     if info is None:
         return None
     name = info.names.get(instr)
@@ -168,6 +182,34 @@ def frame_name(
         line = line_of(info, image.offsets.code_code_adaptive, instr)
         name = info.names[instr] = info.frame(line)
     return name
+
+
+def new_stack_names(
+    image: PythonImage,
+    pids: list[int],
+    codes: tuple[int, ...],
+    instrs: tuple[int | None, ...],
+    reader: remote_reads.Reader | None = None,
+) -> tuple[str | None, ...]:
+    """The frame names of a stack seen for the first time, pids[0] its writer: every code
+    object's fingerprint read from the writer in one system call (remote_reads.read_many), then
+    each frame named as frame_name with `checked` (one per frame cost the thread naming new
+    stacks enough to fall behind a pool's workers, gone before it named their stacks)."""
+    reader = reader or remote_reads.Reader(pids)
+    layout = _head_layout(image.offsets)  # once: hashing the offsets is not free
+    heads = reader.first().read_many([(addr + OB_TYPE, layout.size) for addr in codes])
+    return tuple(
+        frame_name(
+            image,
+            pids,
+            addr,
+            instr,
+            reader,
+            checked=True,
+            now=None if head is None else layout.unpack(head),
+        )
+        for addr, instr, head in zip(codes, instrs, heads, strict=True)
+    )
 
 
 def line_of(info: CodeInfo, code_adaptive: int, instr: int | None) -> int:

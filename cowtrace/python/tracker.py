@@ -27,7 +27,7 @@ from cowtrace.python import kernel
 from cowtrace.python.budget import TypesBudget
 from cowtrace.python.copied_types import CopiedTypes
 from cowtrace.python.detect import PythonImage, detect
-from cowtrace.python.resolve import frame_name, leaf_mapping, leaf_name
+from cowtrace.python.resolve import frame_name, leaf_mapping, leaf_name, new_stack_names
 from cowtrace.python.writers import CATEGORIES, PythonWriters, categorize
 from cowtrace.results import FaultPythonStacks, ResolvedStack
 
@@ -86,7 +86,9 @@ class PythonStacks:
         self._raw[stack_id] = raw
         readers = [pid, *self._readers(image, pid)]
         reader = remote_reads.Reader(readers, files=self._note_files)  # open for the bunch
-        self._frames[(id(image), stack_id)] = _frame_names(image, readers, raw, reader)
+        self._frames[(id(image), stack_id)] = new_stack_names(
+            image, readers, raw.codes, raw.instrs, reader
+        )
         leaf_mapping(image, pid, raw.leaf_ip)
 
     def _after_new_stacks(self) -> None:
@@ -258,7 +260,7 @@ class PythonStacks:
         try:
             noted = self._frames.get((id(image), stack_id))
             if noted is None:  # not seen by the watcher (it fell behind): new here
-                noted = _frame_names(image, readers, raw, reader)
+                noted = new_stack_names(image, readers, raw.codes, raw.instrs, reader)
             for code, instr, name in zip(raw.codes, raw.instrs, noted, strict=True):
                 if name is None:  # nothing could be read when it was new: the cache, if any
                     name = frame_name(image, readers, code, instr, reader)
@@ -276,17 +278,6 @@ class PythonStacks:
         if complete:
             self._resolved[(id(image), stack_id)] = stack
         return stack
-
-
-def _frame_names(
-    image: PythonImage, readers: list[int], raw: kernel.RawStack, reader: remote_reads.Reader
-) -> tuple[str | None, ...]:
-    """The names of a stack seen for the first time, `readers[0]` its writer: each code object
-    checked against the writer's (resolve.code_info's `check`)."""
-    return tuple(
-        frame_name(image, readers, code, instr, reader, check=True)
-        for code, instr in zip(raw.codes, raw.instrs, strict=True)
-    )
 
 
 def python_lifecycle(python: PythonStacks, record: Any) -> None:
