@@ -9,7 +9,8 @@ checked (the object's type must be named "code"), so a stale address yields no f
 than a wrong one.  An address can hold another code object later (the first freed, another
 allocated there: a module's code after its import, generated code, a worker's own code after
 the fork), so a stack seen for the first time checks each cached object against the writer's
-by a fingerprint (code_info's `check`): one small read per frame, once per new stack.
+by a fingerprint (new_stack_names): a small read per frame, all in one system call, once per
+new stack; a known stack keeps the names it was given then (python/tracker.py).
 """
 
 from __future__ import annotations
@@ -190,25 +191,26 @@ def new_stack_names(
     codes: tuple[int, ...],
     instrs: tuple[int | None, ...],
     reader: remote_reads.Reader | None = None,
+    prints: dict[int, Fingerprint | None] | None = None,
 ) -> tuple[str | None, ...]:
     """The frame names of a stack seen for the first time, pids[0] its writer: every code
     object's fingerprint read from the writer in one system call (remote_reads.read_many), then
-    each frame named as frame_name with `checked` (one per frame cost the thread naming new
-    stacks enough to fall behind a pool's workers, gone before it named their stacks)."""
+    each frame named as frame_name with `checked`.  `prints`: the writer's fingerprints read
+    for the stacks before it in the same bunch, by address (all of the bunch's stacks were
+    captured before any was read: a second read would tell nothing the first did not), and
+    kept there.  A read per frame of each new stack made the thread naming them fall behind a
+    pool's workers, gone before it named their stacks."""
     reader = reader or remote_reads.Reader(pids)
+    prints = {} if prints is None else prints
     layout = _head_layout(image.offsets)  # once: hashing the offsets is not free
-    heads = reader.first().read_many([(addr + OB_TYPE, layout.size) for addr in codes])
+    unread = [addr for addr in dict.fromkeys(codes) if addr not in prints]
+    if unread:
+        heads = reader.first().read_many([(addr + OB_TYPE, layout.size) for addr in unread])
+        for addr, head in zip(unread, heads, strict=True):
+            prints[addr] = None if head is None else layout.unpack(head)
     return tuple(
-        frame_name(
-            image,
-            pids,
-            addr,
-            instr,
-            reader,
-            checked=True,
-            now=None if head is None else layout.unpack(head),
-        )
-        for addr, instr, head in zip(codes, instrs, heads, strict=True)
+        frame_name(image, pids, addr, instr, reader, checked=True, now=prints[addr])
+        for addr, instr in zip(codes, instrs, strict=True)
     )
 
 

@@ -27,7 +27,13 @@ from cowtrace.python import kernel
 from cowtrace.python.budget import TypesBudget
 from cowtrace.python.copied_types import CopiedTypes
 from cowtrace.python.detect import PythonImage, detect
-from cowtrace.python.resolve import frame_name, leaf_mapping, leaf_name, new_stack_names
+from cowtrace.python.resolve import (
+    Fingerprint,
+    frame_name,
+    leaf_mapping,
+    leaf_name,
+    new_stack_names,
+)
 from cowtrace.python.writers import CATEGORIES, PythonWriters, categorize
 from cowtrace.results import FaultPythonStacks, ResolvedStack
 
@@ -41,6 +47,8 @@ class PythonStacks:
         self._watcher: kernel.NewStackWatcher | None = None
         # the memory files the watcher's thread keeps open for a bunch of new stacks
         self._note_files: dict[int, remote_reads.MemoryFile | None] = {}
+        # and the code objects' fingerprints read from each writer for the bunch, by address
+        self._note_prints: dict[int, dict[int, Fingerprint | None]] = {}
         self.images: dict[int, PythonImage] = {}
         self.pending: dict[int, float] = {}  # pid -> give-up time
         self.notices: list[str] = []
@@ -86,8 +94,9 @@ class PythonStacks:
         self._raw[stack_id] = raw
         readers = [pid, *self._readers(image, pid)]
         reader = remote_reads.Reader(readers, files=self._note_files)  # open for the bunch
+        prints = self._note_prints.setdefault(pid, {})
         self._frames[(id(image), stack_id)] = new_stack_names(
-            image, readers, raw.codes, raw.instrs, reader
+            image, readers, raw.codes, raw.instrs, reader, prints
         )
         leaf_mapping(image, pid, raw.leaf_ip)
 
@@ -95,7 +104,9 @@ class PythonStacks:
         """The notes at hand are named: close the memory files they read, and drain the LRU
         batches the reads filled, once for them all (see remote_reads.py: it waits for every
         CPU, milliseconds on a busy machine; once per note, it made naming fall seconds
-        behind a start-up's burst of stacks)."""
+        behind a start-up's burst of stacks).  The writers' fingerprints read for them go too:
+        the next bunch's stacks were captured after these reads."""
+        self._note_prints.clear()
         if self._note_files:
             remote_reads.close_files(self._note_files)
             drain_lru_batches()

@@ -182,3 +182,17 @@ def test_each_new_stack_keeps_the_names_of_its_own_moment(family, monkeypatch):
     python._on_new_stack(img.runtime, 3, 2)  # child 3 runs `second` at the same address
     assert python._resolve(2, 1).frames == ("first (<first>:10)",)
     assert python._resolve(3, 2).frames == ("second (<second>:20)",)
+
+
+def test_a_bunch_reads_each_writer_fingerprint_once(family):
+    """The stacks of one bunch of notes were all captured before the first read: a code object
+    the bunch's earlier stacks fingerprinted in the same writer is not read again."""
+    img, log, prints = image(), [], {}
+    reader = FakeReader(family, [2, 1], log)
+    assert new_stack_names(img, [2, 1], (CODE,), (None,), reader, prints) == ("first (<first>:10)",)
+    log.clear()
+    assert (
+        new_stack_names(img, [2, 1], (CODE, CODE), (None, 4), reader, prints)
+        == ("first (<first>:10)",) * 2
+    )
+    assert log == []
