@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import mmap
 import os
 import struct
@@ -33,6 +34,17 @@ SMALL_READ = 16384  # bytes read keeping the GIL at most (MemoryFile.read)
 _pread = ctypes.PyDLL(None).pread  # PyDLL: called with the GIL held (MemoryFile.read)
 _pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
 _pread.restype = ctypes.c_ssize_t
+_process_vm_readv = ctypes.PyDLL(None, use_errno=True).process_vm_readv  # keeps the GIL
+_process_vm_readv.argtypes = [
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
+_process_vm_readv.restype = ctypes.c_ssize_t
+IOV_MAX = 1024  # iovecs per process_vm_readv(2) call (Linux's UIO_MAXIOV)
 _scratch: mmap.mmap | None = None
 _address = 0
 
@@ -109,6 +121,33 @@ def read(pid: int, addr: int, size: int) -> bytes | None:
     return data if len(data) == size else None
 
 
+def read_many(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
+    """Many small (addr, size) runs of `pid`'s memory, in one process_vm_readv(2) when they
+    are all readable (a few microseconds, against a pread through /proc/PID/mem for each);
+    None for a run that cannot be read whole.  The call stops at the first run it cannot
+    read (it never splits one), so the runs after it are asked for again."""
+    out: list[bytes | None] = [None] * len(runs)
+    wanted = [i for i, (addr, size) in enumerate(runs) if 0 < addr < USER_ADDRESS_END and size > 0]
+    while wanted:
+        batch = wanted[:IOV_MAX]
+        total = sum(runs[i][1] for i in batch)
+        buffer = ctypes.create_string_buffer(total)
+        local = (ctypes.c_uint64 * 2)(ctypes.addressof(buffer), total)  # struct iovec
+        remote = (ctypes.c_uint64 * (2 * len(batch)))(*(n for i in batch for n in runs[i]))
+        got = _process_vm_readv(pid, local, 1, remote, len(batch), 0)
+        if got < 0 and ctypes.get_errno() != errno.EFAULT:
+            return out  # the process is gone (or not ours to read)
+        data, offset, done = buffer.raw[: max(got, 0)], 0, 0
+        for i in batch:
+            size = runs[i][1]
+            if offset + size > len(data):
+                break
+            out[i] = data[offset : offset + size]
+            offset, done = offset + size, done + 1
+        wanted = wanted[done + (done < len(batch)) :]  # past the run that stopped it
+    return out
+
+
 def read_runs(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
     """Several (addr, size) runs of `pid`'s memory through one open of /proc/PID/mem, one
     pread each (a run of pages in one read); None for a run that could not be read whole."""
@@ -171,6 +210,14 @@ class Reader:
         if self._owned:
             close_files(self._files)
 
+    def first(self) -> Reader:
+        """A reader of the first process only (the writer of a new stack: its objects are the
+        ones its stack names; another process may hold another object at the address),
+        sharing this reader's open files."""
+        if not self.keep_open:
+            return Reader(self.pids[:1])
+        return Reader(self.pids[:1], files=self._files)
+
     def read(self, addr: int, size: int) -> bytes | None:
         if not 0 < addr < USER_ADDRESS_END or size <= 0:
             return None
@@ -185,6 +232,18 @@ class Reader:
             if found is not None:
                 return found
         return None
+
+    def read_many(self, runs: list[tuple[int, int]]) -> list[bytes | None]:
+        """Each run from the first process that has it whole (read_many: one system call per
+        process asked)."""
+        out: list[bytes | None] = [None] * len(runs)
+        for pid in self.pids:
+            missing = [i for i, data in enumerate(out) if data is None]
+            if not missing:
+                break
+            for i, data in zip(missing, read_many(pid, [runs[i] for i in missing]), strict=True):
+                out[i] = data
+        return out
 
     def u64(self, addr: int) -> int | None:
         data = self.read(addr, 8)

@@ -32,12 +32,16 @@ _LIBPYTHON = re.compile(r"libpython3\.\d+")
 @dataclass(frozen=True)
 class CodeInfo:
     """A code object read from the target: what names its frames.  `name` "" marks no code
-    object (or a C-stack shim): its frames are dropped."""
+    object (or a C-stack shim): its frames are dropped.  `fingerprint`: what tells it from
+    another object later allocated at its address (resolve.fingerprint); `names`: its frames'
+    names by instruction, kept with it, so they go when another object takes the address."""
 
     name: str  # co_qualname
     filename: str
     firstlineno: int
     lines: LineTable | None  # co_linetable decoded; None: unreadable, frames show firstlineno
+    fingerprint: tuple[int, ...] = ()
+    names: dict[int | None, str] = field(default_factory=dict, compare=False, repr=False)
 
     def frame(self, line: int) -> str:
         return f"{self.name} ({self.filename}:{line})" if self.name else ""
@@ -53,8 +57,8 @@ class PythonImage:
     offsets: PyOffsets
     runtime: int  # address of _PyRuntime
     path: str  # the file holding _PyRuntime
+    # by address: the object last read there (resolve.code_info checks it on new stacks)
     code_infos: dict[int, CodeInfo] = field(default_factory=dict)
-    frame_names: dict[tuple[int, int | None], str] = field(default_factory=dict)
     leaf_names: dict[int, tuple[str, str]] = field(default_factory=dict)
     leaf_mappings: dict[int, tuple[procmaps.MapLine, str] | None] = field(default_factory=dict)
     maps: list[procmaps.MapLine] = field(default_factory=list)

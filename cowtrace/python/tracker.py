@@ -27,7 +27,13 @@ from cowtrace.python import kernel
 from cowtrace.python.budget import TypesBudget
 from cowtrace.python.copied_types import CopiedTypes
 from cowtrace.python.detect import PythonImage, detect
-from cowtrace.python.resolve import frame_name, leaf_mapping, leaf_name
+from cowtrace.python.resolve import (
+    Fingerprint,
+    frame_name,
+    leaf_mapping,
+    leaf_name,
+    new_stack_names,
+)
 from cowtrace.python.writers import CATEGORIES, PythonWriters, categorize
 from cowtrace.results import FaultPythonStacks, ResolvedStack
 
@@ -41,11 +47,16 @@ class PythonStacks:
         self._watcher: kernel.NewStackWatcher | None = None
         # the memory files the watcher's thread keeps open for a bunch of new stacks
         self._note_files: dict[int, remote_reads.MemoryFile | None] = {}
+        # and the code objects' fingerprints read from each writer for the bunch, by address
+        self._note_prints: dict[int, dict[int, Fingerprint | None]] = {}
         self.images: dict[int, PythonImage] = {}
         self.pending: dict[int, float] = {}  # pid -> give-up time
         self.notices: list[str] = []
         self.writers = PythonWriters()
         self._raw: dict[int, kernel.RawStack] = {}
+        # Each new stack's frame names, bound when it was first seen (by (image, stack id)): the
+        # cache by address may hold another code object's by the drain.
+        self._frames: dict[tuple[int, int], tuple[str | None, ...]] = {}
         self._resolved: dict[tuple[int, int], ResolvedStack] = {}
         self.types = CopiedTypes()
         self.budget = budget or TypesBudget()  # of the types resolution (budget.py)
@@ -67,9 +78,11 @@ class PythonStacks:
         """Names a new stack's code objects while its writer still lives, and notes where its
         native leaf is: only what needs the process, and quickly (each process' memory opened
         once for the bunch of notes at hand); the leaf's symbol (an ELF file's symbol table: tens of
-        milliseconds the first time) waits for the drain.  Runs on the watcher's thread:
-        the caches it fills (the image's) only gain entries, and the session's thread
-        fills them the same way when it comes first."""
+        milliseconds the first time) waits for the drain.  The frames' names are bound to the
+        stack now, each code object checked against the writer's (an address may hold another
+        code object than the one cached: issue 14).  Runs on the watcher's thread: the image's
+        caches it fills are filled the same way by the session's thread when it comes first
+        (single dict operations: either thread's entry for an address is a true reading)."""
         image = self.images.get(pid)
         if image is None:  # a child whose fork record is not applied yet: its parent's image
             image = next((i for i in list(self.images.values()) if i.runtime == runtime), None)
@@ -81,15 +94,19 @@ class PythonStacks:
         self._raw[stack_id] = raw
         readers = [pid, *self._readers(image, pid)]
         reader = remote_reads.Reader(readers, files=self._note_files)  # open for the bunch
-        for code, instr in zip(raw.codes, raw.instrs, strict=True):
-            frame_name(image, readers, code, instr, reader)  # cached in the image
+        prints = self._note_prints.setdefault(pid, {})
+        self._frames[(id(image), stack_id)] = new_stack_names(
+            image, readers, raw.codes, raw.instrs, reader, prints
+        )
         leaf_mapping(image, pid, raw.leaf_ip)
 
     def _after_new_stacks(self) -> None:
         """The notes at hand are named: close the memory files they read, and drain the LRU
         batches the reads filled, once for them all (see remote_reads.py: it waits for every
         CPU, milliseconds on a busy machine; once per note, it made naming fall seconds
-        behind a start-up's burst of stacks)."""
+        behind a start-up's burst of stacks).  The writers' fingerprints read for them go too:
+        the next bunch's stacks were captured after these reads."""
+        self._note_prints.clear()
         if self._note_files:
             remote_reads.close_files(self._note_files)
             drain_lru_batches()
@@ -252,8 +269,12 @@ class PythonStacks:
         complete = True
         reader = remote_reads.Reader(readers, keep_open=True)
         try:
-            for code, instr in zip(raw.codes, raw.instrs, strict=True):
-                name = frame_name(image, readers, code, instr, reader)
+            noted = self._frames.get((id(image), stack_id))
+            if noted is None:  # not seen by the watcher (it fell behind): new here
+                noted = new_stack_names(image, readers, raw.codes, raw.instrs, reader)
+            for code, instr, name in zip(raw.codes, raw.instrs, noted, strict=True):
+                if name is None:  # nothing could be read when it was new: the cache, if any
+                    name = frame_name(image, readers, code, instr, reader)
                 if name is None:
                     complete = False
                     frames.append(f"<code 0x{code:x}>")

@@ -168,6 +168,25 @@ def test_freeze_spares_the_collector(version, tmp_path):
     assert gc_copies < len(facts["gc_pages"]) // 4  # objects made after the freeze only
 
 
+@pytest.mark.parametrize("version", sorted(INTERPRETERS))
+def test_a_code_address_taken_by_another_code_object(version, tmp_path):
+    """Issue 14: `first` writes 40 pre-fork header pages in child A; its code object is freed
+    and `second`'s lands at its address; `second` writes 70 others in child B
+    (tests/fixtures/py_code_reuse.py).  Each page carries the name of the function that wrote
+    it, not the first one seen at the address."""
+    reuse = FIXTURE.parent / "py_code_reuse.py"
+    facts, _summary, events = trace_python_fixture(INTERPRETERS[version], reuse, tmp_path)
+    assert facts["version"] == version.split("-")[0]
+    assert facts["addrs"][0] == facts["addrs"][1], "second never landed at first's address"
+    for name, child, pages, count in zip(
+        ("first", "second"), facts["children"], facts["pages"], (40, 70), strict=True
+    ):
+        assert len(pages) == count
+        stacks = stacks_by_page(events, child)
+        innermost = [(stacks.get(page) or ["<none>"])[0] for page in pages]
+        assert Counter(innermost) == {f"{name} (<{name}>:2)": count}, name
+
+
 def child_copies(summary: dict, pid: int) -> int:
     (process,) = [p for p in summary["processes"] if p["pid"] == pid]
     return process["copies"]
