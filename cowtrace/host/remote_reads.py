@@ -214,9 +214,13 @@ class Reader:
         """A reader of the first process only (the writer of a new stack: its objects are the
         ones its stack names; another process may hold another object at the address),
         sharing this reader's open files."""
+        return self.only(self.pids[0])
+
+    def only(self, pid: int) -> Reader:
+        """A reader of `pid` alone, sharing this reader's open files."""
         if not self.keep_open:
-            return Reader(self.pids[:1])
-        return Reader(self.pids[:1], files=self._files)
+            return Reader([pid])
+        return Reader([pid], files=self._files)
 
     def read(self, addr: int, size: int) -> bytes | None:
         if not 0 < addr < USER_ADDRESS_END or size <= 0:

@@ -114,8 +114,29 @@ def code_info(
     reader = reader or remote_reads.Reader(pids)
     if checked and now is not None:
         image.code_infos.pop(addr, None)  # another object now: never the cached one's name
-        return _cache(image, addr, _read_code(reader.first(), image, addr, now))
+        return _cache(image, addr, _read_writers(reader, image, addr, now))
     return _cache(image, addr, _read_code(reader, image, addr))
+
+
+def _read_writers(
+    reader: remote_reads.Reader, image: PythonImage, addr: int, now: Fingerprint
+) -> CodeInfo | None:
+    """The writer's object at `addr` (fingerprint `now`), read from the writer (reader.pids[0]).
+    A writer that exits while it is read (its fingerprint unreadable after) leaves a partial
+    read: no name, or no line table, which the cache would keep for every later stack.  Then
+    the object is read from the first other process holding one with the same fingerprint (a
+    pre-fork object: the parent's or a sibling's copy of it)."""
+    writer = reader.first()
+    info = _read_code(writer, image, addr, now)
+    if fingerprint(writer, image, addr) is not None:
+        return info  # read whole from a live writer: what it says stands
+    for pid in reader.pids[1:]:
+        other = reader.only(pid)
+        if fingerprint(other, image, addr) == now:
+            found = _read_code(other, image, addr, now)
+            if found is not None:
+                return found
+    return info
 
 
 def _cache(image: PythonImage, addr: int, info: CodeInfo | None) -> CodeInfo | None:

@@ -78,6 +78,9 @@ class FakeReader(remote_reads.Reader):
     def first(self) -> FakeReader:
         return FakeReader(self.family, self.pids[:1], self.log)
 
+    def only(self, pid: int) -> FakeReader:
+        return FakeReader(self.family, [pid], self.log)
+
 
 def image() -> PythonImage:
     return PythonImage(pid=1, version="3.12", offsets=OFFSETS, runtime=0x1, path="python")
@@ -196,3 +199,26 @@ def test_a_bunch_reads_each_writer_fingerprint_once(family):
         == ("first (<first>:10)",) * 2
     )
     assert log == []
+
+
+class Vanishing(Memory):
+    """A process that exits right after its first read (the fingerprint of a new stack)."""
+
+    def __init__(self, base: Memory) -> None:
+        super().__init__()
+        self.regions, self.reads = base.regions, 0
+
+    def read(self, addr: int, size: int) -> bytes | None:
+        self.reads += 1
+        return super().read(addr, size) if self.reads == 1 else None
+
+
+def test_a_writer_exiting_while_read_is_named_from_a_process_with_the_same_object(family):
+    """The writer's fingerprint was read, then it exited before the object's name and line
+    table: the object is read from the first other process whose object has the same
+    fingerprint (child 3's own, different object is passed over), not cached half read."""
+    img, log = image(), []
+    family[2] = Vanishing(family[2])
+    family[3].code("second", "<second>", 20, 0x7F00_0000_3000)
+    assert name(img, family, [2, 3, 1], log, new=True) == "first (<first>:10)"
+    assert img.code_infos[CODE].name == "first"
