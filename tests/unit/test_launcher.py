@@ -109,12 +109,13 @@ def test_dies_with_the_process_that_spawned_it(tmp_path: Path, released: bool) -
             "-c",
             textwrap.dedent(
                 f"""
-                import pathlib, time
+                import os, pathlib, time
                 from cowtrace.launcher import LaunchedCommand
                 c = LaunchedCommand("/bin/sh", ["sh", "-c", "touch {marker}; exec sleep 60"])
                 if {released}:
                     c.release()
-                pathlib.Path("{pidfile}").write_text(str(c.pid))
+                pathlib.Path("{pidfile}.new").write_text(str(c.pid))
+                os.replace("{pidfile}.new", "{pidfile}")  # whole when it appears
                 time.sleep(60)
                 """
             ),
