@@ -21,7 +21,7 @@ from cowtrace.render import format as fmt
 
 PLAIN_TOP = 3  # attribution entries per kind in the periodic lines
 
-_MemberState = tuple[int, int, int, str]
+_MemberState = tuple[int, int, int, str, str]
 
 
 def family_line(snapshot: Snapshot, wall_time: float) -> str:
@@ -59,15 +59,17 @@ def member_line(member: Member, new_copies: int) -> str:
 
 def _state(member: Member) -> _MemberState:
     counts = member.counts
-    return (counts.copies, counts.reuses, counts.zero_fills, fmt.state_token(member))
+    return (counts.copies, counts.reuses, counts.zero_fills, fmt.state_token(member), member.comm)
 
 
 class PlainReporter:
     """Writes the lines for each snapshot and remembers what it last reported per member.
 
     A member gets a line when it is new, when any of its counts moved, or when its state
-    changed (exited, exec'd), so a quiet family produces one line per interval and a log
-    stays readable for hours. ``clock`` gives the wall time stamped on each line.
+    or its name changed (exited, exec'd: a second exec keeps the state "execd" but names
+    another program, whose record may be read an interval after the counts that moved with
+    it), so a quiet family produces one line per interval and a log stays readable for
+    hours. ``clock`` gives the wall time stamped on each line.
     """
 
     def __init__(

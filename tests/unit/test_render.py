@@ -347,6 +347,22 @@ def test_plain_lines_report_only_changed_members() -> None:
     assert out.flushes == 4
 
 
+def test_plain_line_when_a_member_execs_another_program() -> None:
+    """A second exec keeps the state "execd" and may move no count in the interval its record
+    is read (the counts moved with it the interval before): the new name still gets a line."""
+    out = io.StringIO()
+    reporter = PlainReporter(out, clock=lambda: 0.0)
+    init = member(101, 5, comm="sh", execs=1)
+    reporter.update(snapshot([member(100, role=Role.ROOT), init]))
+    out.seek(0)
+    out.truncate()
+    init.comm = "python3"
+    reporter.update(snapshot([member(100, role=Role.ROOT), init]))
+    assert out.getvalue().splitlines()[1:] == [
+        "  pid=101 role=worker comm=python3 +copies=0 copies=5 reuses=0 zero_fills=0 state=execd"
+    ]
+
+
 def test_plain_huge_numbers_are_single_tokens() -> None:
     out = io.StringIO()
     PlainReporter(out, clock=lambda: 0.0).update(
