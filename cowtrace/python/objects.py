@@ -367,7 +367,8 @@ def apportion(
         mine = slot >= 0
         key = slot[mine] * ntypes + ltid[over[mine]]
         rest = (size[over] - on_first[over])[mine] * flat[after[mine]]
-        nbytes += np.bincount(key, weights=rest, minlength=bins)
+        # not in place: a bincount of no keys is of integers whatever its weights
+        nbytes = nbytes + np.bincount(key, weights=rest, minlength=bins)
     used = np.flatnonzero(nbytes)
     page_key = pages[used // ntypes]
     return Apportioned(

@@ -175,6 +175,20 @@ def test_apportion_straddling_block_and_uncopied_pages() -> None:
     assert crossing < PAGE_SIZE < crossing + 48
 
 
+def test_apportion_a_copied_page_where_no_object_starts() -> None:
+    """512-byte blocks; those starting on page 1 are free, so page 1's only object bytes are
+    the 48 of block 7 (3632..4144), whose start and object count are on page 0, not copied.
+    (Over the types budget only sampled pages are copied pages here; this once crashed the
+    agent: the first sum was empty, of integers, and the second added floats to it.)"""
+    t = table()
+    words, blocks = _blocks(pool(31, ["app.A"] * 31, free=list(range(8, 16))))
+    ids = classify(words, blocks, t, LAYOUT, lambda addr: None)
+    shares = apportion(blocks, ids, np.array([[0, 1, 0, 0]]), 4)
+    assert shares.page.tolist() == [1]
+    assert shares.nbytes.tolist() == [48]
+    assert shares.objects.tolist() == [0]
+
+
 def test_apportion_mixed_page_and_free_blocks() -> None:
     t = table()
     objects = ["app.A", "app.B"] * 40 + ["float"] * 4  # 84 blocks of 48 bytes: page 0
