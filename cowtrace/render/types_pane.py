@@ -16,7 +16,7 @@ from rich.text import Text
 from cowtrace.model import Snapshot
 from cowtrace.render import format as fmt
 from cowtrace.render.table import Ranked, headed_table, report_section, share
-from cowtrace.results import OVER_BUDGET, AttributionView, PythonTypeStat
+from cowtrace.results import OVER_BUDGET, PythonTypeStat
 
 PANE_ROWS = 5  # types shown in the live view
 REPORT_TABLE = Ranked(
@@ -39,16 +39,18 @@ def categories_text(by_category: dict[str, int], *, brief: bool = False) -> str:
 NOT_EXAMINED = "not examined (over the time budget)"  # what the pages over budget are called
 
 
-def over_budget(view: AttributionView) -> int:
-    """Copied pages left unexamined for types (over the time budget)."""
-    return view.python_pages.get(OVER_BUDGET, 0)
+def over_budget(pages: Mapping[str, int] | None) -> int:
+    """Copied pages left unexamined for types (over the time budget), from a view's or a
+    loaded summary's `python_pages` (None or without the count: a file from before the budget,
+    where every page was examined)."""
+    return (pages or {}).get(OVER_BUDGET, 0)
 
 
 def pages_line(pages: Mapping[str, int]) -> str:
     """The copied pages of CPython members by class (a summary's `python_pages`): ``pages: 3
     with objects, 0 with none, 0 not resolved, 7 not examined (over the time budget)``; the
     last only when some were, since the types' figures then leave those pages out."""
-    skipped = pages.get(OVER_BUDGET, 0)
+    skipped = over_budget(pages)
     return (
         f"pages: {pages.get('objects', 0):,} with objects, {pages.get('no_object', 0):,} "
         f"with none, {pages.get('not_resolved', 0):,} not resolved"
@@ -69,7 +71,7 @@ def python_types_pane(snapshot: Snapshot, rows: int = PANE_ROWS) -> RenderableTy
     view = snapshot.attribution
     if view is None:
         return None
-    skipped = over_budget(view)
+    skipped = over_budget(view.python_pages)
     if not view.python_types and not skipped:
         return None
     table = headed_table(title="copied objects by type", title_justify="left", title_style="bold")
@@ -103,7 +105,7 @@ def python_types_lines(snapshot: Snapshot, rows: int = 10) -> list[str]:
     view = snapshot.attribution
     if view is None:
         return []
-    skipped = over_budget(view)
+    skipped = over_budget(view.python_pages)
     if not view.python_types and not skipped:
         return []
     return [

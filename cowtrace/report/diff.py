@@ -19,8 +19,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 from cowtrace.render.attribution import region_label
+from cowtrace.render.types_pane import over_budget
 from cowtrace.report.model import ReportData
-from cowtrace.results import OVER_BUDGET
 
 ROLE_NAMES = {"child": "worker"}
 """As the text report names roles: the summary's ``child`` is a worker of the root."""
@@ -187,11 +187,6 @@ def _python_types(data: ReportData) -> Keyed | None:
     return _sum((t.type, t.type, None, t.copied_bytes) for t in data.python_types)
 
 
-def _over_budget(data: ReportData) -> int:
-    """Pages not examined for types; 0 in a summary from before the budget (all were)."""
-    return (data.python_pages or {}).get(OVER_BUDGET, 0)
-
-
 def diff_runs(before: ReportData, after: ReportData) -> RunDiff:
     """Every breakdown of ``before`` against ``after``. The Python-type section is left out
     when neither file has one (a cowtrace that does not resolve objects yet)."""
@@ -205,7 +200,7 @@ def diff_runs(before: ReportData, after: ReportData) -> RunDiff:
     ]
     if before.python_types is not None or after.python_types is not None:
         types = _section("Python type", before, after, _python_types)
-        skipped = _over_budget(before), _over_budget(after)
+        skipped = over_budget(before.python_pages), over_budget(after.python_pages)
         if not types.missing and any(skipped):
             types.not_examined = skipped
         sections.append(types)
