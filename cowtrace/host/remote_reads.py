@@ -12,13 +12,20 @@ after the heap walk had read it.
 So every burst of reads ends by draining the LRU batches of all CPUs.  move_pages(2) of one
 page of our own to the node it is already on does that first (lru_add_drain_all) and moves
 nothing: the cheapest way user space has to ask for it.
+
+And nothing here reads with process_vm_readv(2), though it reads many runs in one call: it
+pins the pages it reads (FOLL_PIN), and the kernel will not pin an anonymous page that is
+still shared copy-on-write without first unsharing it: it copies the page into the traced
+process, on our behalf.  A read of a code object in a gunicorn master copied the page that
+held it, exactly the copy cowtrace is there to report, made by cowtrace, and counted against
+cowtrace's own task (tests/unit/test_remote_reads.py measures it on smaps).  /proc/PID/mem
+takes references without pinning, and a shared page stays shared.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import mmap
 import os
 import struct
@@ -34,17 +41,6 @@ SMALL_READ = 16384  # bytes read keeping the GIL at most (MemoryFile.read)
 _pread = ctypes.PyDLL(None).pread  # PyDLL: called with the GIL held (MemoryFile.read)
 _pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
 _pread.restype = ctypes.c_ssize_t
-_process_vm_readv = ctypes.PyDLL(None, use_errno=True).process_vm_readv  # keeps the GIL
-_process_vm_readv.argtypes = [
-    ctypes.c_int,
-    ctypes.c_void_p,
-    ctypes.c_ulong,
-    ctypes.c_void_p,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-]
-_process_vm_readv.restype = ctypes.c_ssize_t
-IOV_MAX = 1024  # iovecs per process_vm_readv(2) call (Linux's UIO_MAXIOV)
 _scratch: mmap.mmap | None = None
 _address = 0
 
@@ -121,33 +117,6 @@ def read(pid: int, addr: int, size: int) -> bytes | None:
     return data if len(data) == size else None
 
 
-def read_many(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
-    """Many small (addr, size) runs of `pid`'s memory, in one process_vm_readv(2) when they
-    are all readable (a few microseconds, against a pread through /proc/PID/mem for each);
-    None for a run that cannot be read whole.  The call stops at the first run it cannot
-    read (it never splits one), so the runs after it are asked for again."""
-    out: list[bytes | None] = [None] * len(runs)
-    wanted = [i for i, (addr, size) in enumerate(runs) if 0 < addr < USER_ADDRESS_END and size > 0]
-    while wanted:
-        batch = wanted[:IOV_MAX]
-        total = sum(runs[i][1] for i in batch)
-        buffer = ctypes.create_string_buffer(total)
-        local = (ctypes.c_uint64 * 2)(ctypes.addressof(buffer), total)  # struct iovec
-        remote = (ctypes.c_uint64 * (2 * len(batch)))(*(n for i in batch for n in runs[i]))
-        got = _process_vm_readv(pid, local, 1, remote, len(batch), 0)
-        if got < 0 and ctypes.get_errno() != errno.EFAULT:
-            return out  # the process is gone (or not ours to read)
-        data, offset, done = buffer.raw[: max(got, 0)], 0, 0
-        for i in batch:
-            size = runs[i][1]
-            if offset + size > len(data):
-                break
-            out[i] = data[offset : offset + size]
-            offset, done = offset + size, done + 1
-        wanted = wanted[done + (done < len(batch)) :]  # past the run that stopped it
-    return out
-
-
 def read_runs(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
     """Several (addr, size) runs of `pid`'s memory through one open of /proc/PID/mem, one
     pread each (a run of pages in one read); None for a run that could not be read whole."""
@@ -155,16 +124,20 @@ def read_runs(pid: int, runs: list[tuple[int, int]]) -> list[bytes | None]:
         memory = MemoryFile(pid)
     except OSError:
         return [None] * len(runs)
-    out: list[bytes | None] = []
     try:
-        for addr, size in runs:
-            if not 0 < addr < USER_ADDRESS_END or size <= 0:
-                out.append(None)
-                continue
-            data = memory.read(addr, size)  # callers drain the LRU batches
-            out.append(data if len(data) == size else None)
+        return _read_runs_from(memory, runs)
     finally:
         memory.close()
+
+
+def _read_runs_from(memory: MemoryFile, runs: list[tuple[int, int]]) -> list[bytes | None]:
+    out: list[bytes | None] = []
+    for addr, size in runs:
+        if not 0 < addr < USER_ADDRESS_END or size <= 0:
+            out.append(None)
+            continue
+        data = memory.read(addr, size)  # callers drain the LRU batches
+        out.append(data if len(data) == size else None)
     return out
 
 
@@ -238,14 +211,21 @@ class Reader:
         return None
 
     def read_many(self, runs: list[tuple[int, int]]) -> list[bytes | None]:
-        """Each run from the first process that has it whole (read_many: one system call per
-        process asked)."""
+        """Each run from the first process that has it whole: one open of each process' memory
+        file asked (kept with `keep_open`), then one small pread per run, microseconds each
+        (not one process_vm_readv for them all: see the module's docstring)."""
         out: list[bytes | None] = [None] * len(runs)
         for pid in self.pids:
             missing = [i for i, data in enumerate(out) if data is None]
             if not missing:
                 break
-            for i, data in zip(missing, read_many(pid, [runs[i] for i in missing]), strict=True):
+            wanted = [runs[i] for i in missing]
+            if self.keep_open:
+                memory = self._file(pid)
+                got = _read_runs_from(memory, wanted) if memory is not None else []
+            else:
+                got = read_runs(pid, wanted)
+            for i, data in zip(missing, got, strict=False):
                 out[i] = data
         return out
 

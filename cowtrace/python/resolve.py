@@ -9,7 +9,7 @@ checked (the object's type must be named "code"), so a stale address yields no f
 than a wrong one.  An address can hold another code object later (the first freed, another
 allocated there: a module's code after its import, generated code, a worker's own code after
 the fork), so a stack seen for the first time checks each cached object against the writer's
-by a fingerprint (new_stack_names): a small read per frame, all in one system call, once per
+by a fingerprint (new_stack_names): a small read per frame through the open memory file, once per
 new stack; a known stack keeps the names it was given then (python/tracker.py).
 """
 
@@ -215,8 +215,9 @@ def new_stack_names(
     prints: dict[int, Fingerprint | None] | None = None,
 ) -> tuple[str | None, ...]:
     """The frame names of a stack seen for the first time, pids[0] its writer: every code
-    object's fingerprint read from the writer in one system call (remote_reads.read_many), then
-    each frame named as frame_name with `checked`.  `prints`: the writer's fingerprints read
+    object's fingerprint read from the writer in one burst (Reader.read_many: its memory file
+    opened once, a pread per code object), then each frame named as frame_name with
+    `checked`.  `prints`: the writer's fingerprints read
     for the stacks before it in the same bunch, by address (all of the bunch's stacks were
     captured before any was read: a second read would tell nothing the first did not), and
     kept there.  A read per frame of each new stack made the thread naming them fall behind a
