@@ -40,7 +40,7 @@ from cowtrace.metrics.samplers import bpf_stats_enabled, program_run_ns
 from cowtrace.model import Counts, Snapshot
 from cowtrace.output.events import EventLog
 from cowtrace.python.budget import DEFAULT_SHARE, TypesBudget
-from cowtrace.python.tracker import PythonStacks
+from cowtrace.python.tracker import STACK_AGE_S, PythonStacks
 from cowtrace.python.writers import remedies
 from cowtrace.results import AttributionView, FaultPythonStacks
 
@@ -77,6 +77,7 @@ class SessionOptions:
     python_stacks: bool = True  # Python writer stacks of CPython members (cowtrace/python/)
     # Share of wall time the Python-types resolution may take (python/budget.py; None: no limit)
     python_types_budget: float | None = DEFAULT_SHARE
+    python_stack_age_s: float = STACK_AGE_S  # known Python stacks named again (age_stacks)
 
 
 def validate_target(pid: int) -> procfs.ProcStat:
@@ -132,7 +133,9 @@ class Session:
         self._bpf_stats_at_start = False
         self.cost: TracerCost | None = None  # read in finish(), before the program is unloaded
         self.python = (
-            PythonStacks(TypesBudget(self.options.python_types_budget))
+            PythonStacks(
+                TypesBudget(self.options.python_types_budget), self.options.python_stack_age_s
+            )
             if self.options.python_stacks
             else None
         )
@@ -192,6 +195,8 @@ class Session:
             self.core.drain(records)
         else:
             self.core.apply_lifecycle(records)
+        if self.python is not None:
+            self.python.age_stacks()  # after the drain: its records' stacks are named
 
     def _on_record(self, record: ProcRecord) -> None:
         """After the family, the sink and the stack resolver took the record."""

@@ -550,16 +550,23 @@ def python_fixture(python: Path, script: Path, *args: str) -> Iterator[subproces
 
 
 def trace_python_fixture(
-    python: Path, script: Path, tmp_path: Path, *args: str
+    python: Path, script: Path, tmp_path: Path, *args: str, stack_age_s: float | None = None
 ) -> tuple[dict, dict, list[dict]]:
     """A Session (this process) attached to a Python fixture before its fork: on `go` it forks
-    and prints one JSON line of facts.  Returns (facts, --json summary, --events)."""
+    and prints one JSON line of facts.  Returns (facts, --json summary, --events).
+
+    With `stack_age_s`, the session names known Python stacks again that often, and a fixture
+    that first prints {"written": ...} is held there (the session stepping) for two such
+    periods and a half, then told `next`."""
     from cowtrace.output.summary import summary_dict
     from cowtrace.session import Session, SessionOptions
 
     events_path = tmp_path / "events.jsonl"
+    options = SessionOptions(events_path=str(events_path))
+    if stack_age_s is not None:
+        options.python_stack_age_s = stack_age_s
     with python_fixture(python, script, *args) as fixture:
-        session = Session(fixture.pid, SessionOptions(events_path=str(events_path)))
+        session = Session(fixture.pid, options)
         try:
             session.open()
             session.attach_root(procfs.read_stat(fixture.pid), adopted=True)
@@ -567,6 +574,13 @@ def trace_python_fixture(
             fixture.stdin.write("go\n")
             fixture.stdin.flush()
             facts = json.loads(fixture.stdout.readline())
+            if "written" in facts and stack_age_s is not None:
+                until = time.monotonic() + 2.5 * stack_age_s
+                while time.monotonic() < until:
+                    session.step(0.05)
+                fixture.stdin.write("next\n")
+                fixture.stdin.flush()
+                facts = json.loads(fixture.stdout.readline())
             session.step(0.05)
             final = session.finish("done")
         finally:

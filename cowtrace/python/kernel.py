@@ -109,6 +109,27 @@ def _lookup_elem() -> Any:
     return function
 
 
+@functools.cache
+def _delete_elem() -> Any:
+    """libbcc's bpf_delete_elem, keeping the GIL as _lookup_elem does."""
+    from bcc.libbcc import lib
+
+    function = ctypes.PyDLL(lib._name).bpf_delete_elem
+    function.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    function.restype = ctypes.c_int
+    return function
+
+
+def forget_stacks(bpf: Any, stack_ids: list[int]) -> None:
+    """Delete these stacks from the kernel's table: the next capture of each stores it again
+    and announces it on the ring, as a new stack (python/tracker.py, age_stacks)."""
+    table = bpf["py_stacks"]
+    delete = _delete_elem()
+    for stack_id in stack_ids:
+        key = table.Key(stack_id)
+        delete(table.map_fd, ctypes.byref(key))  # an entry already gone: nothing to do
+
+
 def read_stack(bpf: Any, stack_id: int) -> RawStack | None:
     """A captured stack, looked up without letting go of the GIL: the watcher's thread reads
     one per new stack, and each time it let go it waited for the session's thread to hand

@@ -39,10 +39,11 @@ from cowtrace.results import FaultPythonStacks, ResolvedStack
 
 PENDING_S = 5.0  # how long an exec'd member may take to map libpython
 EXEC_WAIT_TRIES, EXEC_WAIT_S = 10, 0.002  # waited for it at once, at most
+STACK_AGE_S = 60.0  # how long a stack keeps its kernel entry and its names (age_stacks)
 
 
 class PythonStacks:
-    def __init__(self, budget: TypesBudget | None = None) -> None:
+    def __init__(self, budget: TypesBudget | None = None, stack_age_s: float = STACK_AGE_S) -> None:
         self._bpf: Any = None
         self._watcher: kernel.NewStackWatcher | None = None
         # the memory files the watcher's thread keeps open for a bunch of new stacks
@@ -58,6 +59,10 @@ class PythonStacks:
         # cache by address may hold another code object's by the drain.
         self._frames: dict[tuple[int, int], tuple[str | None, ...]] = {}
         self._resolved: dict[tuple[int, int], ResolvedStack] = {}
+        self.stack_age_s = stack_age_s
+        self._next_age = time.monotonic() + stack_age_s
+        # The stacks deleted from the kernel at the last round and not captured since.
+        self._forgotten: set[int] = set()
         self.types = CopiedTypes()
         self.budget = budget or TypesBudget()  # of the types resolution (budget.py)
 
@@ -92,12 +97,13 @@ class PythonStacks:
         if raw is None:
             return
         self._raw[stack_id] = raw
+        self._forgotten.discard(stack_id)
         readers = [pid, *self._readers(image, pid)]
         reader = remote_reads.Reader(readers, files=self._note_files)  # open for the bunch
         prints = self._note_prints.setdefault(pid, {})
-        self._frames[(id(image), stack_id)] = new_stack_names(
-            image, readers, raw.codes, raw.instrs, reader, prints
-        )
+        key = (id(image), stack_id)
+        self._frames[key] = new_stack_names(image, readers, raw.codes, raw.instrs, reader, prints)
+        self._resolved.pop(key, None)  # announced again (age_stacks): named again
         leaf_mapping(image, pid, raw.leaf_ip)
 
     def _after_new_stacks(self) -> None:
@@ -110,6 +116,31 @@ class PythonStacks:
         if self._note_files:
             remote_reads.close_files(self._note_files)
             drain_lru_batches()
+
+    def age_stacks(self, now: float | None = None) -> None:
+        """Every stack_age_s, delete the stacks known so far from the kernel's table, with the
+        names they were given.  The kernel identifies a stack by its frames' code addresses
+        and instructions, and an address can hold another code object later (one freed, a
+        new one allocated there: generated code, templates compiled again): a stack through
+        it then has the old stack's id and would keep the old names for good.  Deleted, the
+        next capture of each stack stores it anew and announces it, and it is named again,
+        each code object checked against the writer's memory (resolve.new_stack_names): a
+        wrong name lasts one period at most.  It also keeps the table (PY_MAX_STACKS) for
+        the stacks still in use: one that filled it would lose every new stack after.  The
+        cost is one naming per stack in use per period.  The raw frames of a stack not
+        captured again for a whole period are dropped then: no record can still carry it."""
+        now = time.monotonic() if now is None else now
+        if self._bpf is None or now < self._next_age:
+            return
+        self._next_age = now + self.stack_age_s
+        for stack_id in self._forgotten:
+            self._raw.pop(stack_id, None)
+        known = list(self._raw)
+        kernel.forget_stacks(self._bpf, known)
+        self._forgotten = set(known)
+        for cache in (self._frames, self._resolved):
+            for key in [key for key in list(cache) if key[1] in self._forgotten]:
+                cache.pop(key, None)
 
     def _readers(self, image: PythonImage, pid: int) -> list[int]:
         """Other processes of the same image, to read pre-fork objects from."""
@@ -264,6 +295,7 @@ class PythonStacks:
             if raw is None:
                 return None
             self._raw[stack_id] = raw
+            self._forgotten.discard(stack_id)
         readers = [pid, *self._readers(image, pid)]
         frames: list[str] = []
         complete = True

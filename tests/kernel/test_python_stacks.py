@@ -187,6 +187,31 @@ def test_a_code_address_taken_by_another_code_object(version, tmp_path):
         assert Counter(innermost) == {f"{name} (<{name}>:2)": count}, name
 
 
+@pytest.mark.parametrize("version", sorted(INTERPRETERS))
+def test_a_code_address_taken_on_the_same_stack_is_named_again_after_its_age(version, tmp_path):
+    """Issue 14: as above, but both children fork and call from one line each
+    (py_code_reuse.py same-line), so the kernel keeps one stack for both: B's copies carry the
+    id A's were named under.  The session, aging its stacks every half second, deletes A's
+    stack from the kernel before B writes: B's first copy stores it anew, and it is named
+    against B's memory."""
+    reuse = FIXTURE.parent / "py_code_reuse.py"
+    facts, _summary, events = trace_python_fixture(
+        INTERPRETERS[version], reuse, tmp_path, "same-line", stack_age_s=0.5
+    )
+    assert facts["addrs"][0] == facts["addrs"][1], "second never landed at first's address"
+    for name, child, pages, count in zip(
+        ("first", "second"), facts["children"], facts["pages"], (40, 70), strict=True
+    ):
+        assert len(pages) == count
+        stacks = stacks_by_page(events, child)
+        innermost = [(stacks.get(page) or ["<none>"])[0] for page in pages]
+        assert Counter(innermost) == {f"{name} (<{name}>:2)": count}, name
+    first_pages, second_pages = (stacks_by_page(events, c) for c in facts["children"])
+    outer = {tuple(first_pages[p][1:]) for p in facts["pages"][0]}
+    assert outer == {tuple(second_pages[p][1:]) for p in facts["pages"][1]}  # one stack
+    assert len(outer) == 1
+
+
 def child_copies(summary: dict, pid: int) -> int:
     (process,) = [p for p in summary["processes"] if p["pid"] == pid]
     return process["copies"]

@@ -222,3 +222,64 @@ def test_a_writer_exiting_while_read_is_named_from_a_process_with_the_same_objec
     family[3].code("second", "<second>", 20, 0x7F00_0000_3000)
     assert name(img, family, [2, 3, 1], log, new=True) == "first (<first>:10)"
     assert img.code_infos[CODE].name == "first"
+
+
+@pytest.fixture
+def aging(family, monkeypatch):
+    """A tracker over `family`, its kernel table of stacks a dict (stack 1: CODE at instruction
+    4), age_stacks' deletions applied to it."""
+    log: list = []
+    monkeypatch.setattr(
+        tracker.remote_reads, "Reader", lambda pids, **_: FakeReader(family, pids, log)
+    )
+    table = {1: kernel.RawStack(LEAF, 0, (CODE,), (4,))}
+    monkeypatch.setattr(kernel, "read_stack", lambda _bpf, stack_id: table.get(stack_id))
+    monkeypatch.setattr(
+        kernel, "forget_stacks", lambda _bpf, ids: [table.pop(i, None) for i in ids]
+    )
+    python = tracker.PythonStacks(stack_age_s=10.0)
+    python._bpf = object()
+    img = image()
+    img.leaf_names[LEAF] = ("memset", "libc.so.6")
+    img.leaf_mappings[LEAF] = None
+    for pid in (1, 2, 3):
+        python.images[pid] = img
+    return python, table, img
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_stack_through_a_reused_address_is_named_again_after_its_age(family, aging, announced):
+    """A stack through a code address that another object took has the old stack's id in the
+    kernel (the same addresses and instructions): it is not announced, and keeps the old
+    names.  After age_stacks deleted the known stacks, its next capture is stored anew and
+    named against the writer's memory: by the watcher when it announces it (`announced`),
+    else by the drain."""
+    python, table, img = aging
+    python._on_new_stack(img.runtime, 2, 1)  # child 2 runs `first`
+    assert python._resolve(2, 1).frames == ("first (<first>:10)",)
+    family[3].code("second", "<second>", 20, 0x7F00_0000_3000)  # then the address is `second`'s
+    assert python._resolve(3, 1).frames == ("first (<first>:10)",)  # the same id: the limit
+    python.age_stacks(python._next_age - 1)
+    assert 1 in table  # not yet: one period
+    python.age_stacks(python._next_age)
+    assert 1 not in table
+    table[1] = kernel.RawStack(LEAF, 0, (CODE,), (4,))  # child 3 writes again: stored anew
+    if announced:
+        python._on_new_stack(img.runtime, 3, 1)
+    assert python._resolve(3, 1).frames == ("second (<second>:20)",)
+
+
+def test_a_stack_not_captured_for_a_period_is_dropped(family, aging):
+    """Deleted from the kernel at one round, not captured again before the next: its raw
+    frames go then (no record can carry it any more); one captured again stays."""
+    python, table, img = aging
+    table[2] = kernel.RawStack(LEAF, 0, (CODE, CODE), (4, 6))
+    python._on_new_stack(img.runtime, 2, 1)
+    python._on_new_stack(img.runtime, 2, 2)
+    python.age_stacks(python._next_age)
+    assert table == {} and set(python._raw) == {1, 2}  # a late record can still be named
+    table[2] = kernel.RawStack(LEAF, 0, (CODE, CODE), (4, 6))
+    python._on_new_stack(img.runtime, 2, 2)  # captured again
+    python.age_stacks(python._next_age)
+    assert set(python._raw) == {2}
+    assert python._resolve(2, 2).frames == ("first (<first>:10)",) * 2
