@@ -33,6 +33,7 @@ import signal
 import struct
 
 from cowtrace.deathsig import die_with_parent
+from cowtrace.deferred_signals import deferred_stop_signals
 
 # Assembled from launcher_x86_64.S: `as -o l.o launcher_x86_64.S && objcopy -O binary -j .text`.
 LAUNCHER_CODE = bytes.fromhex(
@@ -51,8 +52,6 @@ F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 1, 2, 4, 8
 F_ADD_SEALS = 1033
 # Signals Python ignores or handles that the command must get with their default action.
 RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# Signals that must not interrupt cowtrace between the spawn and remembering the pid.
-DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def supported() -> bool:
@@ -131,8 +130,7 @@ class LaunchedCommand:
             # The launcher's death signal follows the thread that spawns it: this one (the
             # main thread) lives as long as cowtrace. A signal raised as an exception between
             # the spawn and the assignment would lose the pid: defer them meanwhile.
-            previous = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
-            try:
+            with deferred_stop_signals():
                 pid = os.posix_spawn(
                     f"/proc/self/fd/{image}",
                     args,
@@ -141,8 +139,6 @@ class LaunchedCommand:
                     setsigmask=(),
                 )
                 self._release, self._errors = release_write, error_read
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         except BaseException:
             os.close(release_write)
             os.close(error_read)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cowtrace.deathsig import die_with_parent
+from cowtrace.deferred_signals import deferred_stop_signals
 from cowtrace.errors import CowtraceError
 from cowtrace.host.memory import PAGE_SIZE
 from cowtrace.kernel.abi import CALIBRATION_SAMPLE_DTYPE, read_record
@@ -173,7 +174,8 @@ def calibrate(symbols: KernelSymbols) -> Calibration:
         os.write(go_write, b"x")
         _, status = os.waitpid(child, 0)
         child = 0
-        bpf.ring_buffer_consume()
+        with deferred_stop_signals():  # `collect` is called back from C (deferred_signals.py)
+            bpf.ring_buffer_consume()
     finally:
         os.close(go_write)
         if child:

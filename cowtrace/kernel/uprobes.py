@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from cowtrace.deferred_signals import deferred_stop_signals
 from cowtrace.host import procmaps
 from cowtrace.host.elf import needed_libraries
 from cowtrace.host.rootfs import root_prefix
@@ -138,7 +139,9 @@ def _defined_functions(path: str, prefix: str) -> dict[str, int]:
 
     pattern = f"^{prefix}({'|'.join(FUNCTIONS)})$"
     try:
-        found = BPF.get_user_functions_and_addresses(path.encode(), pattern.encode())
+        # bcc calls back into Python for each symbol: no KeyboardInterrupt in there.
+        with deferred_stop_signals():
+            found = BPF.get_user_functions_and_addresses(path.encode(), pattern.encode())
     except Exception:  # bcc raises a bare Exception on an unreadable object
         return {}
     return {name.decode()[len(prefix) :]: addr for name, addr in found}
