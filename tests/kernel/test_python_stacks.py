@@ -168,6 +168,17 @@ def test_freeze_spares_the_collector(version, tmp_path):
     assert gc_copies < len(facts["gc_pages"]) // 4  # objects made after the freeze only
 
 
+def assert_each_page_named_by_its_writer(facts: dict, events: list[dict]) -> None:
+    """py_code_reuse.py: child A's 40 pages under `first`, child B's 70 under `second`."""
+    for name, child, pages, count in zip(
+        ("first", "second"), facts["children"], facts["pages"], (40, 70), strict=True
+    ):
+        assert len(pages) == count
+        stacks = stacks_by_page(events, child)
+        innermost = [(stacks.get(page) or ["<none>"])[0] for page in pages]
+        assert Counter(innermost) == {f"{name} (<{name}>:2)": count}, name
+
+
 @pytest.mark.parametrize("version", sorted(INTERPRETERS))
 def test_a_code_address_taken_by_another_code_object(version, tmp_path):
     """Issue 14: `first` writes 40 pre-fork header pages in child A; its code object is freed
@@ -178,13 +189,7 @@ def test_a_code_address_taken_by_another_code_object(version, tmp_path):
     facts, _summary, events = trace_python_fixture(INTERPRETERS[version], reuse, tmp_path)
     assert facts["version"] == version.split("-")[0]
     assert facts["addrs"][0] == facts["addrs"][1], "second never landed at first's address"
-    for name, child, pages, count in zip(
-        ("first", "second"), facts["children"], facts["pages"], (40, 70), strict=True
-    ):
-        assert len(pages) == count
-        stacks = stacks_by_page(events, child)
-        innermost = [(stacks.get(page) or ["<none>"])[0] for page in pages]
-        assert Counter(innermost) == {f"{name} (<{name}>:2)": count}, name
+    assert_each_page_named_by_its_writer(facts, events)
 
 
 @pytest.mark.parametrize("version", sorted(INTERPRETERS))
@@ -199,13 +204,7 @@ def test_a_code_address_taken_on_the_same_stack_is_named_again_after_its_age(ver
         INTERPRETERS[version], reuse, tmp_path, "same-line", stack_age_s=0.5
     )
     assert facts["addrs"][0] == facts["addrs"][1], "second never landed at first's address"
-    for name, child, pages, count in zip(
-        ("first", "second"), facts["children"], facts["pages"], (40, 70), strict=True
-    ):
-        assert len(pages) == count
-        stacks = stacks_by_page(events, child)
-        innermost = [(stacks.get(page) or ["<none>"])[0] for page in pages]
-        assert Counter(innermost) == {f"{name} (<{name}>:2)": count}, name
+    assert_each_page_named_by_its_writer(facts, events)
     first_pages, second_pages = (stacks_by_page(events, c) for c in facts["children"])
     outer = {tuple(first_pages[p][1:]) for p in facts["pages"][0]}
     assert outer == {tuple(second_pages[p][1:]) for p in facts["pages"][1]}  # one stack

@@ -159,6 +159,18 @@ def test_an_unreadable_changed_object_is_not_named_after_the_old_one(family):
     assert img.code_infos[CODE].name == ""
 
 
+def tracker_over_family(**options: float) -> tuple[tracker.PythonStacks, PythonImage]:
+    """A tracker as if bound, processes 1-3 of one image, its native leaf named."""
+    python = tracker.PythonStacks(**options)
+    python._bpf = object()
+    img = image()
+    img.leaf_names[LEAF] = ("memset", "libc.so.6")
+    img.leaf_mappings[LEAF] = None
+    for pid in (1, 2, 3):
+        python.images[pid] = img
+    return python, img
+
+
 def test_each_new_stack_keeps_the_names_of_its_own_moment(family, monkeypatch):
     """The tracker binds a new stack's names when it is noted: a second stack with another
     object at the address does not rename the first at the drain."""
@@ -173,13 +185,7 @@ def test_each_new_stack_keeps_the_names_of_its_own_moment(family, monkeypatch):
         2: kernel.RawStack(LEAF, 0, (CODE,), (4,)),
     }
     monkeypatch.setattr(kernel, "read_stack", lambda _bpf, stack_id: stacks.get(stack_id))
-    python = tracker.PythonStacks()
-    python._bpf = object()
-    img = image()
-    img.leaf_names[LEAF] = ("memset", "libc.so.6")
-    img.leaf_mappings[LEAF] = None
-    for pid in (1, 2, 3):
-        python.images[pid] = img
+    python, img = tracker_over_family()
     python._on_new_stack(img.runtime, 2, 1)  # child 2 runs `first`
     family[3].code("second", "<second>", 20, 0x7F00_0000_3000)
     python._on_new_stack(img.runtime, 3, 2)  # child 3 runs `second` at the same address
@@ -237,13 +243,7 @@ def aging(family, monkeypatch):
     monkeypatch.setattr(
         kernel, "forget_stacks", lambda _bpf, ids: [table.pop(i, None) for i in ids]
     )
-    python = tracker.PythonStacks(stack_age_s=10.0)
-    python._bpf = object()
-    img = image()
-    img.leaf_names[LEAF] = ("memset", "libc.so.6")
-    img.leaf_mappings[LEAF] = None
-    for pid in (1, 2, 3):
-        python.images[pid] = img
+    python, img = tracker_over_family(stack_age_s=10.0)
     return python, table, img
 
 
