@@ -61,6 +61,7 @@ struct member {
     u64 gup_copies;
     u64 reuses;
     u64 zero_fills;
+    u64 wp_retries; /* copy passes the kernel gave up to retry (map_tracking.h), no copy */
 };
 
 /* The open episode of one thread: a write-protect fault whose outcome is not known yet, or a

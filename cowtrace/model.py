@@ -40,7 +40,9 @@ class Counts:
 
     ``copies`` includes ``file_copies`` (copies whose source was a page-cache page of a
     MAP_PRIVATE file) and ``gup_copies`` (copies made by get_user_pages writes, which carry
-    no address).
+    no address).  ``wp_retries`` are not outcomes: copy passes the kernel gave up to take the
+    fault again under the mmap lock (bpf/map_tracking.h).  Nothing was copied, but delay
+    accounting counts each in ``wpcopy_count``: copies + zero_fills + wp_retries is that count.
     """
 
     copies: int = 0
@@ -48,6 +50,7 @@ class Counts:
     gup_copies: int = 0
     reuses: int = 0
     zero_fills: int = 0
+    wp_retries: int = 0
 
     @property
     def copied_bytes(self) -> int:
@@ -60,6 +63,7 @@ class Counts:
             self.gup_copies + other.gup_copies,
             self.reuses + other.reuses,
             self.zero_fills + other.zero_fills,
+            self.wp_retries + other.wp_retries,
         )
 
 

@@ -243,10 +243,11 @@ class Row:
     copies: int
     zero_fills: int
     kernel: int  # wpcopy_count growth over the trace
+    wp_retries: int = 0  # copies the kernel gave up to retry: in its count (README, --json)
 
     @property
     def ours(self) -> int:
-        return self.copies + self.zero_fills
+        return self.copies + self.zero_fills + self.wp_retries
 
 
 class AttachedTrace:
@@ -375,7 +376,15 @@ class AttachedTrace:
                 final = sum(r.wpcopy_count or 0 for r in threads)
             kernel = final - self.base.wpcopy.get(pid, 0)
             rows.append(
-                Row(pid, proc["comm"], proc["role"], proc["copies"], proc["zero_fills"], kernel)
+                Row(
+                    pid,
+                    proc["comm"],
+                    proc["role"],
+                    proc["copies"],
+                    proc["zero_fills"],
+                    kernel,
+                    proc["wp_retries"],
+                )
             )
         return rows
 
@@ -395,14 +404,17 @@ class AttachedTrace:
 
 def format_rows(rows: list[Row], books: tuple[Books, Books] | None = None) -> str:
     """A plain table: per process, cowtrace vs delay accounting, and the smaps growth."""
-    head = f"{'pid':>7} {'comm':<16} {'role':<10} {'copies':>8} {'zero':>5} {'wpcopy':>8} diff"
+    head = (
+        f"{'pid':>7} {'comm':<16} {'role':<10} {'copies':>8} {'zero':>5} {'retry':>5} "
+        f"{'wpcopy':>8} diff"
+    )
     if books:
         head += f" {'dPrivDirty_MiB':>14} {'copied_MiB':>10}"
     lines = [head]
     for r in sorted(rows, key=lambda r: (r.role != "root", r.pid)):
         line = (
             f"{r.pid:>7} {r.comm:<16} {r.role:<10} {r.copies:>8} {r.zero_fills:>5} "
-            f"{r.kernel:>8} {r.ours - r.kernel:+d}"
+            f"{r.wp_retries:>5} {r.kernel:>8} {r.ours - r.kernel:+d}"
         )
         if books:
             base, end = books

@@ -173,6 +173,12 @@ def run_cowtrace(
     )
 
 
+def wpcopy_passes(process: dict) -> int:
+    """What delay accounting's wpcopy_count counts for a process of the --json summary: its
+    copies and zero-fills, and the copies the kernel gave up to retry (`wp_retries`, README)."""
+    return process["copies"] + process["zero_fills"] + process["wp_retries"]
+
+
 def read_jsonl(path: Path) -> list[dict]:
     with open(path) as lines:
         return [json.loads(line) for line in lines if line.strip()]

@@ -290,6 +290,7 @@ class KernelTracer:
                     gup_copies=leaf.gup_copies,
                     reuses=leaf.reuses,
                     zero_fills=leaf.zero_fills,
+                    wp_retries=leaf.wp_retries,
                 ),
                 exited=bool(leaf.flags & MF_EXITED),
                 exit_code=leaf.exit_code,

@@ -55,6 +55,11 @@ MEMBER_COUNTERS: dict[str, MetricDef] = {
     "zero_fills": MetricDef(
         "cowtrace_zero_fills", "Writes to a page mapped to the shared zero page (a fresh page)."
     ),
+    "wp_retries": MetricDef(
+        "cowtrace_wp_retries",
+        "Copies the kernel gave up to retry the fault under the mmap lock: nothing was copied, "
+        "but delay accounting's copy count (cowtrace_delayacct_copies_total) includes them.",
+    ),
     "mapping_copies": MetricDef(
         "cowtrace_mapping_copies",
         "Copies by the kind of mapping the copied page belonged to (attribution).",

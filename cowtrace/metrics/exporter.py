@@ -80,6 +80,7 @@ def member_row(member: Member, snapshot: Snapshot) -> MemberRow:
         ("file_copies", ""): float(counts.file_copies),
         ("reuses", ""): float(counts.reuses),
         ("zero_fills", ""): float(counts.zero_fills),
+        ("wp_retries", ""): float(counts.wp_retries),
     }
     view = snapshot.attribution
     if view is not None:

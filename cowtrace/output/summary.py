@@ -84,6 +84,7 @@ def _counts(counts: Counts) -> dict[str, int]:
         "zero_fills": counts.zero_fills,
         "file_copies": counts.file_copies,
         "gup_copies": counts.gup_copies,
+        "wp_retries": counts.wp_retries,
     }
 
 

@@ -30,7 +30,7 @@ import pytest
 
 from cowtrace.host import taskstats
 from tests.e2e import kill_tree, marker_line, outcomes, plain_trace_args
-from tests.helpers import COWTRACE, EXIT_RECORD_TIMEOUT_S, read_jsonl
+from tests.helpers import COWTRACE, EXIT_RECORD_TIMEOUT_S, read_jsonl, wpcopy_passes
 from tests.kernel.streams import Lines, Prefork
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "py_prefork.py"
@@ -133,7 +133,7 @@ def check_trace(
     for name, pid in host.items():
         record = listener.wait_for(pid, timeout=EXIT_RECORD_TIMEOUT_S)
         assert record is not None, f"no exit record for {name} ({pid})"
-        got = processes[pid]["copies"] + processes[pid]["zero_fills"]
+        got = wpcopy_passes(processes[pid])
         assert got == record.wpcopy_count, (name, got, record.wpcopy_count)
     # Per buffer: the derived answers, exactly.
     anon, data = facts["anon"], facts["file"]
@@ -306,7 +306,7 @@ def test_run_a_container(tmp_path, delayacct):
                     continue
                 record = listener.wait_for(process["pid"], timeout=EXIT_RECORD_TIMEOUT_S)
                 assert record is not None, process
-                got = process["copies"] + process["zero_fills"]
+                got = wpcopy_passes(process)
                 assert got == record.wpcopy_count, (process, record.wpcopy_count)
     finally:
         stop(tracer)

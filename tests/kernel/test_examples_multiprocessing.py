@@ -19,7 +19,14 @@ from collections import Counter
 
 from cowtrace.host import smaps, taskstats
 from tests.e2e import EXAMPLES, PAGE, in_function, out_dir, python_frame, share
-from tests.helpers import COWTRACE, EXIT_RECORD_TIMEOUT_S, UNDER_A_SHELL, read_jsonl, run_args
+from tests.helpers import (
+    COWTRACE,
+    EXIT_RECORD_TIMEOUT_S,
+    UNDER_A_SHELL,
+    read_jsonl,
+    run_args,
+    wpcopy_passes,
+)
 
 EXAMPLE = EXAMPLES / "multiprocessing" / "shared_array.py"
 MIB = 64
@@ -182,18 +189,20 @@ def test_shared_array_copies_exactly_the_written_slice(tmp_path, delayacct_on, r
         threads = [r for r in listener.records.values() if (r.tgid or r.pid) == pid]
         assert threads, f"no exit record for {pid}"
         kernel = sum(r.wpcopy_count or 0 for r in threads)
-        rows.append((pid, p["comm"], p["copies"], p["zero_fills"], kernel))
-        assert p["copies"] + p["zero_fills"] == kernel, f"pid {pid}: {rows[-1]}"
+        rows.append((pid, p["comm"], p["copies"], p["zero_fills"], p["wp_retries"], kernel))
+        assert wpcopy_passes(p) == kernel, f"pid {pid}: {rows[-1]}"
     for pid in workers:
         assert pid in processes and processes[pid]["role"] == "descendant"
     attribution = attribution_checks(summary, events, array, piece, writer)
 
     out = out_dir()
     if out is not None:
-        table = ["pid comm copies zero_fills wpcopy array_copies array_private_dirty_MiB"]
-        for pid, comm, copies, zeros, kernel in rows:
+        table = [
+            "pid comm copies zero_fills wp_retries wpcopy array_copies array_private_dirty_MiB"
+        ]
+        for pid, comm, copies, zeros, retries, kernel in rows:
             table.append(
-                f"{pid} {comm} {copies} {zeros} {kernel} {in_array[pid]['copy']} "
+                f"{pid} {comm} {copies} {zeros} {retries} {kernel} {in_array[pid]['copy']} "
                 f"{held.get(pid, 0) / 2**20:.2f}"
             )
         table.append(f"writer={writer} slice_pages={piece['pages']} elapsed_s={elapsed:.1f}")

@@ -202,3 +202,25 @@ def test_fixture_answers_match_delayacct(name: str, oracle: ModuleType, bin_dir:
     for pid in facts.processes:
         seen = {e.buffer for e in facts.expects if e.pid == pid}
         assert seen == set(facts.buffers), f"{name}: pid {pid} lacks answers for some buffers"
+
+
+RETRIED_PAGES = 256
+
+
+def test_a_copy_given_up_for_the_mmap_lock_counts_twice(oracle: ModuleType, bin_dir: Path) -> None:
+    """The kernel's own book, no tracer (tests/fixtures/retried_copies.c): first writes to
+    private file pages in mappings without an anon_vma.  Alone, the mark->hold delta is the N
+    copies exactly.  With another thread holding the mmap_lock for writing, the kernel gives
+    most copies up once and takes the fault again, and delay accounting counts both passes: the
+    delta is N plus those (at most one per fault).  cowtrace counts them apart (wp_retries)."""
+    binary = oracle.build.build_fixture("retried_copies", bin_dir)
+    deltas = {}
+    for contend in ("0", "1"):
+        run = oracle.run_under_oracle(
+            "retried_copies", binary, (str(RETRIED_PAGES), contend), hold=True
+        )
+        (result,) = run.processes.values()
+        assert result.expected_wpcopy == RETRIED_PAGES
+        deltas[contend] = result.measured_delta
+    assert deltas["0"] == RETRIED_PAGES
+    assert RETRIED_PAGES < deltas["1"] <= 2 * RETRIED_PAGES, deltas

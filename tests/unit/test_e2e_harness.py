@@ -54,12 +54,12 @@ def test_stop_and_continue():
 def test_relative_gap_and_table():
     assert relative_gap(101, 100) == 0.01
     assert relative_gap(0, 0) == 0
-    rows = [Row(7, "w", "child", 10, 1, 11), Row(5, "m", "root", 2, 0, 2)]
+    rows = [Row(7, "w", "child", 10, 1, 12, wp_retries=1), Row(5, "m", "root", 2, 0, 2)]
     base = Books(private_dirty={5: 0, 7: 4096})
     end = Books(private_dirty={5: 0, 7: 4096 * 11})
     lines = format_rows(rows, (base, end)).splitlines()
-    assert lines[1].split()[:7] == ["5", "m", "root", "2", "0", "2", "+0"]
-    assert lines[2].split()[:7] == ["7", "w", "child", "10", "1", "11", "+0"]
+    assert lines[1].split()[:8] == ["5", "m", "root", "2", "0", "0", "2", "+0"]
+    assert lines[2].split()[:8] == ["7", "w", "child", "10", "1", "1", "12", "+0"]
 
 
 def test_wait_idle_is_readiness_not_a_pause():
