@@ -129,3 +129,17 @@ def test_json_summary_gains_sections_and_process_fields() -> None:
     assert [p["exit_writers"] for p in data["processes"]] == [[], []]
     plain = summary_dict(snapshot())
     assert "regions" not in plain and "exit_copies" not in plain["processes"][0]
+
+
+def test_copies_the_kernel_retried_are_summed_and_in_the_summary() -> None:
+    """wp_retries add up like the outcomes and sit beside them, in totals and per process:
+    copies + zero_fills + wp_retries is what delay accounting counts."""
+    master, worker = Counts(copies=3, zero_fills=1, wp_retries=2), Counts(copies=5, wp_retries=1)
+    assert master + worker == Counts(copies=8, zero_fills=1, wp_retries=3)
+    base = snapshot(None)
+    counts = (master, worker)
+    members = [dataclasses.replace(m, counts=c) for m, c in zip(base.members, counts, strict=True)]
+    data = summary_dict(dataclasses.replace(base, members=members, totals=master + worker))
+    assert data["totals"]["wp_retries"] == 3
+    assert [p["wp_retries"] for p in data["processes"]] == [2, 1]
+    assert [p["copies"] + p["zero_fills"] + p["wp_retries"] for p in data["processes"]] == [6, 6]

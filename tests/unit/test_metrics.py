@@ -96,7 +96,9 @@ def test_a_retired_family_drops_its_carry():
 def snapshot(attribution=None):
     members = [
         Member(100, 1, "master", Role.ROOT, 0.0, counts=Counts(copies=3, reuses=1)),
-        Member(101, 100, "worker", Role.CHILD, 0.0, counts=Counts(copies=40, zero_fills=2)),
+        Member(
+            101, 100, "worker", Role.CHILD, 0.0, counts=Counts(copies=40, zero_fills=2, wp_retries=3)
+        ),
         Member(102, 100, "worker", Role.CHILD, 0.0, exit_time=1.0, counts=Counts(copies=9)),
     ]
     return Snapshot(100, 0.0, 2.0, members, Counts(), attribution=attribution)
@@ -138,6 +140,8 @@ def test_exposition_counts_and_attribution(monkeypatch):
     assert samples[("cowtrace_copies_total", member(101))] == 40
     assert samples[("cowtrace_copied_bytes_total", member(101))] == 40 * 4096
     assert samples[("cowtrace_zero_fills_total", member(101))] == 2
+    assert samples[("cowtrace_wp_retries_total", member(101))] == 3
+    assert samples[("cowtrace_wp_retries_total", member(102))] == 0
     assert samples[("cowtrace_reuses_total", member(100, "root", "master"))] == 1
     assert samples[("cowtrace_mapping_copies_total", member(101, mapping="heap"))] == 30
     assert samples[("cowtrace_mapping_copies_total", member(102, mapping="heap"))] == 9
