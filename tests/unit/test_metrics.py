@@ -97,7 +97,12 @@ def snapshot(attribution=None):
     members = [
         Member(100, 1, "master", Role.ROOT, 0.0, counts=Counts(copies=3, reuses=1)),
         Member(
-            101, 100, "worker", Role.CHILD, 0.0, counts=Counts(copies=40, zero_fills=2, wp_retries=3)
+            101,
+            100,
+            "worker",
+            Role.CHILD,
+            0.0,
+            counts=Counts(copies=40, zero_fills=2, wp_retries=3),
         ),
         Member(102, 100, "worker", Role.CHILD, 0.0, exit_time=1.0, counts=Counts(copies=9)),
     ]
